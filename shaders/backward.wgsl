@@ -1,0 +1,153 @@
+// Batch-norm gradients, in three steps:
+// 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
+//    dy * (x - mean) over one chunk of one channel (or a band of 32 channels) into a partials
+//    buffer, in a fixed tree order.
+// 2. `finalize_gradients`: one workgroup per channel adds that channel's partials in a fixed
+//    order: dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) = sum(dy * x_hat).
+// 3. `input_gradient`: through batch statistics
+//    dx = gamma * invstd * (dy - dbeta / M - x_hat * dgamma / M);
+//    through running statistics (constants) dx = dy * gamma * invstd.
+
+override HAS_AFFINE: bool = true;
+override BATCH_STATS: bool = true;
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+// [mean (C) | invstd (C)]
+@group(0) @binding(4) var<storage, read> stats: array<f32>;
+// [gamma (C) | beta (C)]
+@group(0) @binding(5) var<storage, read> affine: array<f32>;
+// (sum dy, sum dy * (x - mean)) per chunk
+@group(0) @binding(6) var<storage, read_write> partials: array<vec2<f32>>;
+// [dgamma (C) | dbeta (C)], the order of [gamma | beta]
+@group(0) @binding(7) var<storage, read_write> grads: array<f32>;
+
+var<workgroup> shared_sums: array<vec2<f32>, WORKGROUP>;
+
+@compute @workgroup_size(WORKGROUP)
+fn grad_partials_contiguous(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let values = p.o_count * p.inner;
+    for (var item = wid.x; item < p.items; item += nwg.x) {
+        let c_rel = item / p.chunks;
+        let chunk = item - c_rel * p.chunks;
+        let start = chunk * p.chunk_len;
+        let end = min(start + p.chunk_len, values);
+        let mean = stats[p.c0 + c_rel];
+        var acc = vec2<f32>(0.0);
+        for (var m = start + lid; m < end; m += WORKGROUP) {
+            let index = value_index(c_rel, m);
+            let g = dy[index];
+            acc += vec2<f32>(g, g * (x[index] - mean));
+        }
+        shared_sums[lid] = acc;
+        workgroupBarrier();
+        for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
+            if (lid < stride) {
+                shared_sums[lid] += shared_sums[lid + stride];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_sums[0];
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn grad_partials_strided(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let lane_c = lid % BAND;
+    let lane_r = lid / BAND;
+    for (var item = wid.x; item < p.items; item += nwg.x) {
+        let band = item / p.chunks;
+        let chunk = item - band * p.chunks;
+        let c_rel = band * BAND + lane_c;
+        let start = chunk * p.chunk_len;
+        let end = min(start + p.chunk_len, p.o_count);
+        var acc = vec2<f32>(0.0);
+        if (c_rel < p.c_count) {
+            let mean = stats[p.c0 + c_rel];
+            for (var row = start + lane_r; row < end; row += ROW_LANES) {
+                let index = p.elem_shift + row * p.channels + c_rel;
+                let g = dy[index];
+                acc += vec2<f32>(g, g * (x[index] - mean));
+            }
+        }
+        shared_sums[lid] = acc;
+        workgroupBarrier();
+        for (var lanes = ROW_LANES / 2u; lanes > 0u; lanes /= 2u) {
+            if (lane_r < lanes) {
+                shared_sums[lid] += shared_sums[lid + lanes * BAND];
+            }
+            workgroupBarrier();
+        }
+        if (lane_r == 0u && c_rel < p.c_count) {
+            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_sums[lid];
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn finalize_gradients(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var c = wid.x; c < p.channels; c += nwg.x) {
+        var acc = vec2<f32>(0.0);
+        for (var k = lid; k < p.chunks_total; k += WORKGROUP) {
+            acc += partials[c * p.chunks_total + k];
+        }
+        shared_sums[lid] = acc;
+        workgroupBarrier();
+        for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
+            if (lid < stride) {
+                shared_sums[lid] += shared_sums[lid + stride];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            grads[c] = shared_sums[0].y * stats[p.channels + c];
+            grads[p.channels + c] = shared_sums[0].x;
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn input_gradient(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = p.c_count * p.inner;
+    let total = p.o_count * row;
+    for (var e = gid.x; e < total; e += nwg.x * WORKGROUP) {
+        let o = e / row;
+        let within_row = e - o * row;
+        let c = p.c0 + within_row / p.inner;
+        let index = p.elem_shift + o * p.channels * p.inner + within_row;
+        let invstd = stats[p.channels + c];
+        var scale = invstd;
+        if (HAS_AFFINE) {
+            scale *= affine[c];
+        }
+        if (BATCH_STATS) {
+            let x_hat = (x[index] - stats[c]) * invstd;
+            let mean_dy_xhat = grads[c] / p.values_per_channel;
+            let mean_dy = grads[p.channels + c] / p.values_per_channel;
+            dx[index] = scale * (dy[index] - mean_dy - x_hat * mean_dy_xhat);
+        } else {
+            dx[index] = dy[index] * scale;
+        }
+    }
+}

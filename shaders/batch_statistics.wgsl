@@ -1,0 +1,169 @@
+// Per-channel mean and biased variance, in two steps:
+// 1. `partials_contiguous` / `partials_strided`: each workgroup reduces one chunk of one channel
+//    (or, strided, of a band of 32 channels) to (count, mean, M2) in a partials buffer. Each
+//    thread runs Welford on values shifted by the chunk's first value, then the workgroup merges
+//    its threads with Chan's formula in a fixed tree order.
+// 2. `finalize_statistics`: one workgroup per channel merges that channel's partials in a fixed
+//    order, writes mean and invstd, and updates the running stats.
+// `statistics_from_running` writes mean and invstd from the running stats (inference).
+// Never E[x^2] - E[x]^2: it loses every digit when the mean is large.
+
+struct Partial {
+    n: f32,
+    mean: f32,
+    m2: f32,
+}
+
+override HAS_RUNNING: bool = false;
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partials: array<Partial>;
+// [running_mean (C) | running_var (C)]
+@group(0) @binding(3) var<storage, read_write> running: array<f32>;
+// [mean (C) | invstd (C)]
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
+
+var<workgroup> shared_partials: array<Partial, WORKGROUP>;
+
+fn merge(a: Partial, b: Partial) -> Partial {
+    if (a.n == 0.0) {
+        return b;
+    }
+    if (b.n == 0.0) {
+        return a;
+    }
+    let n = a.n + b.n;
+    let delta = b.mean - a.mean;
+    let weight_b = b.n / n;
+    return Partial(n, a.mean + delta * weight_b, a.m2 + b.m2 + delta * delta * a.n * weight_b);
+}
+
+// Welford step on a value already shifted; the shift is added back by `unshift`.
+fn welford(acc: Partial, d: f32) -> Partial {
+    let n = acc.n + 1.0;
+    let delta = d - acc.mean;
+    let mean = acc.mean + delta / n;
+    return Partial(n, mean, acc.m2 + delta * (d - mean));
+}
+
+fn unshift(acc: Partial, shift: f32) -> Partial {
+    return Partial(acc.n, acc.mean + shift, acc.m2);
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn partials_contiguous(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let values = p.o_count * p.inner;
+    for (var item = wid.x; item < p.items; item += nwg.x) {
+        let c_rel = item / p.chunks;
+        let chunk = item - c_rel * p.chunks;
+        let start = chunk * p.chunk_len;
+        let end = min(start + p.chunk_len, values);
+        let shift = x[value_index(c_rel, start)];
+        var acc = Partial(0.0, 0.0, 0.0);
+        for (var m = start + lid; m < end; m += WORKGROUP) {
+            acc = welford(acc, x[value_index(c_rel, m)] - shift);
+        }
+        shared_partials[lid] = unshift(acc, shift);
+        workgroupBarrier();
+        for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
+            if (lid < stride) {
+                shared_partials[lid] = merge(shared_partials[lid], shared_partials[lid + stride]);
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_partials[0];
+        }
+        workgroupBarrier();
+    }
+}
+
+// Channels-last (inner == 1, whole rows in the window): lanes of a warp read consecutive
+// channels, so loads coalesce.
+@compute @workgroup_size(WORKGROUP)
+fn partials_strided(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let lane_c = lid % BAND;
+    let lane_r = lid / BAND;
+    for (var item = wid.x; item < p.items; item += nwg.x) {
+        let band = item / p.chunks;
+        let chunk = item - band * p.chunks;
+        let c_rel = band * BAND + lane_c;
+        let start = chunk * p.chunk_len;
+        let end = min(start + p.chunk_len, p.o_count);
+        var acc = Partial(0.0, 0.0, 0.0);
+        if (c_rel < p.c_count) {
+            let shift = x[p.elem_shift + start * p.channels + c_rel];
+            for (var row = start + lane_r; row < end; row += ROW_LANES) {
+                acc = welford(acc, x[p.elem_shift + row * p.channels + c_rel] - shift);
+            }
+            acc = unshift(acc, shift);
+        }
+        shared_partials[lid] = acc;
+        workgroupBarrier();
+        for (var lanes = ROW_LANES / 2u; lanes > 0u; lanes /= 2u) {
+            if (lane_r < lanes) {
+                shared_partials[lid] = merge(shared_partials[lid], shared_partials[lid + lanes * BAND]);
+            }
+            workgroupBarrier();
+        }
+        if (lane_r == 0u && c_rel < p.c_count) {
+            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_partials[lid];
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn finalize_statistics(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var c = wid.x; c < p.channels; c += nwg.x) {
+        var acc = Partial(0.0, 0.0, 0.0);
+        for (var k = lid; k < p.chunks_total; k += WORKGROUP) {
+            acc = merge(acc, partials[c * p.chunks_total + k]);
+        }
+        shared_partials[lid] = acc;
+        workgroupBarrier();
+        for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
+            if (lid < stride) {
+                shared_partials[lid] = merge(shared_partials[lid], shared_partials[lid + stride]);
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            let total = shared_partials[0];
+            let mean = total.mean;
+            let variance = max(total.m2 / total.n, 0.0);
+            stats[c] = mean;
+            stats[p.channels + c] = 1.0 / sqrt(variance + p.eps);
+            if (HAS_RUNNING) {
+                let keep = 1.0 - p.momentum;
+                running[c] = keep * running[c] + p.momentum * mean;
+                running[p.channels + c] = keep * running[p.channels + c]
+                    + p.momentum * variance * p.var_correction;
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn statistics_from_running(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = gid.x; c < p.channels; c += nwg.x * WORKGROUP) {
+        stats[c] = running[c];
+        stats[p.channels + c] = 1.0 / sqrt(running[p.channels + c] + p.eps);
+    }
+}

@@ -1,0 +1,278 @@
+//! [`BatchNorm`]: the module, as PyTorch's `nn.BatchNorm1d/2d/3d`. It owns gamma and beta, the
+//! running stats and `num_batches_tracked`, all on the GPU, and a training/inference mode.
+
+use crate::error::{BatchNormError, Result};
+use crate::functional::{
+    batch_norm_backward_into, record_batch_norm, record_batch_norm_backward, ForwardArgs,
+    Gradients, SavedStats,
+};
+use crate::gpu::GpuContext;
+use crate::kernels::PassTimestamps;
+use crate::tensor::{ChannelPair, Tensor};
+
+/// Options of a [`BatchNorm`], with PyTorch's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormConfig {
+    /// Added to the variance (default 1e-5).
+    pub eps: f64,
+    /// Weight of each new batch in the running stats (default `Some(0.1)`); `None` keeps a
+    /// cumulative average (momentum = 1 / num_batches_tracked).
+    pub momentum: Option<f64>,
+    /// Learnable gamma and beta (default true).
+    pub affine: bool,
+    /// Keep running stats and use them in inference (default true).
+    pub track_running_stats: bool,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        BatchNormConfig {
+            eps: 1e-5,
+            momentum: Some(0.1),
+            affine: true,
+            track_running_stats: true,
+        }
+    }
+}
+
+/// A batch-norm layer. New layers are in training mode, with gamma = 1, beta = 0,
+/// running mean 0 and running variance 1.
+#[derive(Debug)]
+pub struct BatchNorm {
+    ctx: GpuContext,
+    channels: usize,
+    config: BatchNormConfig,
+    affine: Option<ChannelPair>,
+    running: Option<ChannelPair>,
+    num_batches_tracked: u64,
+    training: bool,
+}
+
+/// What a forward call returns: the output and the statistics the backward pass needs.
+#[derive(Clone, Debug)]
+pub struct ForwardOutput {
+    /// The normalized output, shaped like the input.
+    pub y: Tensor,
+    /// Mean and invstd used (batch statistics in training, running ones in inference).
+    pub saved: SavedStats,
+}
+
+impl BatchNorm {
+    /// A layer over `channels` channels with PyTorch's default options.
+    pub fn new(ctx: &GpuContext, channels: usize) -> Result<Self> {
+        Self::with_config(ctx, channels, BatchNormConfig::default())
+    }
+
+    /// A layer with the given options; refuses a non-finite or negative eps and a momentum
+    /// outside [0, 1].
+    pub fn with_config(ctx: &GpuContext, channels: usize, config: BatchNormConfig) -> Result<Self> {
+        crate::functional::check_eps(config.eps)?;
+        if let Some(momentum) = config.momentum {
+            if !(0.0..=1.0).contains(&momentum) {
+                return Err(BatchNormError::InvalidMomentum(momentum));
+            }
+        }
+        let affine = config
+            .affine
+            .then(|| ChannelPair::new(ctx, &vec![1.0; channels], &vec![0.0; channels]))
+            .transpose()?;
+        let running = config
+            .track_running_stats
+            .then(|| ChannelPair::new(ctx, &vec![0.0; channels], &vec![1.0; channels]))
+            .transpose()?;
+        Ok(BatchNorm {
+            ctx: ctx.clone(),
+            channels,
+            config,
+            affine,
+            running,
+            num_batches_tracked: 0,
+            training: true,
+        })
+    }
+
+    /// Switches between training (batch statistics, running stats updated) and inference.
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    /// True in training mode.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The options the layer was built with.
+    pub fn config(&self) -> BatchNormConfig {
+        self.config
+    }
+
+    /// Training batches seen so far (counts only while tracking running stats).
+    pub fn num_batches_tracked(&self) -> u64 {
+        self.num_batches_tracked
+    }
+
+    /// Forward pass; allocates the output.
+    pub fn forward(&mut self, x: &Tensor) -> Result<ForwardOutput> {
+        let y = x.zeros_like()?;
+        let saved = self.forward_into(x, &y)?;
+        Ok(ForwardOutput { y, saved })
+    }
+
+    /// Forward pass into `y`; submits and waits.
+    pub fn forward_into(&mut self, x: &Tensor, y: &Tensor) -> Result<SavedStats> {
+        let mut encoder = self
+            .ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        let saved = self.record_forward(&mut encoder, x, y, None)?;
+        self.ctx.submit_and_wait(encoder)?;
+        Ok(saved)
+    }
+
+    /// Records the forward pass into the caller's encoder. In training with running stats,
+    /// `num_batches_tracked` counts the batch now and the running stats change when the caller
+    /// submits.
+    pub fn record_forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        timestamps: Option<PassTimestamps<'_>>,
+    ) -> Result<SavedStats> {
+        self.check_channels(x)?;
+        let updates = self.training && self.running.is_some() && !x.is_empty();
+        let batches = self.num_batches_tracked + u64::from(updates);
+        let momentum = match self.config.momentum {
+            Some(momentum) => momentum,
+            None if updates => 1.0 / batches as f64,
+            None => 0.0,
+        };
+        let args = ForwardArgs {
+            affine: self.affine.as_ref(),
+            running: if self.training && !updates {
+                None
+            } else {
+                self.running.as_ref()
+            },
+            // As PyTorch: without running stats, inference uses the batch statistics too.
+            training: self.training || self.running.is_none(),
+            momentum,
+            eps: self.config.eps,
+        };
+        let saved = record_batch_norm(encoder, x, y, &args, timestamps)?;
+        self.num_batches_tracked = batches;
+        Ok(saved)
+    }
+
+    /// Backward pass: dx, and dgamma and dbeta when the layer is affine. `saved` is what the
+    /// forward returned for this `x`.
+    pub fn backward(&self, x: &Tensor, dy: &Tensor, saved: &SavedStats) -> Result<Gradients> {
+        let dx = x.zeros_like()?;
+        let params = self.backward_into(x, dy, &dx, saved)?;
+        Ok(Gradients { dx, params })
+    }
+
+    /// Backward pass into `dx`; submits and waits. Returns `[dgamma | dbeta]` when affine.
+    pub fn backward_into(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+        saved: &SavedStats,
+    ) -> Result<Option<ChannelPair>> {
+        self.check_channels(x)?;
+        batch_norm_backward_into(x, dy, dx, saved, self.affine.as_ref())
+    }
+
+    /// Records the backward pass into the caller's encoder.
+    pub fn record_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+        saved: &SavedStats,
+        timestamps: Option<PassTimestamps<'_>>,
+    ) -> Result<Option<ChannelPair>> {
+        self.check_channels(x)?;
+        record_batch_norm_backward(encoder, x, dy, dx, saved, self.affine.as_ref(), timestamps)
+    }
+
+    /// `[gamma | beta]` on the GPU, when affine.
+    pub fn affine(&self) -> Option<&ChannelPair> {
+        self.affine.as_ref()
+    }
+
+    /// `[running_mean | running_var]` on the GPU, when tracked.
+    pub fn running_stats(&self) -> Option<&ChannelPair> {
+        self.running.as_ref()
+    }
+
+    /// Downloads `(gamma, beta)`; an error when the layer is not affine.
+    pub fn parameters(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.affine_pair()?.read()
+    }
+
+    /// Uploads gamma and beta (each of `channels` values); nothing is written when refused.
+    pub fn set_parameters(&mut self, gamma: &[f32], beta: &[f32]) -> Result<()> {
+        let pair = self.affine_pair()?;
+        check_len("gamma", gamma, self.channels)?;
+        check_len("beta", beta, self.channels)?;
+        pair.write(gamma, beta)
+    }
+
+    /// Downloads `(running_mean, running_var)`; an error when they are not tracked.
+    pub fn running_statistics(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.running_pair()?.read()
+    }
+
+    /// Uploads the running mean and variance; nothing is written when refused.
+    pub fn set_running_statistics(&mut self, mean: &[f32], var: &[f32]) -> Result<()> {
+        let pair = self.running_pair()?;
+        check_len("running_mean", mean, self.channels)?;
+        check_len("running_var", var, self.channels)?;
+        pair.write(mean, var)
+    }
+
+    fn affine_pair(&self) -> Result<&ChannelPair> {
+        self.affine.as_ref().ok_or(BatchNormError::Unsupported(
+            "this batch norm has no gamma and beta (affine = false)",
+        ))
+    }
+
+    fn running_pair(&self) -> Result<&ChannelPair> {
+        self.running.as_ref().ok_or(BatchNormError::Unsupported(
+            "this batch norm keeps no running stats (track_running_stats = false)",
+        ))
+    }
+
+    fn check_channels(&self, x: &Tensor) -> Result<()> {
+        if x.channels() != self.channels {
+            return Err(BatchNormError::ChannelMismatch {
+                expected: self.channels,
+                actual: x.channels(),
+            });
+        }
+        if !x.context().same_as(&self.ctx) {
+            return Err(BatchNormError::ContextMismatch);
+        }
+        Ok(())
+    }
+}
+
+fn check_len(what: &'static str, values: &[f32], channels: usize) -> Result<()> {
+    if values.len() == channels {
+        Ok(())
+    } else {
+        Err(BatchNormError::ParameterLength {
+            what,
+            expected: channels,
+            actual: values.len(),
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! The crate's error type: every refused call and every GPU failure the crate can catch.
+
+use crate::layout::Layout;
+
+/// Everything that can go wrong in this crate. A call that returns an error changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchNormError {
+    /// No wgpu adapter matched the request.
+    #[error(
+        "no GPU adapter found{filter}. Install a Vulkan, Metal, DX12 or GL driver; on a machine \
+         without a GPU install Mesa's software drivers (Debian: `mesa-vulkan-drivers libegl-mesa0 \
+         libgl1-mesa-dri libvulkan1 libegl1`, or run `.ci/install-gpu-drivers.sh`), and check \
+         WGPU_BACKEND / WGPU_ADAPTER_NAME"
+    )]
+    NoAdapter {
+        /// The backend and name filters in force, as text (empty when none).
+        filter: String,
+    },
+
+    /// The adapter refused to create a device with the limits and features the kernels need.
+    #[error("the adapter '{adapter}' could not create a device: {reason}")]
+    DeviceRequest {
+        /// Adapter name.
+        adapter: String,
+        /// wgpu's explanation.
+        reason: String,
+    },
+
+    /// The data length does not match the shape.
+    #[error("shape {shape:?} holds {expected} elements but the data has {actual}")]
+    LengthMismatch {
+        /// The shape given.
+        shape: Vec<usize>,
+        /// Elements the shape implies.
+        expected: usize,
+        /// Elements supplied.
+        actual: usize,
+    },
+
+    /// Batch norm needs `[N, C, ...]`: at least two dimensions.
+    #[error("shape {shape:?} has rank {}; batch norm needs rank 2 or more ([N, C, ...])", shape.len())]
+    RankTooLow {
+        /// The shape given.
+        shape: Vec<usize>,
+    },
+
+    /// The element count of a shape does not fit in memory addresses.
+    #[error("shape {shape:?} has more elements than can be addressed")]
+    TooManyElements {
+        /// The shape given.
+        shape: Vec<usize>,
+    },
+
+    /// The tensor has a different channel count from the module or the parameters.
+    #[error("the input has {actual} channels but the batch norm was built for {expected}")]
+    ChannelMismatch {
+        /// Channels the module or parameters hold.
+        expected: usize,
+        /// Channels of the input.
+        actual: usize,
+    },
+
+    /// PyTorch's rule: training needs more than one value per channel.
+    #[error(
+        "expected more than 1 value per channel when training, got input of shape {shape:?} \
+         ({values} value per channel)"
+    )]
+    TooFewValuesPerChannel {
+        /// Input shape.
+        shape: Vec<usize>,
+        /// Values per channel (N x spatial).
+        values: usize,
+    },
+
+    /// eps must be finite and non-negative.
+    #[error("eps must be finite and >= 0, got {0}")]
+    InvalidEps(f64),
+
+    /// momentum must lie in [0, 1].
+    #[error("momentum must be in [0, 1], got {0}")]
+    InvalidMomentum(f64),
+
+    /// The tensor does not fit in one buffer of this device.
+    #[error(
+        "a tensor of {bytes} bytes is larger than this device's max_buffer_size ({max} bytes); \
+         split the batch"
+    )]
+    TensorTooLarge {
+        /// Bytes asked for.
+        bytes: u64,
+        /// The device's `max_buffer_size`.
+        max: u64,
+    },
+
+    /// One channel's contiguous run is larger than a storage binding can address.
+    #[error(
+        "one channel's contiguous run is {bytes} bytes, over this device's \
+         max_storage_buffer_binding_size ({max} bytes)"
+    )]
+    RunTooLarge {
+        /// Bytes of one contiguous run.
+        bytes: u64,
+        /// The device's limit.
+        max: u64,
+    },
+
+    /// Two tensors of one call disagree in shape or layout.
+    #[error("{what}: expected shape {expected:?} ({expected_layout:?}), got {actual:?} ({actual_layout:?})")]
+    ShapeMismatch {
+        /// Which argument.
+        what: &'static str,
+        /// The shape it must have.
+        expected: Vec<usize>,
+        /// Its required layout.
+        expected_layout: Layout,
+        /// The shape it has.
+        actual: Vec<usize>,
+        /// Its layout.
+        actual_layout: Layout,
+    },
+
+    /// A host-side vector of per-channel values has the wrong length.
+    #[error("{what} has {actual} values but there are {expected} channels")]
+    ParameterLength {
+        /// Which parameter.
+        what: &'static str,
+        /// Channels.
+        expected: usize,
+        /// Values given.
+        actual: usize,
+    },
+
+    /// The operation needs something this batch norm does not have.
+    #[error("{0}")]
+    Unsupported(&'static str),
+
+    /// Tensors from two different GPU contexts were mixed in one call.
+    #[error("the tensors of one call must come from the same GpuContext")]
+    ContextMismatch,
+
+    /// wgpu reported an out-of-memory error.
+    #[error("the GPU ran out of memory: {0}")]
+    OutOfMemory(String),
+
+    /// wgpu reported a validation error (a bug in this crate, or a caller's buffer misused).
+    #[error("wgpu validation error: {0}")]
+    Validation(String),
+
+    /// The device was lost or a buffer could not be read back.
+    #[error("the GPU device was lost or failed: {0}")]
+    DeviceLost(String),
+}
+
+/// Shorthand for this crate's results.
+pub type Result<T, E = BatchNormError> = std::result::Result<T, E>;

@@ -1,0 +1,286 @@
+//! The functional form of batch norm, as PyTorch's `F.batch_norm`: the caller holds the
+//! parameters and running stats. [`crate::BatchNorm`] is built on these calls.
+//!
+//! Each operation comes three ways: allocating (`batch_norm`), into an output the caller
+//! allocated (`batch_norm_into`), and recorded into the caller's command encoder
+//! (`record_batch_norm`), which submits nothing. Every check runs before any GPU work, so a
+//! refused call changes nothing.
+
+use crate::error::{BatchNormError, Result};
+use crate::kernels::backward::{backward, BackwardBuffers};
+use crate::kernels::normalize::normalize;
+use crate::kernels::statistics::{batch_statistics, statistics_from_running, RunningUpdate};
+use crate::kernels::{record_pass, PassTimestamps};
+use crate::layout::Layout;
+use crate::plan::plan;
+use crate::tensor::{ChannelPair, Tensor};
+
+/// The arguments of a forward call besides the input.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardArgs<'a> {
+    /// `[gamma | beta]`; `None` means gamma = 1, beta = 0 (`affine = False`).
+    pub affine: Option<&'a ChannelPair>,
+    /// `[running_mean | running_var]`. Updated in training; used instead of batch statistics
+    /// when not training.
+    pub running: Option<&'a ChannelPair>,
+    /// Normalize with the batch's own statistics (and update `running` if given).
+    pub training: bool,
+    /// Weight of the new batch in the running stats, in [0, 1].
+    pub momentum: f64,
+    /// Added to the variance; finite and >= 0.
+    pub eps: f64,
+}
+
+/// Which statistics a forward pass normalized with, and so which backward applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsSource {
+    /// The batch's own mean and biased variance: gradients flow through them.
+    Batch,
+    /// The running stats: constants for the backward pass.
+    Running,
+}
+
+/// The per-channel mean and inverse standard deviation a forward pass used, kept on the GPU
+/// for the backward pass.
+#[derive(Clone, Debug)]
+pub struct SavedStats {
+    mean_invstd: ChannelPair,
+    shape: Vec<usize>,
+    layout: Layout,
+    source: StatsSource,
+}
+
+impl SavedStats {
+    /// Downloads `(mean, invstd)`. For an empty batch both are zero.
+    pub fn read(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.mean_invstd.read()
+    }
+
+    /// Whether these are batch or running statistics.
+    pub fn source(&self) -> StatsSource {
+        self.source
+    }
+
+    /// The input shape they were computed for.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+/// Gradients of one backward call.
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    /// dL/dx, shaped like x.
+    pub dx: Tensor,
+    /// `[dgamma | dbeta]`, when the call had affine parameters.
+    pub params: Option<ChannelPair>,
+}
+
+/// Forward pass; allocates and returns the output with the statistics it used.
+pub fn batch_norm(x: &Tensor, args: &ForwardArgs<'_>) -> Result<(Tensor, SavedStats)> {
+    let y = x.zeros_like()?;
+    let saved = batch_norm_into(x, &y, args)?;
+    Ok((y, saved))
+}
+
+/// Forward pass into `y` (same shape and layout as `x`); submits and waits.
+pub fn batch_norm_into(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<SavedStats> {
+    let ctx = x.context();
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    let saved = record_batch_norm(&mut encoder, x, y, args, None)?;
+    ctx.submit_and_wait(encoder)?;
+    Ok(saved)
+}
+
+/// Records the forward pass into `encoder` as one compute pass; nothing runs until the caller
+/// submits. The running stats are updated by that submission.
+pub fn record_batch_norm(
+    encoder: &mut wgpu::CommandEncoder,
+    x: &Tensor,
+    y: &Tensor,
+    args: &ForwardArgs<'_>,
+    timestamps: Option<PassTimestamps<'_>>,
+) -> Result<SavedStats> {
+    check_forward(x, y, args)?;
+    let ctx = x.context();
+    let channels = x.channels();
+    let source = if args.training {
+        StatsSource::Batch
+    } else {
+        StatsSource::Running
+    };
+    let mean_invstd = ChannelPair::zeros(ctx, channels)?;
+    let saved = SavedStats {
+        mean_invstd,
+        shape: x.shape().to_vec(),
+        layout: x.layout(),
+        source,
+    };
+    if x.is_empty() {
+        return Ok(saved);
+    }
+    let plan = plan(x.view(), ctx.plan_limits())?;
+    let eps = args.eps as f32;
+    let stats = saved.mean_invstd.buffer();
+    ctx.checked(|_| -> Result<()> {
+        let mut dispatches = match source {
+            StatsSource::Batch => batch_statistics(
+                ctx,
+                &plan,
+                x.buffer(),
+                stats,
+                args.running.map(|running| RunningUpdate {
+                    running: running.buffer(),
+                    momentum: args.momentum as f32,
+                }),
+                eps,
+            )?,
+            StatsSource::Running => {
+                let running = args.running.ok_or(BatchNormError::Unsupported(
+                    "inference needs running stats",
+                ))?;
+                vec![statistics_from_running(
+                    ctx,
+                    channels,
+                    running.buffer(),
+                    stats,
+                    eps,
+                )?]
+            }
+        };
+        dispatches.extend(normalize(
+            ctx,
+            &plan,
+            x.buffer(),
+            y.buffer(),
+            stats,
+            args.affine.map(ChannelPair::buffer),
+        )?);
+        record_pass(encoder, "batch norm forward", &dispatches, timestamps);
+        Ok(())
+    })??;
+    Ok(saved)
+}
+
+fn check_forward(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<()> {
+    x.check_same_shape(y, "the output y")?;
+    check_eps(args.eps)?;
+    if !(0.0..=1.0).contains(&args.momentum) {
+        return Err(BatchNormError::InvalidMomentum(args.momentum));
+    }
+    check_pair(x, args.affine)?;
+    check_pair(x, args.running)?;
+    if !args.training && args.running.is_none() {
+        return Err(BatchNormError::Unsupported(
+            "inference with running statistics needs running stats: pass them, or use \
+             training = true (what PyTorch does when track_running_stats is off)",
+        ));
+    }
+    let values = x.view().values_per_channel();
+    if args.training && values == 1 {
+        return Err(BatchNormError::TooFewValuesPerChannel {
+            shape: x.shape().to_vec(),
+            values,
+        });
+    }
+    Ok(())
+}
+
+/// eps must be finite and non-negative (PyTorch allows 0).
+pub(crate) fn check_eps(eps: f64) -> Result<()> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(())
+    } else {
+        Err(BatchNormError::InvalidEps(eps))
+    }
+}
+
+fn check_pair(x: &Tensor, pair: Option<&ChannelPair>) -> Result<()> {
+    match pair {
+        Some(pair) if !pair.context().same_as(x.context()) => Err(BatchNormError::ContextMismatch),
+        Some(pair) if pair.channels() != x.channels() => Err(BatchNormError::ChannelMismatch {
+            expected: pair.channels(),
+            actual: x.channels(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Backward pass; allocates dx and, when `affine` is given, `[dgamma | dbeta]`.
+pub fn batch_norm_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    saved: &SavedStats,
+    affine: Option<&ChannelPair>,
+) -> Result<Gradients> {
+    let dx = x.zeros_like()?;
+    let params = batch_norm_backward_into(x, dy, &dx, saved, affine)?;
+    Ok(Gradients { dx, params })
+}
+
+/// Backward pass into `dx`; submits and waits. Returns `[dgamma | dbeta]` when affine.
+pub fn batch_norm_backward_into(
+    x: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    saved: &SavedStats,
+    affine: Option<&ChannelPair>,
+) -> Result<Option<ChannelPair>> {
+    let ctx = x.context();
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    let params = record_batch_norm_backward(&mut encoder, x, dy, dx, saved, affine, None)?;
+    ctx.submit_and_wait(encoder)?;
+    Ok(params)
+}
+
+/// Records the backward pass into `encoder` as one compute pass. `saved` is what the forward
+/// returned for this `x`: batch statistics give the training gradient, running statistics the
+/// inference one.
+pub fn record_batch_norm_backward(
+    encoder: &mut wgpu::CommandEncoder,
+    x: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    saved: &SavedStats,
+    affine: Option<&ChannelPair>,
+    timestamps: Option<PassTimestamps<'_>>,
+) -> Result<Option<ChannelPair>> {
+    x.check_same_shape(dy, "the gradient dy")?;
+    x.check_same_shape(dx, "the gradient dx")?;
+    if saved.shape != x.shape() || saved.layout != x.layout() {
+        return Err(BatchNormError::ShapeMismatch {
+            what: "the saved statistics",
+            expected: x.shape().to_vec(),
+            expected_layout: x.layout(),
+            actual: saved.shape.clone(),
+            actual_layout: saved.layout,
+        });
+    }
+    if !saved.mean_invstd.context().same_as(x.context()) {
+        return Err(BatchNormError::ContextMismatch);
+    }
+    check_pair(x, affine)?;
+    let ctx = x.context();
+    let grads = ChannelPair::zeros(ctx, x.channels())?;
+    if !x.is_empty() {
+        let plan = plan(x.view(), ctx.plan_limits())?;
+        ctx.checked(|_| -> Result<()> {
+            let buffers = BackwardBuffers {
+                x: x.buffer(),
+                dy: dy.buffer(),
+                dx: dx.buffer(),
+                stats: saved.mean_invstd.buffer(),
+                affine: affine.map(ChannelPair::buffer),
+                grads: grads.buffer(),
+            };
+            let dispatches = backward(ctx, &plan, &buffers, saved.source == StatsSource::Batch)?;
+            record_pass(encoder, "batch norm backward", &dispatches, timestamps);
+            Ok(())
+        })??;
+    }
+    Ok(affine.map(|_| grads))
+}

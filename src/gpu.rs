@@ -1,0 +1,321 @@
+//! The GPU context: adapter choice, device and queue, the limits the plans read, the pipeline
+//! cache and scratch buffers. Cheap to clone and safe to share between threads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{BatchNormError, Result};
+use crate::kernels::PipelineCache;
+use crate::plan::PlanLimits;
+
+/// Which adapter to open. [`AdapterOptions::from_env`] honours `WGPU_BACKEND` and
+/// `WGPU_ADAPTER_NAME`, as wgpu's own examples do.
+#[derive(Clone, Debug)]
+pub struct AdapterOptions {
+    /// Backends to consider.
+    pub backends: wgpu::Backends,
+    /// Keep only adapters whose name contains this text (case-insensitive).
+    pub name_contains: Option<String>,
+}
+
+impl Default for AdapterOptions {
+    fn default() -> Self {
+        AdapterOptions {
+            backends: wgpu::Backends::all(),
+            name_contains: None,
+        }
+    }
+}
+
+impl AdapterOptions {
+    /// All backends and any name, narrowed by `WGPU_BACKEND` (e.g. `vulkan`, `gl`) and
+    /// `WGPU_ADAPTER_NAME` when they are set.
+    pub fn from_env() -> Self {
+        AdapterOptions {
+            backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+            name_contains: std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|n| !n.is_empty()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut filter = String::new();
+        if self.backends != wgpu::Backends::all() {
+            filter += &format!(" for backends {:?}", self.backends);
+        }
+        if let Some(name) = &self.name_contains {
+            filter += &format!(" with a name containing '{name}'");
+        }
+        filter
+    }
+}
+
+/// What a context runs on, for reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    /// Adapter name, e.g. "llvmpipe (LLVM 19.1.7, 256 bits)" or "NVIDIA H200".
+    pub name: String,
+    /// Backend: Vulkan, Metal, Dx12, Gl, BrowserWebGpu.
+    pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, CPU.
+    pub device_type: wgpu::DeviceType,
+    /// Driver name and version as the adapter reports them.
+    pub driver: String,
+}
+
+impl From<wgpu::AdapterInfo> for AdapterSummary {
+    fn from(info: wgpu::AdapterInfo) -> Self {
+        AdapterSummary {
+            name: info.name,
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({:?}, {:?}, driver {})",
+            self.name, self.backend, self.device_type, self.driver
+        )
+    }
+}
+
+/// Lists the adapters wgpu sees for `options`, best first.
+pub fn list_adapters(options: &AdapterOptions) -> Vec<wgpu::Adapter> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: options.backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    });
+    let mut adapters: Vec<wgpu::Adapter> =
+        pollster::block_on(instance.enumerate_adapters(options.backends))
+            .into_iter()
+            .filter(|a| {
+                let name = a.get_info().name.to_lowercase();
+                options
+                    .name_contains
+                    .as_ref()
+                    .is_none_or(|want| name.contains(&want.to_lowercase()))
+            })
+            .collect();
+    adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
+    adapters
+}
+
+fn adapter_rank(info: &wgpu::AdapterInfo) -> u8 {
+    match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// A device and queue with everything the batch-norm kernels need. Clone it freely: clones
+/// share the device, the pipeline cache and the scratch buffers.
+#[derive(Clone)]
+pub struct GpuContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    summary: AdapterSummary,
+    pipelines: PipelineCache,
+    scratch: Mutex<HashMap<&'static str, wgpu::Buffer>>,
+    lost: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.inner.summary)
+            .finish()
+    }
+}
+
+impl GpuContext {
+    /// Opens the best adapter (discrete > integrated > virtual > CPU) allowed by
+    /// `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&AdapterOptions::from_env())
+    }
+
+    /// Opens the best adapter that `options` allow.
+    pub fn with_options(options: &AdapterOptions) -> Result<Self> {
+        let adapter =
+            list_adapters(options)
+                .into_iter()
+                .next()
+                .ok_or_else(|| BatchNormError::NoAdapter {
+                    filter: options.describe(),
+                })?;
+        Self::from_adapter(&adapter)
+    }
+
+    /// Creates a device on `adapter` with the adapter's own limits (the kernels plan from them)
+    /// and timestamp queries where the adapter has them (the benchmark uses them).
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
+        let summary = AdapterSummary::from(adapter.get_info());
+        let wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let descriptor = wgpu::DeviceDescriptor {
+            label: Some("wgpu-batchnorm"),
+            required_features: adapter.features() & wanted,
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&descriptor)).map_err(
+            |e| BatchNormError::DeviceRequest {
+                adapter: summary.name.clone(),
+                reason: e.to_string(),
+            },
+        )?;
+        // Every operation runs inside error scopes; anything that still escapes them must not
+        // abort the caller's process.
+        device.on_uncaptured_error(Arc::new(|error: wgpu::Error| {
+            eprintln!("wgpu-batchnorm: uncaptured wgpu error: {error}");
+        }));
+        Ok(Self::from_device(device, queue, summary))
+    }
+
+    /// Wraps a device and queue the caller already owns. Plans read `device.limits()`, so a
+    /// device with smaller limits than its adapter is respected. The caller's error handler is
+    /// left alone; this crate's calls catch their own errors with error scopes.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, summary: AdapterSummary) -> Self {
+        let lost = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&lost);
+        device.set_device_lost_callback(move |_reason, _message| flag.store(true, Ordering::SeqCst));
+        GpuContext {
+            inner: Arc::new(ContextInner {
+                device,
+                queue,
+                summary,
+                pipelines: PipelineCache::default(),
+                scratch: Mutex::new(HashMap::new()),
+                lost,
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// Adapter name, backend, type and driver.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.inner.summary
+    }
+
+    /// The device's limits (what plans are made from).
+    pub fn limits(&self) -> wgpu::Limits {
+        self.inner.device.limits()
+    }
+
+    /// True when the device supports timestamp queries (GPU timing in the benchmark).
+    pub fn has_timestamps(&self) -> bool {
+        self.inner
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    pub(crate) fn plan_limits(&self) -> PlanLimits {
+        PlanLimits::from_limits(&self.limits())
+    }
+
+    pub(crate) fn pipelines(&self) -> &PipelineCache {
+        &self.inner.pipelines
+    }
+
+    /// True when both handles share one device.
+    pub fn same_as(&self, other: &GpuContext) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// A scratch storage buffer of at least `bytes`, reused between calls. Sharing is safe:
+    /// every operation writes its scratch before it reads it, in its own command stream.
+    pub(crate) fn scratch(&self, key: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        let mut pool = self
+            .inner
+            .scratch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(buffer) = pool.get(key).filter(|b| b.size() >= bytes) {
+            return Ok(buffer.clone());
+        }
+        let buffer = self.checked(|device| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(key),
+                size: bytes.max(16).next_power_of_two(),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        pool.insert(key, buffer.clone());
+        Ok(buffer)
+    }
+
+    /// Runs `work` inside out-of-memory and validation error scopes and turns what they catch
+    /// into this crate's errors (wgpu's default handler would panic).
+    pub(crate) fn checked<T>(&self, work: impl FnOnce(&wgpu::Device) -> T) -> Result<T> {
+        self.ensure_alive()?;
+        let device = &self.inner.device;
+        let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = work(device);
+        let validation_error = pollster::block_on(validation.pop());
+        let memory_error = pollster::block_on(out_of_memory.pop());
+        if let Some(error) = memory_error {
+            return Err(BatchNormError::OutOfMemory(error.to_string()));
+        }
+        if let Some(error) = validation_error {
+            return Err(BatchNormError::Validation(error.to_string()));
+        }
+        self.ensure_alive()?;
+        Ok(value)
+    }
+
+    /// Submits `encoder` (inside error scopes) and waits until the GPU has finished it.
+    pub(crate) fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        let index = self.checked(|_| self.inner.queue.submit([encoder.finish()]))?;
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
+        self.ensure_alive()
+    }
+
+    fn ensure_alive(&self) -> Result<()> {
+        if self.inner.lost.load(Ordering::SeqCst) {
+            Err(BatchNormError::DeviceLost(
+                "the device was lost; create a new GpuContext".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Dispatches of `shaders/backward.wgsl`: dgamma and dbeta by a per-channel reduction, then dx.
+
+use super::{Dispatch, Params, Program, Slot};
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::plan::{workgroups_for_elements, workgroups_for_items, Plan, ReductionKind};
+
+/// Bytes of one (sum dy, sum dy * (x - mean)) partial.
+const PARTIAL_BYTES: u64 = 8;
+
+/// The buffers of one backward call.
+pub(crate) struct BackwardBuffers<'a> {
+    pub x: &'a wgpu::Buffer,
+    pub dy: &'a wgpu::Buffer,
+    pub dx: &'a wgpu::Buffer,
+    /// `[mean | invstd]` the forward used.
+    pub stats: &'a wgpu::Buffer,
+    /// `[gamma | beta]`, when affine.
+    pub affine: Option<&'a wgpu::Buffer>,
+    /// Output `[dgamma | dbeta]`.
+    pub grads: &'a wgpu::Buffer,
+}
+
+/// The dispatches of a backward pass. `batch_stats` chooses the dx formula: through batch
+/// statistics (training) or through constant running statistics.
+pub(crate) fn backward(
+    ctx: &GpuContext,
+    plan: &Plan,
+    buffers: &BackwardBuffers<'_>,
+    batch_stats: bool,
+) -> Result<Vec<Dispatch>> {
+    let limits = ctx.plan_limits();
+    let channels = plan.view.channels;
+    let partials = ctx.scratch(
+        "backward partials",
+        channels as u64 * plan.chunks_total as u64 * PARTIAL_BYTES,
+    )?;
+    let unused = ctx.scratch("unused binding", 16)?;
+    let affine = buffers.affine.unwrap_or(&unused);
+    let overrides = [
+        ("HAS_AFFINE", buffers.affine.is_some()),
+        ("BATCH_STATS", batch_stats),
+    ];
+    let entry = match plan.kind {
+        ReductionKind::Contiguous => "grad_partials_contiguous",
+        ReductionKind::Strided => "grad_partials_strided",
+    };
+    let mut dispatches = Vec::with_capacity(2 * plan.windows.len() + 1);
+    for window in &plan.windows {
+        let params = Params::for_window(plan, window);
+        dispatches.push(Dispatch::new(
+            ctx,
+            Program::Backward,
+            entry,
+            &overrides,
+            params,
+            &[
+                Slot::window(1, buffers.x, window),
+                Slot::window(2, buffers.dy, window),
+                Slot::whole(4, buffers.stats),
+                Slot::whole(6, &partials),
+            ],
+            workgroups_for_items(params.items as usize, limits),
+        )?);
+    }
+    dispatches.push(Dispatch::new(
+        ctx,
+        Program::Backward,
+        "finalize_gradients",
+        &overrides,
+        Params {
+            channels: channels as u32,
+            chunks_total: plan.chunks_total as u32,
+            ..Params::default()
+        },
+        &[
+            Slot::whole(4, buffers.stats),
+            Slot::whole(6, &partials),
+            Slot::whole(7, buffers.grads),
+        ],
+        workgroups_for_items(channels, limits),
+    )?);
+    for window in &plan.windows {
+        let elements = window.o_count * window.c_count * plan.view.inner;
+        dispatches.push(Dispatch::new(
+            ctx,
+            Program::Backward,
+            "input_gradient",
+            &overrides,
+            Params::for_window(plan, window),
+            &[
+                Slot::window(1, buffers.x, window),
+                Slot::window(2, buffers.dy, window),
+                Slot::window(3, buffers.dx, window),
+                Slot::whole(4, buffers.stats),
+                Slot::whole(5, affine),
+                Slot::whole(7, buffers.grads),
+            ],
+            workgroups_for_elements(elements, limits),
+        )?);
+    }
+    Ok(dispatches)
+}

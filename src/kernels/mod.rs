@@ -1,0 +1,285 @@
+//! The WGSL programs and what they share: the uniform block every kernel reads, the pipeline
+//! cache (one compiled pipeline per entry point and override set, per device) and the recording
+//! of an operation's dispatches into one compute pass.
+
+pub(crate) mod backward;
+pub(crate) mod normalize;
+pub(crate) mod statistics;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::plan::{Plan, Window};
+
+/// The shader every program starts with (the uniform block and index helpers).
+pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+
+/// A WGSL program: one shader module with several entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Program {
+    /// Per-channel mean and variance (`shaders/batch_statistics.wgsl`).
+    BatchStatistics,
+    /// The fused normalize-scale-shift (`shaders/normalize.wgsl`).
+    Normalize,
+    /// dx, dgamma, dbeta (`shaders/backward.wgsl`).
+    Backward,
+}
+
+impl Program {
+    /// Every program, for tests that validate them all.
+    pub const ALL: [Program; 3] = [
+        Program::BatchStatistics,
+        Program::Normalize,
+        Program::Backward,
+    ];
+
+    /// The full WGSL source: the common block followed by the program's own file.
+    pub fn source(self) -> String {
+        let own = match self {
+            Program::BatchStatistics => include_str!("../../shaders/batch_statistics.wgsl"),
+            Program::Normalize => include_str!("../../shaders/normalize.wgsl"),
+            Program::Backward => include_str!("../../shaders/backward.wgsl"),
+        };
+        format!("{COMMON_WGSL}\n{own}")
+    }
+}
+
+/// The uniform block `Params` of `shaders/common.wgsl`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub elem_shift: u32,
+    pub o_count: u32,
+    pub c0: u32,
+    pub c_count: u32,
+    pub channels: u32,
+    pub inner: u32,
+    pub chunk_len: u32,
+    pub chunks: u32,
+    pub chunk_base: u32,
+    pub chunks_total: u32,
+    pub items: u32,
+    pub values_per_channel: f32,
+    pub eps: f32,
+    pub momentum: f32,
+    pub var_correction: f32,
+    pub _pad: u32,
+}
+
+impl Params {
+    /// The geometry of one window of `plan`; scalars left at zero.
+    pub fn for_window(plan: &Plan, window: &Window) -> Self {
+        Params {
+            elem_shift: window.elem_shift as u32,
+            o_count: window.o_count as u32,
+            c0: window.c0 as u32,
+            c_count: window.c_count as u32,
+            channels: plan.view.channels as u32,
+            inner: plan.view.inner as u32,
+            chunk_len: plan.chunk_len as u32,
+            chunks: window.chunks as u32,
+            chunk_base: window.chunk_base as u32,
+            chunks_total: plan.chunks_total as u32,
+            items: window.reduction_items(plan.kind) as u32,
+            values_per_channel: plan.view.values_per_channel() as f32,
+            ..Params::default()
+        }
+    }
+}
+
+/// Identifies one pipeline: program, entry point, and its boolean override constants.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    program: Program,
+    entry: &'static str,
+    overrides: Vec<(&'static str, bool)>,
+}
+
+/// Compiled shader modules and pipelines of one device. Each is built once, on first use.
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<Program, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+}
+
+impl PipelineCache {
+    fn get(
+        &self,
+        ctx: &GpuContext,
+        program: Program,
+        entry: &'static str,
+        overrides: &[(&'static str, bool)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = PipelineKey {
+            program,
+            entry,
+            overrides: overrides.to_vec(),
+        };
+        let mut pipelines = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(pipeline) = pipelines.get(&key) {
+            return Ok(pipeline.clone());
+        }
+        let module = self.module(ctx, program)?;
+        let constants: Vec<(&str, f64)> = overrides
+            .iter()
+            .map(|&(name, on)| (name, if on { 1.0 } else { 0.0 }))
+            .collect();
+        let pipeline = ctx.checked(|device| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Every kernel writes its workgroup memory before reading it.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })?;
+        pipelines.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn module(&self, ctx: &GpuContext, program: Program) -> Result<wgpu::ShaderModule> {
+        let mut modules = self
+            .modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(module) = modules.get(&program) {
+            return Ok(module.clone());
+        }
+        let source = program.source();
+        let module = ctx.checked(|device| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&format!("{program:?}")),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            })
+        })?;
+        modules.insert(program, module.clone());
+        Ok(module)
+    }
+}
+
+/// A storage buffer range bound at one binding slot.
+pub(crate) struct Slot<'a> {
+    pub binding: u32,
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: Option<u64>,
+}
+
+impl<'a> Slot<'a> {
+    /// The whole buffer.
+    pub fn whole(binding: u32, buffer: &'a wgpu::Buffer) -> Self {
+        Slot {
+            binding,
+            buffer,
+            offset: 0,
+            size: None,
+        }
+    }
+
+    /// The part of a tensor's buffer that `window` covers.
+    pub fn window(binding: u32, buffer: &'a wgpu::Buffer, window: &Window) -> Self {
+        Slot {
+            binding,
+            buffer,
+            offset: window.binding_offset,
+            size: Some(window.binding_size),
+        }
+    }
+}
+
+/// One dispatch, ready to record.
+pub(crate) struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: u32,
+}
+
+impl Dispatch {
+    /// Builds the bind group of `entry` with `params` as its uniform block and `slots` as its
+    /// storage bindings.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: &GpuContext,
+        program: Program,
+        entry: &'static str,
+        overrides: &[(&'static str, bool)],
+        params: Params,
+        slots: &[Slot<'_>],
+        workgroups: u32,
+    ) -> Result<Self> {
+        let pipeline = ctx.pipelines().get(ctx, program, entry, overrides)?;
+        let uniform = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("wgpu-batchnorm params"),
+            contents: bytemuck::bytes_of(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(slots.iter().map(|slot| wgpu::BindGroupEntry {
+            binding: slot.binding,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: slot.buffer,
+                offset: slot.offset,
+                size: slot.size.and_then(wgpu::BufferSize::new),
+            }),
+        }));
+        let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups,
+        })
+    }
+}
+
+/// Where to write GPU timestamps around an operation's compute pass (the benchmark's timer).
+#[derive(Clone, Copy, Debug)]
+pub struct PassTimestamps<'a> {
+    /// A timestamp query set.
+    pub query_set: &'a wgpu::QuerySet,
+    /// Query written when the pass begins.
+    pub begin: u32,
+    /// Query written when the pass ends.
+    pub end: u32,
+}
+
+/// Records `dispatches` in order into one compute pass (wgpu orders dispatches that share a
+/// buffer, so each step sees the previous one's writes).
+pub(crate) fn record_pass(
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    dispatches: &[Dispatch],
+    timestamps: Option<PassTimestamps<'_>>,
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: timestamps.map(|t| wgpu::ComputePassTimestampWrites {
+            query_set: t.query_set,
+            beginning_of_pass_write_index: Some(t.begin),
+            end_of_pass_write_index: Some(t.end),
+        }),
+    });
+    for dispatch in dispatches {
+        pass.set_pipeline(&dispatch.pipeline);
+        pass.set_bind_group(0, &dispatch.bind_group, &[]);
+        pass.dispatch_workgroups(dispatch.workgroups, 1, 1);
+    }
+}

@@ -1,0 +1,100 @@
+//! Dispatches of `shaders/batch_statistics.wgsl`: per-channel mean and invstd from a batch
+//! (with the running-stats update), or from the running stats.
+
+use super::{Dispatch, Params, Program, Slot};
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::plan::{workgroups_for_elements, workgroups_for_items, Plan, ReductionKind};
+
+/// Bytes of one (count, mean, M2) partial.
+const PARTIAL_BYTES: u64 = 12;
+
+/// How a batch's statistics update the running stats.
+pub(crate) struct RunningUpdate<'a> {
+    /// `[running_mean | running_var]`.
+    pub running: &'a wgpu::Buffer,
+    pub momentum: f32,
+}
+
+/// The dispatches that write `[mean | invstd]` of the batch `x` into `stats` and, when asked,
+/// update the running stats.
+pub(crate) fn batch_statistics(
+    ctx: &GpuContext,
+    plan: &Plan,
+    x: &wgpu::Buffer,
+    stats: &wgpu::Buffer,
+    update: Option<RunningUpdate<'_>>,
+    eps: f32,
+) -> Result<Vec<Dispatch>> {
+    let limits = ctx.plan_limits();
+    let channels = plan.view.channels as u64;
+    let partials = ctx.scratch(
+        "batch-statistics partials",
+        channels * plan.chunks_total as u64 * PARTIAL_BYTES,
+    )?;
+    let entry = match plan.kind {
+        ReductionKind::Contiguous => "partials_contiguous",
+        ReductionKind::Strided => "partials_strided",
+    };
+    let mut dispatches = Vec::with_capacity(plan.windows.len() + 1);
+    for window in &plan.windows {
+        let params = Params::for_window(plan, window);
+        dispatches.push(Dispatch::new(
+            ctx,
+            Program::BatchStatistics,
+            entry,
+            &[],
+            params,
+            &[Slot::window(1, x, window), Slot::whole(2, &partials)],
+            workgroups_for_items(params.items as usize, limits),
+        )?);
+    }
+    let values = plan.view.values_per_channel() as f64;
+    let unused = ctx.scratch("unused binding", 16)?;
+    let params = Params {
+        channels: channels as u32,
+        chunks_total: plan.chunks_total as u32,
+        eps,
+        momentum: update.as_ref().map_or(0.0, |u| u.momentum),
+        var_correction: (values / (values - 1.0)) as f32,
+        ..Params::default()
+    };
+    dispatches.push(Dispatch::new(
+        ctx,
+        Program::BatchStatistics,
+        "finalize_statistics",
+        &[("HAS_RUNNING", update.is_some())],
+        params,
+        &[
+            Slot::whole(2, &partials),
+            Slot::whole(3, update.as_ref().map_or(&unused, |u| u.running)),
+            Slot::whole(4, stats),
+        ],
+        workgroups_for_items(plan.view.channels, limits),
+    )?);
+    Ok(dispatches)
+}
+
+/// The dispatch that writes `[running_mean | 1 / sqrt(running_var + eps)]` into `stats`.
+pub(crate) fn statistics_from_running(
+    ctx: &GpuContext,
+    channels: usize,
+    running: &wgpu::Buffer,
+    stats: &wgpu::Buffer,
+    eps: f32,
+) -> Result<Dispatch> {
+    let params = Params {
+        channels: channels as u32,
+        eps,
+        ..Params::default()
+    };
+    Dispatch::new(
+        ctx,
+        Program::BatchStatistics,
+        "statistics_from_running",
+        &[],
+        params,
+        &[Slot::whole(3, running), Slot::whole(4, stats)],
+        workgroups_for_elements(channels, ctx.plan_limits()),
+    )
+}

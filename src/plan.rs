@@ -1,0 +1,326 @@
+//! Pure planning: from a tensor's view and the device's limits to the windows and dispatch
+//! sizes of every kernel. No GPU here, so every rule is unit-tested.
+//!
+//! Rules, in order:
+//! - A tensor is split into windows that each fit in one storage binding
+//!   (`max_storage_buffer_binding_size`), with binding offsets aligned to
+//!   `min_storage_buffer_offset_alignment`. A window holds whole outer rows (all channels) when a
+//!   row fits; otherwise it holds one outer row and a range of channels.
+//! - Reductions use the strided kernel (32 consecutive channels per workgroup, coalesced) when a
+//!   channel's values are not contiguous (`inner == 1`) and windows hold whole rows; otherwise the
+//!   contiguous kernel (one workgroup per chunk of one channel).
+//! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
+//!   their work items, so no count is ever refused.
+
+use crate::error::BatchNormError;
+use crate::layout::ChannelView;
+
+/// Values each workgroup of the contiguous reduction takes (16 per thread).
+pub const CONTIGUOUS_CHUNK: usize = 4096;
+/// Rows each workgroup of the strided reduction takes (32 per row lane).
+pub const STRIDED_CHUNK_ROWS: usize = 256;
+/// Channels per workgroup of the strided reduction (`BAND` in the shaders).
+pub const STRIDED_BAND: usize = 32;
+/// Threads per workgroup (`WORKGROUP` in the shaders).
+pub const WORKGROUP_SIZE: usize = 256;
+const F32_BYTES: u64 = 4;
+
+/// The device limits that planning depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// `max_storage_buffer_binding_size`, bytes.
+    pub max_binding_bytes: u64,
+    /// `min_storage_buffer_offset_alignment`, bytes.
+    pub offset_alignment: u64,
+    /// `max_compute_workgroups_per_dimension`.
+    pub max_workgroups: u32,
+}
+
+impl PlanLimits {
+    /// Reads the limits of a device.
+    pub fn from_limits(limits: &wgpu::Limits) -> Self {
+        PlanLimits {
+            max_binding_bytes: u64::from(limits.max_storage_buffer_binding_size),
+            offset_alignment: u64::from(limits.min_storage_buffer_offset_alignment),
+            max_workgroups: limits.max_compute_workgroups_per_dimension,
+        }
+    }
+}
+
+/// Which reduction kernel a tensor uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReductionKind {
+    /// One workgroup per chunk of one channel; a channel's values are runs of `inner`.
+    Contiguous,
+    /// One workgroup per chunk of rows of 32 consecutive channels (`inner == 1`).
+    Strided,
+}
+
+/// One binding-sized piece of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// First outer row.
+    pub o0: usize,
+    /// Outer rows.
+    pub o_count: usize,
+    /// First channel.
+    pub c0: usize,
+    /// Channels.
+    pub c_count: usize,
+    /// Byte offset of the binding (aligned).
+    pub binding_offset: u64,
+    /// Byte size of the binding.
+    pub binding_size: u64,
+    /// Index in the binding of element (o0, c0, 0).
+    pub elem_shift: usize,
+    /// Reduction chunks per channel in this window.
+    pub chunks: usize,
+    /// Partial slot of this window's first chunk.
+    pub chunk_base: usize,
+}
+
+impl Window {
+    /// Work items of this window's reduction dispatch.
+    pub fn reduction_items(&self, kind: ReductionKind) -> usize {
+        match kind {
+            ReductionKind::Contiguous => self.chunks * self.c_count,
+            ReductionKind::Strided => self.chunks * self.c_count.div_ceil(STRIDED_BAND),
+        }
+    }
+}
+
+/// The whole plan for one tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The tensor's view.
+    pub view: ChannelView,
+    /// Reduction kernel.
+    pub kind: ReductionKind,
+    /// Windows, in order.
+    pub windows: Vec<Window>,
+    /// Partial slots per channel over all windows.
+    pub chunks_total: usize,
+    /// Values (contiguous) or rows (strided) per chunk.
+    pub chunk_len: usize,
+}
+
+/// Plans the windows of a non-empty tensor.
+pub fn plan(view: ChannelView, limits: PlanLimits) -> Result<Plan, BatchNormError> {
+    let align = limits.offset_alignment.max(F32_BYTES);
+    let usable = limits.max_binding_bytes.saturating_sub(align) / F32_BYTES;
+    let row = (view.channels * view.inner) as u64;
+    let whole_rows = row <= usable;
+    let kind = if view.inner == 1 && whole_rows {
+        ReductionKind::Strided
+    } else {
+        ReductionKind::Contiguous
+    };
+    let chunk_len = match kind {
+        ReductionKind::Contiguous => CONTIGUOUS_CHUNK,
+        ReductionKind::Strided => STRIDED_CHUNK_ROWS,
+    };
+    let chunks_for = |o_count: usize| match kind {
+        ReductionKind::Contiguous => (o_count * view.inner).div_ceil(chunk_len),
+        ReductionKind::Strided => o_count.div_ceil(chunk_len),
+    };
+    let window_at = |o0: usize, o_count: usize, c0: usize, c_count: usize, chunk_base: usize| {
+        let first = (o0 * view.channels + c0) * view.inner;
+        let binding_offset = (first as u64 * F32_BYTES) / align * align;
+        let elem_shift = first - (binding_offset / F32_BYTES) as usize;
+        let last = if c_count == view.channels {
+            (o0 + o_count) * view.channels * view.inner
+        } else {
+            first + c_count * view.inner
+        };
+        Window {
+            o0,
+            o_count,
+            c0,
+            c_count,
+            binding_offset,
+            binding_size: (last as u64 * F32_BYTES) - binding_offset,
+            elem_shift,
+            chunks: chunks_for(o_count),
+            chunk_base,
+        }
+    };
+
+    let mut windows = Vec::new();
+    let mut chunk_base = 0;
+    if whole_rows {
+        let rows_per_window = (usable / row.max(1)).max(1) as usize;
+        let mut o0 = 0;
+        while o0 < view.outer {
+            let o_count = rows_per_window.min(view.outer - o0);
+            let window = window_at(o0, o_count, 0, view.channels, chunk_base);
+            chunk_base += window.chunks;
+            windows.push(window);
+            o0 += o_count;
+        }
+    } else {
+        let run_bytes = view.inner as u64 * F32_BYTES;
+        let channels_per_window = (usable / view.inner as u64) as usize;
+        if channels_per_window == 0 {
+            return Err(BatchNormError::RunTooLarge {
+                bytes: run_bytes,
+                max: limits.max_binding_bytes,
+            });
+        }
+        for o0 in 0..view.outer {
+            let mut c0 = 0;
+            let mut chunks = 0;
+            while c0 < view.channels {
+                let c_count = channels_per_window.min(view.channels - c0);
+                let window = window_at(o0, 1, c0, c_count, chunk_base);
+                chunks = window.chunks;
+                windows.push(window);
+                c0 += c_count;
+            }
+            chunk_base += chunks;
+        }
+    }
+    Ok(Plan {
+        view,
+        kind,
+        windows,
+        chunks_total: chunk_base,
+        chunk_len,
+    })
+}
+
+/// Workgroups for a dispatch of `items` work items, capped at the device's per-dimension limit
+/// (kernels loop over the rest).
+pub fn workgroups_for_items(items: usize, limits: PlanLimits) -> u32 {
+    items.clamp(1, limits.max_workgroups as usize) as u32
+}
+
+/// Workgroups for an elementwise dispatch of `elements` threads' worth of work.
+pub fn workgroups_for_elements(elements: usize, limits: PlanLimits) -> u32 {
+    workgroups_for_items(elements.div_ceil(WORKGROUP_SIZE), limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layout;
+
+    const WEBGPU_DEFAULT: PlanLimits = PlanLimits {
+        max_binding_bytes: 128 << 20,
+        offset_alignment: 256,
+        max_workgroups: 65535,
+    };
+
+    fn view(shape: &[usize], layout: Layout) -> ChannelView {
+        ChannelView::new(shape, layout).unwrap()
+    }
+
+    /// Every element of every channel is covered exactly once, inside its binding.
+    fn assert_covers(plan: &Plan, limits: PlanLimits) {
+        let v = plan.view;
+        let mut seen = vec![0u8; v.len()];
+        for w in &plan.windows {
+            assert_eq!(w.binding_offset % limits.offset_alignment, 0);
+            assert!(w.binding_size <= limits.max_binding_bytes);
+            for o in w.o0..w.o0 + w.o_count {
+                for c in w.c0..w.c0 + w.c_count {
+                    for i in 0..v.inner {
+                        let flat = v.index(o, c, i);
+                        let in_binding = w.elem_shift
+                            + (o - w.o0) * v.channels * v.inner
+                            + (c - w.c0) * v.inner
+                            + i;
+                        assert_eq!(w.binding_offset / 4 + in_binding as u64, flat as u64);
+                        assert!(((in_binding as u64) + 1) * 4 <= w.binding_size);
+                        seen[flat] += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen.iter().all(|&s| s == 1));
+    }
+
+    #[test]
+    fn small_tensor_is_one_window() {
+        let p = plan(view(&[8, 3, 5, 5], Layout::ChannelsFirst), WEBGPU_DEFAULT).unwrap();
+        assert_eq!(p.windows.len(), 1);
+        assert_eq!(p.kind, ReductionKind::Contiguous);
+        assert_eq!(p.windows[0].binding_size, 8 * 3 * 25 * 4);
+        assert_eq!(p.chunks_total, 1);
+    }
+
+    #[test]
+    fn channels_last_and_rank_two_use_the_strided_kernel() {
+        let nhwc = plan(view(&[2, 4, 4, 70], Layout::ChannelsLast), WEBGPU_DEFAULT).unwrap();
+        assert_eq!(nhwc.kind, ReductionKind::Strided);
+        assert_eq!(nhwc.windows[0].reduction_items(nhwc.kind), 3);
+        let nc = plan(view(&[300, 7], Layout::ChannelsFirst), WEBGPU_DEFAULT).unwrap();
+        assert_eq!(nc.kind, ReductionKind::Strided);
+        assert_eq!(nc.chunks_total, 2);
+    }
+
+    #[test]
+    fn windows_over_whole_rows_cover_every_element_once() {
+        let limits = PlanLimits {
+            max_binding_bytes: 1024,
+            offset_alignment: 256,
+            max_workgroups: 65535,
+        };
+        for (shape, layout) in [
+            (vec![7, 3, 5, 3], Layout::ChannelsFirst),
+            (vec![9, 5, 7], Layout::ChannelsLast),
+            (vec![100, 3], Layout::ChannelsFirst),
+        ] {
+            let p = plan(view(&shape, layout), limits).unwrap();
+            assert!(p.windows.len() > 1, "{shape:?} should need several windows");
+            assert_covers(&p, limits);
+        }
+    }
+
+    #[test]
+    fn a_row_larger_than_a_binding_is_split_by_channel() {
+        let limits = PlanLimits {
+            max_binding_bytes: 1024,
+            offset_alignment: 256,
+            max_workgroups: 65535,
+        };
+        let p = plan(view(&[3, 10, 50], Layout::ChannelsFirst), limits).unwrap();
+        assert!(p.windows.iter().all(|w| w.o_count == 1 && w.c_count < 10));
+        assert_covers(&p, limits);
+        // Each outer row adds one chunk per channel.
+        assert_eq!(p.chunks_total, 3);
+    }
+
+    #[test]
+    fn a_run_larger_than_a_binding_is_refused() {
+        let limits = PlanLimits {
+            max_binding_bytes: 1024,
+            offset_alignment: 256,
+            max_workgroups: 65535,
+        };
+        let err = plan(view(&[1, 2, 1000], Layout::ChannelsFirst), limits).unwrap_err();
+        assert!(matches!(err, BatchNormError::RunTooLarge { .. }));
+    }
+
+    #[test]
+    fn chunk_slots_are_distinct_and_in_range() {
+        let limits = PlanLimits {
+            max_binding_bytes: 64 << 10,
+            offset_alignment: 256,
+            max_workgroups: 65535,
+        };
+        let p = plan(view(&[40, 3, 30, 30], Layout::ChannelsFirst), limits).unwrap();
+        let mut next = 0;
+        for w in &p.windows {
+            assert_eq!(w.chunk_base, next);
+            next += w.chunks;
+        }
+        assert_eq!(next, p.chunks_total);
+    }
+
+    #[test]
+    fn workgroup_counts_are_capped_by_the_device() {
+        assert_eq!(workgroups_for_items(70_000, WEBGPU_DEFAULT), 65535);
+        assert_eq!(workgroups_for_items(0, WEBGPU_DEFAULT), 1);
+        assert_eq!(workgroups_for_elements(257, WEBGPU_DEFAULT), 2);
+    }
+}

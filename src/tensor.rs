@@ -1,0 +1,360 @@
+//! Data that lives on the GPU between calls: [`Tensor`] (a batch-norm input or output, with
+//! shape and layout) and [`ChannelPair`] (two per-channel vectors packed in one buffer: gamma
+//! and beta, running mean and variance, saved mean and invstd, or dgamma and dbeta).
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+use crate::error::{BatchNormError, Result};
+use crate::gpu::GpuContext;
+use crate::layout::{ChannelView, Layout};
+
+const F32_BYTES: u64 = 4;
+const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// An f32 tensor in GPU memory, with its shape in memory order and its layout.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    ctx: GpuContext,
+    buffer: wgpu::Buffer,
+    shape: Vec<usize>,
+    layout: Layout,
+    view: ChannelView,
+}
+
+impl Tensor {
+    /// Uploads `data` (in memory order) as a tensor of `shape` in `layout`.
+    ///
+    /// `shape` is in memory order: `[N, C, ...]` for channels-first, `[N, ..., C]` for
+    /// channels-last.
+    pub fn from_slice(
+        ctx: &GpuContext,
+        data: &[f32],
+        shape: &[usize],
+        layout: Layout,
+    ) -> Result<Self> {
+        let view = ChannelView::new(shape, layout)?;
+        if view.len() != data.len() {
+            return Err(BatchNormError::LengthMismatch {
+                shape: shape.to_vec(),
+                expected: view.len(),
+                actual: data.len(),
+            });
+        }
+        let tensor = Self::zeros(ctx, shape, layout)?;
+        if !data.is_empty() {
+            ctx.checked(|_| {
+                ctx.queue()
+                    .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data))
+            })?;
+        }
+        Ok(tensor)
+    }
+
+    /// Uploads an ndarray whose shape is in memory order for `layout` (any strides).
+    pub fn from_array(ctx: &GpuContext, array: ArrayViewD<'_, f32>, layout: Layout) -> Result<Self> {
+        let standard = array.as_standard_layout();
+        let data = standard
+            .as_slice()
+            .expect("as_standard_layout gives a contiguous array");
+        Self::from_slice(ctx, data, array.shape(), layout)
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(ctx: &GpuContext, shape: &[usize], layout: Layout) -> Result<Self> {
+        let view = ChannelView::new(shape, layout)?;
+        let bytes = (view.len() as u64)
+            .checked_mul(F32_BYTES)
+            .ok_or(BatchNormError::TooManyElements {
+                shape: shape.to_vec(),
+            })?;
+        let max = ctx.limits().max_buffer_size;
+        if bytes > max {
+            return Err(BatchNormError::TensorTooLarge { bytes, max });
+        }
+        let buffer = ctx.checked(|device| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-batchnorm tensor"),
+                // wgpu cannot bind an empty buffer; an empty tensor keeps one unused word.
+                size: bytes.max(F32_BYTES),
+                usage: TENSOR_USAGE,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(Tensor {
+            ctx: ctx.clone(),
+            buffer,
+            shape: shape.to_vec(),
+            layout,
+            view,
+        })
+    }
+
+    /// Wraps a buffer the caller owns. It needs `STORAGE | COPY_SRC | COPY_DST` usage and at
+    /// least `4 * elements` bytes; the data starts at offset 0.
+    pub fn from_buffer(
+        ctx: &GpuContext,
+        buffer: wgpu::Buffer,
+        shape: &[usize],
+        layout: Layout,
+    ) -> Result<Self> {
+        let view = ChannelView::new(shape, layout)?;
+        let bytes = view.len() as u64 * F32_BYTES;
+        if buffer.size() < bytes {
+            return Err(BatchNormError::LengthMismatch {
+                shape: shape.to_vec(),
+                expected: view.len(),
+                actual: (buffer.size() / F32_BYTES) as usize,
+            });
+        }
+        if !buffer.usage().contains(TENSOR_USAGE) {
+            return Err(BatchNormError::Unsupported(
+                "a tensor's buffer needs STORAGE | COPY_SRC | COPY_DST usage",
+            ));
+        }
+        Ok(Tensor {
+            ctx: ctx.clone(),
+            buffer,
+            shape: shape.to_vec(),
+            layout,
+            view,
+        })
+    }
+
+    /// Downloads the tensor in memory order.
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        read_buffer(&self.ctx, &self.buffer, self.view.len())
+    }
+
+    /// Downloads the tensor as an ndarray of its memory-order shape.
+    pub fn to_array(&self) -> Result<ArrayD<f32>> {
+        let data = self.to_vec()?;
+        Ok(ArrayD::from_shape_vec(IxDyn(&self.shape), data)
+            .expect("the shape was checked against the length at creation"))
+    }
+
+    /// Overwrites every element with `value` (tests fill outputs with NaN before a run, so an
+    /// element that no kernel wrote shows up).
+    pub fn fill(&self, value: f32) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let data = vec![value; self.view.len()];
+        self.ctx.checked(|_| {
+            self.ctx
+                .queue()
+                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&data))
+        })?;
+        self.ctx.submit_and_wait(
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default()),
+        )
+    }
+
+    /// Shape in memory order.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Memory layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The `[outer][channels][inner]` view of this tensor.
+    pub fn view(&self) -> ChannelView {
+        self.view
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.view.channels
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.view.len()
+    }
+
+    /// True when the tensor has no element.
+    pub fn is_empty(&self) -> bool {
+        self.view.is_empty()
+    }
+
+    /// The GPU buffer, for callers that record their own work around this crate's.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// The context the tensor lives in.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// A new zero tensor with this one's shape and layout.
+    pub(crate) fn zeros_like(&self) -> Result<Self> {
+        Self::zeros(&self.ctx, &self.shape, self.layout)
+    }
+
+    /// Refuses `other` unless it has this tensor's shape and layout and lives on its device.
+    pub(crate) fn check_same_shape(&self, other: &Tensor, what: &'static str) -> Result<()> {
+        if !self.ctx.same_as(&other.ctx) {
+            return Err(BatchNormError::ContextMismatch);
+        }
+        if self.shape != other.shape || self.layout != other.layout {
+            return Err(BatchNormError::ShapeMismatch {
+                what,
+                expected: self.shape.clone(),
+                expected_layout: self.layout,
+                actual: other.shape.clone(),
+                actual_layout: other.layout,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Two per-channel f32 vectors packed in one GPU buffer as `[first (C) | second (C)]`, so a
+/// kernel binds both with one binding (shaders have few storage bindings to spare).
+#[derive(Clone, Debug)]
+pub struct ChannelPair {
+    ctx: GpuContext,
+    buffer: wgpu::Buffer,
+    channels: usize,
+}
+
+impl ChannelPair {
+    /// Uploads two vectors of equal length.
+    pub fn new(ctx: &GpuContext, first: &[f32], second: &[f32]) -> Result<Self> {
+        if first.len() != second.len() {
+            return Err(BatchNormError::ParameterLength {
+                what: "the second vector",
+                expected: first.len(),
+                actual: second.len(),
+            });
+        }
+        let pair = Self::zeros(ctx, first.len())?;
+        pair.write(first, second)?;
+        Ok(pair)
+    }
+
+    /// Two zero vectors of `channels` values.
+    pub fn zeros(ctx: &GpuContext, channels: usize) -> Result<Self> {
+        let bytes = (2 * channels as u64 * F32_BYTES).max(F32_BYTES);
+        let max = ctx.limits().max_buffer_size;
+        if bytes > max {
+            return Err(BatchNormError::TensorTooLarge { bytes, max });
+        }
+        let buffer = ctx.checked(|device| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-batchnorm per-channel pair"),
+                size: bytes,
+                usage: TENSOR_USAGE,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(ChannelPair {
+            ctx: ctx.clone(),
+            buffer,
+            channels,
+        })
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Downloads both vectors.
+    pub fn read(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut both = read_buffer(&self.ctx, &self.buffer, 2 * self.channels)?;
+        let second = both.split_off(self.channels);
+        Ok((both, second))
+    }
+
+    /// Overwrites both vectors; refused (and nothing written) unless each has `channels` values.
+    pub fn write(&self, first: &[f32], second: &[f32]) -> Result<()> {
+        self.write_half(0, first)?;
+        self.write_half(1, second)
+    }
+
+    /// Overwrites one half: 0 = first, 1 = second.
+    pub(crate) fn write_half(&self, half: u64, values: &[f32]) -> Result<()> {
+        if values.len() != self.channels {
+            return Err(BatchNormError::ParameterLength {
+                what: if half == 0 {
+                    "the first vector"
+                } else {
+                    "the second vector"
+                },
+                expected: self.channels,
+                actual: values.len(),
+            });
+        }
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.ctx.checked(|_| {
+            self.ctx.queue().write_buffer(
+                &self.buffer,
+                half * self.channels as u64 * F32_BYTES,
+                bytemuck::cast_slice(values),
+            )
+        })
+    }
+
+    /// The GPU buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    pub(crate) fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+}
+
+/// Copies the first `len` floats of `buffer` to the host and waits for them.
+fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let bytes = len as u64 * F32_BYTES;
+    let staging = ctx.checked(|device| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-batchnorm readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })?;
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+    ctx.submit_and_wait(encoder)?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, move |result| {
+            // The receiver outlives this callback: it waits just below.
+            let _ = sender.send(result);
+        });
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
+    receiver
+        .recv()
+        .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?
+        .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
+    let data = {
+        let mapped = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
+        bytemuck::cast_slice::<u8, f32>(&mapped).to_vec()
+    };
+    staging.unmap();
+    Ok(data)
+}
