@@ -1,15 +1,22 @@
 // Per-channel mean and biased variance, in two steps:
 // 1. `partials_contiguous` / `partials_strided`: each workgroup reduces one chunk of one channel
-//    (or, strided, of a band of 32 channels) to (count, mean, M2) in a partials buffer. Each
-//    thread runs Welford on values shifted by the chunk's first value, then the workgroup merges
-//    its threads with Chan's formula in a fixed tree order.
+//    (or, strided, of a band of 32 channels) to a partial (count, shift, mean - shift, M2). Every
+//    thread runs Welford on values minus the chunk's first value (the shift), and the workgroup
+//    merges its threads with Chan's formula in a fixed tree order.
 // 2. `finalize_statistics`: one workgroup per channel merges that channel's partials in a fixed
 //    order, writes mean and invstd, and updates the running stats.
 // `statistics_from_running` writes mean and invstd from the running stats (inference).
-// Never E[x^2] - E[x]^2: it loses every digit when the mean is large.
+//
+// Why the shift travels with each partial: at an offset of 1e4 a float32 mean carries an error
+// of ~5e-4, and Chan's merge squares the difference of two means. Merging shifted means, with
+// the difference of two shifts (exact for nearby values) added separately, keeps the variance
+// accurate whatever the offset. Never E[x^2] - E[x]^2: it loses every digit when the mean is
+// large.
 
 struct Partial {
     n: f32,
+    shift: f32,
+    // Mean of the values minus `shift`.
     mean: f32,
     m2: f32,
 }
@@ -25,6 +32,7 @@ override HAS_RUNNING: bool = false;
 
 var<workgroup> shared_partials: array<Partial, WORKGROUP>;
 
+// Chan's formula; the result keeps a's shift.
 fn merge(a: Partial, b: Partial) -> Partial {
     if (a.n == 0.0) {
         return b;
@@ -33,21 +41,23 @@ fn merge(a: Partial, b: Partial) -> Partial {
         return a;
     }
     let n = a.n + b.n;
-    let delta = b.mean - a.mean;
+    let delta = (b.shift - a.shift) + (b.mean - a.mean);
     let weight_b = b.n / n;
-    return Partial(n, a.mean + delta * weight_b, a.m2 + b.m2 + delta * delta * a.n * weight_b);
+    return Partial(
+        n,
+        a.shift,
+        a.mean + delta * weight_b,
+        a.m2 + b.m2 + delta * delta * a.n * weight_b,
+    );
 }
 
-// Welford step on a value already shifted; the shift is added back by `unshift`.
-fn welford(acc: Partial, d: f32) -> Partial {
+// Welford step with one more value x of a partial whose shift is already set.
+fn welford(acc: Partial, x: f32) -> Partial {
+    let d = x - acc.shift;
     let n = acc.n + 1.0;
     let delta = d - acc.mean;
     let mean = acc.mean + delta / n;
-    return Partial(n, mean, acc.m2 + delta * (d - mean));
-}
-
-fn unshift(acc: Partial, shift: f32) -> Partial {
-    return Partial(acc.n, acc.mean + shift, acc.m2);
+    return Partial(n, acc.shift, mean, acc.m2 + delta * (d - mean));
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -62,12 +72,11 @@ fn partials_contiguous(
         let chunk = item - c_rel * p.chunks;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, values);
-        let shift = x[value_index(c_rel, start)];
-        var acc = Partial(0.0, 0.0, 0.0);
+        var acc = Partial(0.0, x[value_index(c_rel, start)], 0.0, 0.0);
         for (var m = start + lid; m < end; m += WORKGROUP) {
-            acc = welford(acc, x[value_index(c_rel, m)] - shift);
+            acc = welford(acc, x[value_index(c_rel, m)]);
         }
-        shared_partials[lid] = unshift(acc, shift);
+        shared_partials[lid] = acc;
         workgroupBarrier();
         for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
             if (lid < stride) {
@@ -98,13 +107,12 @@ fn partials_strided(
         let c_rel = band * BAND + lane_c;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, p.o_count);
-        var acc = Partial(0.0, 0.0, 0.0);
+        var acc = Partial(0.0, 0.0, 0.0, 0.0);
         if (c_rel < p.c_count) {
-            let shift = x[p.elem_shift + start * p.channels + c_rel];
+            acc.shift = x[p.elem_shift + start * p.channels + c_rel];
             for (var row = start + lane_r; row < end; row += ROW_LANES) {
-                acc = welford(acc, x[p.elem_shift + row * p.channels + c_rel] - shift);
+                acc = welford(acc, x[p.elem_shift + row * p.channels + c_rel]);
             }
-            acc = unshift(acc, shift);
         }
         shared_partials[lid] = acc;
         workgroupBarrier();
@@ -128,7 +136,7 @@ fn finalize_statistics(
     @builtin(local_invocation_index) lid: u32,
 ) {
     for (var c = wid.x; c < p.channels; c += nwg.x) {
-        var acc = Partial(0.0, 0.0, 0.0);
+        var acc = Partial(0.0, 0.0, 0.0, 0.0);
         for (var k = lid; k < p.chunks_total; k += WORKGROUP) {
             acc = merge(acc, partials[c * p.chunks_total + k]);
         }
@@ -142,7 +150,7 @@ fn finalize_statistics(
         }
         if (lid == 0u) {
             let total = shared_partials[0];
-            let mean = total.mean;
+            let mean = total.shift + total.mean;
             let variance = max(total.m2 / total.n, 0.0);
             stats[c] = mean;
             stats[p.channels + c] = 1.0 / sqrt(variance + p.eps);

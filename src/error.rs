@@ -62,7 +62,7 @@ pub enum BatchNormError {
 
     /// PyTorch's rule: training needs more than one value per channel.
     #[error(
-        "expected more than 1 value per channel when training, got input of shape {shape:?} \
+        "Expected more than 1 value per channel when training, got input of shape {shape:?} \
          ({values} value per channel)"
     )]
     TooFewValuesPerChannel {

@@ -138,9 +138,9 @@ pub fn record_batch_norm(
                 eps,
             )?,
             StatsSource::Running => {
-                let running = args.running.ok_or(BatchNormError::Unsupported(
-                    "inference needs running stats",
-                ))?;
+                let running = args
+                    .running
+                    .ok_or(BatchNormError::Unsupported("inference needs running stats"))?;
                 vec![statistics_from_running(
                     ctx,
                     channels,

@@ -177,12 +177,13 @@ impl GpuContext {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&descriptor)).map_err(
-            |e| BatchNormError::DeviceRequest {
-                adapter: summary.name.clone(),
-                reason: e.to_string(),
-            },
-        )?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&descriptor)).map_err(|e| {
+                BatchNormError::DeviceRequest {
+                    adapter: summary.name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         // Every operation runs inside error scopes; anything that still escapes them must not
         // abort the caller's process.
         device.on_uncaptured_error(Arc::new(|error: wgpu::Error| {
@@ -197,7 +198,8 @@ impl GpuContext {
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, summary: AdapterSummary) -> Self {
         let lost = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&lost);
-        device.set_device_lost_callback(move |_reason, _message| flag.store(true, Ordering::SeqCst));
+        device
+            .set_device_lost_callback(move |_reason, _message| flag.store(true, Ordering::SeqCst));
         GpuContext {
             inner: Arc::new(ContextInner {
                 device,

@@ -40,7 +40,7 @@ impl PlanLimits {
     /// Reads the limits of a device.
     pub fn from_limits(limits: &wgpu::Limits) -> Self {
         PlanLimits {
-            max_binding_bytes: u64::from(limits.max_storage_buffer_binding_size),
+            max_binding_bytes: limits.max_storage_buffer_binding_size,
             offset_alignment: u64::from(limits.min_storage_buffer_offset_alignment),
             max_workgroups: limits.max_compute_workgroups_per_dimension,
         }

@@ -53,7 +53,11 @@ impl Tensor {
     }
 
     /// Uploads an ndarray whose shape is in memory order for `layout` (any strides).
-    pub fn from_array(ctx: &GpuContext, array: ArrayViewD<'_, f32>, layout: Layout) -> Result<Self> {
+    pub fn from_array(
+        ctx: &GpuContext,
+        array: ArrayViewD<'_, f32>,
+        layout: Layout,
+    ) -> Result<Self> {
         let standard = array.as_standard_layout();
         let data = standard
             .as_slice()
@@ -64,11 +68,12 @@ impl Tensor {
     /// A tensor of zeros.
     pub fn zeros(ctx: &GpuContext, shape: &[usize], layout: Layout) -> Result<Self> {
         let view = ChannelView::new(shape, layout)?;
-        let bytes = (view.len() as u64)
-            .checked_mul(F32_BYTES)
-            .ok_or(BatchNormError::TooManyElements {
-                shape: shape.to_vec(),
-            })?;
+        let bytes =
+            (view.len() as u64)
+                .checked_mul(F32_BYTES)
+                .ok_or(BatchNormError::TooManyElements {
+                    shape: shape.to_vec(),
+                })?;
         let max = ctx.limits().max_buffer_size;
         if bytes > max {
             return Err(BatchNormError::TensorTooLarge { bytes, max });

@@ -18,6 +18,9 @@ use crate::plan::{Plan, Window};
 /// The shader every program starts with (the uniform block and index helpers).
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 
+/// The benchmark's roofline kernel: read one vec4, write one vec4 (`shaders/stream.wgsl`).
+pub const STREAM_WGSL: &str = include_str!("../../shaders/stream.wgsl");
+
 /// A WGSL program: one shader module with several entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Program {
@@ -220,11 +223,13 @@ impl Dispatch {
         workgroups: u32,
     ) -> Result<Self> {
         let pipeline = ctx.pipelines().get(ctx, program, entry, overrides)?;
-        let uniform = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("wgpu-batchnorm params"),
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let uniform = ctx
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("wgpu-batchnorm params"),
+                contents: bytemuck::bytes_of(&params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),

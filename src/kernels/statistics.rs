@@ -6,8 +6,8 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::plan::{workgroups_for_elements, workgroups_for_items, Plan, ReductionKind};
 
-/// Bytes of one (count, mean, M2) partial.
-const PARTIAL_BYTES: u64 = 12;
+/// Bytes of one (count, shift, mean - shift, M2) partial.
+const PARTIAL_BYTES: u64 = 16;
 
 /// How a batch's statistics update the running stats.
 pub(crate) struct RunningUpdate<'a> {
