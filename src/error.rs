@@ -26,6 +26,20 @@ pub enum BatchNormError {
         reason: String,
     },
 
+    /// A caller's device has a smaller limit than the kernels need.
+    #[error(
+        "the device's {limit} is {actual} but the batch-norm kernels need {required}; request \
+         at least WebGPU's default limits (wgpu::Limits::default()) when creating the device"
+    )]
+    InsufficientLimit {
+        /// The wgpu limit's name.
+        limit: &'static str,
+        /// What the kernels need.
+        required: u64,
+        /// What the device has.
+        actual: u64,
+    },
+
     /// The data length does not match the shape.
     #[error("shape {shape:?} holds {expected} elements but the data has {actual}")]
     LengthMismatch {

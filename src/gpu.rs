@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{BatchNormError, Result};
 use crate::kernels::PipelineCache;
-use crate::plan::PlanLimits;
+use crate::plan::{PlanLimits, WORKGROUP_SIZE};
 
 /// Which adapter to open. [`AdapterOptions::from_env`] honours `WGPU_BACKEND` and
 /// `WGPU_ADAPTER_NAME`, as wgpu's own examples do.
@@ -119,6 +119,42 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> u8 {
     }
 }
 
+/// Refuses a device whose limits are below what the kernels use: 256-thread workgroups with
+/// 4 KiB of workgroup memory and 6 storage buffers in one shader (the backward's dx kernel).
+fn check_kernel_limits(limits: &wgpu::Limits) -> Result<()> {
+    let workgroup = WORKGROUP_SIZE as u64;
+    let required = [
+        (
+            "max_storage_buffers_per_shader_stage",
+            6,
+            u64::from(limits.max_storage_buffers_per_shader_stage),
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            workgroup,
+            u64::from(limits.max_compute_invocations_per_workgroup),
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            workgroup,
+            u64::from(limits.max_compute_workgroup_size_x),
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            workgroup * 16,
+            u64::from(limits.max_compute_workgroup_storage_size),
+        ),
+    ];
+    match required.into_iter().find(|&(_, need, have)| have < need) {
+        Some((limit, required, actual)) => Err(BatchNormError::InsufficientLimit {
+            limit,
+            required,
+            actual,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// A device and queue with everything the batch-norm kernels need. Clone it freely: clones
 /// share the device, the pipeline cache and the scratch buffers.
 #[derive(Clone)]
@@ -189,18 +225,24 @@ impl GpuContext {
         device.on_uncaptured_error(Arc::new(|error: wgpu::Error| {
             eprintln!("wgpu-batchnorm: uncaptured wgpu error: {error}");
         }));
-        Ok(Self::from_device(device, queue, summary))
+        Self::from_device(device, queue, summary)
     }
 
     /// Wraps a device and queue the caller already owns. Plans read `device.limits()`, so a
-    /// device with smaller limits than its adapter is respected. The caller's error handler is
-    /// left alone; this crate's calls catch their own errors with error scopes.
-    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, summary: AdapterSummary) -> Self {
+    /// device with smaller limits than its adapter is respected; a device below what the
+    /// kernels need (WebGPU's defaults suffice) is refused. The caller's error handler is left
+    /// alone; this crate's calls catch their own errors with error scopes.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        summary: AdapterSummary,
+    ) -> Result<Self> {
+        check_kernel_limits(&device.limits())?;
         let lost = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&lost);
         device
             .set_device_lost_callback(move |_reason, _message| flag.store(true, Ordering::SeqCst));
-        GpuContext {
+        Ok(GpuContext {
             inner: Arc::new(ContextInner {
                 device,
                 queue,
@@ -209,7 +251,7 @@ impl GpuContext {
                 scratch: Mutex::new(HashMap::new()),
                 lost,
             }),
-        }
+        })
     }
 
     /// The wgpu device.
@@ -267,7 +309,7 @@ impl GpuContext {
         let buffer = self.checked(|device| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(key),
-                size: bytes.max(16).next_power_of_two(),
+                size: bytes.max(16),
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,

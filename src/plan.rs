@@ -9,6 +9,8 @@
 //! - Reductions use the strided kernel (32 consecutive channels per workgroup, coalesced) when a
 //!   channel's values are not contiguous (`inner == 1`) and windows hold whole rows; otherwise the
 //!   contiguous kernel (one workgroup per chunk of one channel).
+//! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows), doubled until the
+//!   partials of all chunks fit in one storage binding.
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
 
@@ -23,6 +25,8 @@ pub const STRIDED_CHUNK_ROWS: usize = 256;
 pub const STRIDED_BAND: usize = 32;
 /// Threads per workgroup (`WORKGROUP` in the shaders).
 pub const WORKGROUP_SIZE: usize = 256;
+/// Bytes of the largest reduction partial (the statistics' count, shift, mean, M2).
+pub const MAX_PARTIAL_BYTES: u64 = 16;
 const F32_BYTES: u64 = 4;
 
 /// The device limits that planning depends on.
@@ -106,6 +110,29 @@ pub struct Plan {
 
 /// Plans the windows of a non-empty tensor.
 pub fn plan(view: ChannelView, limits: PlanLimits) -> Result<Plan, BatchNormError> {
+    let mut plan = plan_with_chunk(view, limits, None)?;
+    let row_groups = plan.windows.iter().filter(|w| w.c0 == 0).count();
+    loop {
+        let partial_bytes = view.channels as u64 * plan.chunks_total as u64 * MAX_PARTIAL_BYTES;
+        if partial_bytes <= limits.max_binding_bytes {
+            return Ok(plan);
+        }
+        if plan.chunks_total <= row_groups {
+            return Err(BatchNormError::Unsupported(
+                "this tensor needs more reduction partials than one storage binding of this \
+                 device holds (a row of channels is larger than a binding); use a device with \
+                 a larger max_storage_buffer_binding_size",
+            ));
+        }
+        plan = plan_with_chunk(view, limits, Some(plan.chunk_len * 2))?;
+    }
+}
+
+fn plan_with_chunk(
+    view: ChannelView,
+    limits: PlanLimits,
+    chunk_len: Option<usize>,
+) -> Result<Plan, BatchNormError> {
     let align = limits.offset_alignment.max(F32_BYTES);
     let usable = limits.max_binding_bytes.saturating_sub(align) / F32_BYTES;
     let row = (view.channels * view.inner) as u64;
@@ -115,10 +142,10 @@ pub fn plan(view: ChannelView, limits: PlanLimits) -> Result<Plan, BatchNormErro
     } else {
         ReductionKind::Contiguous
     };
-    let chunk_len = match kind {
+    let chunk_len = chunk_len.unwrap_or(match kind {
         ReductionKind::Contiguous => CONTIGUOUS_CHUNK,
         ReductionKind::Strided => STRIDED_CHUNK_ROWS,
-    };
+    });
     let chunks_for = |o_count: usize| match kind {
         ReductionKind::Contiguous => (o_count * view.inner).div_ceil(chunk_len),
         ReductionKind::Strided => o_count.div_ceil(chunk_len),
@@ -315,6 +342,30 @@ mod tests {
             next += w.chunks;
         }
         assert_eq!(next, p.chunks_total);
+    }
+
+    #[test]
+    fn chunks_grow_until_the_partials_fit_in_a_binding() {
+        let limits = PlanLimits {
+            max_binding_bytes: 64 << 10,
+            offset_alignment: 256,
+            max_workgroups: 65535,
+        };
+        let p = plan(view(&[1 << 16, 16], Layout::ChannelsLast), limits).unwrap();
+        assert!(p.chunk_len > STRIDED_CHUNK_ROWS);
+        assert!(16 * p.chunks_total as u64 * MAX_PARTIAL_BYTES <= limits.max_binding_bytes);
+        assert_covers(&p, limits);
+    }
+
+    #[test]
+    fn partials_that_cannot_fit_are_refused() {
+        let limits = PlanLimits {
+            max_binding_bytes: 1024,
+            offset_alignment: 256,
+            max_workgroups: 65535,
+        };
+        let err = plan(view(&[40, 3, 1100], Layout::ChannelsLast), limits).unwrap_err();
+        assert!(matches!(err, BatchNormError::Unsupported(_)));
     }
 
     #[test]

@@ -31,10 +31,8 @@ pub(crate) fn backward(
 ) -> Result<Vec<Dispatch>> {
     let limits = ctx.plan_limits();
     let channels = plan.view.channels;
-    let partials = ctx.scratch(
-        "backward partials",
-        channels as u64 * plan.chunks_total as u64 * PARTIAL_BYTES,
-    )?;
+    let partials_bytes = channels as u64 * plan.chunks_total as u64 * PARTIAL_BYTES;
+    let partials = ctx.scratch("backward partials", partials_bytes)?;
     let unused = ctx.scratch("unused binding", 16)?;
     let affine = buffers.affine.unwrap_or(&unused);
     let overrides = [
@@ -58,7 +56,7 @@ pub(crate) fn backward(
                 Slot::window(1, buffers.x, window),
                 Slot::window(2, buffers.dy, window),
                 Slot::whole(4, buffers.stats),
-                Slot::whole(6, &partials),
+                Slot::prefix(6, &partials, partials_bytes),
             ],
             workgroups_for_items(params.items as usize, limits),
         )?);
@@ -75,7 +73,7 @@ pub(crate) fn backward(
         },
         &[
             Slot::whole(4, buffers.stats),
-            Slot::whole(6, &partials),
+            Slot::prefix(6, &partials, partials_bytes),
             Slot::whole(7, buffers.grads),
         ],
         workgroups_for_items(channels, limits),

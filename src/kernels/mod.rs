@@ -191,6 +191,16 @@ impl<'a> Slot<'a> {
         }
     }
 
+    /// The first `bytes` of a buffer (scratch buffers may be larger than one call needs).
+    pub fn prefix(binding: u32, buffer: &'a wgpu::Buffer, bytes: u64) -> Self {
+        Slot {
+            binding,
+            buffer,
+            offset: 0,
+            size: Some(bytes),
+        }
+    }
+
     /// The part of a tensor's buffer that `window` covers.
     pub fn window(binding: u32, buffer: &'a wgpu::Buffer, window: &Window) -> Self {
         Slot {

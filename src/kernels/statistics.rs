@@ -28,10 +28,8 @@ pub(crate) fn batch_statistics(
 ) -> Result<Vec<Dispatch>> {
     let limits = ctx.plan_limits();
     let channels = plan.view.channels as u64;
-    let partials = ctx.scratch(
-        "batch-statistics partials",
-        channels * plan.chunks_total as u64 * PARTIAL_BYTES,
-    )?;
+    let partials_bytes = channels * plan.chunks_total as u64 * PARTIAL_BYTES;
+    let partials = ctx.scratch("batch-statistics partials", partials_bytes)?;
     let entry = match plan.kind {
         ReductionKind::Contiguous => "partials_contiguous",
         ReductionKind::Strided => "partials_strided",
@@ -45,7 +43,10 @@ pub(crate) fn batch_statistics(
             entry,
             &[],
             params,
-            &[Slot::window(1, x, window), Slot::whole(2, &partials)],
+            &[
+                Slot::window(1, x, window),
+                Slot::prefix(2, &partials, partials_bytes),
+            ],
             workgroups_for_items(params.items as usize, limits),
         )?);
     }
@@ -66,7 +67,7 @@ pub(crate) fn batch_statistics(
         &[("HAS_RUNNING", update.is_some())],
         params,
         &[
-            Slot::whole(2, &partials),
+            Slot::prefix(2, &partials, partials_bytes),
             Slot::whole(3, update.as_ref().map_or(&unused, |u| u.running)),
             Slot::whole(4, stats),
         ],

@@ -84,3 +84,257 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
 pub fn flat(array: ArrayViewD<'_, f64>) -> Vec<f64> {
     array.iter().copied().collect()
 }
+
+/// float32 unit roundoff.
+pub const F32_EPS: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// One layer configuration driven through several batches, on the GPU and in the reference.
+pub struct Scenario {
+    pub shape: Vec<usize>,
+    pub layout: Layout,
+    pub config: wgpu_batchnorm::BatchNormConfig,
+    /// gamma and beta, when affine.
+    pub affine: Option<(Vec<f32>, Vec<f32>)>,
+    /// One input per training step; the first is reused for inference at the end.
+    pub batches: Vec<Vec<f32>>,
+}
+
+impl Scenario {
+    fn channels(&self) -> usize {
+        wgpu_batchnorm::ChannelView::new(&self.shape, self.layout)
+            .unwrap()
+            .channels
+    }
+
+    /// Output tolerance: 1e-5 |gamma| plus 8 |mean|/std x 2^-24 |gamma| (DESIGN.md); the checks
+    /// add one float32 ulp of the expected value, since y itself is rounded to float32 (which
+    /// matters when |gamma| is tiny and y is about beta).
+    fn output_tolerance(&self, stats: &wgpu_batchnorm::reference::BatchStatistics) -> Vec<f64> {
+        let gamma_abs = |c: usize| {
+            self.affine
+                .as_ref()
+                .map_or(1.0, |(g, _)| f64::from(g[c]).abs())
+        };
+        (0..self.channels())
+            .map(|c| {
+                let ratio = stats.mean[c].abs() * stats.invstd[c];
+                gamma_abs(c) * (1e-5 + 8.0 * ratio * F32_EPS)
+            })
+            .collect()
+    }
+
+    /// Runs every batch in training mode, then inference on the first batch, checking outputs,
+    /// saved statistics and running stats against the f64 reference after every step.
+    pub fn check(&self) {
+        use wgpu_batchnorm::reference;
+        let ctx = context();
+        let channels = self.channels();
+        let mut layer =
+            wgpu_batchnorm::BatchNorm::with_config(&ctx, channels, self.config).expect("layer");
+        if let Some((gamma, beta)) = &self.affine {
+            layer.set_parameters(gamma, beta).expect("parameters");
+        }
+        let gamma = self.affine.as_ref().map(|(g, _)| g.as_slice());
+        let beta = self.affine.as_ref().map(|(_, b)| b.as_slice());
+        let mut running_mean = vec![0.0f64; channels];
+        let mut running_var = vec![1.0f64; channels];
+        let view = wgpu_batchnorm::ChannelView::new(&self.shape, self.layout).unwrap();
+        let eps = self.config.eps;
+        for (step, batch) in self.batches.iter().enumerate() {
+            let (x, host) = upload(batch, &self.shape, self.layout);
+            let y = poisoned(&self.shape, self.layout);
+            let saved = layer.forward_into(&x, &y).expect("training forward");
+            let (want, stats) =
+                reference::training_forward(host.view(), self.layout, gamma, beta, eps);
+            let tol = self.output_tolerance(&stats);
+            let got = y.to_vec().unwrap();
+            for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                let bound = tol[view.channel_of(i)] + 2.0 * F32_EPS * w.abs();
+                let err = (f64::from(*g) - w).abs();
+                assert!(
+                    err <= bound || (g.is_nan() && w.is_nan()),
+                    "step {step}: y[{i}] = {g}, want {w} (error {err:e} > {bound:e}); {:?} {:?}",
+                    self.shape,
+                    self.layout
+                );
+            }
+            let (mean, invstd) = saved.read().unwrap();
+            let mean_tol: Vec<f64> = stats.mean.iter().map(|m| 4.0 * m.abs() * F32_EPS).collect();
+            for c in 0..channels {
+                let mean_err = (f64::from(mean[c]) - stats.mean[c]).abs();
+                assert!(
+                    mean_err <= 1e-6 / stats.invstd[c] + mean_tol[c],
+                    "step {step}: mean[{c}] {} vs {}",
+                    mean[c],
+                    stats.mean[c]
+                );
+                let invstd_err = (f64::from(invstd[c]) - stats.invstd[c]).abs();
+                assert!(
+                    invstd_err <= 1e-5 * stats.invstd[c],
+                    "step {step}: invstd[{c}] {} vs {}",
+                    invstd[c],
+                    stats.invstd[c]
+                );
+            }
+            if self.config.track_running_stats {
+                let momentum = self.config.momentum.unwrap_or(1.0 / (step + 1) as f64);
+                reference::update_running_statistics(
+                    &mut running_mean,
+                    &mut running_var,
+                    &stats,
+                    view.values_per_channel(),
+                    momentum,
+                );
+                let (got_mean, got_var) = layer.running_statistics().unwrap();
+                for c in 0..channels {
+                    let tol_mean = 1e-6 + 1e-5 * running_mean[c].abs() + mean_tol[c];
+                    assert!(
+                        (f64::from(got_mean[c]) - running_mean[c]).abs() <= tol_mean,
+                        "step {step}: running_mean[{c}] {} vs {}",
+                        got_mean[c],
+                        running_mean[c]
+                    );
+                    let tol_var = 1e-6 + 1e-5 * running_var[c].abs();
+                    assert!(
+                        (f64::from(got_var[c]) - running_var[c]).abs() <= tol_var,
+                        "step {step}: running_var[{c}] {} vs {}",
+                        got_var[c],
+                        running_var[c]
+                    );
+                }
+            }
+        }
+        layer.set_training(false);
+        let (x, host) = upload(&self.batches[0], &self.shape, self.layout);
+        let y = poisoned(&self.shape, self.layout);
+        layer.forward_into(&x, &y).expect("inference forward");
+        let (want, tol) = if self.config.track_running_stats {
+            let want = reference::inference_forward(
+                host.view(),
+                self.layout,
+                &running_mean,
+                &running_var,
+                gamma,
+                beta,
+                eps,
+            );
+            let stats = reference::BatchStatistics {
+                invstd: running_var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+                mean: running_mean.clone(),
+                var: running_var.clone(),
+            };
+            (want, self.output_tolerance(&stats))
+        } else {
+            let (want, stats) =
+                reference::training_forward(host.view(), self.layout, gamma, beta, eps);
+            (want, self.output_tolerance(&stats))
+        };
+        let got = y.to_vec().unwrap();
+        for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+            let bound = tol[view.channel_of(i)] + 2.0 * F32_EPS * w.abs();
+            assert!(
+                (f64::from(*g) - w).abs() <= bound,
+                "inference: y[{i}] = {g}, want {w}; {:?} {:?}",
+                self.shape,
+                self.layout
+            );
+        }
+    }
+}
+
+/// Runs a training forward and the backward through batch statistics on `ctx` (outputs
+/// NaN-poisoned first) and checks y, dx, dgamma and dbeta against the f64 reference.
+///
+/// Tolerances: outputs as [`Scenario`]; dx the same scaled by invstd (dx carries the factor
+/// gamma * invstd); dgamma and dbeta within (1e-5 + 8 |mean|/std 2^-24) of the sum of the
+/// absolute values of their terms, which bounds float32 rounding in a reduction of our depth.
+pub fn check_round_trip(ctx: &GpuContext, shape: &[usize], layout: Layout, seed: u64) {
+    use wgpu_batchnorm::{reference, BatchNorm};
+    let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
+    let channels = view.channels;
+    let len = view.len();
+    let x_data = normal_data(len, seed, 1.5, 2.0);
+    let dy_data = normal_data(len, seed ^ 0xA5A5, 0.0, 1.0);
+    let gamma = normal_data(channels, seed ^ 3, 1.0, 0.5);
+    let beta = normal_data(channels, seed ^ 4, 0.0, 1.0);
+    let make = |data: &[f32]| {
+        let tensor = Tensor::from_slice(ctx, data, shape, layout).expect("upload");
+        let host = ArrayD::from_shape_vec(IxDyn(shape), data.to_vec()).unwrap();
+        (tensor, host)
+    };
+    let fresh = || {
+        let tensor = Tensor::zeros(ctx, shape, layout).expect("allocate");
+        tensor.fill(f32::NAN).expect("fill");
+        tensor
+    };
+    let (x, x_host) = make(&x_data);
+    let (dy, dy_host) = make(&dy_data);
+    let mut layer = BatchNorm::new(ctx, channels).unwrap();
+    layer.set_parameters(&gamma, &beta).unwrap();
+    let y = fresh();
+    let saved = layer.forward_into(&x, &y).expect("forward");
+    let dx = fresh();
+    let params = layer
+        .backward_into(&x, &dy, &dx, &saved)
+        .expect("backward")
+        .expect("affine gradients");
+
+    let (want_y, stats) =
+        reference::training_forward(x_host.view(), layout, Some(&gamma), Some(&beta), 1e-5);
+    let grads = reference::backward_batch_statistics(
+        x_host.view(),
+        dy_host.view(),
+        layout,
+        &stats.mean,
+        &stats.invstd,
+        Some(&gamma),
+    );
+    let ratio: Vec<f64> = (0..channels)
+        .map(|c| stats.mean[c].abs() * stats.invstd[c])
+        .collect();
+    let out_tol: Vec<f64> = (0..channels)
+        .map(|c| f64::from(gamma[c]).abs() * (1e-5 + 8.0 * ratio[c] * F32_EPS))
+        .collect();
+    let got_y = y.to_vec().unwrap();
+    let got_dx = dx.to_vec().unwrap();
+    let mut sum_abs_dy = vec![0.0f64; channels];
+    let mut sum_abs_dy_xhat = vec![0.0f64; channels];
+    for i in 0..len {
+        let c = view.channel_of(i);
+        let x_hat = (f64::from(x_data[i]) - stats.mean[c]) * stats.invstd[c];
+        sum_abs_dy[c] += f64::from(dy_data[i]).abs();
+        sum_abs_dy_xhat[c] += (f64::from(dy_data[i]) * x_hat).abs();
+        let want = want_y.as_slice().unwrap()[i];
+        // Plus one float32 ulp of the output: y itself is rounded to float32.
+        let y_err = (f64::from(got_y[i]) - want).abs();
+        assert!(
+            y_err <= out_tol[c] + 2.0 * F32_EPS * want.abs(),
+            "{shape:?} {layout:?}: y[{i}] = {}, want {}",
+            got_y[i],
+            want_y.as_slice().unwrap()[i]
+        );
+        let want_dx = grads.dx.as_slice().unwrap()[i];
+        let dx_err = (f64::from(got_dx[i]) - want_dx).abs();
+        assert!(
+            dx_err <= out_tol[c] * stats.invstd[c].max(1.0) + 2.0 * F32_EPS * want_dx.abs(),
+            "{shape:?} {layout:?}: dx[{i}] = {}, want {want_dx}",
+            got_dx[i]
+        );
+    }
+    let (dgamma, dbeta) = params.read().unwrap();
+    for c in 0..channels {
+        let rel = 1e-5 + 8.0 * ratio[c] * F32_EPS;
+        assert!(
+            (f64::from(dgamma[c]) - grads.dgamma[c]).abs() <= rel * sum_abs_dy_xhat[c] + 1e-6,
+            "{shape:?} {layout:?}: dgamma[{c}] = {}, want {}",
+            dgamma[c],
+            grads.dgamma[c]
+        );
+        assert!(
+            (f64::from(dbeta[c]) - grads.dbeta[c]).abs() <= 1e-5 * sum_abs_dy[c] + 1e-6,
+            "{shape:?} {layout:?}: dbeta[{c}] = {}, want {}",
+            dbeta[c],
+            grads.dbeta[c]
+        );
+    }
+}

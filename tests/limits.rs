@@ -1,0 +1,269 @@
+//! Device limits and concurrency: tensors larger than a storage binding, workgroup counts above
+//! the per-dimension limit, bitwise determinism, use from several threads, and a caller-owned
+//! device and command encoder.
+
+mod common;
+
+use common::{check_round_trip, context, normal_data};
+use wgpu_batchnorm::functional::{record_batch_norm, record_batch_norm_backward, ForwardArgs};
+use wgpu_batchnorm::gpu::list_adapters;
+use wgpu_batchnorm::{
+    reference, AdapterOptions, AdapterSummary, BatchNorm, ChannelPair, GpuContext, Layout, Tensor,
+};
+
+/// A caller-owned device on the test adapter with smaller limits than the adapter's, so the
+/// planner's windows and workgroup loops run on small tensors.
+fn limited_context(max_binding_bytes: u64, max_workgroups: u32) -> GpuContext {
+    let adapter = list_adapters(&AdapterOptions::from_env())
+        .into_iter()
+        .next()
+        .expect("an adapter (see tests/common/mod.rs for how to install one)");
+    let mut limits = adapter.limits();
+    limits.max_storage_buffer_binding_size = max_binding_bytes;
+    limits.max_compute_workgroups_per_dimension = max_workgroups;
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("limited test device"),
+        required_features: wgpu::Features::empty(),
+        required_limits: limits,
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .expect("a device with smaller limits");
+    GpuContext::from_device(device, queue, AdapterSummary::from(adapter.get_info()))
+        .expect("limits above the kernels' needs")
+}
+
+#[test]
+fn tensors_larger_than_a_binding_are_processed_in_windows() {
+    // 4 KiB bindings and at most 3 workgroups per dispatch: every shape below needs several
+    // windows (whole rows, or channel ranges when one row is too large) and looping workgroups.
+    let ctx = limited_context(4096, 3);
+    assert_eq!(ctx.limits().max_storage_buffer_binding_size, 4096);
+    let cases: [(&[usize], Layout); 6] = [
+        (&[16, 2, 5, 7], Layout::ChannelsFirst),
+        (&[8, 3, 20, 21], Layout::ChannelsFirst),
+        (&[2, 5, 600], Layout::ChannelsFirst),
+        (&[3, 20, 21, 5], Layout::ChannelsLast),
+        (&[700, 7], Layout::ChannelsFirst),
+        (&[2, 3, 3, 100], Layout::ChannelsLast),
+    ];
+    for (k, (shape, layout)) in cases.into_iter().enumerate() {
+        check_round_trip(&ctx, shape, layout, 100 + k as u64);
+    }
+}
+
+#[test]
+fn a_tensor_over_the_adapters_binding_limit() {
+    let ctx = context();
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    // 5 x 8 x 1024 x 1024 floats = 160 MiB: over lavapipe's 128 MiB binding limit.
+    let shape = [5usize, 8, 1024, 1024];
+    let bytes = shape.iter().product::<usize>() as u64 * 4;
+    if bytes <= limit {
+        eprintln!(
+            "note: this adapter binds {limit} bytes; the 160 MiB tensor fits in one binding here \
+             (windows are still covered by tensors_larger_than_a_binding_are_processed_in_windows)"
+        );
+    }
+    check_round_trip(&ctx, &shape, Layout::ChannelsFirst, 7);
+}
+
+#[test]
+fn more_channels_than_workgroups_per_dimension() {
+    let ctx = context();
+    assert!(70_000 > ctx.limits().max_compute_workgroups_per_dimension);
+    check_round_trip(&ctx, &[3, 70_000], Layout::ChannelsFirst, 11);
+    check_round_trip(&ctx, &[2, 70_000, 2], Layout::ChannelsFirst, 12);
+    check_round_trip(&ctx, &[2, 2, 70_000], Layout::ChannelsLast, 13);
+}
+
+/// Everything one training step produces, as bits.
+fn one_step_bits(shape: &[usize], layout: Layout) -> Vec<Vec<u32>> {
+    let ctx = context();
+    let len: usize = shape.iter().product();
+    let channels = wgpu_batchnorm::ChannelView::new(shape, layout)
+        .unwrap()
+        .channels;
+    let x = Tensor::from_slice(&ctx, &normal_data(len, 5, 3.0, 2.0), shape, layout).unwrap();
+    let dy = Tensor::from_slice(&ctx, &normal_data(len, 6, 0.0, 1.0), shape, layout).unwrap();
+    let mut layer = BatchNorm::new(&ctx, channels).unwrap();
+    let out = layer.forward(&x).unwrap();
+    let grads = layer.backward(&x, &dy, &out.saved).unwrap();
+    let (mean, invstd) = out.saved.read().unwrap();
+    let (running_mean, running_var) = layer.running_statistics().unwrap();
+    let (dgamma, dbeta) = grads.params.unwrap().read().unwrap();
+    [
+        out.y.to_vec().unwrap(),
+        grads.dx.to_vec().unwrap(),
+        mean,
+        invstd,
+        running_mean,
+        running_var,
+        dgamma,
+        dbeta,
+    ]
+    .into_iter()
+    .map(|v| v.into_iter().map(f32::to_bits).collect())
+    .collect()
+}
+
+#[test]
+fn results_are_bitwise_identical_from_run_to_run() {
+    for (shape, layout) in [
+        (vec![16usize, 8, 33, 33], Layout::ChannelsFirst),
+        (vec![16, 33, 33, 8], Layout::ChannelsLast),
+    ] {
+        let first = one_step_bits(&shape, layout);
+        for _ in 0..2 {
+            assert!(
+                one_step_bits(&shape, layout) == first,
+                "{shape:?} {layout:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn several_threads_share_one_context() {
+    let ctx = context();
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                for round in 0..3 {
+                    let (shape, layout) = if t % 2 == 0 {
+                        (vec![4usize, 3 + t as usize, 9, 10], Layout::ChannelsFirst)
+                    } else {
+                        (vec![4usize, 9, 10, 3 + t as usize], Layout::ChannelsLast)
+                    };
+                    check_round_trip(&ctx, &shape, layout, 1000 * t + round);
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("a worker thread failed");
+    }
+}
+
+#[test]
+fn a_caller_owned_device_buffers_and_encoder() {
+    let adapter = list_adapters(&AdapterOptions::from_env())
+        .into_iter()
+        .next()
+        .expect("an adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("the caller's device"),
+        required_features: wgpu::Features::empty(),
+        required_limits: wgpu::Limits::default().using_resolution(adapter.limits()),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .expect("device");
+    let ctx = GpuContext::from_device(device.clone(), queue.clone(), adapter.get_info().into())
+        .expect("WebGPU's default limits are enough");
+
+    let shape = [6usize, 5, 7, 3];
+    let layout = Layout::ChannelsLast;
+    let len: usize = shape.iter().product();
+    let x_data = normal_data(len, 21, -2.0, 0.5);
+    let dy_data = normal_data(len, 22, 0.0, 1.0);
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let caller_buffer = |data: &[f32]| {
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("caller buffer"),
+            size: (data.len() * 4) as u64,
+            usage,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+        Tensor::from_buffer(&ctx, buffer, &shape, layout).unwrap()
+    };
+    let x = caller_buffer(&x_data);
+    let dy = caller_buffer(&dy_data);
+    let y = caller_buffer(&vec![f32::NAN; len]);
+    let dx = caller_buffer(&vec![f32::NAN; len]);
+    let gamma = [0.5f32, -1.0, 2.0];
+    let beta = [0.1f32, 0.2, -0.3];
+    let affine = ChannelPair::new(&ctx, &gamma, &beta).unwrap();
+    let running = ChannelPair::new(&ctx, &[0.0; 3], &[1.0; 3]).unwrap();
+    let args = ForwardArgs {
+        affine: Some(&affine),
+        running: Some(&running),
+        training: true,
+        momentum: 0.1,
+        eps: 1e-5,
+    };
+
+    // One encoder, one submission: forward then backward.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let saved = record_batch_norm(&mut encoder, &x, &y, &args, None).unwrap();
+    let params =
+        record_batch_norm_backward(&mut encoder, &x, &dy, &dx, &saved, Some(&affine), None)
+            .unwrap()
+            .unwrap();
+    queue.submit([encoder.finish()]);
+
+    let x_host = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), x_data).unwrap();
+    let dy_host = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), dy_data).unwrap();
+    let (want_y, stats) =
+        reference::training_forward(x_host.view(), layout, Some(&gamma), Some(&beta), 1e-5);
+    let grads = reference::backward_batch_statistics(
+        x_host.view(),
+        dy_host.view(),
+        layout,
+        &stats.mean,
+        &stats.invstd,
+        Some(&gamma),
+    );
+    common::assert_close(
+        "y",
+        &y.to_vec().unwrap(),
+        &common::flat(want_y.view()),
+        2e-5,
+        0.0,
+    );
+    common::assert_close(
+        "dx",
+        &dx.to_vec().unwrap(),
+        &common::flat(grads.dx.view()),
+        1e-4,
+        0.0,
+    );
+    let (dgamma, dbeta) = params.read().unwrap();
+    common::assert_close("dgamma", &dgamma, &grads.dgamma, 1e-4, 1e-5);
+    common::assert_close("dbeta", &dbeta, &grads.dbeta, 1e-4, 1e-5);
+    let (running_mean, _) = running.read().unwrap();
+    let want_mean: Vec<f64> = stats.mean.iter().map(|m| 0.1 * m).collect();
+    common::assert_close("running_mean", &running_mean, &want_mean, 1e-6, 1e-5);
+}
+
+#[test]
+fn a_device_below_the_kernels_needs_is_refused() {
+    let adapter = list_adapters(&AdapterOptions::from_env())
+        .into_iter()
+        .next()
+        .expect("an adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("a downlevel device"),
+        required_features: wgpu::Features::empty(),
+        required_limits: wgpu::Limits::downlevel_defaults(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .expect("device");
+    let error = GpuContext::from_device(device, queue, adapter.get_info().into())
+        .expect_err("4 storage buffers per stage are too few");
+    assert!(matches!(
+        error,
+        wgpu_batchnorm::BatchNormError::InsufficientLimit {
+            limit: "max_storage_buffers_per_shader_stage",
+            required: 6,
+            actual: 4
+        }
+    ));
+}
