@@ -1,0 +1,157 @@
+"""Side-by-side table of bnbench and PyTorch on the same cases: our time over PyTorch's.
+
+    python3 scripts/compare.py BNBENCH_JSON TORCH_JSON [--run INDEX] [--markdown PATH]
+
+BNBENCH_JSON is what `bnbench --json` wrote; TORCH_JSON what `scripts/torch_bench.py --json`
+wrote. Cases are matched on (operation, layout, shape). Two comparisons per case:
+
+  GPU time   bnbench's median GPU time (timestamps around the operation's compute pass) against
+             PyTorch's summed kernel time per call (profiler); ratio < 1 means we are faster;
+  host time  bnbench's one call submitted and awaited (median) against PyTorch's eager call
+             between CUDA events (median).
+
+Plain Python 3 (json module only): runs wherever the JSON files are.
+"""
+import argparse
+import json
+import sys
+
+
+def key(case):
+    return (case["op"], case["layout"], tuple(case["shape"]))
+
+
+def label(case):
+    return f"{case['op']} {'x'.join(str(d) for d in case['shape'])} {case['format']}"
+
+
+def number(value, digits=1):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def ratio(ours, theirs):
+    if ours is None or theirs is None or theirs <= 0:
+        return None
+    return ours / theirs
+
+
+def geometric_mean(values):
+    values = [v for v in values if v is not None and v > 0]
+    if not values:
+        return None
+    product = 1.0
+    for v in values:
+        product *= v
+    return product ** (1.0 / len(values))
+
+
+def build_rows(run, torch_cases):
+    """One row per case that either side ran, ours in our order, then PyTorch's leftovers."""
+    theirs = {key(c): c for c in torch_cases}
+    rows = []
+    seen = set()
+    for case in run["cases"]:
+        k = key(case)
+        seen.add(k)
+        t = theirs.get(k)
+        rows.append({
+            "case": label(case),
+            "ours_us": case["gpu_median_us"],
+            "torch_us": t and t["kernel_us"],
+            "gpu_ratio": ratio(case["gpu_median_us"], t and t["kernel_us"]),
+            "ours_host_us": case["host_single_us"],
+            "torch_eager_us": t and t["eager_us"],
+            "host_ratio": ratio(case["host_single_us"], t and t["eager_us"]),
+            "ours_gbps": case["gbps"],
+            "torch_gbps": t and t["gbps"],
+        })
+    for t in torch_cases:
+        if key(t) not in seen:
+            rows.append({
+                "case": label(t), "ours_us": None, "torch_us": t["kernel_us"], "gpu_ratio": None,
+                "ours_host_us": None, "torch_eager_us": t["eager_us"], "host_ratio": None,
+                "ours_gbps": None, "torch_gbps": t["gbps"],
+            })
+    return rows
+
+
+HEADER = ["case", "ours GPU us", "PyTorch kernel us", "ours/PyTorch", "ours GB/s", "PyTorch GB/s",
+          "ours 1 call us", "PyTorch eager us", "ours/PyTorch (host)"]
+
+
+def cells(row):
+    return [
+        row["case"],
+        number(row["ours_us"]),
+        number(row["torch_us"]),
+        number(row["gpu_ratio"], 2),
+        number(row["ours_gbps"], 1),
+        number(row["torch_gbps"], 1),
+        number(row["ours_host_us"]),
+        number(row["torch_eager_us"]),
+        number(row["host_ratio"], 2),
+    ]
+
+
+def text_table(rows):
+    table = [HEADER] + [cells(r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
+    lines = []
+    for r in table:
+        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    return "\n".join(lines)
+
+
+def markdown_table(rows):
+    lines = ["| " + " | ".join(HEADER) + " |", "| --- |" + " ---: |" * (len(HEADER) - 1)]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def heading(ours, run, torch_info):
+    adapter = run["adapter"]
+    return [
+        f"ours: bnbench {ours.get('version', '?')} on {adapter['name']} ({adapter['backend']}, driver "
+        f"{adapter['driver']}), {run['timing_method']}, stream kernel {run['stream']['gbps']:.1f} GB/s, "
+        f"{ours['date_utc']}",
+        f"PyTorch {torch_info['torch']} (CUDA {torch_info['cuda']}, cuDNN {torch_info['cudnn']}) on "
+        f"{torch_info['device']}, 1 GiB copy {torch_info['copy_gbps']:.1f} GB/s, {torch_info['date_utc']}",
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("ours", help="bnbench --json output")
+    parser.add_argument("torch", help="scripts/torch_bench.py --json output")
+    parser.add_argument("--run", type=int, default=0, help="which adapter run of the bnbench JSON (default 0)")
+    parser.add_argument("--markdown", help="also write the table as Markdown here")
+    args = parser.parse_args()
+    with open(args.ours) as f:
+        ours = json.load(f)
+    with open(args.torch) as f:
+        torch_info = json.load(f)
+    runs = ours.get("runs", [])
+    if not 0 <= args.run < len(runs):
+        print(f"compare: {args.ours} has {len(runs)} adapter run(s); no run {args.run}", file=sys.stderr)
+        return 1
+    run = runs[args.run]
+    rows = build_rows(run, torch_info["cases"])
+    gpu_mean = geometric_mean([r["gpu_ratio"] for r in rows])
+    host_mean = geometric_mean([r["host_ratio"] for r in rows])
+    summary = (f"geometric mean of ours/PyTorch: GPU time {number(gpu_mean, 2)}, "
+               f"host time {number(host_mean, 2)} (below 1: ours is faster)")
+    lines = heading(ours, run, torch_info)
+    print("\n".join(lines))
+    print()
+    print(text_table(rows))
+    print(summary)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("# bnbench against PyTorch\n\n")
+            f.write("".join(f"- {line}\n" for line in lines))
+            f.write("\n" + markdown_table(rows) + "\n\n" + summary + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

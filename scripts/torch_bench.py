@@ -1,0 +1,206 @@
+"""PyTorch's batch norm timed on the same cases as bnbench, for scripts/compare.py.
+
+Follows the method of the reference numbers the project started from (torch_anchor.py):
+
+  kernel  the summed durations of the GPU kernels of one call, from the profiler: GPU time
+          alone, the figure to compare with bnbench's GPU timestamps around an operation;
+  eager   CUDA events around one eager call, host launch cost included (median).
+
+Inputs rotate among enough copies to hold at least twice the L2 cache and at least 128 MiB
+(16 MiB with --quick, as bnbench), so no timing is of cached data. GB/s is counted at the
+minimum bytes (8 per element forward, 12 backward) over the kernel time.
+
+Cases, names and order are bnbench's: shapes, then layouts (channels-first, channels-last; a
+2-D shape runs once, as channels-first), then operations (train-forward, eval-forward,
+backward through the batch statistics).
+
+    python3 scripts/torch_bench.py [--quick] [--shape N,C,...] [--json PATH]
+"""
+import argparse
+import datetime
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+FULL_SHAPES = [
+    (64, 64, 112, 112),
+    (64, 256, 56, 56),
+    (64, 1024, 14, 14),
+    (64, 2048, 7, 7),
+    (8192, 4096),
+    (256, 1024),
+    (32, 64, 8, 8),
+]
+QUICK_SHAPES = [(32, 64, 8, 8), (256, 1024), (8, 32, 28, 28)]
+OPS = ("train-forward", "eval-forward", "backward")
+BYTES_PER_ELEMENT = {"train-forward": 8, "eval-forward": 8, "backward": 12}
+MIB = 1 << 20
+DEV = "cuda"
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def time_eager(fns, reps):
+    """Median wall time of one call between CUDA events, in microseconds."""
+    for f in fns[:3]:
+        f()
+    torch.cuda.synchronize()
+    times = []
+    for i in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fns[i % len(fns)]()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return median(times)
+
+
+def time_kernels(fns, reps):
+    """GPU time per call in microseconds: the CUDA kernel (and memset/memcpy) durations the
+    profiler records, summed and divided by the number of calls. Launch gaps and host time are
+    excluded."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for f in fns[:3]:
+        f()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(reps):
+            fns[i % len(fns)]()
+        torch.cuda.synchronize()
+    total_us = 0.0
+    for event in prof.key_averages():
+        total_us += getattr(event, "self_device_time_total", 0.0) or 0.0
+    return total_us / reps
+
+
+def layouts_of(shape):
+    """bnbench's layouts for a shape, with the memory format PyTorch needs for each."""
+    if len(shape) == 2:
+        return [("channels-first", "NC", torch.contiguous_format)]
+    names = {3: ("NCL", None), 4: ("NCHW", torch.channels_last), 5: ("NCDHW", torch.channels_last_3d)}
+    first, last_format = names.get(len(shape), ("channels-first", None))
+    layouts = [("channels-first", first, torch.contiguous_format)]
+    if last_format is not None:
+        layouts.append(("channels-last", "N" + first[2:] + "C", last_format))
+    return layouts
+
+
+def copy_gbps():
+    """Device-to-device copy of 1 GiB (kernel time): PyTorch's side of the roofline."""
+    src = torch.empty(256 << 20, device=DEV)
+    dst = torch.empty_like(src)
+    us = time_kernels([lambda: dst.copy_(src)], 20)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * (256 << 20) * 4 / us / 1e3
+
+
+def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps):
+    n = 1
+    for s in shape:
+        n *= s
+    c = shape[1]
+    results = []
+    for layout, fmt, memory_format in layouts_of(shape):
+        def make():
+            return torch.randn(shape, device=DEV).contiguous(memory_format=memory_format)
+
+        for op in OPS:
+            per_copy = n * 4 * (2 if op == "backward" else 1)
+            copies = max(1, -(-max(2 * l2_bytes, rotate_bytes) // per_copy))
+            xs = [make() for _ in range(copies)]
+            w = torch.rand(c, device=DEV) + 0.5
+            b = torch.randn(c, device=DEV)
+            rm = torch.zeros(c, device=DEV)
+            rv = torch.ones(c, device=DEV)
+            if op == "train-forward":
+                fns = [lambda x=x: F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5) for x in xs]
+            elif op == "eval-forward":
+                fns = [lambda x=x: F.batch_norm(x, rm, rv, w, b, training=False, eps=1e-5) for x in xs]
+            else:
+                wg = w.detach().requires_grad_(True)
+                bg = b.detach().requires_grad_(True)
+                fns = []
+                for x in xs:
+                    xg = x.detach().requires_grad_(True)
+                    y = F.batch_norm(xg, rm, rv, wg, bg, training=True, momentum=0.1, eps=1e-5)
+                    dy = torch.randn_like(y)
+                    fns.append(lambda y=y, xg=xg, dy=dy: torch.autograd.grad(y, (xg, wg, bg), dy, retain_graph=True))
+            eager_us = time_eager(fns, eager_reps)
+            kernel_us = time_kernels(fns, kernel_reps)
+            gbps = BYTES_PER_ELEMENT[op] * n / kernel_us / 1e3
+            label = f"{op} {'x'.join(map(str, shape))} {fmt}"
+            print(f"{label:34} kernels {kernel_us:9.1f} us  eager {eager_us:9.1f} us  {gbps:8.1f} GB/s", flush=True)
+            results.append({
+                "op": op,
+                "layout": layout,
+                "format": fmt,
+                "shape": list(shape),
+                "elements": n,
+                "copies": copies,
+                "kernel_us": kernel_us,
+                "eager_us": eager_us,
+                "gbps": gbps,
+            })
+            del xs, fns
+            torch.cuda.empty_cache()
+    return results
+
+
+def parse_shape(text):
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of sizes")
+    if len(dims) < 2 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': need N,C[,spatial...], each at least 1")
+    return dims
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="bnbench --quick's shapes, 16 MiB rotation")
+    parser.add_argument("--shape", type=parse_shape, action="append", help="a shape instead of the suite's; repeatable")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("torch_bench: no CUDA device", file=sys.stderr)
+        return 1
+    shapes = args.shape or (QUICK_SHAPES if args.quick else FULL_SHAPES)
+    rotate_bytes = (16 if args.quick else 128) * MIB
+    props = torch.cuda.get_device_properties(0)
+    l2_bytes = getattr(props, "L2_cache_size", 0) or 60 * MIB
+    info = {
+        "tool": "torch_bench",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "device": torch.cuda.get_device_name(),
+        "l2_bytes": l2_bytes,
+        "rotate_bytes": max(2 * l2_bytes, rotate_bytes),
+        "method": "kernel: profiler kernel durations per call; eager: CUDA events around one call (median)",
+    }
+    print(f"torch {info['torch']} CUDA {info['cuda']} cuDNN {info['cudnn']} on {info['device']}, L2 {l2_bytes / MIB:.0f} MiB", flush=True)
+    info["copy_gbps"] = copy_gbps()
+    print(f"copy 1 GiB (kernel time): {info['copy_gbps']:.1f} GB/s (read + write)", flush=True)
+    cases = []
+    for shape in shapes:
+        cases += bench_shape(shape, rotate_bytes, l2_bytes, eager_reps=10 if args.quick else 40, kernel_reps=10 if args.quick else 20)
+    info["cases"] = cases
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
