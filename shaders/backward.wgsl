@@ -25,6 +25,28 @@ override BATCH_STATS: bool = true;
 
 var<workgroup> shared_sums: array<vec2<f32>, WORKGROUP>;
 
+// Adds shared_sums[0..WORKGROUP] into shared_sums[0] in a fixed order, eight at a time
+// (256 -> 32 -> 4 -> 1): three barriers instead of a binary tree's eight.
+fn reduce_workgroup(lid: u32) {
+    workgroupBarrier();
+    var width = WORKGROUP;
+    loop {
+        let next = max(width / 8u, 1u);
+        if (lid < next) {
+            var acc = shared_sums[lid];
+            for (var k = lid + next; k < width; k += next) {
+                acc += shared_sums[k];
+            }
+            shared_sums[lid] = acc;
+        }
+        workgroupBarrier();
+        width = next;
+        if (width == 1u) {
+            break;
+        }
+    }
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn grad_partials_contiguous(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -39,19 +61,14 @@ fn grad_partials_contiguous(
         let end = min(start + p.chunk_len, values);
         let mean = stats[p.c0 + c_rel];
         var acc = vec2<f32>(0.0);
+        var walk = walk_values(c_rel, start + lid);
         for (var m = start + lid; m < end; m += WORKGROUP) {
-            let index = value_index(c_rel, m);
-            let g = dy[index];
-            acc += vec2<f32>(g, g * (x[index] - mean));
+            let g = dy[walk.index];
+            acc += vec2<f32>(g, g * (x[walk.index] - mean));
+            walk = walk_next(walk);
         }
         shared_sums[lid] = acc;
-        workgroupBarrier();
-        for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
-            if (lid < stride) {
-                shared_sums[lid] += shared_sums[lid + stride];
-            }
-            workgroupBarrier();
-        }
+        reduce_workgroup(lid);
         if (lid == 0u) {
             partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_sums[0];
         }
@@ -84,14 +101,11 @@ fn grad_partials_strided(
         }
         shared_sums[lid] = acc;
         workgroupBarrier();
-        for (var lanes = ROW_LANES / 2u; lanes > 0u; lanes /= 2u) {
-            if (lane_r < lanes) {
-                shared_sums[lid] += shared_sums[lid + lanes * BAND];
-            }
-            workgroupBarrier();
-        }
         if (lane_r == 0u && c_rel < p.c_count) {
-            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_sums[lid];
+            for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
+                acc += shared_sums[lid + lane * BAND];
+            }
+            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = acc;
         }
         workgroupBarrier();
     }
@@ -109,13 +123,7 @@ fn finalize_gradients(
             acc += partials[c * p.chunks_total + k];
         }
         shared_sums[lid] = acc;
-        workgroupBarrier();
-        for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
-            if (lid < stride) {
-                shared_sums[lid] += shared_sums[lid + stride];
-            }
-            workgroupBarrier();
-        }
+        reduce_workgroup(lid);
         if (lid == 0u) {
             grads[c] = shared_sums[0].y * stats[p.channels + c];
             grads[p.channels + c] = shared_sums[0].x;
@@ -129,25 +137,27 @@ fn input_gradient(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let row = p.c_count * p.inner;
-    let total = p.o_count * row;
-    for (var e = gid.x; e < total; e += nwg.x * WORKGROUP) {
-        let o = e / row;
-        let within_row = e - o * row;
-        let c = p.c0 + within_row / p.inner;
-        let index = p.elem_shift + o * p.channels * p.inner + within_row;
-        let invstd = stats[p.channels + c];
-        var scale = invstd;
-        if (HAS_AFFINE) {
-            scale *= affine[c];
-        }
-        if (BATCH_STATS) {
-            let x_hat = (x[index] - stats[c]) * invstd;
-            let mean_dy_xhat = grads[c] / p.values_per_channel;
-            let mean_dy = grads[p.channels + c] / p.values_per_channel;
-            dx[index] = scale * (dy[index] - mean_dy - x_hat * mean_dy_xhat);
-        } else {
-            dx[index] = dy[index] * scale;
+    let total = p.o_count * p.c_count * p.inner;
+    for (var start = gid.x * RUN; start < total; start += nwg.x * WORKGROUP * RUN) {
+        var cursor = cursor_at(start);
+        let end = min(start + RUN, total);
+        for (var e = start; e < end; e += 1u) {
+            let c = cursor.c;
+            let index = cursor.index;
+            let invstd = stats[p.channels + c];
+            var scale = invstd;
+            if (HAS_AFFINE) {
+                scale *= affine[c];
+            }
+            if (BATCH_STATS) {
+                let x_hat = (x[index] - stats[c]) * invstd;
+                let mean_dy_xhat = grads[c] / p.values_per_channel;
+                let mean_dy = grads[p.channels + c] / p.values_per_channel;
+                dx[index] = scale * (dy[index] - mean_dy - x_hat * mean_dy_xhat);
+            } else {
+                dx[index] = dy[index] * scale;
+            }
+            cursor = cursor_next(cursor);
         }
     }
 }

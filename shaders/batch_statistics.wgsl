@@ -60,6 +60,28 @@ fn welford(acc: Partial, x: f32) -> Partial {
     return Partial(n, acc.shift, mean, acc.m2 + delta * (d - mean));
 }
 
+// Merges shared_partials[0..WORKGROUP] into shared_partials[0] in a fixed order, eight at a
+// time (256 -> 32 -> 4 -> 1): three barriers instead of a binary tree's eight.
+fn reduce_workgroup(lid: u32) {
+    workgroupBarrier();
+    var width = WORKGROUP;
+    loop {
+        let next = max(width / 8u, 1u);
+        if (lid < next) {
+            var acc = shared_partials[lid];
+            for (var k = lid + next; k < width; k += next) {
+                acc = merge(acc, shared_partials[k]);
+            }
+            shared_partials[lid] = acc;
+        }
+        workgroupBarrier();
+        width = next;
+        if (width == 1u) {
+            break;
+        }
+    }
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn partials_contiguous(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -72,18 +94,14 @@ fn partials_contiguous(
         let chunk = item - c_rel * p.chunks;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, values);
-        var acc = Partial(0.0, x[value_index(c_rel, start)], 0.0, 0.0);
+        var acc = Partial(0.0, x[walk_values(c_rel, start).index], 0.0, 0.0);
+        var walk = walk_values(c_rel, start + lid);
         for (var m = start + lid; m < end; m += WORKGROUP) {
-            acc = welford(acc, x[value_index(c_rel, m)]);
+            acc = welford(acc, x[walk.index]);
+            walk = walk_next(walk);
         }
         shared_partials[lid] = acc;
-        workgroupBarrier();
-        for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
-            if (lid < stride) {
-                shared_partials[lid] = merge(shared_partials[lid], shared_partials[lid + stride]);
-            }
-            workgroupBarrier();
-        }
+        reduce_workgroup(lid);
         if (lid == 0u) {
             partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_partials[0];
         }
@@ -116,14 +134,11 @@ fn partials_strided(
         }
         shared_partials[lid] = acc;
         workgroupBarrier();
-        for (var lanes = ROW_LANES / 2u; lanes > 0u; lanes /= 2u) {
-            if (lane_r < lanes) {
-                shared_partials[lid] = merge(shared_partials[lid], shared_partials[lid + lanes * BAND]);
-            }
-            workgroupBarrier();
-        }
         if (lane_r == 0u && c_rel < p.c_count) {
-            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_partials[lid];
+            for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
+                acc = merge(acc, shared_partials[lid + lane * BAND]);
+            }
+            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = acc;
         }
         workgroupBarrier();
     }
@@ -141,17 +156,12 @@ fn finalize_statistics(
             acc = merge(acc, partials[c * p.chunks_total + k]);
         }
         shared_partials[lid] = acc;
-        workgroupBarrier();
-        for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
-            if (lid < stride) {
-                shared_partials[lid] = merge(shared_partials[lid], shared_partials[lid + stride]);
-            }
-            workgroupBarrier();
-        }
+        reduce_workgroup(lid);
         if (lid == 0u) {
             let total = shared_partials[0];
             let mean = total.shift + total.mean;
-            let variance = max(total.m2 / total.n, 0.0);
+            // M2 is a sum of non-negative terms, so no clamp: max(NaN, 0) would hide a NaN.
+            let variance = total.m2 / total.n;
             stats[c] = mean;
             stats[p.channels + c] = 1.0 / sqrt(variance + p.eps);
             if (HAS_RUNNING) {

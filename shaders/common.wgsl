@@ -37,9 +37,82 @@ const ROW_LANES: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// Binding index of the m-th value (m < o_count * inner) of window channel c_rel.
-fn value_index(c_rel: u32, m: u32) -> u32 {
+// Walks the values of one window channel that a thread reads in a contiguous reduction: the
+// m-th value (m < o_count * inner), then every WORKGROUP-th one. One division to start, none per
+// step: integer division is dear on GPUs and dearer on CPU adapters.
+struct ValueWalk {
+    index: u32,
+    i: u32,
+    step_i: u32,
+    step_index: u32,
+}
+
+fn walk_values(c_rel: u32, m: u32) -> ValueWalk {
     let o = m / p.inner;
     let i = m - o * p.inner;
-    return p.elem_shift + o * p.channels * p.inner + c_rel * p.inner + i;
+    let step_o = WORKGROUP / p.inner;
+    let row = p.channels * p.inner;
+    return ValueWalk(
+        p.elem_shift + o * row + c_rel * p.inner + i,
+        i,
+        WORKGROUP - step_o * p.inner,
+        step_o * row + (WORKGROUP - step_o * p.inner),
+    );
+}
+
+fn walk_next(walk: ValueWalk) -> ValueWalk {
+    var next = walk;
+    next.i += walk.step_i;
+    next.index += walk.step_index;
+    if (next.i >= p.inner) {
+        // Carry into the next outer row: skip the other channels' runs.
+        next.i -= p.inner;
+        next.index += (p.channels - 1u) * p.inner;
+    }
+    return next;
+}
+
+// Elementwise kernels: each thread takes RUN consecutive elements of the window per step and
+// tracks their channel incrementally, with one division per RUN elements.
+const RUN: u32 = 4u;
+
+struct ElementCursor {
+    // Index in the binding.
+    index: u32,
+    // Absolute channel.
+    c: u32,
+    // Position in the channel's contiguous run, and in the window's row.
+    i: u32,
+    within_row: u32,
+}
+
+fn cursor_at(e: u32) -> ElementCursor {
+    let row = p.c_count * p.inner;
+    let o = e / row;
+    let within_row = e - o * row;
+    let c_rel = within_row / p.inner;
+    return ElementCursor(
+        p.elem_shift + o * p.channels * p.inner + within_row,
+        p.c0 + c_rel,
+        within_row - c_rel * p.inner,
+        within_row,
+    );
+}
+
+fn cursor_next(cursor: ElementCursor) -> ElementCursor {
+    var next = cursor;
+    next.index += 1u;
+    next.i += 1u;
+    next.within_row += 1u;
+    if (next.i == p.inner) {
+        next.i = 0u;
+        next.c += 1u;
+    }
+    if (next.within_row == p.c_count * p.inner) {
+        // The window's row ends: skip the channels outside the window.
+        next.within_row = 0u;
+        next.c = p.c0;
+        next.index += (p.channels - p.c_count) * p.inner;
+    }
+    return next;
 }

@@ -16,19 +16,20 @@ fn normalize(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let row = p.c_count * p.inner;
-    let total = p.o_count * row;
-    for (var e = gid.x; e < total; e += nwg.x * WORKGROUP) {
-        let o = e / row;
-        let within_row = e - o * row;
-        let c = p.c0 + within_row / p.inner;
-        let index = p.elem_shift + o * p.channels * p.inner + within_row;
-        var scale = stats[p.channels + c];
-        var shift = 0.0;
-        if (HAS_AFFINE) {
-            scale *= affine[c];
-            shift = affine[p.channels + c];
+    let total = p.o_count * p.c_count * p.inner;
+    for (var start = gid.x * RUN; start < total; start += nwg.x * WORKGROUP * RUN) {
+        var cursor = cursor_at(start);
+        let end = min(start + RUN, total);
+        for (var e = start; e < end; e += 1u) {
+            let c = cursor.c;
+            var scale = stats[p.channels + c];
+            var shift = 0.0;
+            if (HAS_AFFINE) {
+                scale *= affine[c];
+                shift = affine[p.channels + c];
+            }
+            y[cursor.index] = (x[cursor.index] - stats[c]) * scale + shift;
+            cursor = cursor_next(cursor);
         }
-        y[index] = (x[index] - stats[c]) * scale + shift;
     }
 }

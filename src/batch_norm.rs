@@ -72,13 +72,17 @@ impl BatchNorm {
                 return Err(BatchNormError::InvalidMomentum(momentum));
             }
         }
-        let affine = config
-            .affine
-            .then(|| ChannelPair::new(ctx, &vec![1.0; channels], &vec![0.0; channels]))
-            .transpose()?;
+        // Allocate on the GPU first: it refuses an impossible channel count before the host
+        // builds the initial values.
+        let filled = |first: f32, second: f32| -> Result<ChannelPair> {
+            let pair = ChannelPair::zeros(ctx, channels)?;
+            pair.write(&vec![first; channels], &vec![second; channels])?;
+            Ok(pair)
+        };
+        let affine = config.affine.then(|| filled(1.0, 0.0)).transpose()?;
         let running = config
             .track_running_stats
-            .then(|| ChannelPair::new(ctx, &vec![0.0; channels], &vec![1.0; channels]))
+            .then(|| filled(0.0, 1.0))
             .transpose()?;
         Ok(BatchNorm {
             ctx: ctx.clone(),

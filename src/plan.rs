@@ -25,6 +25,8 @@ pub const STRIDED_CHUNK_ROWS: usize = 256;
 pub const STRIDED_BAND: usize = 32;
 /// Threads per workgroup (`WORKGROUP` in the shaders).
 pub const WORKGROUP_SIZE: usize = 256;
+/// Consecutive elements each thread of an elementwise kernel takes per step (`RUN`).
+pub const ELEMENTS_PER_THREAD: usize = 4;
 /// Bytes of the largest reduction partial (the statistics' count, shift, mean, M2).
 pub const MAX_PARTIAL_BYTES: u64 = 16;
 const F32_BYTES: u64 = 4;
@@ -223,7 +225,10 @@ pub fn workgroups_for_items(items: usize, limits: PlanLimits) -> u32 {
 
 /// Workgroups for an elementwise dispatch of `elements` threads' worth of work.
 pub fn workgroups_for_elements(elements: usize, limits: PlanLimits) -> u32 {
-    workgroups_for_items(elements.div_ceil(WORKGROUP_SIZE), limits)
+    workgroups_for_items(
+        elements.div_ceil(WORKGROUP_SIZE * ELEMENTS_PER_THREAD),
+        limits,
+    )
 }
 
 #[cfg(test)]
@@ -372,6 +377,6 @@ mod tests {
     fn workgroup_counts_are_capped_by_the_device() {
         assert_eq!(workgroups_for_items(70_000, WEBGPU_DEFAULT), 65535);
         assert_eq!(workgroups_for_items(0, WEBGPU_DEFAULT), 1);
-        assert_eq!(workgroups_for_elements(257, WEBGPU_DEFAULT), 2);
+        assert_eq!(workgroups_for_elements(1025, WEBGPU_DEFAULT), 2);
     }
 }

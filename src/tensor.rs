@@ -247,8 +247,14 @@ impl ChannelPair {
 
     /// Two zero vectors of `channels` values.
     pub fn zeros(ctx: &GpuContext, channels: usize) -> Result<Self> {
-        let bytes = (2 * channels as u64 * F32_BYTES).max(F32_BYTES);
         let max = ctx.limits().max_buffer_size;
+        let bytes = (channels as u64)
+            .checked_mul(2 * F32_BYTES)
+            .ok_or(BatchNormError::TensorTooLarge {
+                bytes: u64::MAX,
+                max,
+            })?
+            .max(F32_BYTES);
         if bytes > max {
             return Err(BatchNormError::TensorTooLarge { bytes, max });
         }
@@ -281,32 +287,23 @@ impl ChannelPair {
 
     /// Overwrites both vectors; refused (and nothing written) unless each has `channels` values.
     pub fn write(&self, first: &[f32], second: &[f32]) -> Result<()> {
-        self.write_half(0, first)?;
-        self.write_half(1, second)
-    }
-
-    /// Overwrites one half: 0 = first, 1 = second.
-    pub(crate) fn write_half(&self, half: u64, values: &[f32]) -> Result<()> {
-        if values.len() != self.channels {
-            return Err(BatchNormError::ParameterLength {
-                what: if half == 0 {
-                    "the first vector"
-                } else {
-                    "the second vector"
-                },
-                expected: self.channels,
-                actual: values.len(),
-            });
+        for (what, values) in [("the first vector", first), ("the second vector", second)] {
+            if values.len() != self.channels {
+                return Err(BatchNormError::ParameterLength {
+                    what,
+                    expected: self.channels,
+                    actual: values.len(),
+                });
+            }
         }
-        if values.is_empty() {
+        if self.channels == 0 {
             return Ok(());
         }
+        let both = [first, second].concat();
         self.ctx.checked(|_| {
-            self.ctx.queue().write_buffer(
-                &self.buffer,
-                half * self.channels as u64 * F32_BYTES,
-                bytemuck::cast_slice(values),
-            )
+            self.ctx
+                .queue()
+                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&both))
         })
     }
 

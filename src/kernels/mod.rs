@@ -298,3 +298,46 @@ pub(crate) fn record_pass(
         pass.dispatch_workgroups(dispatch.workgroups, 1, 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(source: &str) -> naga::Module {
+        naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|error| panic!("{}", error.emit_to_string(source)))
+    }
+
+    #[test]
+    fn every_shader_is_valid_wgsl() {
+        let sources = Program::ALL
+            .map(Program::source)
+            .into_iter()
+            .chain([STREAM_WGSL.to_string()]);
+        for source in sources {
+            let module = parse(&source);
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::default(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|error| panic!("{}", error.emit_to_string(&source)));
+        }
+    }
+
+    #[test]
+    fn the_params_block_has_the_same_size_in_rust_and_wgsl() {
+        let module = parse(&Program::Normalize.source());
+        let span = module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+                (Some(name), naga::TypeInner::Struct { span, .. }) if name == "Params" => {
+                    Some(*span)
+                }
+                _ => None,
+            })
+            .expect("shaders/common.wgsl declares Params");
+        assert_eq!(span as usize, std::mem::size_of::<Params>());
+    }
+}
