@@ -50,7 +50,10 @@ fn main() -> Result<()> {
             .read()?;
         let (gamma, beta) = layer.parameters()?;
         let step_down = |p: &[f32], g: &[f32]| -> Vec<f32> {
-            p.iter().zip(g).map(|(p, g)| p - LEARNING_RATE * g).collect()
+            p.iter()
+                .zip(g)
+                .map(|(p, g)| p - LEARNING_RATE * g)
+                .collect()
         };
         layer.set_parameters(&step_down(&gamma, &dgamma), &step_down(&beta, &dbeta))?;
         println!("step {step:2}: loss {loss:.6}");

@@ -2,8 +2,8 @@
 // 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
 //    dy * (x - mean) over one chunk of one channel (or a band of 32 channels) into a partials
 //    buffer, in a fixed tree order.
-// 2. `finalize_gradients`: one workgroup per channel adds that channel's partials in a fixed
-//    order: dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) = sum(dy * x_hat).
+// 2. `finalize_gradients` (one workgroup per channel) or `finalize_gradients_per_thread` (one
+//    thread per channel, for few partials) adds each channel's partials in a fixed order: dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) = sum(dy * x_hat).
 // 3. `input_gradient`: through batch statistics
 //    dx = gamma * invstd * (dy - dbeta / M - x_hat * dgamma / M);
 //    through running statistics (constants) dx = dy * gamma * invstd.
@@ -111,6 +111,12 @@ fn grad_partials_strided(
     }
 }
 
+fn write_gradients(c: u32, sums: vec2<f32>) {
+    grads[c] = sums.y * stats[p.channels + c];
+    grads[p.channels + c] = sums.x;
+}
+
+// One workgroup per channel: for channels with many partials.
 @compute @workgroup_size(WORKGROUP)
 fn finalize_gradients(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -125,10 +131,24 @@ fn finalize_gradients(
         shared_sums[lid] = acc;
         reduce_workgroup(lid);
         if (lid == 0u) {
-            grads[c] = shared_sums[0].y * stats[p.channels + c];
-            grads[p.channels + c] = shared_sums[0].x;
+            write_gradients(c, shared_sums[0]);
         }
         workgroupBarrier();
+    }
+}
+
+// One thread per channel: for channels with few partials.
+@compute @workgroup_size(WORKGROUP)
+fn finalize_gradients_per_thread(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = gid.x; c < p.channels; c += nwg.x * WORKGROUP) {
+        var acc = vec2<f32>(0.0);
+        for (var k = 0u; k < p.chunks_total; k += 1u) {
+            acc += partials[c * p.chunks_total + k];
+        }
+        write_gradients(c, acc);
     }
 }
 

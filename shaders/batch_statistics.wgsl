@@ -3,8 +3,9 @@
 //    (or, strided, of a band of 32 channels) to a partial (count, shift, mean - shift, M2). Every
 //    thread runs Welford on values minus the chunk's first value (the shift), and the workgroup
 //    merges its threads with Chan's formula in a fixed tree order.
-// 2. `finalize_statistics`: one workgroup per channel merges that channel's partials in a fixed
-//    order, writes mean and invstd, and updates the running stats.
+// 2. `finalize_statistics` (one workgroup per channel) or `finalize_statistics_per_thread` (one
+//    thread per channel, when channels have few partials) merges each channel's partials in a
+//    fixed order, writes mean and invstd, and updates the running stats.
 // `statistics_from_running` writes mean and invstd from the running stats (inference).
 //
 // Why the shift travels with each partial: at an offset of 1e4 a float32 mean carries an error
@@ -144,6 +145,21 @@ fn partials_strided(
     }
 }
 
+fn write_statistics(c: u32, total: Partial) {
+    let mean = total.shift + total.mean;
+    // M2 is a sum of non-negative terms, so no clamp: max(NaN, 0) would hide a NaN.
+    let variance = total.m2 / total.n;
+    stats[c] = mean;
+    stats[p.channels + c] = 1.0 / sqrt(variance + p.eps);
+    if (HAS_RUNNING) {
+        let keep = 1.0 - p.momentum;
+        running[c] = keep * running[c] + p.momentum * mean;
+        running[p.channels + c] = keep * running[p.channels + c]
+            + p.momentum * variance * p.var_correction;
+    }
+}
+
+// One workgroup per channel: for channels with many partials.
 @compute @workgroup_size(WORKGROUP)
 fn finalize_statistics(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -158,20 +174,24 @@ fn finalize_statistics(
         shared_partials[lid] = acc;
         reduce_workgroup(lid);
         if (lid == 0u) {
-            let total = shared_partials[0];
-            let mean = total.shift + total.mean;
-            // M2 is a sum of non-negative terms, so no clamp: max(NaN, 0) would hide a NaN.
-            let variance = total.m2 / total.n;
-            stats[c] = mean;
-            stats[p.channels + c] = 1.0 / sqrt(variance + p.eps);
-            if (HAS_RUNNING) {
-                let keep = 1.0 - p.momentum;
-                running[c] = keep * running[c] + p.momentum * mean;
-                running[p.channels + c] = keep * running[p.channels + c]
-                    + p.momentum * variance * p.var_correction;
-            }
+            write_statistics(c, shared_partials[0]);
         }
         workgroupBarrier();
+    }
+}
+
+// One thread per channel: for channels with few partials (no barriers, no idle threads).
+@compute @workgroup_size(WORKGROUP)
+fn finalize_statistics_per_thread(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = gid.x; c < p.channels; c += nwg.x * WORKGROUP) {
+        var acc = Partial(0.0, 0.0, 0.0, 0.0);
+        for (var k = 0u; k < p.chunks_total; k += 1u) {
+            acc = merge(acc, partials[c * p.chunks_total + k]);
+        }
+        write_statistics(c, acc);
     }
 }
 

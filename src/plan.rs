@@ -11,6 +11,9 @@
 //!   contiguous kernel (one workgroup per chunk of one channel).
 //! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows), doubled until the
 //!   partials of all chunks fit in one storage binding.
+//! - Each channel's partials are merged by one thread when there are at most
+//!   `PER_THREAD_FINALIZE_MAX_PARTIALS` of them (no barriers, no idle threads), by a whole
+//!   workgroup otherwise.
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
 
@@ -27,6 +30,8 @@ pub const STRIDED_BAND: usize = 32;
 pub const WORKGROUP_SIZE: usize = 256;
 /// Consecutive elements each thread of an elementwise kernel takes per step (`RUN`).
 pub const ELEMENTS_PER_THREAD: usize = 4;
+/// Most partials per channel that one thread merges alone.
+pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of the largest reduction partial (the statistics' count, shift, mean, M2).
 pub const MAX_PARTIAL_BYTES: u64 = 16;
 const F32_BYTES: u64 = 4;
@@ -60,6 +65,15 @@ pub enum ReductionKind {
     Contiguous,
     /// One workgroup per chunk of rows of 32 consecutive channels (`inner == 1`).
     Strided,
+}
+
+/// How each channel's partials are merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalizeKind {
+    /// One thread per channel.
+    PerThread,
+    /// One workgroup per channel.
+    PerWorkgroup,
 }
 
 /// One binding-sized piece of a tensor.
@@ -108,6 +122,8 @@ pub struct Plan {
     pub chunks_total: usize,
     /// Values (contiguous) or rows (strided) per chunk.
     pub chunk_len: usize,
+    /// How partials are merged.
+    pub finalize: FinalizeKind,
 }
 
 /// Plans the windows of a non-empty tensor.
@@ -214,6 +230,11 @@ fn plan_with_chunk(
         windows,
         chunks_total: chunk_base,
         chunk_len,
+        finalize: if chunk_base <= PER_THREAD_FINALIZE_MAX_PARTIALS {
+            FinalizeKind::PerThread
+        } else {
+            FinalizeKind::PerWorkgroup
+        },
     })
 }
 
@@ -223,12 +244,24 @@ pub fn workgroups_for_items(items: usize, limits: PlanLimits) -> u32 {
     items.clamp(1, limits.max_workgroups as usize) as u32
 }
 
-/// Workgroups for an elementwise dispatch of `elements` threads' worth of work.
+/// Workgroups for a dispatch with one thread per item (kernels loop past the cap).
+pub fn workgroups_for_threads(threads: usize, limits: PlanLimits) -> u32 {
+    workgroups_for_items(threads.div_ceil(WORKGROUP_SIZE), limits)
+}
+
+/// Workgroups for an elementwise dispatch over `elements` (`ELEMENTS_PER_THREAD` per thread).
 pub fn workgroups_for_elements(elements: usize, limits: PlanLimits) -> u32 {
-    workgroups_for_items(
-        elements.div_ceil(WORKGROUP_SIZE * ELEMENTS_PER_THREAD),
-        limits,
-    )
+    workgroups_for_threads(elements.div_ceil(ELEMENTS_PER_THREAD), limits)
+}
+
+impl Plan {
+    /// Workgroups of the finalize dispatch: a thread or a workgroup per channel.
+    pub fn finalize_workgroups(&self, limits: PlanLimits) -> u32 {
+        match self.finalize {
+            FinalizeKind::PerThread => workgroups_for_threads(self.view.channels, limits),
+            FinalizeKind::PerWorkgroup => workgroups_for_items(self.view.channels, limits),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +311,18 @@ mod tests {
         assert_eq!(p.kind, ReductionKind::Contiguous);
         assert_eq!(p.windows[0].binding_size, 8 * 3 * 25 * 4);
         assert_eq!(p.chunks_total, 1);
+        assert_eq!(p.finalize, FinalizeKind::PerThread);
+    }
+
+    #[test]
+    fn channels_with_many_partials_are_merged_by_a_workgroup() {
+        let p = plan(
+            view(&[64, 8, 112, 112], Layout::ChannelsFirst),
+            WEBGPU_DEFAULT,
+        )
+        .unwrap();
+        assert!(p.chunks_total > PER_THREAD_FINALIZE_MAX_PARTIALS);
+        assert_eq!(p.finalize, FinalizeKind::PerWorkgroup);
     }
 
     #[test]

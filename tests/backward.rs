@@ -191,8 +191,11 @@ proptest! {
 /// Channels spanning several reduction chunks, in both reduction kernels and every mode.
 #[test]
 fn backward_over_several_chunks() {
-    let cases: [(&[usize], Layout); 4] = [
+    let cases: [(&[usize], Layout); 6] = [
         (&[8, 3, 40, 41], Layout::ChannelsFirst),
+        // Over 32 partials per channel: merged by a workgroup, not a thread.
+        (&[2, 2, 300, 300], Layout::ChannelsFirst),
+        (&[9000, 3], Layout::ChannelsFirst),
         (&[3, 40, 41, 5], Layout::ChannelsLast),
         (&[2100, 7], Layout::ChannelsFirst),
         (&[1, 2, 100, 90], Layout::ChannelsFirst),

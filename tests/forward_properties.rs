@@ -94,11 +94,14 @@ proptest! {
 }
 
 /// Channels whose values span several reduction chunks and several partials per channel, in
-/// both reduction kernels; N = 1 with a spatial extent; C = 1.
+/// both reduction kernels and both finalize kinds; N = 1 with a spatial extent; C = 1.
 #[test]
 fn channels_spanning_several_chunks() {
-    let cases: [(&[usize], Layout); 6] = [
+    let cases: [(&[usize], Layout); 8] = [
         (&[8, 3, 40, 41], Layout::ChannelsFirst),
+        // Over 32 partials per channel: merged by a workgroup, not a thread.
+        (&[2, 2, 300, 300], Layout::ChannelsFirst),
+        (&[9000, 3], Layout::ChannelsFirst),
         (&[3, 40, 41, 5], Layout::ChannelsLast),
         (&[2100, 7], Layout::ChannelsFirst),
         (&[1, 2, 100, 90], Layout::ChannelsFirst),

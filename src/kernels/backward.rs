@@ -3,7 +3,9 @@
 use super::{Dispatch, Params, Program, Slot};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::plan::{workgroups_for_elements, workgroups_for_items, Plan, ReductionKind};
+use crate::plan::{
+    workgroups_for_elements, workgroups_for_items, FinalizeKind, Plan, ReductionKind,
+};
 
 /// Bytes of one (sum dy, sum dy * (x - mean)) partial.
 const PARTIAL_BYTES: u64 = 8;
@@ -64,7 +66,10 @@ pub(crate) fn backward(
     dispatches.push(Dispatch::new(
         ctx,
         Program::Backward,
-        "finalize_gradients",
+        match plan.finalize {
+            FinalizeKind::PerThread => "finalize_gradients_per_thread",
+            FinalizeKind::PerWorkgroup => "finalize_gradients",
+        },
         &overrides,
         Params {
             channels: channels as u32,
@@ -76,7 +81,7 @@ pub(crate) fn backward(
             Slot::prefix(6, &partials, partials_bytes),
             Slot::whole(7, buffers.grads),
         ],
-        workgroups_for_items(channels, limits),
+        plan.finalize_workgroups(limits),
     )?);
     for window in &plan.windows {
         let elements = window.o_count * window.c_count * plan.view.inner;

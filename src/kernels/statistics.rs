@@ -4,7 +4,9 @@
 use super::{Dispatch, Params, Program, Slot};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::plan::{workgroups_for_elements, workgroups_for_items, Plan, ReductionKind};
+use crate::plan::{
+    workgroups_for_items, workgroups_for_threads, FinalizeKind, Plan, ReductionKind,
+};
 
 /// Bytes of one (count, shift, mean - shift, M2) partial.
 const PARTIAL_BYTES: u64 = 16;
@@ -63,7 +65,10 @@ pub(crate) fn batch_statistics(
     dispatches.push(Dispatch::new(
         ctx,
         Program::BatchStatistics,
-        "finalize_statistics",
+        match plan.finalize {
+            FinalizeKind::PerThread => "finalize_statistics_per_thread",
+            FinalizeKind::PerWorkgroup => "finalize_statistics",
+        },
         &[("HAS_RUNNING", update.is_some())],
         params,
         &[
@@ -71,7 +76,7 @@ pub(crate) fn batch_statistics(
             Slot::whole(3, update.as_ref().map_or(&unused, |u| u.running)),
             Slot::whole(4, stats),
         ],
-        workgroups_for_items(plan.view.channels, limits),
+        plan.finalize_workgroups(limits),
     )?);
     Ok(dispatches)
 }
@@ -96,6 +101,6 @@ pub(crate) fn statistics_from_running(
         &[],
         params,
         &[Slot::whole(3, running), Slot::whole(4, stats)],
-        workgroups_for_elements(channels, ctx.plan_limits()),
+        workgroups_for_threads(channels, ctx.plan_limits()),
     )
 }
