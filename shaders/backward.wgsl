@@ -152,32 +152,58 @@ fn finalize_gradients_per_thread(
     }
 }
 
+// dx at one element of channel c; the per-channel factors come from `channel_factors`.
+struct DxFactors {
+    mean: f32,
+    invstd: f32,
+    scale: f32,
+    mean_dy: f32,
+    mean_dy_xhat: f32,
+}
+
+fn channel_factors(c: u32) -> DxFactors {
+    let invstd = stats[p.channels + c];
+    var scale = invstd;
+    if (HAS_AFFINE) {
+        scale *= affine[c];
+    }
+    var f = DxFactors(stats[c], invstd, scale, 0.0, 0.0);
+    if (BATCH_STATS) {
+        f.mean_dy_xhat = grads[c] / p.values_per_channel;
+        f.mean_dy = grads[p.channels + c] / p.values_per_channel;
+    }
+    return f;
+}
+
+fn input_gradient_one(index: u32, f: DxFactors) {
+    if (BATCH_STATS) {
+        let x_hat = (x[index] - f.mean) * f.invstd;
+        dx[index] = f.scale * (dy[index] - f.mean_dy - x_hat * f.mean_dy_xhat);
+    } else {
+        dx[index] = dy[index] * f.scale;
+    }
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn input_gradient(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let total = p.o_count * p.c_count * p.inner;
-    for (var start = gid.x * RUN; start < total; start += nwg.x * WORKGROUP * RUN) {
-        var cursor = cursor_at(start);
-        let end = min(start + RUN, total);
-        for (var e = start; e < end; e += 1u) {
-            let c = cursor.c;
-            let index = cursor.index;
-            let invstd = stats[p.channels + c];
-            var scale = invstd;
-            if (HAS_AFFINE) {
-                scale *= affine[c];
-            }
-            if (BATCH_STATS) {
-                let x_hat = (x[index] - stats[c]) * invstd;
-                let mean_dy_xhat = grads[c] / p.values_per_channel;
-                let mean_dy = grads[p.channels + c] / p.values_per_channel;
-                dx[index] = scale * (dy[index] - mean_dy - x_hat * mean_dy_xhat);
-            } else {
-                dx[index] = dy[index] * scale;
-            }
-            cursor = cursor_next(cursor);
+    let stride = nwg.x * WORKGROUP;
+    if (stride_keeps_channel(stride)) {
+        if (gid.x >= total) {
+            return;
+        }
+        let first = cursor_at(gid.x);
+        let f = channel_factors(first.c);
+        for (var e = gid.x; e < total; e += stride) {
+            input_gradient_one(first.index + (e - gid.x), f);
+        }
+    } else {
+        for (var e = gid.x; e < total; e += stride) {
+            let cursor = cursor_at(e);
+            input_gradient_one(cursor.index, channel_factors(cursor.c));
         }
     }
 }

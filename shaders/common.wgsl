@@ -72,47 +72,27 @@ fn walk_next(walk: ValueWalk) -> ValueWalk {
     return next;
 }
 
-// Elementwise kernels: each thread takes RUN consecutive elements of the window per step and
-// tracks their channel incrementally, with one division per RUN elements.
-const RUN: u32 = 4u;
-
+// Elementwise kernels run a grid-stride loop over the window's elements. When the stride is a
+// multiple of the window's row (the host picks such workgroup counts), every element a thread
+// visits has the same channel: the thread finds it once, loads its parameters once, and then
+// only adds the stride. Otherwise each element finds its channel.
 struct ElementCursor {
     // Index in the binding.
     index: u32,
     // Absolute channel.
     c: u32,
-    // Position in the channel's contiguous run, and in the window's row.
-    i: u32,
-    within_row: u32,
 }
 
 fn cursor_at(e: u32) -> ElementCursor {
     let row = p.c_count * p.inner;
     let o = e / row;
     let within_row = e - o * row;
-    let c_rel = within_row / p.inner;
     return ElementCursor(
         p.elem_shift + o * p.channels * p.inner + within_row,
-        p.c0 + c_rel,
-        within_row - c_rel * p.inner,
-        within_row,
+        p.c0 + within_row / p.inner,
     );
 }
 
-fn cursor_next(cursor: ElementCursor) -> ElementCursor {
-    var next = cursor;
-    next.index += 1u;
-    next.i += 1u;
-    next.within_row += 1u;
-    if (next.i == p.inner) {
-        next.i = 0u;
-        next.c += 1u;
-    }
-    if (next.within_row == p.c_count * p.inner) {
-        // The window's row ends: skip the channels outside the window.
-        next.within_row = 0u;
-        next.c = p.c0;
-        next.index += (p.channels - p.c_count) * p.inner;
-    }
-    return next;
+fn stride_keeps_channel(stride: u32) -> bool {
+    return stride % (p.c_count * p.inner) == 0u;
 }

@@ -11,25 +11,44 @@ override HAS_AFFINE: bool = true;
 // [gamma (C) | beta (C)]
 @group(0) @binding(4) var<storage, read> affine: array<f32>;
 
+fn normalize_one(index: u32, c: u32) {
+    var scale = stats[p.channels + c];
+    var shift = 0.0;
+    if (HAS_AFFINE) {
+        scale *= affine[c];
+        shift = affine[p.channels + c];
+    }
+    y[index] = (x[index] - stats[c]) * scale + shift;
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn normalize(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let total = p.o_count * p.c_count * p.inner;
-    for (var start = gid.x * RUN; start < total; start += nwg.x * WORKGROUP * RUN) {
-        var cursor = cursor_at(start);
-        let end = min(start + RUN, total);
-        for (var e = start; e < end; e += 1u) {
-            let c = cursor.c;
-            var scale = stats[p.channels + c];
-            var shift = 0.0;
-            if (HAS_AFFINE) {
-                scale *= affine[c];
-                shift = affine[p.channels + c];
-            }
-            y[cursor.index] = (x[cursor.index] - stats[c]) * scale + shift;
-            cursor = cursor_next(cursor);
+    let stride = nwg.x * WORKGROUP;
+    if (stride_keeps_channel(stride)) {
+        if (gid.x >= total) {
+            return;
+        }
+        let first = cursor_at(gid.x);
+        let c = first.c;
+        let mean = stats[c];
+        var scale = stats[p.channels + c];
+        var shift = 0.0;
+        if (HAS_AFFINE) {
+            scale *= affine[c];
+            shift = affine[p.channels + c];
+        }
+        for (var e = gid.x; e < total; e += stride) {
+            let index = first.index + (e - gid.x);
+            y[index] = (x[index] - mean) * scale + shift;
+        }
+    } else {
+        for (var e = gid.x; e < total; e += stride) {
+            let cursor = cursor_at(e);
+            normalize_one(cursor.index, cursor.c);
         }
     }
 }

@@ -283,7 +283,7 @@ impl GpuContext {
     }
 
     pub(crate) fn plan_limits(&self) -> PlanLimits {
-        PlanLimits::from_limits(&self.limits())
+        PlanLimits::new(&self.limits(), self.inner.summary.device_type)
     }
 
     pub(crate) fn pipelines(&self) -> &PipelineCache {

@@ -10,10 +10,14 @@
 //!   channel's values are not contiguous (`inner == 1`) and windows hold whole rows; otherwise the
 //!   contiguous kernel (one workgroup per chunk of one channel).
 //! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows), doubled until the
-//!   partials of all chunks fit in one storage binding.
+//!   partials of all chunks fit in one storage binding and, on CPU adapters, until the
+//!   reduction has at most `CPU_REDUCTION_WORKGROUPS` work items.
 //! - Each channel's partials are merged by one thread when there are at most
 //!   `PER_THREAD_FINALIZE_MAX_PARTIALS` of them (no barriers, no idle threads), by a whole
 //!   workgroup otherwise.
+//! - Elementwise kernels load and store vec4s when every window's rows split into whole vec4s
+//!   that hold one channel (channels-first, `inner % 4 == 0`) or four consecutive channels
+//!   (channels-last, `C % 4 == 0`), and every window starts on a vec4; scalars otherwise.
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
 
@@ -28,8 +32,6 @@ pub const STRIDED_CHUNK_ROWS: usize = 256;
 pub const STRIDED_BAND: usize = 32;
 /// Threads per workgroup (`WORKGROUP` in the shaders).
 pub const WORKGROUP_SIZE: usize = 256;
-/// Consecutive elements each thread of an elementwise kernel takes per step (`RUN`).
-pub const ELEMENTS_PER_THREAD: usize = 4;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of the largest reduction partial (the statistics' count, shift, mean, M2).
@@ -45,15 +47,37 @@ pub struct PlanLimits {
     pub offset_alignment: u64,
     /// `max_compute_workgroups_per_dimension`.
     pub max_workgroups: u32,
+    /// Most workgroups an elementwise dispatch uses (its threads then loop).
+    pub elementwise_workgroups: u32,
+    /// Reduction chunks grow until a reduction has at most this many work items.
+    pub reduction_workgroups: u32,
 }
 
+/// Work items of a reduction on a CPU adapter, for the same reason as
+/// `CPU_ELEMENTWISE_WORKGROUPS`.
+pub const CPU_REDUCTION_WORKGROUPS: u32 = 256;
+
+/// Workgroups of an elementwise dispatch on a CPU adapter (lavapipe, llvmpipe, WARP). Each
+/// workgroup there has a fixed cost far above its share of the work: on lavapipe, normalizing
+/// 3.2 M elements took 30 ms with 3136 workgroups and 7.5 ms with 64 (docs/performance.md).
+pub const CPU_ELEMENTWISE_WORKGROUPS: u32 = 64;
+
 impl PlanLimits {
-    /// Reads the limits of a device.
-    pub fn from_limits(limits: &wgpu::Limits) -> Self {
+    /// Reads the limits of a device of the given type.
+    pub fn new(limits: &wgpu::Limits, device_type: wgpu::DeviceType) -> Self {
+        let max_workgroups = limits.max_compute_workgroups_per_dimension;
         PlanLimits {
             max_binding_bytes: limits.max_storage_buffer_binding_size,
             offset_alignment: u64::from(limits.min_storage_buffer_offset_alignment),
-            max_workgroups: limits.max_compute_workgroups_per_dimension,
+            max_workgroups,
+            elementwise_workgroups: match device_type {
+                wgpu::DeviceType::Cpu => CPU_ELEMENTWISE_WORKGROUPS.min(max_workgroups),
+                _ => max_workgroups,
+            },
+            reduction_workgroups: match device_type {
+                wgpu::DeviceType::Cpu => CPU_REDUCTION_WORKGROUPS,
+                _ => u32::MAX,
+            },
         }
     }
 }
@@ -124,6 +148,8 @@ pub struct Plan {
     pub chunk_len: usize,
     /// How partials are merged.
     pub finalize: FinalizeKind,
+    /// Elementwise kernels may use vec4 loads and stores.
+    pub vec4: bool,
 }
 
 /// Plans the windows of a non-empty tensor.
@@ -132,10 +158,18 @@ pub fn plan(view: ChannelView, limits: PlanLimits) -> Result<Plan, BatchNormErro
     let row_groups = plan.windows.iter().filter(|w| w.c0 == 0).count();
     loop {
         let partial_bytes = view.channels as u64 * plan.chunks_total as u64 * MAX_PARTIAL_BYTES;
-        if partial_bytes <= limits.max_binding_bytes {
+        let partials_fit = partial_bytes <= limits.max_binding_bytes;
+        let items: usize = plan
+            .windows
+            .iter()
+            .map(|w| w.reduction_items(plan.kind))
+            .sum();
+        let within_budget = items <= limits.reduction_workgroups as usize;
+        let can_grow = plan.chunks_total > row_groups;
+        if partials_fit && (within_budget || !can_grow) {
             return Ok(plan);
         }
-        if plan.chunks_total <= row_groups {
+        if !can_grow {
             return Err(BatchNormError::Unsupported(
                 "this tensor needs more reduction partials than one storage binding of this \
                  device holds (a row of channels is larger than a binding); use a device with \
@@ -224,10 +258,20 @@ fn plan_with_chunk(
             chunk_base += chunks;
         }
     }
+    let lanes_fit = if view.inner == 1 {
+        view.channels % 4 == 0
+    } else {
+        view.inner % 4 == 0
+    };
+    let vec4 = lanes_fit
+        && windows
+            .iter()
+            .all(|w| w.elem_shift % 4 == 0 && (w.c_count * view.inner) % 4 == 0);
     Ok(Plan {
         view,
         kind,
         windows,
+        vec4,
         chunks_total: chunk_base,
         chunk_len,
         finalize: if chunk_base <= PER_THREAD_FINALIZE_MAX_PARTIALS {
@@ -249,9 +293,27 @@ pub fn workgroups_for_threads(threads: usize, limits: PlanLimits) -> u32 {
     workgroups_for_items(threads.div_ceil(WORKGROUP_SIZE), limits)
 }
 
-/// Workgroups for an elementwise dispatch over `elements` (`ELEMENTS_PER_THREAD` per thread).
-pub fn workgroups_for_elements(elements: usize, limits: PlanLimits) -> u32 {
-    workgroups_for_threads(elements.div_ceil(ELEMENTS_PER_THREAD), limits)
+/// Workgroups for an elementwise dispatch over a window of `elements` in rows of `row`
+/// elements: one thread per element up to the device's cap, rounded to a multiple of
+/// `row / gcd(row, WORKGROUP_SIZE)` where that fits, so the grid stride is a whole number of
+/// rows and each thread stays on one channel (the kernels then load a channel's parameters
+/// once per thread and do no index arithmetic per element).
+pub fn workgroups_for_elements(elements: usize, row: usize, limits: PlanLimits) -> u32 {
+    let wanted = (workgroups_for_threads(elements, limits) as usize)
+        .min(limits.elementwise_workgroups as usize);
+    let unit = row / gcd(row.max(1), WORKGROUP_SIZE);
+    if unit > limits.max_workgroups as usize {
+        return wanted as u32;
+    }
+    (wanted / unit).max(1) as u32 * unit as u32
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 impl Plan {
@@ -273,6 +335,8 @@ mod tests {
         max_binding_bytes: 128 << 20,
         offset_alignment: 256,
         max_workgroups: 65535,
+        elementwise_workgroups: 65535,
+        reduction_workgroups: u32::MAX,
     };
 
     fn view(shape: &[usize], layout: Layout) -> ChannelView {
@@ -315,6 +379,32 @@ mod tests {
     }
 
     #[test]
+    fn vec4_only_where_rows_split_into_whole_vec4s() {
+        let yes = [
+            (vec![2, 3, 4, 4], Layout::ChannelsFirst),
+            (vec![2, 5, 5, 8], Layout::ChannelsLast),
+            (vec![3, 8], Layout::ChannelsFirst),
+        ];
+        for (shape, layout) in yes {
+            assert!(
+                plan(view(&shape, layout), WEBGPU_DEFAULT).unwrap().vec4,
+                "{shape:?}"
+            );
+        }
+        let no = [
+            (vec![2, 3, 7, 7], Layout::ChannelsFirst),
+            (vec![2, 4, 4, 3], Layout::ChannelsLast),
+            (vec![3, 6], Layout::ChannelsFirst),
+        ];
+        for (shape, layout) in no {
+            assert!(
+                !plan(view(&shape, layout), WEBGPU_DEFAULT).unwrap().vec4,
+                "{shape:?}"
+            );
+        }
+    }
+
+    #[test]
     fn channels_with_many_partials_are_merged_by_a_workgroup() {
         let p = plan(
             view(&[64, 8, 112, 112], Layout::ChannelsFirst),
@@ -341,6 +431,8 @@ mod tests {
             max_binding_bytes: 1024,
             offset_alignment: 256,
             max_workgroups: 65535,
+            elementwise_workgroups: 65535,
+            reduction_workgroups: u32::MAX,
         };
         for (shape, layout) in [
             (vec![7, 3, 5, 3], Layout::ChannelsFirst),
@@ -359,6 +451,8 @@ mod tests {
             max_binding_bytes: 1024,
             offset_alignment: 256,
             max_workgroups: 65535,
+            elementwise_workgroups: 65535,
+            reduction_workgroups: u32::MAX,
         };
         let p = plan(view(&[3, 10, 50], Layout::ChannelsFirst), limits).unwrap();
         assert!(p.windows.iter().all(|w| w.o_count == 1 && w.c_count < 10));
@@ -373,6 +467,8 @@ mod tests {
             max_binding_bytes: 1024,
             offset_alignment: 256,
             max_workgroups: 65535,
+            elementwise_workgroups: 65535,
+            reduction_workgroups: u32::MAX,
         };
         let err = plan(view(&[1, 2, 1000], Layout::ChannelsFirst), limits).unwrap_err();
         assert!(matches!(err, BatchNormError::RunTooLarge { .. }));
@@ -384,6 +480,8 @@ mod tests {
             max_binding_bytes: 64 << 10,
             offset_alignment: 256,
             max_workgroups: 65535,
+            elementwise_workgroups: 65535,
+            reduction_workgroups: u32::MAX,
         };
         let p = plan(view(&[40, 3, 30, 30], Layout::ChannelsFirst), limits).unwrap();
         let mut next = 0;
@@ -400,6 +498,8 @@ mod tests {
             max_binding_bytes: 64 << 10,
             offset_alignment: 256,
             max_workgroups: 65535,
+            elementwise_workgroups: 65535,
+            reduction_workgroups: u32::MAX,
         };
         let p = plan(view(&[1 << 16, 16], Layout::ChannelsLast), limits).unwrap();
         assert!(p.chunk_len > STRIDED_CHUNK_ROWS);
@@ -413,6 +513,8 @@ mod tests {
             max_binding_bytes: 1024,
             offset_alignment: 256,
             max_workgroups: 65535,
+            elementwise_workgroups: 65535,
+            reduction_workgroups: u32::MAX,
         };
         let err = plan(view(&[40, 3, 1100], Layout::ChannelsLast), limits).unwrap_err();
         assert!(matches!(err, BatchNormError::Unsupported(_)));
@@ -422,6 +524,50 @@ mod tests {
     fn workgroup_counts_are_capped_by_the_device() {
         assert_eq!(workgroups_for_items(70_000, WEBGPU_DEFAULT), 65535);
         assert_eq!(workgroups_for_items(0, WEBGPU_DEFAULT), 1);
-        assert_eq!(workgroups_for_elements(1025, WEBGPU_DEFAULT), 2);
+        assert_eq!(workgroups_for_threads(257, WEBGPU_DEFAULT), 2);
+    }
+
+    #[test]
+    fn cpu_adapters_use_few_elementwise_workgroups() {
+        let limits = wgpu::Limits::default();
+        let cpu = PlanLimits::new(&limits, wgpu::DeviceType::Cpu);
+        let gpu = PlanLimits::new(&limits, wgpu::DeviceType::DiscreteGpu);
+        assert_eq!(
+            workgroups_for_elements(1 << 24, 64, cpu),
+            CPU_ELEMENTWISE_WORKGROUPS
+        );
+        assert_eq!(workgroups_for_elements(1 << 24, 64, gpu), 65535);
+        // Still a whole number of rows per grid step.
+        assert_eq!(workgroups_for_elements(1 << 24, 12, cpu) * 256 % 12, 0);
+        // Reductions take bigger chunks on the CPU adapter, not on the GPU.
+        let nchw = view(&[16, 64, 56, 56], Layout::ChannelsFirst);
+        let on_cpu = plan(nchw, cpu).unwrap();
+        let on_gpu = plan(nchw, gpu).unwrap();
+        assert_eq!(on_gpu.chunk_len, CONTIGUOUS_CHUNK);
+        assert!(on_cpu.chunk_len > CONTIGUOUS_CHUNK);
+        assert!(
+            on_cpu.windows[0].reduction_items(on_cpu.kind) <= CPU_REDUCTION_WORKGROUPS as usize
+        );
+    }
+
+    #[test]
+    fn elementwise_strides_are_whole_rows_where_possible() {
+        for (elements, row) in [
+            (64 * 200_704, 200_704),
+            (3 * 1000, 3),
+            (1 << 20, 64),
+            (10, 7),
+        ] {
+            let groups = workgroups_for_elements(elements, row, WEBGPU_DEFAULT) as usize;
+            assert_eq!(groups * WORKGROUP_SIZE % row, 0, "{elements} {row}");
+            assert!(groups <= 65535);
+        }
+        // A row whose unit exceeds the cap falls back to the plain count.
+        let prime_row = 1_000_003;
+        let groups = workgroups_for_elements(2 * prime_row, prime_row, WEBGPU_DEFAULT);
+        assert_eq!(
+            groups as usize,
+            (2 * prime_row).div_ceil(WORKGROUP_SIZE).min(65535)
+        );
     }
 }

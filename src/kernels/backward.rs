@@ -99,7 +99,7 @@ pub(crate) fn backward(
                 Slot::whole(5, affine),
                 Slot::whole(7, buffers.grads),
             ],
-            workgroups_for_elements(elements, limits),
+            workgroups_for_elements(elements, window.c_count * plan.view.inner, limits),
         )?);
     }
     Ok(dispatches)

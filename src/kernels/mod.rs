@@ -28,15 +28,18 @@ pub enum Program {
     BatchStatistics,
     /// The fused normalize-scale-shift (`shaders/normalize.wgsl`).
     Normalize,
+    /// The same on vec4s, for rows that split into whole vec4s (`shaders/normalize_vec4.wgsl`).
+    NormalizeVec4,
     /// dx, dgamma, dbeta (`shaders/backward.wgsl`).
     Backward,
 }
 
 impl Program {
     /// Every program, for tests that validate them all.
-    pub const ALL: [Program; 3] = [
+    pub const ALL: [Program; 4] = [
         Program::BatchStatistics,
         Program::Normalize,
+        Program::NormalizeVec4,
         Program::Backward,
     ];
 
@@ -45,6 +48,7 @@ impl Program {
         let own = match self {
             Program::BatchStatistics => include_str!("../../shaders/batch_statistics.wgsl"),
             Program::Normalize => include_str!("../../shaders/normalize.wgsl"),
+            Program::NormalizeVec4 => include_str!("../../shaders/normalize_vec4.wgsl"),
             Program::Backward => include_str!("../../shaders/backward.wgsl"),
         };
         format!("{COMMON_WGSL}\n{own}")

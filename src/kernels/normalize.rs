@@ -1,4 +1,5 @@
-//! Dispatches of `shaders/normalize.wgsl`: y = (x - mean) * (gamma * invstd) + beta.
+//! Dispatches of `shaders/normalize.wgsl` (or its vec4 form, where the plan allows it):
+//! y = (x - mean) * (gamma * invstd) + beta.
 
 use super::{Dispatch, Params, Program, Slot};
 use crate::error::Result;
@@ -20,10 +21,15 @@ pub(crate) fn normalize(
         .iter()
         .map(|window| {
             let elements = window.o_count * window.c_count * plan.view.inner;
+            let (program, entry, lanes) = if plan.vec4 {
+                (Program::NormalizeVec4, "normalize_vec4", 4)
+            } else {
+                (Program::Normalize, "normalize", 1)
+            };
             Dispatch::new(
                 ctx,
-                Program::Normalize,
-                "normalize",
+                program,
+                entry,
                 &[("HAS_AFFINE", affine.is_some())],
                 Params::for_window(plan, window),
                 &[
@@ -32,7 +38,11 @@ pub(crate) fn normalize(
                     Slot::whole(3, stats),
                     Slot::whole(4, affine.unwrap_or(&unused)),
                 ],
-                workgroups_for_elements(elements, ctx.plan_limits()),
+                workgroups_for_elements(
+                    elements / lanes,
+                    window.c_count * plan.view.inner / lanes,
+                    ctx.plan_limits(),
+                ),
             )
         })
         .collect()
