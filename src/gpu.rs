@@ -40,7 +40,9 @@ impl AdapterOptions {
         }
     }
 
-    fn describe(&self) -> String {
+    /// The filters in force as text, e.g. " for backends GL" (empty when none); what
+    /// [`BatchNormError::NoAdapter`] reports.
+    pub fn describe(&self) -> String {
         let mut filter = String::new();
         if self.backends != wgpu::Backends::all() {
             filter += &format!(" for backends {:?}", self.backends);

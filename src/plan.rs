@@ -259,14 +259,14 @@ fn plan_with_chunk(
         }
     }
     let lanes_fit = if view.inner == 1 {
-        view.channels % 4 == 0
+        view.channels.is_multiple_of(4)
     } else {
-        view.inner % 4 == 0
+        view.inner.is_multiple_of(4)
     };
     let vec4 = lanes_fit
         && windows
             .iter()
-            .all(|w| w.elem_shift % 4 == 0 && (w.c_count * view.inner) % 4 == 0);
+            .all(|w| w.elem_shift.is_multiple_of(4) && (w.c_count * view.inner).is_multiple_of(4));
     Ok(Plan {
         view,
         kind,

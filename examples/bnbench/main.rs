@@ -1,0 +1,126 @@
+//! `bnbench`: times this crate's batch norm (training forward, inference forward, backward
+//! through the batch statistics; channels-first and channels-last) on one or more wgpu
+//! adapters, compares each case's bandwidth with a streaming kernel on the same adapter, checks
+//! every timed result against the f64 CPU reference, and writes a terminal table, JSON, CSV,
+//! Markdown and an SVG chart.
+//!
+//! ```text
+//! cargo run --release --example bnbench -- --quick --json results.json
+//! cargo run --release --example bnbench -- --backend gl --shape 32,64,56,56 --svg chart.svg
+//! cargo run --release --example bnbench -- --all --markdown results.md
+//! ```
+//!
+//! The modules, in the order a run uses them: [`cli`] (options and settings), [`suite`] (cases
+//! and the GPU state they run on), [`runner`] (one adapter's run), [`roofline`] (the stream
+//! kernel), [`timing`] (timestamps, wall clock, host latency), [`check`] (the CPU reference),
+//! [`report`] (the results and their formats). `benches/batch_norm.rs` shares `suite` and
+//! `timing`; `tests/bnbench_outputs.rs` runs [`run`] itself. That test includes this file as a
+//! module, so the modules name each other with `super::` and `self::`, never `crate::`.
+
+mod check;
+pub mod cli;
+mod report;
+mod roofline;
+mod runner;
+mod suite;
+mod timing;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use wgpu_batchnorm::gpu::list_adapters;
+use wgpu_batchnorm::{AdapterSummary, BatchNormError, GpuContext};
+
+use self::cli::Cli;
+use self::report::Report;
+use self::runner::Progress;
+use self::timing::BenchResult;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(Some(report)) if report.failures() > 0 => {
+            eprintln!(
+                "bnbench: {} case(s) failed their check or could not run (see above)",
+                report.failures()
+            );
+            ExitCode::FAILURE
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bnbench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lists the adapters, runs the suite on the chosen ones, prints the tables and writes the
+/// files asked for. Returns the report, or `None` for `--list`.
+pub fn run(cli: &Cli) -> BenchResult<Option<Report>> {
+    check_output_folders(cli)?;
+    let options = cli.adapter_options();
+    let adapters = list_adapters(&options);
+    let chosen = if cli.all { adapters.len() } else { 1 };
+    println!("Adapters (best first; * runs):");
+    for (index, adapter) in adapters.iter().enumerate() {
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        println!(
+            "  {} {}  timestamps: {}",
+            if index < chosen && !cli.list {
+                "*"
+            } else {
+                " "
+            },
+            AdapterSummary::from(adapter.get_info()),
+            if timestamps { "yes" } else { "no" }
+        );
+    }
+    if cli.list {
+        return Ok(None);
+    }
+    if adapters.is_empty() {
+        return Err(BatchNormError::NoAdapter {
+            filter: options.describe(),
+        }
+        .into());
+    }
+    let settings = cli.settings();
+    let cases = suite::cases(&settings.shapes, &settings.ops, &settings.layouts);
+    let progress = Progress::new(chosen * cases.len());
+    let mut runs = Vec::new();
+    for adapter in adapters.iter().take(chosen) {
+        let ctx = GpuContext::from_adapter(adapter)?;
+        runs.push(runner::run_adapter(&ctx, &settings, &cases, &progress)?);
+    }
+    progress.finish();
+    let report = Report::new(settings, runs);
+    print!("{}", report::terminal(&report));
+    if let Some(path) = &cli.json {
+        report::write_json(&report, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &cli.csv {
+        report::write_csv(&report, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &cli.markdown {
+        std::fs::write(path, report::markdown(&report))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &cli.svg {
+        report::write_svg(&report, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(Some(report))
+}
+
+/// Refuses, before any GPU work, an output file whose folder does not exist.
+fn check_output_folders(cli: &Cli) -> BenchResult<()> {
+    for path in [&cli.json, &cli.csv, &cli.markdown, &cli.svg]
+        .into_iter()
+        .flatten()
+    {
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if folder.is_some_and(|folder| !folder.is_dir()) {
+            return Err(format!("{}: its folder does not exist", path.display()).into());
+        }
+    }
+    Ok(())
+}

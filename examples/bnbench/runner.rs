@@ -1,0 +1,185 @@
+//! Runs the suite on one adapter: the stream kernel first, then each case in turn (set up, warm
+//! up, time, check against the reference, measure host latency), with a progress bar.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use wgpu_batchnorm::{BatchNormError, GpuContext};
+
+use super::check;
+use super::cli::Settings;
+use super::report::{AdapterInfo, AdapterRun, CaseResult, Skipped};
+use super::roofline;
+use super::suite::{Case, Workload};
+use super::timing::{
+    awaited_calls, back_to_back, BenchResult, GpuTimer, TimeSummary, TimingMethod,
+};
+
+/// A progress bar over every case of the run. Where stderr is no terminal the bar is hidden and
+/// its notes go to stderr as plain lines, so logs still show progress.
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    /// A bar over `cases` cases.
+    pub fn new(cases: usize) -> Self {
+        let bar = ProgressBar::new(cases as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {wide_msg}")
+                .expect("the template is valid")
+                .progress_chars("=> "),
+        );
+        Progress { bar }
+    }
+
+    /// Prints `line` above the bar.
+    pub fn note(&self, line: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Runs `cases` on `ctx`'s adapter. A case that fails is recorded as skipped with its error
+/// (and counts as a failure, unless the device is merely too small for it); the run goes on.
+pub fn run_adapter(
+    ctx: &GpuContext,
+    settings: &Settings,
+    cases: &[Case],
+    progress: &Progress,
+) -> BenchResult<AdapterRun> {
+    let adapter = ctx.adapter();
+    let timer = GpuTimer::new(ctx).filter(|_| !settings.wall_clock);
+    let timing_method = match timer {
+        Some(_) => TimingMethod::GpuTimestamps,
+        None => TimingMethod::WallClock,
+    };
+    progress.note(&format!("Running on {adapter}"));
+    if timing_method == TimingMethod::WallClock {
+        progress.note(if settings.wall_clock {
+            "  --wall-clock: GPU times are wall clock"
+        } else {
+            "  no timestamp queries on this adapter: GPU times are wall clock"
+        });
+    }
+    progress
+        .bar
+        .set_message(format!("{}: stream kernel", adapter.name));
+    let stream = roofline::measure(
+        ctx,
+        timer.as_ref(),
+        settings.rotate_bytes,
+        settings.warmup,
+        settings.reps,
+    )?;
+    progress.note(&format!(
+        "  stream kernel: {:.1} GB/s ({} workgroups)",
+        stream.gbps, stream.workgroups
+    ));
+    let mut results = Vec::new();
+    let mut skipped = Vec::new();
+    for case in cases {
+        progress
+            .bar
+            .set_message(format!("{}: {}", adapter.name, case.label()));
+        let outcome = match settings.max_elements {
+            Some(max) if case.elements() > max => Err(Skipped::new(
+                case,
+                format!("more than --max-elements {max} elements"),
+                false,
+            )),
+            _ => run_case(ctx, timer.as_ref(), settings, case, stream.gbps).map_err(|error| {
+                let too_large = matches!(
+                    error.downcast_ref::<BatchNormError>(),
+                    Some(BatchNormError::TensorTooLarge { .. })
+                );
+                Skipped::new(case, error.to_string(), !too_large)
+            }),
+        };
+        match outcome {
+            Ok(result) => {
+                progress.note(&format!(
+                    "  {}: {:.1} us median, {:.1} GB/s ({:.0}% of stream), max error {:.1e} {}",
+                    case.label(),
+                    result.gpu_median_us,
+                    result.gbps,
+                    result.percent_of_stream,
+                    result.max_abs_error,
+                    result.check,
+                ));
+                results.push(result);
+            }
+            Err(skip) => {
+                progress.note(&format!(
+                    "  {}: {} ({})",
+                    case.label(),
+                    if skip.failure { "FAILED" } else { "skipped" },
+                    skip.reason
+                ));
+                skipped.push(skip);
+            }
+        }
+        progress.bar.inc(1);
+    }
+    Ok(AdapterRun {
+        adapter: AdapterInfo::from(adapter),
+        timing_method,
+        stream,
+        cases: results,
+        skipped,
+    })
+}
+
+/// Sets up, warms up, times, checks and measures the host latency of one case.
+fn run_case(
+    ctx: &GpuContext,
+    timer: Option<&GpuTimer>,
+    settings: &Settings,
+    case: &Case,
+    stream_gbps: f64,
+) -> BenchResult<CaseResult> {
+    let workload = Workload::new(ctx, case, settings.rotate_bytes)?;
+    for run in 0..settings.warmup {
+        workload.call_and_wait(run)?;
+    }
+    // An element that no timed run wrote stays NaN and fails the check.
+    workload.output().fill(f32::NAN)?;
+    let mut params = None;
+    let seconds = match timer {
+        Some(timer) => timer.time(ctx, settings.reps, |encoder, run, timestamps| {
+            params = workload.record(encoder, run, Some(timestamps))?;
+            Ok(())
+        })?,
+        None => awaited_calls(settings.reps, |run| {
+            params = workload.call_and_wait(run)?;
+            Ok(())
+        })?,
+    };
+    let gpu = TimeSummary::of(&seconds).ok_or("no timed run")?;
+    let output = workload.output().to_vec()?;
+    let params = params.map(|pair| pair.read()).transpose()?;
+    let check = check::check(case, workload.host(), &output, params.as_ref());
+    let back_to_back = back_to_back(ctx, settings.reps, |encoder, run| {
+        workload.record(encoder, run, None)?;
+        Ok(())
+    })?;
+    let single = awaited_calls(settings.reps, |run| {
+        workload.call_and_wait(run)?;
+        Ok(())
+    })?;
+    let single = TimeSummary::of(&single).ok_or("no host-latency call")?;
+    Ok(CaseResult::new(
+        &workload,
+        gpu,
+        stream_gbps,
+        back_to_back,
+        single.median,
+        check,
+    ))
+}

@@ -1,0 +1,204 @@
+//! How the benchmark measures time: GPU timestamp queries written at the beginning and end of an
+//! operation's compute pass (so every dispatch of the operation is inside), wall-clock time of
+//! awaited calls where the adapter has no timestamps, and host latency.
+//!
+//! Shared by the `bnbench` program and the criterion benches.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use wgpu_batchnorm::{GpuContext, PassTimestamps};
+
+/// The benchmark's result type: the library's errors, wgpu's, and its own, as messages.
+pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Runs whose timestamps one query set holds (wgpu allows at most 4096 queries in a set).
+const RUNS_PER_QUERY_SET: usize = 1024;
+
+/// How GPU time was measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimingMethod {
+    /// Timestamp queries at the beginning and end of the operation's compute pass.
+    GpuTimestamps,
+    /// Wall time of each call submitted and awaited, host overhead included (the adapter has
+    /// no timestamp queries, or `bnbench --wall-clock`).
+    WallClock,
+}
+
+impl TimingMethod {
+    /// How reports describe the method.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TimingMethod::GpuTimestamps => {
+                "GPU timestamps at the beginning and end of each operation's compute pass"
+            }
+            TimingMethod::WallClock => {
+                "WALL CLOCK, not GPU timestamps: each call submitted and awaited, host overhead \
+                 included"
+            }
+        }
+    }
+}
+
+/// Median and minimum of a set of times, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimeSummary {
+    /// The median (the upper one for an even count).
+    pub median: f64,
+    /// The minimum.
+    pub min: f64,
+}
+
+impl TimeSummary {
+    /// Summarizes `seconds`; `None` when it is empty.
+    pub fn of(seconds: &[f64]) -> Option<Self> {
+        let mut sorted = seconds.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Some(TimeSummary {
+            median: *sorted.get(sorted.len() / 2)?,
+            min: *sorted.first()?,
+        })
+    }
+}
+
+/// Times operations with timestamp queries around their compute passes.
+pub struct GpuTimer {
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    nanoseconds_per_tick: f64,
+}
+
+impl GpuTimer {
+    /// A timer for `ctx`'s device; `None` when the device has no timestamp queries.
+    pub fn new(ctx: &GpuContext) -> Option<Self> {
+        if !ctx.has_timestamps() {
+            return None;
+        }
+        let device = ctx.device();
+        let queries = 2 * RUNS_PER_QUERY_SET as u32;
+        let bytes = u64::from(queries) * 8;
+        Some(GpuTimer {
+            query_set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("bnbench timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: queries,
+            }),
+            resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bnbench timestamp resolve"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            readback: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bnbench timestamp readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            nanoseconds_per_tick: f64::from(ctx.queue().get_timestamp_period()),
+        })
+    }
+
+    /// GPU seconds of each of `runs` runs. `record(encoder, run, timestamps)` records run `run`
+    /// into a fresh encoder with `timestamps` on its compute pass; each run is its own
+    /// submission, and the runs are submitted back to back.
+    pub fn time(
+        &self,
+        ctx: &GpuContext,
+        runs: usize,
+        mut record: impl FnMut(&mut wgpu::CommandEncoder, usize, PassTimestamps<'_>) -> BenchResult<()>,
+    ) -> BenchResult<Vec<f64>> {
+        let (device, queue) = (ctx.device(), ctx.queue());
+        let mut seconds = Vec::with_capacity(runs);
+        let mut done = 0;
+        while done < runs {
+            let batch = (runs - done).min(RUNS_PER_QUERY_SET);
+            for slot in 0..batch as u32 {
+                let mut encoder = device.create_command_encoder(&Default::default());
+                let timestamps = PassTimestamps {
+                    query_set: &self.query_set,
+                    begin: 2 * slot,
+                    end: 2 * slot + 1,
+                };
+                record(&mut encoder, done + slot as usize, timestamps)?;
+                queue.submit([encoder.finish()]);
+            }
+            let queries = 2 * batch as u32;
+            let bytes = u64::from(queries) * 8;
+            let mut encoder = device.create_command_encoder(&Default::default());
+            encoder.resolve_query_set(&self.query_set, 0..queries, &self.resolve, 0);
+            encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.readback, 0, bytes);
+            queue.submit([encoder.finish()]);
+            let ticks: Vec<u64> = read_mapped(ctx, &self.readback, bytes)?;
+            for pair in ticks.chunks_exact(2) {
+                let elapsed = pair[1].checked_sub(pair[0]).filter(|&t| t > 0).ok_or(
+                    "the adapter's timestamps did not advance over an operation: \
+                     they cannot time it",
+                )?;
+                seconds.push(elapsed as f64 * self.nanoseconds_per_tick * 1e-9);
+            }
+            done += batch;
+        }
+        Ok(seconds)
+    }
+}
+
+/// Wall seconds of each of `calls` calls, each submitted and awaited by `call(index)`.
+pub fn awaited_calls(
+    calls: usize,
+    mut call: impl FnMut(usize) -> BenchResult<()>,
+) -> BenchResult<Vec<f64>> {
+    (0..calls)
+        .map(|index| {
+            let start = Instant::now();
+            call(index)?;
+            Ok(start.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+/// Wall seconds per call of `calls` calls recorded and submitted back to back (each its own
+/// encoder and submission), with one wait at the end: the host cost of a call when the GPU
+/// keeps up, or the GPU's pace when it does not.
+pub fn back_to_back(
+    ctx: &GpuContext,
+    calls: usize,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder, usize) -> BenchResult<()>,
+) -> BenchResult<f64> {
+    let start = Instant::now();
+    let mut last = None;
+    for index in 0..calls {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        record(&mut encoder, index)?;
+        last = Some(ctx.queue().submit([encoder.finish()]));
+    }
+    ctx.device().poll(wgpu::PollType::Wait {
+        submission_index: last,
+        timeout: None,
+    })?;
+    Ok(start.elapsed().as_secs_f64() / calls.max(1) as f64)
+}
+
+/// Waits for the GPU, then copies the first `bytes` of a `MAP_READ` buffer to the host.
+pub fn read_mapped<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    bytes: u64,
+) -> BenchResult<Vec<T>> {
+    let slice = buffer.slice(..bytes);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |result| {
+        // The receiver waits below, so it outlives this callback.
+        let _ = sender.send(result);
+    });
+    ctx.device().poll(wgpu::PollType::wait_indefinitely())?;
+    receiver.recv()??;
+    let values = {
+        let mapped = slice.get_mapped_range()?;
+        bytemuck::cast_slice::<u8, T>(&mapped).to_vec()
+    };
+    buffer.unmap();
+    Ok(values)
+}

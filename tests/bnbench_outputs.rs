@@ -1,0 +1,241 @@
+//! Runs `bnbench --quick` for real on a GPU adapter (the software one in CI) and checks every
+//! output it writes: JSON, CSV, Markdown and SVG.
+//!
+//! The program's own code is included as a module and its `run` is called with a command line:
+//! the same code path as `cargo run --example bnbench -- ...`, without building the example a
+//! second time (in release) from inside the test. `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` choose
+//! the adapter, as they do for the program.
+
+#[allow(dead_code)] // The program's `main` is not called here.
+#[path = "../examples/bnbench/main.rs"]
+mod bnbench;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde_json::Value;
+
+/// One case of the quick suite, written out independently of the program.
+struct ExpectedCase {
+    op: &'static str,
+    layout: &'static str,
+    shape: Vec<usize>,
+    /// The memory order as the tables name it.
+    format: &'static str,
+}
+
+/// Both layouts of a 4-D shape, as `(layout, format)`.
+const FOUR_D: &[(&str, &str)] = &[("channels-first", "NCHW"), ("channels-last", "NHWC")];
+/// A 2-D shape is the same memory in both layouts and runs once, as channels-first.
+const TWO_D: &[(&str, &str)] = &[("channels-first", "NC")];
+
+/// The quick suite: shapes, then layouts, then operations.
+fn expected_cases() -> Vec<ExpectedCase> {
+    let mut cases = Vec::new();
+    for (shape, layouts) in [
+        (vec![32, 64, 8, 8], FOUR_D),
+        (vec![256, 1024], TWO_D),
+        (vec![8, 32, 28, 28], FOUR_D),
+    ] {
+        for &(layout, format) in layouts {
+            for op in ["train-forward", "eval-forward", "backward"] {
+                cases.push(ExpectedCase {
+                    op,
+                    layout,
+                    shape: shape.clone(),
+                    format,
+                });
+            }
+        }
+    }
+    cases
+}
+
+fn label(op: &str, shape: &[usize], format: &str) -> String {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    format!("{op} {} {format}", dims.join("x"))
+}
+
+/// A fresh directory under the system's temporary directory.
+fn scratch_dir() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("bnbench-test-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
+}
+
+fn positive(case: &Value, key: &str) -> f64 {
+    let value = case[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {case}"));
+    assert!(
+        value.is_finite() && value > 0.0,
+        "{key} = {value} is not a finite positive number in {case}"
+    );
+    value
+}
+
+#[test]
+fn quick_suite_writes_every_format() {
+    let dir = scratch_dir();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (json, csv, markdown, svg) = (path("q.json"), path("q.csv"), path("q.md"), path("q.svg"));
+    let cli = bnbench::cli::Cli::try_parse_from([
+        "bnbench",
+        "--quick",
+        "--json",
+        &json,
+        "--csv",
+        &csv,
+        "--markdown",
+        &markdown,
+        "--svg",
+        &svg,
+    ])
+    .expect("a valid command line");
+    let report = bnbench::run(&cli)
+        .unwrap_or_else(|e| panic!("bnbench --quick failed: {e}"))
+        .expect("a run (not --list) returns a report");
+    assert_eq!(report.failures(), 0, "some case failed its check");
+
+    let expected = expected_cases();
+    let expected_keys: BTreeSet<(String, String, Vec<usize>)> = expected
+        .iter()
+        .map(|case| {
+            (
+                case.op.to_string(),
+                case.layout.to_string(),
+                case.shape.clone(),
+            )
+        })
+        .collect();
+    let labels: Vec<String> = expected
+        .iter()
+        .map(|case| label(case.op, &case.shape, case.format))
+        .collect();
+
+    // JSON: one run, every case once, each with a time and a reference error.
+    let text = std::fs::read_to_string(&json).expect("the JSON file was written");
+    let root: Value = serde_json::from_str(&text).expect("valid JSON");
+    let runs = root["runs"].as_array().expect("a runs array");
+    assert_eq!(runs.len(), 1, "one adapter ran");
+    let run = &runs[0];
+    assert!(!run["adapter"]["name"].as_str().unwrap_or("").is_empty());
+    assert!(matches!(
+        run["timing_method"].as_str(),
+        Some("gpu-timestamps" | "wall-clock")
+    ));
+    positive(&run["stream"], "gbps");
+    assert_eq!(run["skipped"].as_array().map(Vec::len), Some(0));
+    let cases = run["cases"].as_array().expect("a cases array");
+    assert_eq!(cases.len(), expected.len(), "one entry per case");
+    let mut seen = BTreeSet::new();
+    for case in cases {
+        let shape: Vec<usize> = case["shape"]
+            .as_array()
+            .expect("a shape array")
+            .iter()
+            .map(|d| d.as_u64().expect("a size") as usize)
+            .collect();
+        let op = case["op"].as_str().expect("an op").to_string();
+        let layout = case["layout"].as_str().expect("a layout").to_string();
+        assert!(
+            seen.insert((op.clone(), layout, shape.clone())),
+            "{op} {shape:?} twice"
+        );
+        let median = positive(case, "gpu_median_us");
+        let min = positive(case, "gpu_min_us");
+        assert!(min <= median, "minimum above median in {case}");
+        for key in [
+            "gbps",
+            "percent_of_stream",
+            "host_back_to_back_us",
+            "host_single_us",
+            "reference_ms",
+        ] {
+            positive(case, key);
+        }
+        let error = case["max_abs_error"].as_f64().expect("max_abs_error");
+        // Unit-spread data with gamma in [0.5, 1.5): float32 results are within ~1e-5.
+        assert!(error.is_finite() && error < 1e-3, "error {error} in {case}");
+        if op == "backward" {
+            let params = case["params_max_abs_error"]
+                .as_f64()
+                .expect("dgamma/dbeta error");
+            assert!(
+                params.is_finite() && params < 1e-2,
+                "dgamma/dbeta error in {case}"
+            );
+        }
+        assert_eq!(case["check"], "passed");
+    }
+    assert_eq!(
+        seen, expected_keys,
+        "the JSON holds exactly the quick suite"
+    );
+
+    // CSV: a header, then one row per case.
+    let mut reader = csv::Reader::from_path(&csv).expect("the CSV file was written");
+    let header = reader.headers().expect("a CSV header").clone();
+    for column in [
+        "op",
+        "layout",
+        "shape",
+        "gpu_median_us",
+        "max_abs_error",
+        "check",
+    ] {
+        assert!(header.iter().any(|h| h == column), "no {column} column");
+    }
+    let rows: Vec<csv::StringRecord> = reader
+        .records()
+        .collect::<Result<_, _>>()
+        .expect("well-formed CSV rows");
+    assert_eq!(rows.len(), expected.len(), "one CSV row per case");
+    let column = |name: &str| header.iter().position(|h| h == name).expect("column");
+    for row in &rows {
+        let median: f64 = row[column("gpu_median_us")].parse().expect("a number");
+        assert!(median.is_finite() && median > 0.0);
+        assert_eq!(&row[column("check")], "passed");
+    }
+
+    // Markdown: a table with a row per case.
+    let markdown = std::fs::read_to_string(&markdown).expect("the Markdown file was written");
+    assert!(markdown.contains("| case |"), "no table header");
+    assert!(markdown.contains("| --- |"), "no table rule");
+    for label in &labels {
+        assert!(
+            markdown.contains(&format!("| {label} |")),
+            "no table row for {label}"
+        );
+    }
+
+    // SVG: a complete document that names every case.
+    let svg = std::fs::read_to_string(&svg).expect("the SVG file was written");
+    assert!(svg.trim_start().starts_with("<svg"), "not an SVG document");
+    assert!(
+        svg.trim_end().ends_with("</svg>"),
+        "SVG document not closed"
+    );
+    assert!(svg.contains("<rect"), "no bars in the chart");
+    for label in &labels {
+        assert!(
+            svg.contains(label.as_str()),
+            "the chart does not name {label}"
+        );
+    }
+
+    std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
+}
+
+#[test]
+fn bad_shapes_are_refused_with_a_message() {
+    for shape in ["64", "0,3", "1,8", "2,x,4"] {
+        let error = bnbench::cli::Cli::try_parse_from(["bnbench", "--shape", shape])
+            .expect_err("an invalid shape");
+        assert!(error.to_string().contains(shape), "{error}");
+    }
+}
