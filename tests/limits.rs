@@ -267,3 +267,40 @@ fn a_device_below_the_kernels_needs_is_refused() {
         }
     ));
 }
+
+/// The plans a discrete GPU gets (4096-value chunks, the device's whole workgroup range), run on
+/// this adapter: a caller-owned context that reports itself as a discrete GPU. The software
+/// adapter otherwise gets the CPU plans (bigger chunks, fewer workgroups), and the kernels must
+/// be right under both.
+#[test]
+fn gpu_style_plans_on_this_adapter() {
+    let adapter = list_adapters(&AdapterOptions::from_env())
+        .into_iter()
+        .next()
+        .expect("an adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("a device planned as a discrete GPU"),
+        required_features: wgpu::Features::empty(),
+        required_limits: adapter.limits(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .expect("device");
+    let summary = AdapterSummary {
+        device_type: wgpu::DeviceType::DiscreteGpu,
+        ..AdapterSummary::from(adapter.get_info())
+    };
+    let ctx = GpuContext::from_device(device, queue, summary).expect("context");
+    let cases: [(&[usize], Layout); 4] = [
+        // 36 chunks of 4096 values per channel: merged by a workgroup.
+        (&[9, 4, 128, 128], Layout::ChannelsFirst),
+        // 64 chunks of 256 rows per channel band.
+        (&[4, 64, 64, 8], Layout::ChannelsLast),
+        (&[9000, 3], Layout::ChannelsFirst),
+        (&[6, 5, 7, 7], Layout::ChannelsFirst),
+    ];
+    for (k, (shape, layout)) in cases.into_iter().enumerate() {
+        check_round_trip(&ctx, shape, layout, 300 + k as u64);
+    }
+}
