@@ -133,8 +133,13 @@ impl BatchNorm {
             .ctx
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        let batches_before = self.num_batches_tracked;
         let saved = self.record_forward(&mut encoder, x, y, None)?;
-        self.ctx.submit_and_wait(encoder)?;
+        if let Err(error) = self.ctx.submit_and_wait(encoder) {
+            // The submission was refused, so nothing ran: the batch does not count.
+            self.num_batches_tracked = batches_before;
+            return Err(error);
+        }
         Ok(saved)
     }
 

@@ -304,3 +304,32 @@ fn gpu_style_plans_on_this_adapter() {
         check_round_trip(&ctx, shape, layout, 300 + k as u64);
     }
 }
+
+/// A wgpu validation error (here: a caller's buffer left mapped, which no submission may use)
+/// comes back as a typed error instead of wgpu's default panic.
+#[test]
+fn wgpu_validation_errors_become_typed_errors() {
+    let ctx = context();
+    let mapped = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("a caller's buffer, still mapped"),
+        size: 4 * 2 * 3,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: true,
+    });
+    let x = Tensor::from_buffer(&ctx, mapped, &[2, 3], Layout::ChannelsFirst).unwrap();
+    let mut layer = BatchNorm::new(&ctx, 3).unwrap();
+    let error = layer
+        .forward(&x)
+        .expect_err("a mapped buffer in a submission");
+    assert!(
+        matches!(error, wgpu_batchnorm::BatchNormError::Validation(_)),
+        "{error:?}"
+    );
+    assert_eq!(layer.num_batches_tracked(), 0);
+    assert_eq!(
+        layer.running_statistics().unwrap(),
+        (vec![0.0; 3], vec![1.0; 3])
+    );
+}
