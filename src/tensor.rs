@@ -97,7 +97,9 @@ impl Tensor {
     }
 
     /// Wraps a buffer the caller owns. It needs `STORAGE | COPY_SRC | COPY_DST` usage and at
-    /// least `4 * elements` bytes; the data starts at offset 0.
+    /// least `4 * elements` bytes; the data starts at offset 0. It must have been created on
+    /// `ctx`'s device: wgpu exposes no buffer's device to check, and a buffer of another device
+    /// has been seen accepted without an error on a software adapter.
     pub fn from_buffer(
         ctx: &GpuContext,
         buffer: wgpu::Buffer,
