@@ -11,25 +11,36 @@ use wgpu_batchnorm::{
     reference, AdapterOptions, AdapterSummary, BatchNorm, ChannelPair, GpuContext, Layout, Tensor,
 };
 
-/// A caller-owned device on the test adapter with smaller limits than the adapter's, so the
-/// planner's windows and workgroup loops run on small tensors.
-fn limited_context(max_binding_bytes: u64, max_workgroups: u32) -> GpuContext {
+/// The test adapter, and a caller-owned device on it with the limits `choose` picks from the
+/// adapter's.
+fn caller_device(
+    label: &str,
+    choose: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
+) -> (wgpu::Adapter, wgpu::Device, wgpu::Queue) {
     let adapter = list_adapters(&AdapterOptions::from_env())
         .into_iter()
         .next()
         .expect("an adapter (see tests/common/mod.rs for how to install one)");
-    let mut limits = adapter.limits();
-    limits.max_storage_buffer_binding_size = max_binding_bytes;
-    limits.max_compute_workgroups_per_dimension = max_workgroups;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("limited test device"),
+        label: Some(label),
         required_features: wgpu::Features::empty(),
-        required_limits: limits,
+        required_limits: choose(adapter.limits()),
         experimental_features: wgpu::ExperimentalFeatures::disabled(),
         memory_hints: wgpu::MemoryHints::Performance,
         trace: wgpu::Trace::Off,
     }))
-    .expect("a device with smaller limits");
+    .expect("a device on the test adapter");
+    (adapter, device, queue)
+}
+
+/// A caller-owned device on the test adapter with smaller limits than the adapter's, so the
+/// planner's windows and workgroup loops run on small tensors.
+fn limited_context(max_binding_bytes: u64, max_workgroups: u32) -> GpuContext {
+    let (adapter, device, queue) = caller_device("limited test device", |mut limits| {
+        limits.max_storage_buffer_binding_size = max_binding_bytes;
+        limits.max_compute_workgroups_per_dimension = max_workgroups;
+        limits
+    });
     GpuContext::from_device(device, queue, AdapterSummary::from(adapter.get_info()))
         .expect("limits above the kernels' needs")
 }
@@ -149,19 +160,9 @@ fn several_threads_share_one_context() {
 
 #[test]
 fn a_caller_owned_device_buffers_and_encoder() {
-    let adapter = list_adapters(&AdapterOptions::from_env())
-        .into_iter()
-        .next()
-        .expect("an adapter");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("the caller's device"),
-        required_features: wgpu::Features::empty(),
-        required_limits: wgpu::Limits::default().using_resolution(adapter.limits()),
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
-        memory_hints: wgpu::MemoryHints::Performance,
-        trace: wgpu::Trace::Off,
-    }))
-    .expect("device");
+    let (adapter, device, queue) = caller_device("the caller's device", |limits| {
+        wgpu::Limits::default().using_resolution(limits)
+    });
     let ctx = GpuContext::from_device(device.clone(), queue.clone(), adapter.get_info().into())
         .expect("WebGPU's default limits are enough");
 
@@ -243,19 +244,8 @@ fn a_caller_owned_device_buffers_and_encoder() {
 
 #[test]
 fn a_device_below_the_kernels_needs_is_refused() {
-    let adapter = list_adapters(&AdapterOptions::from_env())
-        .into_iter()
-        .next()
-        .expect("an adapter");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("a downlevel device"),
-        required_features: wgpu::Features::empty(),
-        required_limits: wgpu::Limits::downlevel_defaults(),
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
-        memory_hints: wgpu::MemoryHints::Performance,
-        trace: wgpu::Trace::Off,
-    }))
-    .expect("device");
+    let (adapter, device, queue) =
+        caller_device("a downlevel device", |_| wgpu::Limits::downlevel_defaults());
     let error = GpuContext::from_device(device, queue, adapter.get_info().into())
         .expect_err("4 storage buffers per stage are too few");
     assert!(matches!(
@@ -274,19 +264,8 @@ fn a_device_below_the_kernels_needs_is_refused() {
 /// be right under both.
 #[test]
 fn gpu_style_plans_on_this_adapter() {
-    let adapter = list_adapters(&AdapterOptions::from_env())
-        .into_iter()
-        .next()
-        .expect("an adapter");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("a device planned as a discrete GPU"),
-        required_features: wgpu::Features::empty(),
-        required_limits: adapter.limits(),
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
-        memory_hints: wgpu::MemoryHints::Performance,
-        trace: wgpu::Trace::Off,
-    }))
-    .expect("device");
+    let (adapter, device, queue) =
+        caller_device("a device planned as a discrete GPU", |limits| limits);
     let summary = AdapterSummary {
         device_type: wgpu::DeviceType::DiscreteGpu,
         ..AdapterSummary::from(adapter.get_info())
