@@ -70,6 +70,45 @@ fn elements<'a, T: Copy + Into<f64>>(
         .map(|(index, &value)| (view.channel_of(index), value.into()))
 }
 
+/// (channel, x, dy) for every element, in logical order.
+fn element_triples<'a, T, D>(
+    x: &'a ArrayViewD<'_, T>,
+    dy: &'a ArrayViewD<'_, D>,
+    view: &'a ChannelView,
+) -> impl Iterator<Item = (usize, f64, f64)> + 'a
+where
+    T: Copy + Into<f64>,
+    D: Copy + Into<f64>,
+{
+    elements(x, view)
+        .zip(dy.iter())
+        .map(|((c, x), &dy)| (c, x, dy.into()))
+}
+
+/// dgamma = sum(dy * x_hat) and dbeta = sum(dy) per channel, x_hat = (x - mean) * invstd: the
+/// same sums whichever statistics the forward used.
+fn parameter_gradients<T, D>(
+    x: &ArrayViewD<'_, T>,
+    dy: &ArrayViewD<'_, D>,
+    view: &ChannelView,
+    mean: &[f64],
+    invstd: &[f64],
+) -> (Vec<f64>, Vec<f64>)
+where
+    T: Copy + Into<f64>,
+    D: Copy + Into<f64>,
+{
+    let dbeta = channel_sums(
+        view.channels,
+        element_triples(x, dy, view).map(|(c, _, dy)| (c, dy)),
+    );
+    let dgamma = channel_sums(
+        view.channels,
+        element_triples(x, dy, view).map(|(c, x, dy)| (c, dy * (x - mean[c]) * invstd[c])),
+    );
+    (dgamma, dbeta)
+}
+
 /// Per-channel sums of `(channel, term)` pairs.
 fn channel_sums(channels: usize, terms: impl Iterator<Item = (usize, f64)>) -> Vec<f64> {
     let mut sums = vec![0.0; channels];
@@ -249,19 +288,9 @@ where
         check_per_channel("gamma", g.len(), view.channels);
     }
     let x_hat = |c: usize, x: f64| (x - mean[c]) * invstd[c];
-    // (channel, x, dy) for every element, in logical order.
-    let pairs = || {
-        elements(&x, &view)
-            .zip(dy.iter())
-            .map(|((c, x), &dy)| (c, x, dy.into()))
-    };
-    let dbeta = channel_sums(view.channels, pairs().map(|(c, _, dy)| (c, dy)));
-    let dgamma = channel_sums(
-        view.channels,
-        pairs().map(|(c, x, dy)| (c, dy * x_hat(c, x))),
-    );
+    let (dgamma, dbeta) = parameter_gradients(&x, &dy, &view, mean, invstd);
     let m = view.values_per_channel() as f64;
-    let dx = pairs().map(|(c, x, dy)| {
+    let dx = element_triples(&x, &dy, &view).map(|(c, x, dy)| {
         parameter(gamma, c, 1.0) * invstd[c] / m * (m * dy - dbeta[c] - x_hat(c, x) * dgamma[c])
     });
     Gradients {
@@ -302,19 +331,9 @@ where
         check_per_channel("gamma", g.len(), view.channels);
     }
     let invstd: Vec<f64> = running_var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let x_hat = |c: usize, x: f64| (x - running_mean[c]) * invstd[c];
-    // (channel, x, dy) for every element, in logical order.
-    let pairs = || {
-        elements(&x, &view)
-            .zip(dy.iter())
-            .map(|((c, x), &dy)| (c, x, dy.into()))
-    };
-    let dbeta = channel_sums(view.channels, pairs().map(|(c, _, dy)| (c, dy)));
-    let dgamma = channel_sums(
-        view.channels,
-        pairs().map(|(c, x, dy)| (c, dy * x_hat(c, x))),
-    );
-    let dx = pairs().map(|(c, _, dy)| dy * parameter(gamma, c, 1.0) * invstd[c]);
+    let (dgamma, dbeta) = parameter_gradients(&x, &dy, &view, running_mean, &invstd);
+    let dx =
+        element_triples(&x, &dy, &view).map(|(c, _, dy)| dy * parameter(gamma, c, 1.0) * invstd[c]);
     Gradients {
         dx: array_from_values(x.raw_dim(), dx),
         dgamma,
