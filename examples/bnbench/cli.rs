@@ -54,9 +54,15 @@ pub struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub reps: Option<u32>,
 
-    /// Untimed runs per case before timing [default: 5, or 2 with --quick].
+    /// Untimed runs per case before timing, each awaited [default: 5, or 2 with --quick].
     #[arg(long)]
     pub warmup: Option<u32>,
+
+    /// Then at least this many milliseconds of untimed runs submitted back to back, so a GPU
+    /// that idled while the host prepared the case is back at full clocks [default: 300, or
+    /// 20 with --quick]. An H200 left idle for a second times 4x slower without it.
+    #[arg(long, value_name = "MS")]
+    pub warmup_ms: Option<u64>,
 
     /// Inputs rotate among copies that together hold at least this many MiB, so no run reads
     /// cached data [default: 128, or 16 with --quick]. The stream kernel uses buffers of this size.
@@ -146,8 +152,10 @@ pub struct Settings {
     pub quick: bool,
     /// Timed runs per case, and calls per host-latency measurement.
     pub reps: usize,
-    /// Untimed runs per case.
+    /// Untimed runs per case, each awaited.
     pub warmup: usize,
+    /// Then at least this many milliseconds of untimed runs submitted back to back.
+    pub warmup_ms: u64,
     /// Bytes the rotating input copies hold together at least.
     pub rotate_bytes: u64,
     /// Cases with more elements are skipped.
@@ -176,11 +184,12 @@ impl Cli {
 
     /// The settings, with the defaults of the full or the quick suite.
     pub fn settings(&self) -> Settings {
-        let (reps, warmup, rotate_mib, suite): (u32, u32, u64, &[&[usize]]) = if self.quick {
-            (10, 2, 16, &QUICK_SHAPES)
-        } else {
-            (50, 5, 128, &FULL_SHAPES)
-        };
+        let (reps, warmup, warmup_ms, rotate_mib, suite): (u32, u32, u64, u64, &[&[usize]]) =
+            if self.quick {
+                (10, 2, 20, 16, &QUICK_SHAPES)
+            } else {
+                (50, 5, 300, 128, &FULL_SHAPES)
+            };
         let shapes = if self.shape.is_empty() {
             suite.iter().map(|s| s.to_vec()).collect()
         } else {
@@ -190,6 +199,7 @@ impl Cli {
             quick: self.quick,
             reps: self.reps.unwrap_or(reps) as usize,
             warmup: self.warmup.unwrap_or(warmup) as usize,
+            warmup_ms: self.warmup_ms.unwrap_or(warmup_ms),
             rotate_bytes: self.rotate_mib.unwrap_or(rotate_mib) * MIB,
             max_elements: self.max_elements,
             wall_clock: self.wall_clock,

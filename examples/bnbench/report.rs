@@ -413,10 +413,11 @@ fn run_heading(run: &AdapterRun, settings: &Settings) -> Vec<String> {
             a.name, a.backend, a.device_type, a.driver
         ),
         format!(
-            "Timing: {}; {} runs after {} warm-up; inputs rotate over at least {}",
+            "Timing: {}; {} runs after {} warm-up runs and {} ms of back-to-back runs; inputs rotate over at least {}",
             run.timing_method.describe(),
             settings.reps,
             settings.warmup,
+            settings.warmup_ms,
             rotation
         ),
         format!(

@@ -6,7 +6,9 @@ use serde::Serialize;
 use wgpu_batchnorm::kernels::STREAM_WGSL;
 use wgpu_batchnorm::{GpuContext, Layout, Tensor};
 
-use super::timing::{awaited_calls, BenchResult, GpuTimer, TimeSummary};
+use std::time::Duration;
+
+use super::timing::{awaited_calls, warm_up, BenchResult, GpuTimer, TimeSummary};
 
 /// Workgroup counts tried (each of 256 threads), capped by the device's limit.
 const WORKGROUP_COUNTS: [u32; 4] = [1024, 4096, 16384, 65535];
@@ -36,13 +38,14 @@ pub struct Roofline {
 }
 
 /// Measures the streaming kernel over two buffers of about `buffer_bytes` each (less where the
-/// device cannot bind that much), with `warmup` untimed and `runs` timed launches per shape,
-/// then checks every value it wrote.
+/// device cannot bind that much), warmed up as the cases are (`timing::warm_up`) and timed over
+/// `runs` launches per shape, then checks every value it wrote.
 pub fn measure(
     ctx: &GpuContext,
     timer: Option<&GpuTimer>,
     buffer_bytes: u64,
     warmup: usize,
+    warmup_busy: Duration,
     runs: usize,
 ) -> BenchResult<Roofline> {
     let limits = ctx.limits();
@@ -83,7 +86,16 @@ pub fn measure(
         .into_iter()
         .filter(|&count| count <= limits.max_compute_workgroups_per_dimension)
     {
-        awaited_calls(warmup, |_| awaited(workgroups))?;
+        warm_up(
+            ctx,
+            warmup,
+            warmup_busy,
+            |_| awaited(workgroups),
+            |encoder, _| {
+                record(encoder, workgroups, None);
+                Ok(())
+            },
+        )?;
         let seconds = match timer {
             Some(timer) => timer.time(ctx, runs, |encoder, _, timestamps| {
                 let writes = wgpu::ComputePassTimestampWrites {

@@ -1,6 +1,8 @@
 //! Runs the suite on one adapter: the stream kernel first, then each case in turn (set up, warm
 //! up, time, check against the reference, measure host latency), with a progress bar.
 
+use std::time::Duration;
+
 use indicatif::{ProgressBar, ProgressStyle};
 use wgpu_batchnorm::{BatchNormError, GpuContext};
 
@@ -10,7 +12,7 @@ use super::report::{AdapterInfo, AdapterRun, CaseResult, Skipped};
 use super::roofline;
 use super::suite::{Case, Workload};
 use super::timing::{
-    awaited_calls, back_to_back, BenchResult, GpuTimer, TimeSummary, TimingMethod,
+    awaited_calls, back_to_back, warm_up, BenchResult, GpuTimer, TimeSummary, TimingMethod,
 };
 
 /// A progress bar over every case of the run. Where stderr is no terminal the bar is hidden and
@@ -76,6 +78,7 @@ pub fn run_adapter(
         timer.as_ref(),
         settings.rotate_bytes,
         settings.warmup,
+        Duration::from_millis(settings.warmup_ms),
         settings.reps,
     )?;
     progress.note(&format!(
@@ -145,9 +148,19 @@ fn run_case(
     stream_gbps: f64,
 ) -> BenchResult<CaseResult> {
     let workload = Workload::new(ctx, case, settings.rotate_bytes)?;
-    for run in 0..settings.warmup {
-        workload.call_and_wait(run)?;
-    }
+    warm_up(
+        ctx,
+        settings.warmup,
+        Duration::from_millis(settings.warmup_ms),
+        |run| {
+            workload.call_and_wait(run)?;
+            Ok(())
+        },
+        |encoder, run| {
+            workload.record(encoder, run, None)?;
+            Ok(())
+        },
+    )?;
     // An element that no timed run wrote stays NaN and fails the check.
     workload.output().fill(f32::NAN)?;
     let mut params = None;

@@ -4,7 +4,7 @@
 //!
 //! Shared by the `bnbench` program and the criterion benches.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use wgpu_batchnorm::{GpuContext, PassTimestamps};
@@ -179,6 +179,28 @@ pub fn back_to_back(
         timeout: None,
     })?;
     Ok(start.elapsed().as_secs_f64() / calls.max(1) as f64)
+}
+
+/// Untimed runs: `awaited` runs, each submitted and awaited (first uses: pipelines, lazy
+/// initialization), then batches submitted back to back until at least `busy` has passed. The
+/// second part is for GPUs that lower their clocks when idle: an H200 that idled for a second
+/// while the host prepared a case ran the case's first hundred runs up to 4x slower.
+pub fn warm_up(
+    ctx: &GpuContext,
+    awaited: usize,
+    busy: Duration,
+    mut call: impl FnMut(usize) -> BenchResult<()>,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder, usize) -> BenchResult<()>,
+) -> BenchResult<()> {
+    const BATCH: usize = 16;
+    awaited_calls(awaited, &mut call)?;
+    let start = Instant::now();
+    let mut run = awaited;
+    while start.elapsed() < busy {
+        back_to_back(ctx, BATCH, |encoder, index| record(encoder, run + index))?;
+        run += BATCH;
+    }
+    Ok(())
 }
 
 /// Waits for the GPU, then copies the first `bytes` of a `MAP_READ` buffer to the host.
