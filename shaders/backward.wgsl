@@ -47,6 +47,19 @@ fn reduce_workgroup(lid: u32) {
     }
 }
 
+// (sum dy, sum dy * (x - mean)) over eight elements, all sixteen loads issued first.
+fn eight_sums(at: Eight, mean: f32) -> vec2<f32> {
+    let g_lo = vec4<f32>(dy[at.lo.x], dy[at.lo.y], dy[at.lo.z], dy[at.lo.w]);
+    let g_hi = vec4<f32>(dy[at.hi.x], dy[at.hi.y], dy[at.hi.z], dy[at.hi.w]);
+    let x_lo = vec4<f32>(x[at.lo.x], x[at.lo.y], x[at.lo.z], x[at.lo.w]);
+    let x_hi = vec4<f32>(x[at.hi.x], x[at.hi.y], x[at.hi.z], x[at.hi.w]);
+    let ones = vec4<f32>(1.0);
+    return vec2<f32>(
+        dot(g_lo, ones) + dot(g_hi, ones),
+        dot(g_lo, x_lo - mean) + dot(g_hi, x_hi - mean),
+    );
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn grad_partials_contiguous(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -62,10 +75,16 @@ fn grad_partials_contiguous(
         let mean = stats[p.c0 + c_rel];
         var acc = vec2<f32>(0.0);
         var walk = walk_values(c_rel, start + lid);
-        for (var m = start + lid; m < end; m += WORKGROUP) {
+        var m = start + lid;
+        while (m + 7u * WORKGROUP < end) {
+            acc += eight_sums(walk_eight(&walk), mean);
+            m += 8u * WORKGROUP;
+        }
+        while (m < end) {
             let g = dy[walk.index];
             acc += vec2<f32>(g, g * (x[walk.index] - mean));
             walk = walk_next(walk);
+            m += WORKGROUP;
         }
         shared_sums[lid] = acc;
         reduce_workgroup(lid);
@@ -93,10 +112,19 @@ fn grad_partials_strided(
         var acc = vec2<f32>(0.0);
         if (c_rel < p.c_count) {
             let mean = stats[p.c0 + c_rel];
-            for (var row = start + lane_r; row < end; row += ROW_LANES) {
-                let index = p.elem_shift + row * p.channels + c_rel;
+            let row_step = ROW_LANES * p.channels;
+            var row = start + lane_r;
+            var index = p.elem_shift + row * p.channels + c_rel;
+            while (row + 7u * ROW_LANES < end) {
+                acc += eight_sums(stride_eight(index, row_step), mean);
+                row += 8u * ROW_LANES;
+                index += 8u * row_step;
+            }
+            while (row < end) {
                 let g = dy[index];
                 acc += vec2<f32>(g, g * (x[index] - mean));
+                row += ROW_LANES;
+                index += row_step;
             }
         }
         shared_sums[lid] = acc;

@@ -1,12 +1,12 @@
 // Per-channel mean and biased variance, in two steps:
 // 1. `partials_contiguous` / `partials_strided`: each workgroup reduces one chunk of one channel
 //    (or, strided, of a band of 32 channels) to a partial (count, shift, mean - shift, M2). Every
-//    thread runs Welford on values minus the chunk's first value (the shift), and the workgroup
-//    merges its threads with Chan's formula in a fixed tree order.
+//    thread loads its values eight at a time (see `Eight` in common.wgsl), takes their mean and
+//    M2 about the chunk's first value (the shift) in registers and merges them into its partial
+//    with Chan's formula; the workgroup merges its threads the same way in a fixed tree order.
 // 2. `finalize_statistics` (one workgroup per channel) or `finalize_statistics_per_thread` (one
 //    thread per channel, when channels have few partials) merges each channel's partials in a
 //    fixed order, writes mean and invstd, and updates the running stats.
-// `statistics_from_running` writes mean and invstd from the running stats (inference).
 //
 // Why the shift travels with each partial: at an offset of 1e4 a float32 mean carries an error
 // of ~5e-4, and Chan's merge squares the difference of two means. Merging shifted means, with
@@ -52,13 +52,26 @@ fn merge(a: Partial, b: Partial) -> Partial {
     );
 }
 
-// Welford step with one more value x of a partial whose shift is already set.
-fn welford(acc: Partial, x: f32) -> Partial {
-    let d = x - acc.shift;
-    let n = acc.n + 1.0;
-    let delta = d - acc.mean;
-    let mean = acc.mean + delta / n;
-    return Partial(n, acc.shift, mean, acc.m2 + delta * (d - mean));
+struct Values8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn load_eight(at: Eight) -> Values8 {
+    return Values8(
+        vec4<f32>(x[at.lo.x], x[at.lo.y], x[at.lo.z], x[at.lo.w]),
+        vec4<f32>(x[at.hi.x], x[at.hi.y], x[at.hi.z], x[at.hi.w]),
+    );
+}
+
+// The partial of eight values with the given shift: their mean and M2 in registers.
+fn eight_partial(v: Values8, shift: f32) -> Partial {
+    let lo = v.lo - shift;
+    let hi = v.hi - shift;
+    let mean = dot(lo + hi, vec4<f32>(0.125));
+    let d_lo = lo - mean;
+    let d_hi = hi - mean;
+    return Partial(8.0, shift, mean, dot(d_lo, d_lo) + dot(d_hi, d_hi));
 }
 
 // Merges shared_partials[0..WORKGROUP] into shared_partials[0] in a fixed order, eight at a
@@ -97,9 +110,15 @@ fn partials_contiguous(
         let end = min(start + p.chunk_len, values);
         var acc = Partial(0.0, x[walk_values(c_rel, start).index], 0.0, 0.0);
         var walk = walk_values(c_rel, start + lid);
-        for (var m = start + lid; m < end; m += WORKGROUP) {
-            acc = welford(acc, x[walk.index]);
+        var m = start + lid;
+        while (m + 7u * WORKGROUP < end) {
+            acc = merge(acc, eight_partial(load_eight(walk_eight(&walk)), acc.shift));
+            m += 8u * WORKGROUP;
+        }
+        while (m < end) {
+            acc = merge(acc, Partial(1.0, acc.shift, x[walk.index] - acc.shift, 0.0));
             walk = walk_next(walk);
+            m += WORKGROUP;
         }
         shared_partials[lid] = acc;
         reduce_workgroup(lid);
@@ -129,8 +148,18 @@ fn partials_strided(
         var acc = Partial(0.0, 0.0, 0.0, 0.0);
         if (c_rel < p.c_count) {
             acc.shift = x[p.elem_shift + start * p.channels + c_rel];
-            for (var row = start + lane_r; row < end; row += ROW_LANES) {
-                acc = welford(acc, x[p.elem_shift + row * p.channels + c_rel]);
+            let row_step = ROW_LANES * p.channels;
+            var row = start + lane_r;
+            var index = p.elem_shift + row * p.channels + c_rel;
+            while (row + 7u * ROW_LANES < end) {
+                acc = merge(acc, eight_partial(load_eight(stride_eight(index, row_step)), acc.shift));
+                row += 8u * ROW_LANES;
+                index += 8u * row_step;
+            }
+            while (row < end) {
+                acc = merge(acc, Partial(1.0, acc.shift, x[index] - acc.shift, 0.0));
+                row += ROW_LANES;
+                index += row_step;
             }
         }
         shared_partials[lid] = acc;
@@ -192,16 +221,5 @@ fn finalize_statistics_per_thread(
             acc = merge(acc, partials[c * p.chunks_total + k]);
         }
         write_statistics(c, acc);
-    }
-}
-
-@compute @workgroup_size(WORKGROUP)
-fn statistics_from_running(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var c = gid.x; c < p.channels; c += nwg.x * WORKGROUP) {
-        stats[c] = running[c];
-        stats[p.channels + c] = 1.0 / sqrt(running[p.channels + c] + p.eps);
     }
 }

@@ -6,19 +6,18 @@ override HAS_AFFINE: bool = true;
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
-// [mean (C) | invstd (C)]
-@group(0) @binding(3) var<storage, read> stats: array<f32>;
 // [gamma (C) | beta (C)]
 @group(0) @binding(4) var<storage, read> affine: array<f32>;
 
 fn normalize_one(index: u32, c: u32) {
-    var scale = stats[p.channels + c];
+    let mean_invstd = channel_mean_invstd(c);
+    var scale = mean_invstd.y;
     var shift = 0.0;
     if (HAS_AFFINE) {
         scale *= affine[c];
         shift = affine[p.channels + c];
     }
-    y[index] = (x[index] - stats[c]) * scale + shift;
+    y[index] = (x[index] - mean_invstd.x) * scale + shift;
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -28,14 +27,16 @@ fn normalize(
 ) {
     let total = p.o_count * p.c_count * p.inner;
     let stride = nwg.x * WORKGROUP;
+    save_running_statistics(gid.x, stride);
     if (stride_keeps_channel(stride)) {
         if (gid.x >= total) {
             return;
         }
         let first = cursor_at(gid.x);
         let c = first.c;
-        let mean = stats[c];
-        var scale = stats[p.channels + c];
+        let mean_invstd = channel_mean_invstd(c);
+        let mean = mean_invstd.x;
+        var scale = mean_invstd.y;
         var shift = 0.0;
         if (HAS_AFFINE) {
             scale *= affine[c];

@@ -7,8 +7,6 @@ override HAS_AFFINE: bool = true;
 
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
-// [mean (C) | invstd (C)], C a multiple of 4 when the lanes are channels
-@group(0) @binding(3) var<storage, read> stats: array<f32>;
 // [gamma (C) | beta (C)]
 @group(0) @binding(4) var<storage, read> affine: array<f32>;
 
@@ -25,13 +23,12 @@ fn lane_params(c: u32) -> LaneParams {
         lanes += vec4<u32>(0u, 1u, 2u, 3u);
     }
     let n = p.channels;
-    let mean = vec4<f32>(stats[lanes.x], stats[lanes.y], stats[lanes.z], stats[lanes.w]);
-    var scale = vec4<f32>(
-        stats[n + lanes.x],
-        stats[n + lanes.y],
-        stats[n + lanes.z],
-        stats[n + lanes.w],
-    );
+    let m0 = channel_mean_invstd(lanes.x);
+    let m1 = channel_mean_invstd(lanes.y);
+    let m2 = channel_mean_invstd(lanes.z);
+    let m3 = channel_mean_invstd(lanes.w);
+    let mean = vec4<f32>(m0.x, m1.x, m2.x, m3.x);
+    var scale = vec4<f32>(m0.y, m1.y, m2.y, m3.y);
     var shift = vec4<f32>(0.0);
     if (HAS_AFFINE) {
         scale *= vec4<f32>(affine[lanes.x], affine[lanes.y], affine[lanes.z], affine[lanes.w]);
@@ -52,6 +49,7 @@ fn normalize_vec4(
 ) {
     let total = p.o_count * p.c_count * p.inner / 4u;
     let stride = nwg.x * WORKGROUP;
+    save_running_statistics(gid.x, stride);
     if (stride_keeps_channel(4u * stride)) {
         if (gid.x >= total) {
             return;

@@ -8,8 +8,8 @@
 
 use crate::error::{BatchNormError, Result};
 use crate::kernels::backward::{backward, BackwardBuffers};
-use crate::kernels::normalize::normalize;
-use crate::kernels::statistics::{batch_statistics, statistics_from_running, RunningUpdate};
+use crate::kernels::normalize::{normalize, ChannelStatistics};
+use crate::kernels::statistics::{batch_statistics, RunningUpdate};
 use crate::kernels::{record_pass, PassTimestamps};
 use crate::layout::Layout;
 use crate::plan::plan;
@@ -125,39 +125,47 @@ pub fn record_batch_norm(
     let eps = args.eps as f32;
     let stats = saved.mean_invstd.buffer();
     ctx.checked(|_| -> Result<()> {
-        let mut dispatches = match source {
-            StatsSource::Batch => batch_statistics(
-                ctx,
-                &plan,
-                x.buffer(),
-                stats,
-                args.running.map(|running| RunningUpdate {
-                    running: running.buffer(),
-                    momentum: args.momentum as f32,
-                }),
-                eps,
-            )?,
+        let dispatches = match source {
+            StatsSource::Batch => {
+                let mut dispatches = batch_statistics(
+                    ctx,
+                    &plan,
+                    x.buffer(),
+                    stats,
+                    args.running.map(|running| RunningUpdate {
+                        running: running.buffer(),
+                        momentum: args.momentum as f32,
+                    }),
+                    eps,
+                )?;
+                dispatches.extend(normalize(
+                    ctx,
+                    &plan,
+                    x.buffer(),
+                    y.buffer(),
+                    ChannelStatistics::Batch(stats),
+                    args.affine.map(ChannelPair::buffer),
+                )?);
+                dispatches
+            }
             StatsSource::Running => {
                 let running = args
                     .running
                     .ok_or(BatchNormError::Unsupported("inference needs running stats"))?;
-                vec![statistics_from_running(
+                normalize(
                     ctx,
-                    channels,
-                    running.buffer(),
-                    stats,
-                    eps,
-                )?]
+                    &plan,
+                    x.buffer(),
+                    y.buffer(),
+                    ChannelStatistics::Running {
+                        running: running.buffer(),
+                        saved: stats,
+                        eps,
+                    },
+                    args.affine.map(ChannelPair::buffer),
+                )?
             }
         };
-        dispatches.extend(normalize(
-            ctx,
-            &plan,
-            x.buffer(),
-            y.buffer(),
-            stats,
-            args.affine.map(ChannelPair::buffer),
-        )?);
         record_pass(encoder, "batch norm forward", &dispatches, timestamps);
         Ok(())
     })??;

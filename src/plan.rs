@@ -24,10 +24,12 @@
 use crate::error::BatchNormError;
 use crate::layout::ChannelView;
 
-/// Values each workgroup of the contiguous reduction takes (16 per thread).
-pub const CONTIGUOUS_CHUNK: usize = 4096;
-/// Rows each workgroup of the strided reduction takes (32 per row lane).
-pub const STRIDED_CHUNK_ROWS: usize = 256;
+/// Values each workgroup of the contiguous reduction takes (64 per thread). Smaller chunks left
+/// an H200's training forward of 64x64x112x112 at 185 us instead of 171 us: each workgroup has
+/// a fixed cost (its shift, its tree merge, its write) that more values amortize.
+pub const CONTIGUOUS_CHUNK: usize = 16384;
+/// Rows each workgroup of the strided reduction takes (128 per row lane), for the same reason.
+pub const STRIDED_CHUNK_ROWS: usize = 1024;
 /// Channels per workgroup of the strided reduction (`BAND` in the shaders).
 pub const STRIDED_BAND: usize = 32;
 /// Threads per workgroup (`WORKGROUP` in the shaders).
@@ -420,9 +422,9 @@ mod tests {
         let nhwc = plan(view(&[2, 4, 4, 70], Layout::ChannelsLast), WEBGPU_DEFAULT).unwrap();
         assert_eq!(nhwc.kind, ReductionKind::Strided);
         assert_eq!(nhwc.windows[0].reduction_items(nhwc.kind), 3);
-        let nc = plan(view(&[300, 7], Layout::ChannelsFirst), WEBGPU_DEFAULT).unwrap();
+        let nc = plan(view(&[2100, 7], Layout::ChannelsFirst), WEBGPU_DEFAULT).unwrap();
         assert_eq!(nc.kind, ReductionKind::Strided);
-        assert_eq!(nc.chunks_total, 2);
+        assert_eq!(nc.chunks_total, 2100usize.div_ceil(STRIDED_CHUNK_ROWS));
     }
 
     #[test]
@@ -495,13 +497,14 @@ mod tests {
     #[test]
     fn chunks_grow_until_the_partials_fit_in_a_binding() {
         let limits = PlanLimits {
-            max_binding_bytes: 64 << 10,
+            max_binding_bytes: 96 << 10,
             offset_alignment: 256,
             max_workgroups: 65535,
             elementwise_workgroups: 65535,
             reduction_workgroups: u32::MAX,
         };
-        let p = plan(view(&[1 << 16, 16], Layout::ChannelsLast), limits).unwrap();
+        // 342 windows of 1536 rows: two chunks each overflow the binding, one fits.
+        let p = plan(view(&[1 << 19, 16], Layout::ChannelsLast), limits).unwrap();
         assert!(p.chunk_len > STRIDED_CHUNK_ROWS);
         assert!(16 * p.chunks_total as u64 * MAX_PARTIAL_BYTES <= limits.max_binding_bytes);
         assert_covers(&p, limits);
@@ -540,7 +543,7 @@ mod tests {
         // Still a whole number of rows per grid step.
         assert_eq!(workgroups_for_elements(1 << 24, 12, cpu) * 256 % 12, 0);
         // Reductions take bigger chunks on the CPU adapter, not on the GPU.
-        let nchw = view(&[16, 64, 56, 56], Layout::ChannelsFirst);
+        let nchw = view(&[32, 64, 56, 56], Layout::ChannelsFirst);
         let on_cpu = plan(nchw, cpu).unwrap();
         let on_gpu = plan(nchw, gpu).unwrap();
         assert_eq!(on_gpu.chunk_len, CONTIGUOUS_CHUNK);

@@ -258,7 +258,7 @@ fn a_device_below_the_kernels_needs_is_refused() {
     ));
 }
 
-/// The plans a discrete GPU gets (4096-value chunks, the device's whole workgroup range), run on
+/// The plans a discrete GPU gets (16384-value chunks, the device's whole workgroup range), run on
 /// this adapter: a caller-owned context that reports itself as a discrete GPU. The software
 /// adapter otherwise gets the CPU plans (bigger chunks, fewer workgroups), and the kernels must
 /// be right under both.
@@ -272,10 +272,10 @@ fn gpu_style_plans_on_this_adapter() {
     };
     let ctx = GpuContext::from_device(device, queue, summary).expect("context");
     let cases: [(&[usize], Layout); 4] = [
-        // 36 chunks of 4096 values per channel: merged by a workgroup.
-        (&[9, 4, 128, 128], Layout::ChannelsFirst),
-        // 64 chunks of 256 rows per channel band.
-        (&[4, 64, 64, 8], Layout::ChannelsLast),
+        // 36 chunks of 16384 values per channel: merged by a workgroup.
+        (&[36, 2, 128, 128], Layout::ChannelsFirst),
+        // 40 chunks of 1024 rows per channel band, the last one short.
+        (&[10, 64, 63, 8], Layout::ChannelsLast),
         (&[9000, 3], Layout::ChannelsFirst),
         (&[6, 5, 7, 7], Layout::ChannelsFirst),
     ];

@@ -18,6 +18,10 @@ use crate::plan::{Plan, Window};
 /// The shader every program starts with (the uniform block and index helpers).
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 
+/// Where the normalize kernels take each channel's mean and invstd
+/// (`shaders/channel_statistics.wgsl`).
+const CHANNEL_STATISTICS_WGSL: &str = include_str!("../../shaders/channel_statistics.wgsl");
+
 /// The benchmark's roofline kernel: read one vec4, write one vec4 (`shaders/stream.wgsl`).
 pub const STREAM_WGSL: &str = include_str!("../../shaders/stream.wgsl");
 
@@ -43,15 +47,24 @@ impl Program {
         Program::Backward,
     ];
 
-    /// The full WGSL source: the common block followed by the program's own file.
+    /// The full WGSL source: the common block followed by the program's own files.
     pub fn source(self) -> String {
-        let own = match self {
-            Program::BatchStatistics => include_str!("../../shaders/batch_statistics.wgsl"),
-            Program::Normalize => include_str!("../../shaders/normalize.wgsl"),
-            Program::NormalizeVec4 => include_str!("../../shaders/normalize_vec4.wgsl"),
-            Program::Backward => include_str!("../../shaders/backward.wgsl"),
+        let own: &[&str] = match self {
+            Program::BatchStatistics => &[include_str!("../../shaders/batch_statistics.wgsl")],
+            Program::Normalize => &[
+                CHANNEL_STATISTICS_WGSL,
+                include_str!("../../shaders/normalize.wgsl"),
+            ],
+            Program::NormalizeVec4 => &[
+                CHANNEL_STATISTICS_WGSL,
+                include_str!("../../shaders/normalize_vec4.wgsl"),
+            ],
+            Program::Backward => &[include_str!("../../shaders/backward.wgsl")],
         };
-        format!("{COMMON_WGSL}\n{own}")
+        std::iter::once(COMMON_WGSL)
+            .chain(own.iter().copied())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

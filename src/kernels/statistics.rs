@@ -1,12 +1,10 @@
-//! Dispatches of `shaders/batch_statistics.wgsl`: per-channel mean and invstd from a batch
-//! (with the running-stats update), or from the running stats.
+//! Dispatches of `shaders/batch_statistics.wgsl`: per-channel mean and invstd from a batch,
+//! with the running-stats update.
 
 use super::{Dispatch, Params, Program, Slot};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::plan::{
-    workgroups_for_items, workgroups_for_threads, FinalizeKind, Plan, ReductionKind,
-};
+use crate::plan::{workgroups_for_items, FinalizeKind, Plan, ReductionKind};
 
 /// Bytes of one (count, shift, mean - shift, M2) partial.
 const PARTIAL_BYTES: u64 = 16;
@@ -79,28 +77,4 @@ pub(crate) fn batch_statistics(
         plan.finalize_workgroups(limits),
     )?);
     Ok(dispatches)
-}
-
-/// The dispatch that writes `[running_mean | 1 / sqrt(running_var + eps)]` into `stats`.
-pub(crate) fn statistics_from_running(
-    ctx: &GpuContext,
-    channels: usize,
-    running: &wgpu::Buffer,
-    stats: &wgpu::Buffer,
-    eps: f32,
-) -> Result<Dispatch> {
-    let params = Params {
-        channels: channels as u32,
-        eps,
-        ..Params::default()
-    };
-    Dispatch::new(
-        ctx,
-        Program::BatchStatistics,
-        "statistics_from_running",
-        &[],
-        params,
-        &[Slot::whole(3, running), Slot::whole(4, stats)],
-        workgroups_for_threads(channels, ctx.plan_limits()),
-    )
 }
