@@ -60,6 +60,54 @@ fn eight_sums(at: Eight, mean: f32) -> vec2<f32> {
     );
 }
 
+// One thread's sums over the window channel c_rel's values [start, end) (contiguous kernels).
+fn thread_sums_contiguous(c_rel: u32, start: u32, end: u32, lid: u32, mean: f32) -> vec2<f32> {
+    var acc = vec2<f32>(0.0);
+    var walk = walk_values(c_rel, start + lid);
+    var m = start + lid;
+    while (m + 7u * WORKGROUP < end) {
+        acc += eight_sums(walk_eight(&walk), mean);
+        m += 8u * WORKGROUP;
+    }
+    while (m < end) {
+        let g = dy[walk.index];
+        acc += vec2<f32>(g, g * (x[walk.index] - mean));
+        walk = walk_next(walk);
+        m += WORKGROUP;
+    }
+    return acc;
+}
+
+// One row lane's sums of channel c_rel over rows [start, end) (strided kernels).
+fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32) -> vec2<f32> {
+    var acc = vec2<f32>(0.0);
+    let row_step = ROW_LANES * p.channels;
+    var row = start + lane_r;
+    var index = p.elem_shift + row * p.channels + c_rel;
+    while (row + 7u * ROW_LANES < end) {
+        acc += eight_sums(stride_eight(index, row_step), mean);
+        row += 8u * ROW_LANES;
+        index += 8u * row_step;
+    }
+    while (row < end) {
+        let g = dy[index];
+        acc += vec2<f32>(g, g * (x[index] - mean));
+        row += ROW_LANES;
+        index += row_step;
+    }
+    return acc;
+}
+
+// Adds the row lanes of a strided workgroup's channel (called by row lane 0, after a barrier
+// that follows every lane's write of shared_sums).
+fn add_row_lanes(lid: u32) -> vec2<f32> {
+    var acc = shared_sums[lid];
+    for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
+        acc += shared_sums[lid + lane * BAND];
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn grad_partials_contiguous(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -73,20 +121,7 @@ fn grad_partials_contiguous(
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, values);
         let mean = stats[p.c0 + c_rel];
-        var acc = vec2<f32>(0.0);
-        var walk = walk_values(c_rel, start + lid);
-        var m = start + lid;
-        while (m + 7u * WORKGROUP < end) {
-            acc += eight_sums(walk_eight(&walk), mean);
-            m += 8u * WORKGROUP;
-        }
-        while (m < end) {
-            let g = dy[walk.index];
-            acc += vec2<f32>(g, g * (x[walk.index] - mean));
-            walk = walk_next(walk);
-            m += WORKGROUP;
-        }
-        shared_sums[lid] = acc;
+        shared_sums[lid] = thread_sums_contiguous(c_rel, start, end, lid, mean);
         reduce_workgroup(lid);
         if (lid == 0u) {
             partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_sums[0];
@@ -111,37 +146,26 @@ fn grad_partials_strided(
         let end = min(start + p.chunk_len, p.o_count);
         var acc = vec2<f32>(0.0);
         if (c_rel < p.c_count) {
-            let mean = stats[p.c0 + c_rel];
-            let row_step = ROW_LANES * p.channels;
-            var row = start + lane_r;
-            var index = p.elem_shift + row * p.channels + c_rel;
-            while (row + 7u * ROW_LANES < end) {
-                acc += eight_sums(stride_eight(index, row_step), mean);
-                row += 8u * ROW_LANES;
-                index += 8u * row_step;
-            }
-            while (row < end) {
-                let g = dy[index];
-                acc += vec2<f32>(g, g * (x[index] - mean));
-                row += ROW_LANES;
-                index += row_step;
-            }
+            acc = thread_sums_strided(c_rel, start, end, lane_r, stats[p.c0 + c_rel]);
         }
         shared_sums[lid] = acc;
         workgroupBarrier();
         if (lane_r == 0u && c_rel < p.c_count) {
-            for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
-                acc += shared_sums[lid + lane * BAND];
-            }
-            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = acc;
+            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = add_row_lanes(lid);
         }
         workgroupBarrier();
     }
 }
 
+// (dgamma, dbeta) of channel c from its (sum dy, sum dy * (x - mean)).
+fn gradients(c: u32, sums: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(sums.y * stats[p.channels + c], sums.x);
+}
+
 fn write_gradients(c: u32, sums: vec2<f32>) {
-    grads[c] = sums.y * stats[p.channels + c];
-    grads[p.channels + c] = sums.x;
+    let dgamma_dbeta = gradients(c, sums);
+    grads[c] = dgamma_dbeta.x;
+    grads[p.channels + c] = dgamma_dbeta.y;
 }
 
 // One workgroup per channel: for channels with many partials.
@@ -189,7 +213,8 @@ struct DxFactors {
     mean_dy_xhat: f32,
 }
 
-fn channel_factors(c: u32) -> DxFactors {
+// The factors of channel c, given its (dgamma, dbeta).
+fn dx_factors(c: u32, dgamma_dbeta: vec2<f32>) -> DxFactors {
     let invstd = stats[p.channels + c];
     var scale = invstd;
     if (HAS_AFFINE) {
@@ -197,10 +222,15 @@ fn channel_factors(c: u32) -> DxFactors {
     }
     var f = DxFactors(stats[c], invstd, scale, 0.0, 0.0);
     if (BATCH_STATS) {
-        f.mean_dy_xhat = grads[c] / p.values_per_channel;
-        f.mean_dy = grads[p.channels + c] / p.values_per_channel;
+        f.mean_dy_xhat = dgamma_dbeta.x / p.values_per_channel;
+        f.mean_dy = dgamma_dbeta.y / p.values_per_channel;
     }
     return f;
+}
+
+// The factors of channel c, with the (dgamma, dbeta) a finalize wrote.
+fn channel_factors(c: u32) -> DxFactors {
+    return dx_factors(c, vec2<f32>(grads[c], grads[p.channels + c]));
 }
 
 fn input_gradient_one(index: u32, f: DxFactors) {
@@ -233,5 +263,109 @@ fn input_gradient(
             let cursor = cursor_at(e);
             input_gradient_one(cursor.index, channel_factors(cursor.c));
         }
+    }
+}
+
+// Single pass, for windows that hold every value of their channels in one chunk (the plan's
+// fused window): each workgroup sums its channel (or band of channels), writes dgamma and
+// dbeta, then writes dx from the values it has just read and so mostly finds in cache. One
+// dispatch instead of three.
+
+var<workgroup> band_sums: array<vec2<f32>, BAND>;
+
+fn input_gradient_eight(at: Eight, f: DxFactors) {
+    let g_lo = vec4<f32>(dy[at.lo.x], dy[at.lo.y], dy[at.lo.z], dy[at.lo.w]);
+    let g_hi = vec4<f32>(dy[at.hi.x], dy[at.hi.y], dy[at.hi.z], dy[at.hi.w]);
+    var lo = g_lo * f.scale;
+    var hi = g_hi * f.scale;
+    if (BATCH_STATS) {
+        let x_lo = vec4<f32>(x[at.lo.x], x[at.lo.y], x[at.lo.z], x[at.lo.w]);
+        let x_hi = vec4<f32>(x[at.hi.x], x[at.hi.y], x[at.hi.z], x[at.hi.w]);
+        let x_hat_lo = (x_lo - f.mean) * f.invstd;
+        let x_hat_hi = (x_hi - f.mean) * f.invstd;
+        lo = f.scale * (g_lo - f.mean_dy - x_hat_lo * f.mean_dy_xhat);
+        hi = f.scale * (g_hi - f.mean_dy - x_hat_hi * f.mean_dy_xhat);
+    }
+    dx[at.lo.x] = lo.x;
+    dx[at.lo.y] = lo.y;
+    dx[at.lo.z] = lo.z;
+    dx[at.lo.w] = lo.w;
+    dx[at.hi.x] = hi.x;
+    dx[at.hi.y] = hi.y;
+    dx[at.hi.z] = hi.z;
+    dx[at.hi.w] = hi.w;
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn fused_backward_contiguous(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let values = p.o_count * p.inner;
+    for (var c_rel = wid.x; c_rel < p.c_count; c_rel += nwg.x) {
+        let c = p.c0 + c_rel;
+        shared_sums[lid] = thread_sums_contiguous(c_rel, 0u, values, lid, stats[c]);
+        reduce_workgroup(lid);
+        let sums = shared_sums[0];
+        if (lid == 0u) {
+            write_gradients(c, sums);
+        }
+        let f = dx_factors(c, gradients(c, sums));
+        var walk = walk_values(c_rel, lid);
+        var m = lid;
+        while (m + 7u * WORKGROUP < values) {
+            input_gradient_eight(walk_eight(&walk), f);
+            m += 8u * WORKGROUP;
+        }
+        while (m < values) {
+            input_gradient_one(walk.index, f);
+            walk = walk_next(walk);
+            m += WORKGROUP;
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn fused_backward_strided(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let lane_c = lid % BAND;
+    let lane_r = lid / BAND;
+    for (var band = wid.x; band < p.items; band += nwg.x) {
+        let c_rel = band * BAND + lane_c;
+        let c = p.c0 + c_rel;
+        var acc = vec2<f32>(0.0);
+        if (c_rel < p.c_count) {
+            acc = thread_sums_strided(c_rel, 0u, p.o_count, lane_r, stats[c]);
+        }
+        shared_sums[lid] = acc;
+        workgroupBarrier();
+        if (lane_r == 0u && c_rel < p.c_count) {
+            let sums = add_row_lanes(lid);
+            write_gradients(c, sums);
+            band_sums[lane_c] = sums;
+        }
+        workgroupBarrier();
+        if (c_rel < p.c_count) {
+            let f = dx_factors(c, gradients(c, band_sums[lane_c]));
+            let row_step = ROW_LANES * p.channels;
+            var row = lane_r;
+            var index = p.elem_shift + row * p.channels + c_rel;
+            while (row + 7u * ROW_LANES < p.o_count) {
+                input_gradient_eight(stride_eight(index, row_step), f);
+                row += 8u * ROW_LANES;
+                index += 8u * row_step;
+            }
+            while (row < p.o_count) {
+                input_gradient_one(index, f);
+                row += ROW_LANES;
+                index += row_step;
+            }
+        }
+        workgroupBarrier();
     }
 }

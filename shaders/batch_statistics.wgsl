@@ -96,6 +96,53 @@ fn reduce_workgroup(lid: u32) {
     }
 }
 
+// One thread's partial of the window channel c_rel's values [start, end) (contiguous kernels).
+fn thread_partial_contiguous(c_rel: u32, start: u32, end: u32, lid: u32) -> Partial {
+    var acc = Partial(0.0, x[walk_values(c_rel, start).index], 0.0, 0.0);
+    var walk = walk_values(c_rel, start + lid);
+    var m = start + lid;
+    while (m + 7u * WORKGROUP < end) {
+        acc = merge(acc, eight_partial(load_eight(walk_eight(&walk)), acc.shift));
+        m += 8u * WORKGROUP;
+    }
+    while (m < end) {
+        acc = merge(acc, Partial(1.0, acc.shift, x[walk.index] - acc.shift, 0.0));
+        walk = walk_next(walk);
+        m += WORKGROUP;
+    }
+    return acc;
+}
+
+// One row lane's partial of channel c_rel over rows [start, end) (strided kernels, c_rel in the
+// window).
+fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Partial {
+    var acc = Partial(0.0, x[p.elem_shift + start * p.channels + c_rel], 0.0, 0.0);
+    let row_step = ROW_LANES * p.channels;
+    var row = start + lane_r;
+    var index = p.elem_shift + row * p.channels + c_rel;
+    while (row + 7u * ROW_LANES < end) {
+        acc = merge(acc, eight_partial(load_eight(stride_eight(index, row_step)), acc.shift));
+        row += 8u * ROW_LANES;
+        index += 8u * row_step;
+    }
+    while (row < end) {
+        acc = merge(acc, Partial(1.0, acc.shift, x[index] - acc.shift, 0.0));
+        row += ROW_LANES;
+        index += row_step;
+    }
+    return acc;
+}
+
+// Merges the row lanes of a strided workgroup's channel (called by row lane 0, after a barrier
+// that follows every lane's write of shared_partials).
+fn merge_row_lanes(lid: u32) -> Partial {
+    var acc = shared_partials[lid];
+    for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
+        acc = merge(acc, shared_partials[lid + lane * BAND]);
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn partials_contiguous(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -108,19 +155,7 @@ fn partials_contiguous(
         let chunk = item - c_rel * p.chunks;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, values);
-        var acc = Partial(0.0, x[walk_values(c_rel, start).index], 0.0, 0.0);
-        var walk = walk_values(c_rel, start + lid);
-        var m = start + lid;
-        while (m + 7u * WORKGROUP < end) {
-            acc = merge(acc, eight_partial(load_eight(walk_eight(&walk)), acc.shift));
-            m += 8u * WORKGROUP;
-        }
-        while (m < end) {
-            acc = merge(acc, Partial(1.0, acc.shift, x[walk.index] - acc.shift, 0.0));
-            walk = walk_next(walk);
-            m += WORKGROUP;
-        }
-        shared_partials[lid] = acc;
+        shared_partials[lid] = thread_partial_contiguous(c_rel, start, end, lid);
         reduce_workgroup(lid);
         if (lid == 0u) {
             partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_partials[0];
@@ -147,39 +182,29 @@ fn partials_strided(
         let end = min(start + p.chunk_len, p.o_count);
         var acc = Partial(0.0, 0.0, 0.0, 0.0);
         if (c_rel < p.c_count) {
-            acc.shift = x[p.elem_shift + start * p.channels + c_rel];
-            let row_step = ROW_LANES * p.channels;
-            var row = start + lane_r;
-            var index = p.elem_shift + row * p.channels + c_rel;
-            while (row + 7u * ROW_LANES < end) {
-                acc = merge(acc, eight_partial(load_eight(stride_eight(index, row_step)), acc.shift));
-                row += 8u * ROW_LANES;
-                index += 8u * row_step;
-            }
-            while (row < end) {
-                acc = merge(acc, Partial(1.0, acc.shift, x[index] - acc.shift, 0.0));
-                row += ROW_LANES;
-                index += row_step;
-            }
+            acc = thread_partial_strided(c_rel, start, end, lane_r);
         }
         shared_partials[lid] = acc;
         workgroupBarrier();
         if (lane_r == 0u && c_rel < p.c_count) {
-            for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
-                acc = merge(acc, shared_partials[lid + lane * BAND]);
-            }
-            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = acc;
+            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = merge_row_lanes(lid);
         }
         workgroupBarrier();
     }
 }
 
+// (mean, invstd) of a channel's merged partial.
+fn mean_invstd(total: Partial) -> vec2<f32> {
+    // M2 is a sum of non-negative terms, so no clamp: max(NaN, 0) would hide a NaN.
+    return vec2<f32>(total.shift + total.mean, 1.0 / sqrt(total.m2 / total.n + p.eps));
+}
+
 fn write_statistics(c: u32, total: Partial) {
     let mean = total.shift + total.mean;
-    // M2 is a sum of non-negative terms, so no clamp: max(NaN, 0) would hide a NaN.
     let variance = total.m2 / total.n;
-    stats[c] = mean;
-    stats[p.channels + c] = 1.0 / sqrt(variance + p.eps);
+    let statistics = mean_invstd(total);
+    stats[c] = statistics.x;
+    stats[p.channels + c] = statistics.y;
     if (HAS_RUNNING) {
         let keep = 1.0 - p.momentum;
         running[c] = keep * running[c] + p.momentum * mean;
@@ -221,5 +246,117 @@ fn finalize_statistics_per_thread(
             acc = merge(acc, partials[c * p.chunks_total + k]);
         }
         write_statistics(c, acc);
+    }
+}
+
+// Single pass, for windows that hold every value of their channels in one chunk (the plan's
+// `fused`): each workgroup reduces its channel (or band of channels) exactly as
+// partials_* and the finalize would, writes the statistics, then normalizes the same values,
+// which it has just read and so mostly finds in cache. One dispatch instead of three, and the
+// second read of x comes from cache.
+
+override HAS_AFFINE: bool = true;
+
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+// [gamma (C) | beta (C)]
+@group(0) @binding(6) var<storage, read> affine: array<f32>;
+
+var<workgroup> band_statistics: array<vec2<f32>, BAND>;
+
+// (scale, shift) of channel c: y = (x - mean) * scale + shift.
+fn scale_shift(c: u32, statistics: vec2<f32>) -> vec2<f32> {
+    if (HAS_AFFINE) {
+        return vec2<f32>(statistics.y * affine[c], affine[p.channels + c]);
+    }
+    return vec2<f32>(statistics.y, 0.0);
+}
+
+fn normalize_eight(at: Eight, mean: f32, scale_shift: vec2<f32>) {
+    let v = load_eight(at);
+    let lo = (v.lo - mean) * scale_shift.x + scale_shift.y;
+    let hi = (v.hi - mean) * scale_shift.x + scale_shift.y;
+    y[at.lo.x] = lo.x;
+    y[at.lo.y] = lo.y;
+    y[at.lo.z] = lo.z;
+    y[at.lo.w] = lo.w;
+    y[at.hi.x] = hi.x;
+    y[at.hi.y] = hi.y;
+    y[at.hi.z] = hi.z;
+    y[at.hi.w] = hi.w;
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn fused_forward_contiguous(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let values = p.o_count * p.inner;
+    for (var c_rel = wid.x; c_rel < p.c_count; c_rel += nwg.x) {
+        shared_partials[lid] = thread_partial_contiguous(c_rel, 0u, values, lid);
+        reduce_workgroup(lid);
+        let total = shared_partials[0];
+        let c = p.c0 + c_rel;
+        if (lid == 0u) {
+            write_statistics(c, total);
+        }
+        let statistics = mean_invstd(total);
+        let affine_c = scale_shift(c, statistics);
+        var walk = walk_values(c_rel, lid);
+        var m = lid;
+        while (m + 7u * WORKGROUP < values) {
+            normalize_eight(walk_eight(&walk), statistics.x, affine_c);
+            m += 8u * WORKGROUP;
+        }
+        while (m < values) {
+            y[walk.index] = (x[walk.index] - statistics.x) * affine_c.x + affine_c.y;
+            walk = walk_next(walk);
+            m += WORKGROUP;
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn fused_forward_strided(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let lane_c = lid % BAND;
+    let lane_r = lid / BAND;
+    for (var band = wid.x; band < p.items; band += nwg.x) {
+        let c_rel = band * BAND + lane_c;
+        let c = p.c0 + c_rel;
+        var acc = Partial(0.0, 0.0, 0.0, 0.0);
+        if (c_rel < p.c_count) {
+            acc = thread_partial_strided(c_rel, 0u, p.o_count, lane_r);
+        }
+        shared_partials[lid] = acc;
+        workgroupBarrier();
+        if (lane_r == 0u && c_rel < p.c_count) {
+            let total = merge_row_lanes(lid);
+            write_statistics(c, total);
+            band_statistics[lane_c] = mean_invstd(total);
+        }
+        workgroupBarrier();
+        if (c_rel < p.c_count) {
+            let statistics = band_statistics[lane_c];
+            let affine_c = scale_shift(c, statistics);
+            let row_step = ROW_LANES * p.channels;
+            var row = lane_r;
+            var index = p.elem_shift + row * p.channels + c_rel;
+            while (row + 7u * ROW_LANES < p.o_count) {
+                normalize_eight(stride_eight(index, row_step), statistics.x, affine_c);
+                row += 8u * ROW_LANES;
+                index += 8u * row_step;
+            }
+            while (row < p.o_count) {
+                y[index] = (x[index] - statistics.x) * affine_c.x + affine_c.y;
+                row += ROW_LANES;
+                index += row_step;
+            }
+        }
+        workgroupBarrier();
     }
 }

@@ -9,7 +9,7 @@
 use crate::error::{BatchNormError, Result};
 use crate::kernels::backward::{backward, BackwardBuffers};
 use crate::kernels::normalize::{normalize, ChannelStatistics};
-use crate::kernels::statistics::{batch_statistics, RunningUpdate};
+use crate::kernels::statistics::{batch_statistics, fused_forward, FusedForward, RunningUpdate};
 use crate::kernels::{record_pass, PassTimestamps};
 use crate::layout::Layout;
 use crate::plan::plan;
@@ -125,8 +125,24 @@ pub fn record_batch_norm(
     let eps = args.eps as f32;
     let stats = saved.mean_invstd.buffer();
     ctx.checked(|_| -> Result<()> {
-        let dispatches = match source {
-            StatsSource::Batch => {
+        let dispatches = match (source, plan.fused_window()) {
+            (StatsSource::Batch, Some(window)) => vec![fused_forward(
+                ctx,
+                &plan,
+                window,
+                &FusedForward {
+                    x: x.buffer(),
+                    y: y.buffer(),
+                    stats,
+                    update: args.running.map(|running| RunningUpdate {
+                        running: running.buffer(),
+                        momentum: args.momentum as f32,
+                    }),
+                    affine: args.affine.map(ChannelPair::buffer),
+                },
+                eps,
+            )?],
+            (StatsSource::Batch, None) => {
                 let mut dispatches = batch_statistics(
                     ctx,
                     &plan,
@@ -148,7 +164,7 @@ pub fn record_batch_norm(
                 )?);
                 dispatches
             }
-            StatsSource::Running => {
+            (StatsSource::Running, _) => {
                 let running = args
                     .running
                     .ok_or(BatchNormError::Unsupported("inference needs running stats"))?;

@@ -284,7 +284,8 @@ impl GpuContext {
             .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
-    pub(crate) fn plan_limits(&self) -> PlanLimits {
+    /// The limits that `plan::plan` plans this context's dispatches with.
+    pub fn plan_limits(&self) -> PlanLimits {
         PlanLimits::new(&self.limits(), self.inner.summary.device_type)
     }
 

@@ -18,6 +18,10 @@
 //! - Elementwise kernels load and store vec4s when every window's rows split into whole vec4s
 //!   that hold one channel (channels-first, `inner % 4 == 0`) or four consecutive channels
 //!   (channels-last, `C % 4 == 0`), and every window starts on a vec4; scalars otherwise.
+//! - An operation is fused into one dispatch (a workgroup per channel, or per band of 32
+//!   channels, reads its values, reduces them, then writes its output from the same values)
+//!   when the tensor is one window and each channel is one chunk: small and mid-sized channels,
+//!   where the separate dispatches' fixed costs weigh most.
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
 
@@ -319,6 +323,16 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 impl Plan {
+    /// The window of a fused plan, where one dispatch does a whole operation (statistics, then
+    /// the output from the values just read): the tensor is one window and each channel's
+    /// values are one chunk. `None` otherwise.
+    pub fn fused_window(&self) -> Option<&Window> {
+        match self.windows.as_slice() {
+            [window] if self.chunks_total == 1 => Some(window),
+            _ => None,
+        }
+    }
+
     /// Workgroups of the finalize dispatch: a thread or a workgroup per channel.
     pub fn finalize_workgroups(&self, limits: PlanLimits) -> u32 {
         match self.finalize {
@@ -378,6 +392,32 @@ mod tests {
         assert_eq!(p.windows[0].binding_size, 8 * 3 * 25 * 4);
         assert_eq!(p.chunks_total, 1);
         assert_eq!(p.finalize, FinalizeKind::PerThread);
+    }
+
+    #[test]
+    fn fused_only_for_one_window_of_one_chunk_per_channel() {
+        let fused = [
+            (vec![8, 3, 5, 5], Layout::ChannelsFirst),
+            (vec![64, 1024, 14, 14], Layout::ChannelsFirst),
+            (vec![256, 1024], Layout::ChannelsFirst),
+            (vec![4, 16, 16, 64], Layout::ChannelsLast),
+        ];
+        for (shape, layout) in fused {
+            let p = plan(view(&shape, layout), WEBGPU_DEFAULT).unwrap();
+            assert!(p.fused_window().is_some(), "{shape:?}");
+        }
+        let split = [
+            // More than one chunk per channel.
+            (vec![64, 64, 112, 112], Layout::ChannelsFirst),
+            (vec![8192, 4096], Layout::ChannelsFirst),
+            (vec![64, 14, 14, 1024], Layout::ChannelsLast),
+            // More than one window.
+            (vec![1, 40, 1 << 20], Layout::ChannelsFirst),
+        ];
+        for (shape, layout) in split {
+            let p = plan(view(&shape, layout), WEBGPU_DEFAULT).unwrap();
+            assert!(p.fused_window().is_none(), "{shape:?}");
+        }
     }
 
     #[test]

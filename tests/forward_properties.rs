@@ -93,6 +93,38 @@ proptest! {
     }
 }
 
+/// Shapes whose plans are fused (one window, one chunk per channel: one dispatch per forward),
+/// with enough values per thread for the eight-at-a-time loads and a remainder: channels-first
+/// with odd spatial runs, channels-last and 2-D with a last band of fewer than 32 channels.
+#[test]
+fn fused_plans_match_the_reference() {
+    let cases: [(&[usize], Layout); 4] = [
+        (&[3, 5, 67, 61], Layout::ChannelsFirst),
+        (&[4, 16, 16, 40], Layout::ChannelsLast),
+        (&[700, 33], Layout::ChannelsFirst),
+        (&[2, 3, 1000], Layout::ChannelsFirst),
+    ];
+    for (k, (shape, layout)) in cases.into_iter().enumerate() {
+        let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
+        let plan = wgpu_batchnorm::plan::plan(view, common::context().plan_limits()).unwrap();
+        assert!(plan.fused_window().is_some(), "{shape:?} should be fused");
+        Scenario {
+            shape: shape.to_vec(),
+            layout,
+            config: BatchNormConfig::default(),
+            affine: Some((
+                normal_data(view.channels, 50 + k as u64, 1.0, 0.5),
+                normal_data(view.channels, 60 + k as u64, 0.0, 1.0),
+            )),
+            batches: vec![
+                normal_data(view.len(), 70 + k as u64, 3.0, 2.0),
+                normal_data(view.len(), 80 + k as u64, -2.0, 0.5),
+            ],
+        }
+        .check();
+    }
+}
+
 /// Channels whose values span several reduction chunks and several partials per channel, in
 /// both reduction kernels and both finalize kinds; N = 1 with a spatial extent; C = 1.
 #[test]

@@ -1,4 +1,5 @@
-//! Dispatches of `shaders/backward.wgsl`: dgamma and dbeta by a per-channel reduction, then dx.
+//! Dispatches of `shaders/backward.wgsl`: dgamma and dbeta by a per-channel reduction, then dx
+//! (or both in one dispatch, for fused plans).
 
 use super::{Dispatch, Params, Program, Slot};
 use crate::error::Result;
@@ -23,7 +24,8 @@ pub(crate) struct BackwardBuffers<'a> {
     pub grads: &'a wgpu::Buffer,
 }
 
-/// The dispatches of a backward pass. `batch_stats` chooses the dx formula: through batch
+/// The dispatches of a backward pass: one under a fused plan (`Plan::fused_window`), else the
+/// reduction, its finalize and dx. `batch_stats` chooses the dx formula: through batch
 /// statistics (training) or through constant running statistics.
 pub(crate) fn backward(
     ctx: &GpuContext,
@@ -41,6 +43,29 @@ pub(crate) fn backward(
         ("HAS_AFFINE", buffers.affine.is_some()),
         ("BATCH_STATS", batch_stats),
     ];
+    if let Some(window) = plan.fused_window() {
+        let params = Params::for_window(plan, window);
+        let (entry, workgroups) = match plan.kind {
+            ReductionKind::Contiguous => ("fused_backward_contiguous", window.c_count),
+            ReductionKind::Strided => ("fused_backward_strided", params.items as usize),
+        };
+        return Ok(vec![Dispatch::new(
+            ctx,
+            Program::Backward,
+            entry,
+            &overrides,
+            params,
+            &[
+                Slot::window(1, buffers.x, window),
+                Slot::window(2, buffers.dy, window),
+                Slot::window(3, buffers.dx, window),
+                Slot::whole(4, buffers.stats),
+                Slot::whole(5, affine),
+                Slot::whole(7, buffers.grads),
+            ],
+            workgroups_for_items(workgroups, limits),
+        )?]);
+    }
     let entry = match plan.kind {
         ReductionKind::Contiguous => "grad_partials_contiguous",
         ReductionKind::Strided => "grad_partials_strided",

@@ -1,10 +1,10 @@
 //! Dispatches of `shaders/batch_statistics.wgsl`: per-channel mean and invstd from a batch,
-//! with the running-stats update.
+//! with the running-stats update, and the single-dispatch training forward of fused plans.
 
 use super::{Dispatch, Params, Program, Slot};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::plan::{workgroups_for_items, FinalizeKind, Plan, ReductionKind};
+use crate::plan::{workgroups_for_items, FinalizeKind, Plan, ReductionKind, Window};
 
 /// Bytes of one (count, shift, mean - shift, M2) partial.
 const PARTIAL_BYTES: u64 = 16;
@@ -77,4 +77,64 @@ pub(crate) fn batch_statistics(
         plan.finalize_workgroups(limits),
     )?);
     Ok(dispatches)
+}
+
+/// The buffers of a fused training forward.
+pub(crate) struct FusedForward<'a> {
+    pub x: &'a wgpu::Buffer,
+    pub y: &'a wgpu::Buffer,
+    /// `[mean | invstd]`, written.
+    pub stats: &'a wgpu::Buffer,
+    pub update: Option<RunningUpdate<'a>>,
+    /// `[gamma | beta]`.
+    pub affine: Option<&'a wgpu::Buffer>,
+}
+
+/// The one dispatch of a training forward under a fused plan (`Plan::fused_window`): statistics,
+/// running-stats update and output.
+pub(crate) fn fused_forward(
+    ctx: &GpuContext,
+    plan: &Plan,
+    window: &Window,
+    buffers: &FusedForward<'_>,
+    eps: f32,
+) -> Result<Dispatch> {
+    // Two stand-ins: one dispatch may not bind a buffer both read-write and read-only.
+    let unused = ctx.scratch("unused binding", 16)?;
+    let unused_read_write = ctx.scratch("unused read-write binding", 16)?;
+    let values = plan.view.values_per_channel() as f64;
+    let params = Params {
+        eps,
+        momentum: buffers.update.as_ref().map_or(0.0, |u| u.momentum),
+        var_correction: (values / (values - 1.0)) as f32,
+        ..Params::for_window(plan, window)
+    };
+    let (entry, workgroups) = match plan.kind {
+        ReductionKind::Contiguous => ("fused_forward_contiguous", window.c_count),
+        ReductionKind::Strided => ("fused_forward_strided", params.items as usize),
+    };
+    Dispatch::new(
+        ctx,
+        Program::BatchStatistics,
+        entry,
+        &[
+            ("HAS_RUNNING", buffers.update.is_some()),
+            ("HAS_AFFINE", buffers.affine.is_some()),
+        ],
+        params,
+        &[
+            Slot::window(1, buffers.x, window),
+            Slot::whole(
+                3,
+                buffers
+                    .update
+                    .as_ref()
+                    .map_or(&unused_read_write, |u| u.running),
+            ),
+            Slot::whole(4, buffers.stats),
+            Slot::window(5, buffers.y, window),
+            Slot::whole(6, buffers.affine.unwrap_or(&unused)),
+        ],
+        workgroups_for_items(workgroups, ctx.plan_limits()),
+    )
 }
