@@ -9,9 +9,11 @@
 //! - Reductions use the strided kernel (32 consecutive channels per workgroup, coalesced) when a
 //!   channel's values are not contiguous (`inner == 1`) and windows hold whole rows; otherwise the
 //!   contiguous kernel (one workgroup per chunk of one channel).
-//! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows), doubled until the
-//!   partials of all chunks fit in one storage binding and, on CPU adapters, until the
-//!   reduction has at most `CPU_REDUCTION_WORKGROUPS` work items.
+//! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows). On GPUs, a plan
+//!   that is not fused halves it (not below eight values per thread) until the reduction has
+//!   `MIN_GPU_REDUCTION_ITEMS` work items. Then it is doubled until the partials of all chunks
+//!   fit in one storage binding and, on CPU adapters, until the reduction has at most
+//!   `CPU_REDUCTION_WORKGROUPS` work items.
 //! - Each channel's partials are merged by one thread when there are at most
 //!   `PER_THREAD_FINALIZE_MAX_PARTIALS` of them (no barriers, no idle threads), by a whole
 //!   workgroup otherwise.
@@ -57,7 +59,18 @@ pub struct PlanLimits {
     pub elementwise_workgroups: u32,
     /// Reduction chunks grow until a reduction has at most this many work items.
     pub reduction_workgroups: u32,
+    /// Reduction chunks of plans that are not fused shrink, down to `MIN_CONTIGUOUS_CHUNK` or
+    /// `MIN_STRIDED_CHUNK_ROWS`, until a reduction has at least this many work items.
+    pub min_reduction_items: u32,
 }
+
+/// Work items a GPU's reduction should have at least: a few workgroups per compute unit, so
+/// that each unit has loads of several workgroups in flight. An H200 has 132 units.
+pub const MIN_GPU_REDUCTION_ITEMS: u32 = 1024;
+/// The smallest contiguous chunk: eight values per thread (one load of `walk_eight`).
+pub const MIN_CONTIGUOUS_CHUNK: usize = 8 * WORKGROUP_SIZE;
+/// The smallest strided chunk: eight rows per row lane.
+pub const MIN_STRIDED_CHUNK_ROWS: usize = 8 * 8;
 
 /// Work items of a reduction on a CPU adapter, for the same reason as
 /// `CPU_ELEMENTWISE_WORKGROUPS`.
@@ -83,6 +96,10 @@ impl PlanLimits {
             reduction_workgroups: match device_type {
                 wgpu::DeviceType::Cpu => CPU_REDUCTION_WORKGROUPS,
                 _ => u32::MAX,
+            },
+            min_reduction_items: match device_type {
+                wgpu::DeviceType::Cpu => 0,
+                _ => MIN_GPU_REDUCTION_ITEMS,
             },
         }
     }
@@ -161,16 +178,21 @@ pub struct Plan {
 /// Plans the windows of a non-empty tensor.
 pub fn plan(view: ChannelView, limits: PlanLimits) -> Result<Plan, BatchNormError> {
     let mut plan = plan_with_chunk(view, limits, None)?;
+    let min_chunk = match plan.kind {
+        ReductionKind::Contiguous => MIN_CONTIGUOUS_CHUNK,
+        ReductionKind::Strided => MIN_STRIDED_CHUNK_ROWS,
+    };
+    while plan.fused_window().is_none()
+        && plan.reduction_items() < limits.min_reduction_items as usize
+        && plan.chunk_len / 2 >= min_chunk
+    {
+        plan = plan_with_chunk(view, limits, Some(plan.chunk_len / 2))?;
+    }
     let row_groups = plan.windows.iter().filter(|w| w.c0 == 0).count();
     loop {
         let partial_bytes = view.channels as u64 * plan.chunks_total as u64 * MAX_PARTIAL_BYTES;
         let partials_fit = partial_bytes <= limits.max_binding_bytes;
-        let items: usize = plan
-            .windows
-            .iter()
-            .map(|w| w.reduction_items(plan.kind))
-            .sum();
-        let within_budget = items <= limits.reduction_workgroups as usize;
+        let within_budget = plan.reduction_items() <= limits.reduction_workgroups as usize;
         let can_grow = plan.chunks_total > row_groups;
         if partials_fit && (within_budget || !can_grow) {
             return Ok(plan);
@@ -323,6 +345,14 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 impl Plan {
+    /// Work items of all reduction dispatches together.
+    pub fn reduction_items(&self) -> usize {
+        self.windows
+            .iter()
+            .map(|w| w.reduction_items(self.kind))
+            .sum()
+    }
+
     /// The window of a fused plan, where one dispatch does a whole operation (statistics, then
     /// the output from the values just read): the tensor is one window and each channel's
     /// values are one chunk. `None` otherwise.
@@ -353,6 +383,7 @@ mod tests {
         max_workgroups: 65535,
         elementwise_workgroups: 65535,
         reduction_workgroups: u32::MAX,
+        min_reduction_items: MIN_GPU_REDUCTION_ITEMS,
     };
 
     fn view(shape: &[usize], layout: Layout) -> ChannelView {
@@ -464,7 +495,43 @@ mod tests {
         assert_eq!(nhwc.windows[0].reduction_items(nhwc.kind), 3);
         let nc = plan(view(&[2100, 7], Layout::ChannelsFirst), WEBGPU_DEFAULT).unwrap();
         assert_eq!(nc.kind, ReductionKind::Strided);
-        assert_eq!(nc.chunks_total, 2100usize.div_ceil(STRIDED_CHUNK_ROWS));
+        // Not fused, and far from MIN_GPU_REDUCTION_ITEMS: chunks shrink to the floor.
+        assert_eq!(nc.chunks_total, 2100usize.div_ceil(MIN_STRIDED_CHUNK_ROWS));
+    }
+
+    #[test]
+    fn gpu_plans_that_are_not_fused_shrink_chunks_to_fill_the_device() {
+        // 7x7 channels-last: 4 chunks x 64 bands at 1024 rows; 25 x 64 at 128 rows.
+        let nhwc = plan(
+            view(&[64, 7, 7, 2048], Layout::ChannelsLast),
+            WEBGPU_DEFAULT,
+        )
+        .unwrap();
+        assert_eq!(nhwc.chunk_len, 128);
+        assert_eq!(nhwc.reduction_items(), 25 * 64);
+        // Enough items at the full chunk: unchanged.
+        let big = plan(
+            view(&[64, 64, 112, 112], Layout::ChannelsFirst),
+            WEBGPU_DEFAULT,
+        )
+        .unwrap();
+        assert_eq!(big.chunk_len, CONTIGUOUS_CHUNK);
+        // Fused plans keep their one chunk per channel.
+        let fused = plan(
+            view(&[64, 1024, 14, 14], Layout::ChannelsFirst),
+            WEBGPU_DEFAULT,
+        )
+        .unwrap();
+        assert!(fused.fused_window().is_some());
+        // Never below eight values per thread.
+        let tiny = plan(view(&[32, 8, 8, 64], Layout::ChannelsLast), WEBGPU_DEFAULT).unwrap();
+        assert_eq!(tiny.chunk_len, MIN_STRIDED_CHUNK_ROWS);
+        let nchw = plan(
+            view(&[2, 2, 300, 300], Layout::ChannelsFirst),
+            WEBGPU_DEFAULT,
+        )
+        .unwrap();
+        assert_eq!(nchw.chunk_len, MIN_CONTIGUOUS_CHUNK);
     }
 
     #[test]
@@ -475,6 +542,7 @@ mod tests {
             max_workgroups: 65535,
             elementwise_workgroups: 65535,
             reduction_workgroups: u32::MAX,
+            min_reduction_items: 0,
         };
         for (shape, layout) in [
             (vec![7, 3, 5, 3], Layout::ChannelsFirst),
@@ -495,6 +563,7 @@ mod tests {
             max_workgroups: 65535,
             elementwise_workgroups: 65535,
             reduction_workgroups: u32::MAX,
+            min_reduction_items: 0,
         };
         let p = plan(view(&[3, 10, 50], Layout::ChannelsFirst), limits).unwrap();
         assert!(p.windows.iter().all(|w| w.o_count == 1 && w.c_count < 10));
@@ -511,6 +580,7 @@ mod tests {
             max_workgroups: 65535,
             elementwise_workgroups: 65535,
             reduction_workgroups: u32::MAX,
+            min_reduction_items: 0,
         };
         let err = plan(view(&[1, 2, 1000], Layout::ChannelsFirst), limits).unwrap_err();
         assert!(matches!(err, BatchNormError::RunTooLarge { .. }));
@@ -524,6 +594,7 @@ mod tests {
             max_workgroups: 65535,
             elementwise_workgroups: 65535,
             reduction_workgroups: u32::MAX,
+            min_reduction_items: 0,
         };
         let p = plan(view(&[40, 3, 30, 30], Layout::ChannelsFirst), limits).unwrap();
         let mut next = 0;
@@ -542,6 +613,7 @@ mod tests {
             max_workgroups: 65535,
             elementwise_workgroups: 65535,
             reduction_workgroups: u32::MAX,
+            min_reduction_items: 0,
         };
         // 342 windows of 1536 rows: two chunks each overflow the binding, one fits.
         let p = plan(view(&[1 << 19, 16], Layout::ChannelsLast), limits).unwrap();
@@ -558,6 +630,7 @@ mod tests {
             max_workgroups: 65535,
             elementwise_workgroups: 65535,
             reduction_workgroups: u32::MAX,
+            min_reduction_items: 0,
         };
         let err = plan(view(&[40, 3, 1100], Layout::ChannelsLast), limits).unwrap_err();
         assert!(matches!(err, BatchNormError::Unsupported(_)));
@@ -582,11 +655,12 @@ mod tests {
         assert_eq!(workgroups_for_elements(1 << 24, 64, gpu), 65535);
         // Still a whole number of rows per grid step.
         assert_eq!(workgroups_for_elements(1 << 24, 12, cpu) * 256 % 12, 0);
-        // Reductions take bigger chunks on the CPU adapter, not on the GPU.
+        // Reductions take bigger chunks on the CPU adapter, smaller ones on the GPU.
         let nchw = view(&[32, 64, 56, 56], Layout::ChannelsFirst);
         let on_cpu = plan(nchw, cpu).unwrap();
         let on_gpu = plan(nchw, gpu).unwrap();
-        assert_eq!(on_gpu.chunk_len, CONTIGUOUS_CHUNK);
+        assert!(on_gpu.chunk_len < CONTIGUOUS_CHUNK);
+        assert!(on_gpu.reduction_items() >= MIN_GPU_REDUCTION_ITEMS as usize);
         assert!(on_cpu.chunk_len > CONTIGUOUS_CHUNK);
         assert!(
             on_cpu.windows[0].reduction_items(on_cpu.kind) <= CPU_REDUCTION_WORKGROUPS as usize

@@ -7,6 +7,7 @@ mod common;
 use common::{check_round_trip, context, normal_data};
 use wgpu_batchnorm::functional::{record_batch_norm, record_batch_norm_backward, ForwardArgs};
 use wgpu_batchnorm::gpu::list_adapters;
+use wgpu_batchnorm::plan::{plan, FinalizeKind};
 use wgpu_batchnorm::{
     reference, AdapterOptions, AdapterSummary, BatchNorm, ChannelPair, GpuContext, Layout, Tensor,
 };
@@ -258,7 +259,8 @@ fn a_device_below_the_kernels_needs_is_refused() {
     ));
 }
 
-/// The plans a discrete GPU gets (16384-value chunks, the device's whole workgroup range), run on
+/// The plans a discrete GPU gets (chunks sized for at least 1024 reduction workgroups, fused
+/// single dispatches, the device's whole workgroup range), run on
 /// this adapter: a caller-owned context that reports itself as a discrete GPU. The software
 /// adapter otherwise gets the CPU plans (bigger chunks, fewer workgroups), and the kernels must
 /// be right under both.
@@ -271,14 +273,30 @@ fn gpu_style_plans_on_this_adapter() {
         ..AdapterSummary::from(adapter.get_info())
     };
     let ctx = GpuContext::from_device(device, queue, summary).expect("context");
-    let cases: [(&[usize], Layout); 4] = [
-        // 36 chunks of 16384 values per channel: merged by a workgroup.
+    let cases: [(&[usize], Layout); 5] = [
+        // 288 chunks of 2048 values per channel: merged by a workgroup.
         (&[36, 2, 128, 128], Layout::ChannelsFirst),
-        // 40 chunks of 1024 rows per channel band, the last one short.
+        // 10 chunks of 2048 values per channel: merged by a thread.
+        (&[3, 128, 80, 80], Layout::ChannelsFirst),
+        // 630 chunks of 64 rows per channel band, the last one short.
         (&[10, 64, 63, 8], Layout::ChannelsLast),
         (&[9000, 3], Layout::ChannelsFirst),
+        // Fused: one dispatch per operation.
         (&[6, 5, 7, 7], Layout::ChannelsFirst),
     ];
+    let plan_of = |shape: &[usize], layout| {
+        let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
+        plan(view, ctx.plan_limits()).unwrap()
+    };
+    assert_eq!(
+        plan_of(cases[0].0, cases[0].1).finalize,
+        FinalizeKind::PerWorkgroup
+    );
+    assert_eq!(
+        plan_of(cases[1].0, cases[1].1).finalize,
+        FinalizeKind::PerThread
+    );
+    assert!(plan_of(cases[4].0, cases[4].1).fused_window().is_some());
     for (k, (shape, layout)) in cases.into_iter().enumerate() {
         check_round_trip(&ctx, shape, layout, 300 + k as u64);
     }
