@@ -3,25 +3,19 @@
 //    dy * (x - mean) over one chunk of one channel (or a band of 32 channels) into a partials
 //    buffer, in a fixed tree order.
 // 2. `finalize_gradients` (one workgroup per channel) or `finalize_gradients_per_thread` (one
-//    thread per channel, for few partials) adds each channel's partials in a fixed order: dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) = sum(dy * x_hat).
-// 3. `input_gradient`: through batch statistics
+//    thread per channel, for few partials) adds each channel's partials in a fixed order:
+//    dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) = sum(dy * x_hat).
+// 3. `input_gradient` (or `input_gradient_vec4.wgsl`): through batch statistics
 //    dx = gamma * invstd * (dy - dbeta / M - x_hat * dgamma / M);
 //    through running statistics (constants) dx = dy * gamma * invstd.
 
-override HAS_AFFINE: bool = true;
-override BATCH_STATS: bool = true;
+// (stats, affine, grads and the dx factors: `dx_factors.wgsl`, which comes first.)
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
-// [mean (C) | invstd (C)]
-@group(0) @binding(4) var<storage, read> stats: array<f32>;
-// [gamma (C) | beta (C)]
-@group(0) @binding(5) var<storage, read> affine: array<f32>;
 // (sum dy, sum dy * (x - mean)) per chunk
 @group(0) @binding(6) var<storage, read_write> partials: array<vec2<f32>>;
-// [dgamma (C) | dbeta (C)], the order of [gamma | beta]
-@group(0) @binding(7) var<storage, read_write> grads: array<f32>;
 
 var<workgroup> shared_sums: array<vec2<f32>, WORKGROUP>;
 
@@ -202,35 +196,6 @@ fn finalize_gradients_per_thread(
         }
         write_gradients(c, acc);
     }
-}
-
-// dx at one element of channel c; the per-channel factors come from `channel_factors`.
-struct DxFactors {
-    mean: f32,
-    invstd: f32,
-    scale: f32,
-    mean_dy: f32,
-    mean_dy_xhat: f32,
-}
-
-// The factors of channel c, given its (dgamma, dbeta).
-fn dx_factors(c: u32, dgamma_dbeta: vec2<f32>) -> DxFactors {
-    let invstd = stats[p.channels + c];
-    var scale = invstd;
-    if (HAS_AFFINE) {
-        scale *= affine[c];
-    }
-    var f = DxFactors(stats[c], invstd, scale, 0.0, 0.0);
-    if (BATCH_STATS) {
-        f.mean_dy_xhat = dgamma_dbeta.x / p.values_per_channel;
-        f.mean_dy = dgamma_dbeta.y / p.values_per_channel;
-    }
-    return f;
-}
-
-// The factors of channel c, with the (dgamma, dbeta) a finalize wrote.
-fn channel_factors(c: u32) -> DxFactors {
-    return dx_factors(c, vec2<f32>(grads[c], grads[p.channels + c]));
 }
 
 fn input_gradient_one(index: u32, f: DxFactors) {

@@ -108,12 +108,17 @@ pub(crate) fn backward(
         ],
         plan.finalize_workgroups(limits),
     )?);
+    let (dx_program, dx_entry, lanes) = if plan.vec4 {
+        (Program::InputGradientVec4, "input_gradient_vec4", 4)
+    } else {
+        (Program::Backward, "input_gradient", 1)
+    };
     for window in &plan.windows {
         let elements = window.o_count * window.c_count * plan.view.inner;
         dispatches.push(Dispatch::new(
             ctx,
-            Program::Backward,
-            "input_gradient",
+            dx_program,
+            dx_entry,
             &overrides,
             Params::for_window(plan, window),
             &[
@@ -124,7 +129,11 @@ pub(crate) fn backward(
                 Slot::whole(5, affine),
                 Slot::whole(7, buffers.grads),
             ],
-            workgroups_for_elements(elements, window.c_count * plan.view.inner, limits),
+            workgroups_for_elements(
+                elements / lanes,
+                window.c_count * plan.view.inner / lanes,
+                limits,
+            ),
         )?);
     }
     Ok(dispatches)

@@ -22,6 +22,9 @@ pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 /// (`shaders/channel_statistics.wgsl`).
 const CHANNEL_STATISTICS_WGSL: &str = include_str!("../../shaders/channel_statistics.wgsl");
 
+/// What the dx kernels share (`shaders/dx_factors.wgsl`).
+const DX_FACTORS_WGSL: &str = include_str!("../../shaders/dx_factors.wgsl");
+
 /// The benchmark's roofline kernel: read one vec4, write one vec4 (`shaders/stream.wgsl`).
 pub const STREAM_WGSL: &str = include_str!("../../shaders/stream.wgsl");
 
@@ -36,15 +39,18 @@ pub enum Program {
     NormalizeVec4,
     /// dx, dgamma, dbeta (`shaders/backward.wgsl`).
     Backward,
+    /// dx on vec4s, for rows that split into whole vec4s (`shaders/input_gradient_vec4.wgsl`).
+    InputGradientVec4,
 }
 
 impl Program {
     /// Every program, for tests that validate them all.
-    pub const ALL: [Program; 4] = [
+    pub const ALL: [Program; 5] = [
         Program::BatchStatistics,
         Program::Normalize,
         Program::NormalizeVec4,
         Program::Backward,
+        Program::InputGradientVec4,
     ];
 
     /// The full WGSL source: the common block followed by the program's own files.
@@ -59,7 +65,11 @@ impl Program {
                 CHANNEL_STATISTICS_WGSL,
                 include_str!("../../shaders/normalize_vec4.wgsl"),
             ],
-            Program::Backward => &[include_str!("../../shaders/backward.wgsl")],
+            Program::Backward => &[DX_FACTORS_WGSL, include_str!("../../shaders/backward.wgsl")],
+            Program::InputGradientVec4 => &[
+                DX_FACTORS_WGSL,
+                include_str!("../../shaders/input_gradient_vec4.wgsl"),
+            ],
         };
         std::iter::once(COMMON_WGSL)
             .chain(own.iter().copied())
