@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{context, normal_data, poisoned, upload, F32_EPS};
+use common::{assert_fused, context, normal_data, poisoned, upload, F32_EPS, FUSED_SHAPES};
 use proptest::prelude::*;
 use wgpu_batchnorm::{reference, BatchNorm, BatchNormConfig, ChannelView, Layout, StatsSource};
 
@@ -207,20 +207,11 @@ fn backward_over_several_chunks() {
     }
 }
 
-/// Shapes whose plans are fused (one dispatch per backward), with enough values per thread for
-/// the eight-at-a-time loads and a remainder, in every mode.
+/// The fused plans (one dispatch per backward) against the reference, in every mode.
 #[test]
 fn fused_plans_match_the_reference() {
-    let cases: [(&[usize], Layout); 4] = [
-        (&[3, 5, 67, 61], Layout::ChannelsFirst),
-        (&[4, 16, 16, 40], Layout::ChannelsLast),
-        (&[700, 33], Layout::ChannelsFirst),
-        (&[2, 3, 1000], Layout::ChannelsFirst),
-    ];
-    for (k, (shape, layout)) in cases.into_iter().enumerate() {
-        let view = ChannelView::new(shape, layout).unwrap();
-        let plan = wgpu_batchnorm::plan::plan(view, context().plan_limits()).unwrap();
-        assert!(plan.fused_window().is_some(), "{shape:?} should be fused");
+    for (k, (shape, layout)) in FUSED_SHAPES.into_iter().enumerate() {
+        assert_fused(shape, layout);
         for mode in [Mode::Training, Mode::Running, Mode::Untracked] {
             check_backward(shape, layout, k % 2 == 0, mode, 90 + k as u64);
         }

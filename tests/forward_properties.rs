@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{context, normal_data, Scenario};
+use common::{assert_fused, context, normal_data, Scenario, FUSED_SHAPES};
 use proptest::prelude::*;
 use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BatchNormError, Layout, Tensor};
 
@@ -93,21 +93,12 @@ proptest! {
     }
 }
 
-/// Shapes whose plans are fused (one window, one chunk per channel: one dispatch per forward),
-/// with enough values per thread for the eight-at-a-time loads and a remainder: channels-first
-/// with odd spatial runs, channels-last and 2-D with a last band of fewer than 32 channels.
+/// The fused plans (one dispatch per training forward) against the reference.
 #[test]
 fn fused_plans_match_the_reference() {
-    let cases: [(&[usize], Layout); 4] = [
-        (&[3, 5, 67, 61], Layout::ChannelsFirst),
-        (&[4, 16, 16, 40], Layout::ChannelsLast),
-        (&[700, 33], Layout::ChannelsFirst),
-        (&[2, 3, 1000], Layout::ChannelsFirst),
-    ];
-    for (k, (shape, layout)) in cases.into_iter().enumerate() {
+    for (k, (shape, layout)) in FUSED_SHAPES.into_iter().enumerate() {
+        assert_fused(shape, layout);
         let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
-        let plan = wgpu_batchnorm::plan::plan(view, common::context().plan_limits()).unwrap();
-        assert!(plan.fused_window().is_some(), "{shape:?} should be fused");
         Scenario {
             shape: shape.to_vec(),
             layout,

@@ -34,15 +34,23 @@ pub(crate) fn backward(
     batch_stats: bool,
 ) -> Result<Vec<Dispatch>> {
     let limits = ctx.plan_limits();
-    let channels = plan.view.channels;
-    let partials_bytes = channels as u64 * plan.chunks_total as u64 * PARTIAL_BYTES;
-    let partials = ctx.scratch("backward partials", partials_bytes)?;
     let unused = ctx.scratch("unused binding", 16)?;
     let affine = buffers.affine.unwrap_or(&unused);
     let overrides = [
         ("HAS_AFFINE", buffers.affine.is_some()),
         ("BATCH_STATS", batch_stats),
     ];
+    // What the kernels that write dx bind, fused or not.
+    let dx_slots = |window| {
+        [
+            Slot::window(1, buffers.x, window),
+            Slot::window(2, buffers.dy, window),
+            Slot::window(3, buffers.dx, window),
+            Slot::whole(4, buffers.stats),
+            Slot::whole(5, affine),
+            Slot::whole(7, buffers.grads),
+        ]
+    };
     if let Some(window) = plan.fused_window() {
         let params = Params::for_window(plan, window);
         let (entry, workgroups) = match plan.kind {
@@ -55,17 +63,13 @@ pub(crate) fn backward(
             entry,
             &overrides,
             params,
-            &[
-                Slot::window(1, buffers.x, window),
-                Slot::window(2, buffers.dy, window),
-                Slot::window(3, buffers.dx, window),
-                Slot::whole(4, buffers.stats),
-                Slot::whole(5, affine),
-                Slot::whole(7, buffers.grads),
-            ],
+            &dx_slots(window),
             workgroups_for_items(workgroups, limits),
         )?]);
     }
+    let channels = plan.view.channels;
+    let partials_bytes = channels as u64 * plan.chunks_total as u64 * PARTIAL_BYTES;
+    let partials = ctx.scratch("backward partials", partials_bytes)?;
     let entry = match plan.kind {
         ReductionKind::Contiguous => "grad_partials_contiguous",
         ReductionKind::Strided => "grad_partials_strided",
@@ -121,14 +125,7 @@ pub(crate) fn backward(
             dx_entry,
             &overrides,
             Params::for_window(plan, window),
-            &[
-                Slot::window(1, buffers.x, window),
-                Slot::window(2, buffers.dy, window),
-                Slot::window(3, buffers.dx, window),
-                Slot::whole(4, buffers.stats),
-                Slot::whole(5, affine),
-                Slot::whole(7, buffers.grads),
-            ],
+            &dx_slots(window),
             workgroups_for_elements(
                 elements / lanes,
                 window.c_count * plan.view.inner / lanes,

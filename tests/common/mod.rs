@@ -86,6 +86,24 @@ pub fn flat(array: ArrayViewD<'_, f64>) -> Vec<f64> {
 }
 
 /// float32 unit roundoff.
+/// Shapes that the test adapter plans fused (one dispatch per training forward or backward),
+/// each with enough values per thread for the eight-at-a-time loads and a remainder:
+/// channels-first with odd spatial runs, channels-last and 2-D with a last band of fewer than
+/// 32 channels.
+pub const FUSED_SHAPES: [(&[usize], Layout); 4] = [
+    (&[3, 5, 67, 61], Layout::ChannelsFirst),
+    (&[4, 16, 16, 40], Layout::ChannelsLast),
+    (&[700, 33], Layout::ChannelsFirst),
+    (&[2, 3, 1000], Layout::ChannelsFirst),
+];
+
+/// Panics unless the test context plans `shape` fused.
+pub fn assert_fused(shape: &[usize], layout: Layout) {
+    let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
+    let plan = wgpu_batchnorm::plan::plan(view, context().plan_limits()).unwrap();
+    assert!(plan.fused_window().is_some(), "{shape:?} should be fused");
+}
+
 pub const F32_EPS: f64 = 1.0 / (1u64 << 24) as f64;
 
 /// One layer configuration driven through several batches, on the GPU and in the reference.
