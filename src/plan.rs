@@ -45,6 +45,10 @@ pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of the largest reduction partial (the statistics' count, shift, mean, M2).
 pub const MAX_PARTIAL_BYTES: u64 = 16;
 const F32_BYTES: u64 = 4;
+/// Most values in one window, whatever the binding limit (Metal's can exceed 4 GiB): the
+/// kernels index a window with u32 arithmetic that may run a few thousand values past its end
+/// before a bounds test.
+pub const MAX_WINDOW_VALUES: u64 = 1 << 30;
 
 /// The device limits that planning depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,7 +225,8 @@ fn plan_with_chunk(
     chunk_len: Option<usize>,
 ) -> Result<Plan, BatchNormError> {
     let align = limits.offset_alignment.max(F32_BYTES);
-    let usable = limits.max_binding_bytes.saturating_sub(align) / F32_BYTES;
+    let usable =
+        (limits.max_binding_bytes.saturating_sub(align) / F32_BYTES).min(MAX_WINDOW_VALUES);
     let row = (view.channels * view.inner) as u64;
     let whole_rows = row <= usable;
     let kind = if view.inner == 1 && whole_rows {
@@ -641,6 +646,19 @@ mod tests {
         };
         let err = plan(view(&[40, 3, 1100], Layout::ChannelsLast), limits).unwrap_err();
         assert!(matches!(err, BatchNormError::Unsupported(_)));
+    }
+
+    #[test]
+    fn windows_stay_within_u32_indexing_whatever_the_binding_limit() {
+        let limits = PlanLimits {
+            max_binding_bytes: 1 << 40,
+            ..WEBGPU_DEFAULT
+        };
+        let p = plan(view(&[6, 4, 1 << 28], Layout::ChannelsFirst), limits).unwrap();
+        assert!(p.windows.len() > 1);
+        for w in &p.windows {
+            assert!(w.binding_size / 4 <= MAX_WINDOW_VALUES);
+        }
     }
 
     #[test]

@@ -66,6 +66,24 @@ fn tensors_larger_than_a_binding_are_processed_in_windows() {
 }
 
 #[test]
+fn fused_kernels_loop_over_more_channels_than_workgroups() {
+    // 64 KiB bindings hold these tensors in one window, so their plans are fused: one
+    // workgroup per channel, or per band of 32 channels, and only 3 workgroups to go round.
+    let ctx = limited_context(1 << 16, 3);
+    let cases: [(&[usize], Layout); 3] = [
+        (&[4, 200], Layout::ChannelsFirst),
+        (&[3, 3, 3, 100], Layout::ChannelsLast),
+        (&[2, 9, 5, 5], Layout::ChannelsFirst),
+    ];
+    for (k, (shape, layout)) in cases.into_iter().enumerate() {
+        let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
+        let plan = plan(view, ctx.plan_limits()).unwrap();
+        assert!(plan.fused_window().is_some(), "{shape:?} should be fused");
+        check_round_trip(&ctx, shape, layout, 200 + k as u64);
+    }
+}
+
+#[test]
 fn a_tensor_over_the_adapters_binding_limit() {
     let ctx = context();
     let limit = ctx.limits().max_storage_buffer_binding_size;

@@ -264,7 +264,9 @@ impl Scenario {
 }
 
 /// Runs a training forward and the backward through batch statistics on `ctx` (outputs
-/// NaN-poisoned first) and checks y, dx, dgamma and dbeta against the f64 reference.
+/// NaN-poisoned first) and checks y, dx, dgamma and dbeta against the f64 reference; then the
+/// same for inference and the backward through running statistics
+/// ([`check_inference_round_trip`]).
 ///
 /// Tolerances: outputs as [`Scenario`]; dx the same scaled by invstd (dx carries the factor
 /// gamma * invstd); dgamma and dbeta within (1e-5 + 8 |mean|/std 2^-24) of the sum of the
@@ -354,6 +356,123 @@ pub fn check_round_trip(ctx: &GpuContext, shape: &[usize], layout: Layout, seed:
         assert!(
             (f64::from(dbeta[c]) - grads.dbeta[c]).abs() <= 1e-5 * sum_abs_dy[c] + 1e-6,
             "{shape:?} {layout:?}: dbeta[{c}] = {}, want {}",
+            dbeta[c],
+            grads.dbeta[c]
+        );
+    }
+    check_inference_round_trip(ctx, shape, layout, seed);
+}
+
+/// Runs an inference forward (one dispatch per window, from the running stats) and the
+/// backward through running statistics on `ctx`, outputs NaN-poisoned first, and checks y, the
+/// saved mean and invstd, dx, dgamma and dbeta against the f64 reference. Tolerances as
+/// [`check_round_trip`]'s, with the running stats in place of the batch's.
+pub fn check_inference_round_trip(ctx: &GpuContext, shape: &[usize], layout: Layout, seed: u64) {
+    use wgpu_batchnorm::{reference, BatchNorm};
+    let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
+    let channels = view.channels;
+    let x_data = normal_data(view.len(), seed ^ 0x5A5A, -0.5, 1.5);
+    let dy_data = normal_data(view.len(), seed ^ 0x3C3C, 0.0, 1.0);
+    let gamma = normal_data(channels, seed ^ 5, 1.0, 0.5);
+    let beta = normal_data(channels, seed ^ 6, 0.0, 1.0);
+    let running_mean = normal_data(channels, seed ^ 7, -0.5, 1.0);
+    let running_var: Vec<f32> = normal_data(channels, seed ^ 8, 0.0, 1.0)
+        .iter()
+        .map(|v| 0.2 + v.abs())
+        .collect();
+    let make = |data: &[f32]| {
+        let tensor = Tensor::from_slice(ctx, data, shape, layout).expect("upload");
+        let host = ArrayD::from_shape_vec(IxDyn(shape), data.to_vec()).unwrap();
+        (tensor, host)
+    };
+    let (x, x_host) = make(&x_data);
+    let (dy, dy_host) = make(&dy_data);
+    let mut layer = BatchNorm::new(ctx, channels).unwrap();
+    layer.set_parameters(&gamma, &beta).unwrap();
+    layer
+        .set_running_statistics(&running_mean, &running_var)
+        .unwrap();
+    layer.set_training(false);
+    let y = Tensor::zeros(ctx, shape, layout).unwrap();
+    y.fill(f32::NAN).unwrap();
+    let saved = layer.forward_into(&x, &y).expect("inference forward");
+    let dx = Tensor::zeros(ctx, shape, layout).unwrap();
+    dx.fill(f32::NAN).unwrap();
+    let params = layer
+        .backward_into(&x, &dy, &dx, &saved)
+        .expect("backward through running stats")
+        .expect("affine gradients");
+
+    let mean: Vec<f64> = running_mean.iter().map(|&v| v.into()).collect();
+    let var: Vec<f64> = running_var.iter().map(|&v| v.into()).collect();
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+    let want_y = reference::inference_forward(
+        x_host.view(),
+        layout,
+        &mean,
+        &var,
+        Some(&gamma),
+        Some(&beta),
+        1e-5,
+    );
+    let grads = reference::backward_running_statistics(
+        x_host.view(),
+        dy_host.view(),
+        layout,
+        &mean,
+        &var,
+        1e-5,
+        Some(&gamma),
+    );
+    let (saved_mean, saved_invstd) = saved.read().unwrap();
+    for c in 0..channels {
+        assert_eq!(
+            f64::from(saved_mean[c]),
+            mean[c],
+            "{shape:?}: saved mean[{c}]"
+        );
+        assert!(
+            (f64::from(saved_invstd[c]) - invstd[c]).abs() <= 4.0 * F32_EPS * invstd[c],
+            "{shape:?} {layout:?}: saved invstd[{c}] = {}, want {}",
+            saved_invstd[c],
+            invstd[c]
+        );
+    }
+    let got_y = y.to_vec().unwrap();
+    let got_dx = dx.to_vec().unwrap();
+    let mut sum_abs_dy = vec![0.0f64; channels];
+    let mut sum_abs_dy_xhat = vec![0.0f64; channels];
+    for i in 0..view.len() {
+        let c = view.channel_of(i);
+        let x_hat = (f64::from(x_data[i]) - mean[c]) * invstd[c];
+        sum_abs_dy[c] += f64::from(dy_data[i]).abs();
+        sum_abs_dy_xhat[c] += (f64::from(dy_data[i]) * x_hat).abs();
+        let out_tol =
+            f64::from(gamma[c]).abs() * (1e-5 + 8.0 * mean[c].abs() * invstd[c] * F32_EPS);
+        let want = want_y.as_slice().unwrap()[i];
+        assert!(
+            (f64::from(got_y[i]) - want).abs() <= out_tol + 2.0 * F32_EPS * want.abs(),
+            "{shape:?} {layout:?}: inference y[{i}] = {}, want {want}",
+            got_y[i]
+        );
+        let want_dx = grads.dx.as_slice().unwrap()[i];
+        assert!(
+            (f64::from(got_dx[i]) - want_dx).abs() <= 4.0 * F32_EPS * want_dx.abs(),
+            "{shape:?} {layout:?}: dx[{i}] through running stats = {}, want {want_dx}",
+            got_dx[i]
+        );
+    }
+    let (dgamma, dbeta) = params.read().unwrap();
+    for c in 0..channels {
+        assert!(
+            (f64::from(dgamma[c]) - grads.dgamma[c]).abs() <= 1e-5 * sum_abs_dy_xhat[c] + 1e-6,
+            "{shape:?} {layout:?}: dgamma[{c}] through running stats = {}, want {}",
+            dgamma[c],
+            grads.dgamma[c]
+        );
+        assert!(
+            (f64::from(dbeta[c]) - grads.dbeta[c]).abs() <= 1e-5 * sum_abs_dy[c] + 1e-6,
+            "{shape:?} {layout:?}: dbeta[{c}] through running stats = {}, want {}",
             dbeta[c],
             grads.dbeta[c]
         );
