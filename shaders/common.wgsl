@@ -130,6 +130,15 @@ fn cursor_at(e: u32) -> ElementCursor {
     );
 }
 
+// The channels of the four lanes of a vec4 that starts in channel c: four consecutive channels
+// channels-last (inner == 1), c in every lane channels-first.
+fn channel_lanes(c: u32) -> vec4<u32> {
+    if (p.inner == 1u) {
+        return vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u);
+    }
+    return vec4<u32>(c);
+}
+
 fn stride_keeps_channel(stride: u32) -> bool {
     return stride % (p.c_count * p.inner) == 0u;
 }

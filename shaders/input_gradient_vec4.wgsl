@@ -16,11 +16,7 @@ struct LaneFactors {
 }
 
 fn lane_factors(c: u32) -> LaneFactors {
-    // Channels-last: lanes c..c+3; channels-first: one channel in every lane.
-    var lanes = vec4<u32>(c);
-    if (p.inner == 1u) {
-        lanes += vec4<u32>(0u, 1u, 2u, 3u);
-    }
+    let lanes = channel_lanes(c);
     let f0 = channel_factors(lanes.x);
     let f1 = channel_factors(lanes.y);
     let f2 = channel_factors(lanes.z);

@@ -17,11 +17,7 @@ struct LaneParams {
 }
 
 fn lane_params(c: u32) -> LaneParams {
-    // Channels-last: lanes c..c+3; channels-first: one channel in every lane.
-    var lanes = vec4<u32>(c);
-    if (p.inner == 1u) {
-        lanes += vec4<u32>(0u, 1u, 2u, 3u);
-    }
+    let lanes = channel_lanes(c);
     let n = p.channels;
     let m0 = channel_mean_invstd(lanes.x);
     let m1 = channel_mean_invstd(lanes.y);

@@ -398,6 +398,16 @@ mod tests {
         min_reduction_items: MIN_GPU_REDUCTION_ITEMS,
     };
 
+    /// WebGPU's defaults with another binding limit, and no GPU chunk shrinking, so the window
+    /// and chunk rules show on their own.
+    fn binding_limits(max_binding_bytes: u64) -> PlanLimits {
+        PlanLimits {
+            max_binding_bytes,
+            min_reduction_items: 0,
+            ..WEBGPU_DEFAULT
+        }
+    }
+
     fn view(shape: &[usize], layout: Layout) -> ChannelView {
         ChannelView::new(shape, layout).unwrap()
     }
@@ -548,14 +558,7 @@ mod tests {
 
     #[test]
     fn windows_over_whole_rows_cover_every_element_once() {
-        let limits = PlanLimits {
-            max_binding_bytes: 1024,
-            offset_alignment: 256,
-            max_workgroups: 65535,
-            elementwise_workgroups: 65535,
-            reduction_workgroups: u32::MAX,
-            min_reduction_items: 0,
-        };
+        let limits = binding_limits(1024);
         for (shape, layout) in [
             (vec![7, 3, 5, 3], Layout::ChannelsFirst),
             (vec![9, 5, 7], Layout::ChannelsLast),
@@ -569,14 +572,7 @@ mod tests {
 
     #[test]
     fn a_row_larger_than_a_binding_is_split_by_channel() {
-        let limits = PlanLimits {
-            max_binding_bytes: 1024,
-            offset_alignment: 256,
-            max_workgroups: 65535,
-            elementwise_workgroups: 65535,
-            reduction_workgroups: u32::MAX,
-            min_reduction_items: 0,
-        };
+        let limits = binding_limits(1024);
         let p = plan(view(&[3, 10, 50], Layout::ChannelsFirst), limits).unwrap();
         assert!(p.windows.iter().all(|w| w.o_count == 1 && w.c_count < 10));
         assert_covers(&p, limits);
@@ -586,28 +582,14 @@ mod tests {
 
     #[test]
     fn a_run_larger_than_a_binding_is_refused() {
-        let limits = PlanLimits {
-            max_binding_bytes: 1024,
-            offset_alignment: 256,
-            max_workgroups: 65535,
-            elementwise_workgroups: 65535,
-            reduction_workgroups: u32::MAX,
-            min_reduction_items: 0,
-        };
+        let limits = binding_limits(1024);
         let err = plan(view(&[1, 2, 1000], Layout::ChannelsFirst), limits).unwrap_err();
         assert!(matches!(err, BatchNormError::RunTooLarge { .. }));
     }
 
     #[test]
     fn chunk_slots_are_distinct_and_in_range() {
-        let limits = PlanLimits {
-            max_binding_bytes: 64 << 10,
-            offset_alignment: 256,
-            max_workgroups: 65535,
-            elementwise_workgroups: 65535,
-            reduction_workgroups: u32::MAX,
-            min_reduction_items: 0,
-        };
+        let limits = binding_limits(64 << 10);
         let p = plan(view(&[40, 3, 30, 30], Layout::ChannelsFirst), limits).unwrap();
         let mut next = 0;
         for w in &p.windows {
@@ -619,14 +601,7 @@ mod tests {
 
     #[test]
     fn chunks_grow_until_the_partials_fit_in_a_binding() {
-        let limits = PlanLimits {
-            max_binding_bytes: 96 << 10,
-            offset_alignment: 256,
-            max_workgroups: 65535,
-            elementwise_workgroups: 65535,
-            reduction_workgroups: u32::MAX,
-            min_reduction_items: 0,
-        };
+        let limits = binding_limits(96 << 10);
         // 342 windows of 1536 rows: two chunks each overflow the binding, one fits.
         let p = plan(view(&[1 << 19, 16], Layout::ChannelsLast), limits).unwrap();
         assert!(p.chunk_len > STRIDED_CHUNK_ROWS);
@@ -636,14 +611,7 @@ mod tests {
 
     #[test]
     fn partials_that_cannot_fit_are_refused() {
-        let limits = PlanLimits {
-            max_binding_bytes: 1024,
-            offset_alignment: 256,
-            max_workgroups: 65535,
-            elementwise_workgroups: 65535,
-            reduction_workgroups: u32::MAX,
-            min_reduction_items: 0,
-        };
+        let limits = binding_limits(1024);
         let err = plan(view(&[40, 3, 1100], Layout::ChannelsLast), limits).unwrap_err();
         assert!(matches!(err, BatchNormError::Unsupported(_)));
     }

@@ -50,15 +50,11 @@ pub(crate) fn batch_statistics(
             workgroups_for_items(params.items as usize, limits),
         )?);
     }
-    let values = plan.view.values_per_channel() as f64;
     let unused = ctx.scratch("unused binding", 16)?;
     let params = Params {
         channels: channels as u32,
         chunks_total: plan.chunks_total as u32,
-        eps,
-        momentum: update.as_ref().map_or(0.0, |u| u.momentum),
-        var_correction: (values / (values - 1.0)) as f32,
-        ..Params::default()
+        ..with_statistics_scalars(Params::default(), plan, update.as_ref(), eps)
     };
     dispatches.push(Dispatch::new(
         ctx,
@@ -77,6 +73,23 @@ pub(crate) fn batch_statistics(
         plan.finalize_workgroups(limits),
     )?);
     Ok(dispatches)
+}
+
+/// `params` with the scalars of the kernels that finish the statistics: eps, the running
+/// stats' momentum, and M / (M - 1) for their unbiased variance.
+fn with_statistics_scalars(
+    params: Params,
+    plan: &Plan,
+    update: Option<&RunningUpdate<'_>>,
+    eps: f32,
+) -> Params {
+    let values = plan.view.values_per_channel() as f64;
+    Params {
+        eps,
+        momentum: update.map_or(0.0, |u| u.momentum),
+        var_correction: (values / (values - 1.0)) as f32,
+        ..params
+    }
 }
 
 /// The buffers of a fused training forward.
@@ -102,13 +115,12 @@ pub(crate) fn fused_forward(
     // Two stand-ins: one dispatch may not bind a buffer both read-write and read-only.
     let unused = ctx.scratch("unused binding", 16)?;
     let unused_read_write = ctx.scratch("unused read-write binding", 16)?;
-    let values = plan.view.values_per_channel() as f64;
-    let params = Params {
+    let params = with_statistics_scalars(
+        Params::for_window(plan, window),
+        plan,
+        buffers.update.as_ref(),
         eps,
-        momentum: buffers.update.as_ref().map_or(0.0, |u| u.momentum),
-        var_correction: (values / (values - 1.0)) as f32,
-        ..Params::for_window(plan, window)
-    };
+    );
     let (entry, workgroups) = match plan.kind {
         ReductionKind::Contiguous => ("fused_forward_contiguous", window.c_count),
         ReductionKind::Strided => ("fused_forward_strided", params.items as usize),

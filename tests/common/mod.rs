@@ -45,18 +45,63 @@ pub fn normal_data(len: usize, seed: u64, offset: f64, scale: f64) -> Vec<f32> {
         .collect()
 }
 
-/// An input tensor and its host copy.
+/// An input tensor on the test context and its host copy.
 pub fn upload(data: &[f32], shape: &[usize], layout: Layout) -> (Tensor, ArrayD<f32>) {
-    let tensor = Tensor::from_slice(&context(), data, shape, layout).expect("upload");
+    upload_to(&context(), data, shape, layout)
+}
+
+/// An input tensor on `ctx` and its host copy.
+pub fn upload_to(
+    ctx: &GpuContext,
+    data: &[f32],
+    shape: &[usize],
+    layout: Layout,
+) -> (Tensor, ArrayD<f32>) {
+    let tensor = Tensor::from_slice(ctx, data, shape, layout).expect("upload");
     let host = ArrayD::from_shape_vec(IxDyn(shape), data.to_vec()).expect("shape");
     (tensor, host)
 }
 
-/// An output tensor filled with NaN, so that an element no kernel writes fails the test.
+/// An output tensor on the test context filled with NaN, so that an element no kernel writes
+/// fails the test.
 pub fn poisoned(shape: &[usize], layout: Layout) -> Tensor {
-    let tensor = Tensor::zeros(&context(), shape, layout).expect("allocate");
+    poisoned_on(&context(), shape, layout)
+}
+
+/// An output tensor on `ctx` filled with NaN.
+pub fn poisoned_on(ctx: &GpuContext, shape: &[usize], layout: Layout) -> Tensor {
+    let tensor = Tensor::zeros(ctx, shape, layout).expect("allocate");
     tensor.fill(f32::NAN).expect("fill with NaN");
     tensor
+}
+
+/// Checks dgamma and dbeta against the reference: each within its relative tolerance
+/// (`dgamma_rel[c]` for dgamma, 1e-5 for dbeta) of the sum of its terms' absolute values, plus
+/// 1e-6.
+pub fn assert_parameter_gradients(
+    what: &str,
+    got: &wgpu_batchnorm::ChannelPair,
+    want: &wgpu_batchnorm::reference::Gradients,
+    dgamma_rel: &[f64],
+    sum_abs_dy_xhat: &[f64],
+    sum_abs_dy: &[f64],
+) {
+    let (dgamma, dbeta) = got.read().unwrap();
+    for c in 0..dgamma.len() {
+        assert!(
+            (f64::from(dgamma[c]) - want.dgamma[c]).abs()
+                <= dgamma_rel[c] * sum_abs_dy_xhat[c] + 1e-6,
+            "{what}: dgamma[{c}] = {}, want {}",
+            dgamma[c],
+            want.dgamma[c]
+        );
+        assert!(
+            (f64::from(dbeta[c]) - want.dbeta[c]).abs() <= 1e-5 * sum_abs_dy[c] + 1e-6,
+            "{what}: dbeta[{c}] = {}, want {}",
+            dbeta[c],
+            want.dbeta[c]
+        );
+    }
 }
 
 /// Asserts |got - want| <= atol + rtol * |want| everywhere (NaN never passes unless both are).
@@ -280,23 +325,13 @@ pub fn check_round_trip(ctx: &GpuContext, shape: &[usize], layout: Layout, seed:
     let dy_data = normal_data(len, seed ^ 0xA5A5, 0.0, 1.0);
     let gamma = normal_data(channels, seed ^ 3, 1.0, 0.5);
     let beta = normal_data(channels, seed ^ 4, 0.0, 1.0);
-    let make = |data: &[f32]| {
-        let tensor = Tensor::from_slice(ctx, data, shape, layout).expect("upload");
-        let host = ArrayD::from_shape_vec(IxDyn(shape), data.to_vec()).unwrap();
-        (tensor, host)
-    };
-    let fresh = || {
-        let tensor = Tensor::zeros(ctx, shape, layout).expect("allocate");
-        tensor.fill(f32::NAN).expect("fill");
-        tensor
-    };
-    let (x, x_host) = make(&x_data);
-    let (dy, dy_host) = make(&dy_data);
+    let (x, x_host) = upload_to(ctx, &x_data, shape, layout);
+    let (dy, dy_host) = upload_to(ctx, &dy_data, shape, layout);
     let mut layer = BatchNorm::new(ctx, channels).unwrap();
     layer.set_parameters(&gamma, &beta).unwrap();
-    let y = fresh();
+    let y = poisoned_on(ctx, shape, layout);
     let saved = layer.forward_into(&x, &y).expect("forward");
-    let dx = fresh();
+    let dx = poisoned_on(ctx, shape, layout);
     let params = layer
         .backward_into(&x, &dy, &dx, &saved)
         .expect("backward")
@@ -344,22 +379,15 @@ pub fn check_round_trip(ctx: &GpuContext, shape: &[usize], layout: Layout, seed:
             got_dx[i]
         );
     }
-    let (dgamma, dbeta) = params.read().unwrap();
-    for c in 0..channels {
-        let rel = 1e-5 + 8.0 * ratio[c] * F32_EPS;
-        assert!(
-            (f64::from(dgamma[c]) - grads.dgamma[c]).abs() <= rel * sum_abs_dy_xhat[c] + 1e-6,
-            "{shape:?} {layout:?}: dgamma[{c}] = {}, want {}",
-            dgamma[c],
-            grads.dgamma[c]
-        );
-        assert!(
-            (f64::from(dbeta[c]) - grads.dbeta[c]).abs() <= 1e-5 * sum_abs_dy[c] + 1e-6,
-            "{shape:?} {layout:?}: dbeta[{c}] = {}, want {}",
-            dbeta[c],
-            grads.dbeta[c]
-        );
-    }
+    let dgamma_rel: Vec<f64> = ratio.iter().map(|r| 1e-5 + 8.0 * r * F32_EPS).collect();
+    assert_parameter_gradients(
+        &format!("{shape:?} {layout:?}"),
+        &params,
+        &grads,
+        &dgamma_rel,
+        &sum_abs_dy_xhat,
+        &sum_abs_dy,
+    );
     check_inference_round_trip(ctx, shape, layout, seed);
 }
 
@@ -380,24 +408,17 @@ pub fn check_inference_round_trip(ctx: &GpuContext, shape: &[usize], layout: Lay
         .iter()
         .map(|v| 0.2 + v.abs())
         .collect();
-    let make = |data: &[f32]| {
-        let tensor = Tensor::from_slice(ctx, data, shape, layout).expect("upload");
-        let host = ArrayD::from_shape_vec(IxDyn(shape), data.to_vec()).unwrap();
-        (tensor, host)
-    };
-    let (x, x_host) = make(&x_data);
-    let (dy, dy_host) = make(&dy_data);
+    let (x, x_host) = upload_to(ctx, &x_data, shape, layout);
+    let (dy, dy_host) = upload_to(ctx, &dy_data, shape, layout);
     let mut layer = BatchNorm::new(ctx, channels).unwrap();
     layer.set_parameters(&gamma, &beta).unwrap();
     layer
         .set_running_statistics(&running_mean, &running_var)
         .unwrap();
     layer.set_training(false);
-    let y = Tensor::zeros(ctx, shape, layout).unwrap();
-    y.fill(f32::NAN).unwrap();
+    let y = poisoned_on(ctx, shape, layout);
     let saved = layer.forward_into(&x, &y).expect("inference forward");
-    let dx = Tensor::zeros(ctx, shape, layout).unwrap();
-    dx.fill(f32::NAN).unwrap();
+    let dx = poisoned_on(ctx, shape, layout);
     let params = layer
         .backward_into(&x, &dy, &dx, &saved)
         .expect("backward through running stats")
@@ -462,19 +483,12 @@ pub fn check_inference_round_trip(ctx: &GpuContext, shape: &[usize], layout: Lay
             got_dx[i]
         );
     }
-    let (dgamma, dbeta) = params.read().unwrap();
-    for c in 0..channels {
-        assert!(
-            (f64::from(dgamma[c]) - grads.dgamma[c]).abs() <= 1e-5 * sum_abs_dy_xhat[c] + 1e-6,
-            "{shape:?} {layout:?}: dgamma[{c}] through running stats = {}, want {}",
-            dgamma[c],
-            grads.dgamma[c]
-        );
-        assert!(
-            (f64::from(dbeta[c]) - grads.dbeta[c]).abs() <= 1e-5 * sum_abs_dy[c] + 1e-6,
-            "{shape:?} {layout:?}: dbeta[{c}] through running stats = {}, want {}",
-            dbeta[c],
-            grads.dbeta[c]
-        );
-    }
+    assert_parameter_gradients(
+        &format!("{shape:?} {layout:?} through running stats"),
+        &params,
+        &grads,
+        &vec![1e-5; channels],
+        &sum_abs_dy_xhat,
+        &sum_abs_dy,
+    );
 }
