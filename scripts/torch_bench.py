@@ -32,6 +32,7 @@ FULL_SHAPES = [
     (8192, 4096),
     (256, 1024),
     (32, 64, 8, 8),
+    (1, 3, 100, 101),
 ]
 QUICK_SHAPES = [(32, 64, 8, 8), (256, 1024), (8, 32, 28, 28)]
 OPS = ("train-forward", "eval-forward", "backward")

@@ -115,7 +115,8 @@ impl BatchNorm {
         self.config
     }
 
-    /// Training batches seen so far (counts only while tracking running stats).
+    /// Training calls seen so far, empty batches included, as PyTorch's module counts them
+    /// (only while tracking running stats).
     pub fn num_batches_tracked(&self) -> u64 {
         self.num_batches_tracked
     }
@@ -145,7 +146,8 @@ impl BatchNorm {
 
     /// Records the forward pass into the caller's encoder. In training with running stats,
     /// `num_batches_tracked` counts the batch now and the running stats change when the caller
-    /// submits.
+    /// submits. As in PyTorch's module, an empty training batch counts too (it changes the
+    /// weights of later batches when momentum is `None`) but leaves the running stats alone.
     pub fn record_forward(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -154,20 +156,16 @@ impl BatchNorm {
         timestamps: Option<PassTimestamps<'_>>,
     ) -> Result<SavedStats> {
         self.check_channels(x)?;
-        let updates = self.training && self.running.is_some() && !x.is_empty();
-        let batches = self.num_batches_tracked + u64::from(updates);
+        let counts = self.training && self.running.is_some();
+        let batches = self.num_batches_tracked + u64::from(counts);
         let momentum = match self.config.momentum {
             Some(momentum) => momentum,
-            None if updates => 1.0 / batches as f64,
+            None if counts => 1.0 / batches as f64,
             None => 0.0,
         };
         let args = ForwardArgs {
             affine: self.affine.as_ref(),
-            running: if self.training && !updates {
-                None
-            } else {
-                self.running.as_ref()
-            },
+            running: self.running.as_ref(),
             // As PyTorch: without running stats, inference uses the batch statistics too.
             training: self.training || self.running.is_none(),
             momentum,

@@ -108,11 +108,56 @@ pub enum BatchNormError {
 
     /// One channel's contiguous run is larger than a storage binding can address.
     #[error(
-        "one channel's contiguous run is {bytes} bytes, over this device's \
-         max_storage_buffer_binding_size ({max} bytes)"
+        "one channel's contiguous run (the product of the spatial sizes) is {bytes} bytes, \
+         {} bytes more than one storage binding of this device holds from an aligned offset \
+         ({max} bytes); use a device with a larger max_storage_buffer_binding_size",
+        bytes - max
     )]
     RunTooLarge {
         /// Bytes of one contiguous run.
+        bytes: u64,
+        /// Bytes one binding holds: the device's `max_storage_buffer_binding_size` less its
+        /// offset alignment.
+        max: u64,
+    },
+
+    /// The per-channel vectors (gamma and beta, running or saved statistics, gradients) are
+    /// bound whole, and do not fit one storage binding.
+    #[error(
+        "{channels} channels need {bytes} bytes for each per-channel pair (such as gamma and \
+         beta), {} bytes over this device's max_storage_buffer_binding_size ({max} bytes); \
+         use a device with a larger binding limit",
+        bytes - max
+    )]
+    ChannelVectorsTooLarge {
+        /// Channels.
+        channels: usize,
+        /// Bytes of one pair of per-channel vectors.
+        bytes: u64,
+        /// The device's limit.
+        max: u64,
+    },
+
+    /// An operation's reduction partials do not fit one storage binding, even with the
+    /// largest chunks the windows allow.
+    #[error(
+        "the {operation}'s reduction partials need {bytes} bytes ({channels} channels x \
+         {chunks} chunks x {partial_bytes} bytes), {} bytes over this device's \
+         max_storage_buffer_binding_size ({max} bytes); every chunk already spans a whole \
+         window of the tensor, so use a device with a larger binding limit or fewer samples \
+         per call",
+        bytes - max
+    )]
+    PartialsTooLarge {
+        /// The operation refused.
+        operation: &'static str,
+        /// Channels.
+        channels: usize,
+        /// Partials per channel.
+        chunks: usize,
+        /// Bytes of one partial.
+        partial_bytes: u64,
+        /// Bytes of all partials.
         bytes: u64,
         /// The device's limit.
         max: u64,

@@ -12,7 +12,7 @@ use crate::kernels::normalize::{normalize, ChannelStatistics};
 use crate::kernels::statistics::{batch_statistics, fused_forward, FusedForward, RunningUpdate};
 use crate::kernels::{record_pass, PassTimestamps};
 use crate::layout::Layout;
-use crate::plan::plan;
+use crate::plan::{plan, Operation};
 use crate::tensor::{ChannelPair, Tensor};
 
 /// The arguments of a forward call besides the input.
@@ -121,7 +121,11 @@ pub fn record_batch_norm(
     if x.is_empty() {
         return Ok(saved);
     }
-    let plan = plan(x.view(), ctx.plan_limits())?;
+    let operation = match source {
+        StatsSource::Batch => Operation::TrainingForward,
+        StatsSource::Running => Operation::InferenceForward,
+    };
+    let plan = plan(x.view(), ctx.plan_limits(), operation)?;
     let eps = args.eps as f32;
     let stats = saved.mean_invstd.buffer();
     ctx.checked(|_| -> Result<()> {
@@ -291,7 +295,7 @@ pub fn record_batch_norm_backward(
     let ctx = x.context();
     let grads = ChannelPair::zeros(ctx, x.channels())?;
     if !x.is_empty() {
-        let plan = plan(x.view(), ctx.plan_limits())?;
+        let plan = plan(x.view(), ctx.plan_limits(), Operation::Backward)?;
         ctx.checked(|_| -> Result<()> {
             let buffers = BackwardBuffers {
                 x: x.buffer(),

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{BatchNormError, Result};
-use crate::kernels::PipelineCache;
+use crate::kernels::{PipelineCache, WORKGROUP_STORAGE_BYTES};
 use crate::plan::{PlanLimits, WORKGROUP_SIZE};
 
 /// Which adapter to open. [`AdapterOptions::from_env`] honours `WGPU_BACKEND` and
@@ -122,7 +122,8 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> u8 {
 }
 
 /// Refuses a device whose limits are below what the kernels use: 256-thread workgroups with
-/// 4 KiB of workgroup memory and 6 storage buffers in one shader (the backward's dx kernel).
+/// [`WORKGROUP_STORAGE_BYTES`] of workgroup memory and 6 storage buffers in one shader (the
+/// backward's dx kernel).
 fn check_kernel_limits(limits: &wgpu::Limits) -> Result<()> {
     let workgroup = WORKGROUP_SIZE as u64;
     let required = [
@@ -143,7 +144,7 @@ fn check_kernel_limits(limits: &wgpu::Limits) -> Result<()> {
         ),
         (
             "max_compute_workgroup_storage_size",
-            workgroup * 16,
+            WORKGROUP_STORAGE_BYTES,
             u64::from(limits.max_compute_workgroup_storage_size),
         ),
     ];
@@ -227,23 +228,37 @@ impl GpuContext {
         device.on_uncaptured_error(Arc::new(|error: wgpu::Error| {
             eprintln!("wgpu-batchnorm: uncaptured wgpu error: {error}");
         }));
-        Self::from_device(device, queue, summary)
+        let context = Self::wrap(device, queue, summary)?;
+        let lost = Arc::clone(&context.inner.lost);
+        context
+            .inner
+            .device
+            .set_device_lost_callback(move |_reason, _message| lost.store(true, Ordering::SeqCst));
+        Ok(context)
     }
 
     /// Wraps a device and queue the caller already owns. Plans read `device.limits()`, so a
     /// device with smaller limits than its adapter is respected; a device below what the
-    /// kernels need (WebGPU's defaults suffice) is refused. The caller's error handler is left
-    /// alone; this crate's calls catch their own errors with error scopes.
+    /// kernels need (WebGPU's defaults suffice) is refused.
+    ///
+    /// The caller's error handler and device-lost callback are left alone (wgpu keeps one
+    /// callback per device, and setting one drops the previous): this crate's calls catch
+    /// their own errors with error scopes, and notice a lost device when they next map memory,
+    /// at the end of every call that waits for the GPU and in every download. From then on
+    /// every call of this context returns [`BatchNormError::DeviceLost`]. Work only recorded
+    /// into an encoder after a loss returns `Ok` (wgpu discards it without an error); the next
+    /// waiting call or download reports the loss.
     pub fn from_device(
         device: wgpu::Device,
         queue: wgpu::Queue,
         summary: AdapterSummary,
     ) -> Result<Self> {
+        Self::wrap(device, queue, summary)
+    }
+
+    fn wrap(device: wgpu::Device, queue: wgpu::Queue, summary: AdapterSummary) -> Result<Self> {
         check_kernel_limits(&device.limits())?;
         let lost = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&lost);
-        device
-            .set_device_lost_callback(move |_reason, _message| flag.store(true, Ordering::SeqCst));
         Ok(GpuContext {
             inner: Arc::new(ContextInner {
                 device,
@@ -333,6 +348,10 @@ impl GpuContext {
         let value = work(device);
         let validation_error = pollster::block_on(validation.pop());
         let memory_error = pollster::block_on(out_of_memory.pop());
+        if memory_error.is_some() || validation_error.is_some() {
+            // On a lost device, work on its invalid objects fails validation: report the loss.
+            self.probe_mapping()?;
+        }
         if let Some(error) = memory_error {
             return Err(BatchNormError::OutOfMemory(error.to_string()));
         }
@@ -343,7 +362,8 @@ impl GpuContext {
         Ok(value)
     }
 
-    /// Submits `encoder` (inside error scopes) and waits until the GPU has finished it.
+    /// Submits `encoder` (inside error scopes), waits until the GPU has finished it, and
+    /// checks that the device survived.
     pub(crate) fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
         let index = self.checked(|_| self.inner.queue.submit([encoder.finish()]))?;
         self.inner
@@ -352,8 +372,39 @@ impl GpuContext {
                 submission_index: Some(index),
                 timeout: None,
             })
-            .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
-        self.ensure_alive()
+            .map_err(|e| {
+                self.probe_mapping()
+                    .err()
+                    .unwrap_or_else(|| BatchNormError::DeviceLost(e.to_string()))
+            })?;
+        self.ensure_alive()?;
+        self.probe_mapping()
+    }
+
+    /// Notices a lost device that no callback reported (a caller's device). After a loss wgpu
+    /// drops every error of the device and a submission does nothing, but a buffer mapped at
+    /// creation cannot be read: a one-word mapping tells.
+    fn probe_mapping(&self) -> Result<()> {
+        let probe = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-batchnorm liveness probe"),
+            size: 4,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        let mapped = probe.slice(..).get_mapped_range().is_ok();
+        if mapped {
+            Ok(())
+        } else {
+            Err(self.lost_now("a buffer could not be mapped"))
+        }
+    }
+
+    /// Records that the device is gone (a mapping failed) and returns the error to report.
+    pub(crate) fn lost_now(&self, what: &str) -> BatchNormError {
+        self.inner.lost.store(true, Ordering::SeqCst);
+        BatchNormError::DeviceLost(format!(
+            "{what}: the device was lost; create a new GpuContext"
+        ))
     }
 
     fn ensure_alive(&self) -> Result<()> {

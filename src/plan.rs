@@ -42,8 +42,10 @@ pub const STRIDED_BAND: usize = 32;
 pub const WORKGROUP_SIZE: usize = 256;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
-/// Bytes of the largest reduction partial (the statistics' count, shift, mean, M2).
-pub const MAX_PARTIAL_BYTES: u64 = 16;
+/// Bytes of one partial of the statistics reduction: count, shift, mean - shift, M2.
+pub const STATISTICS_PARTIAL_BYTES: u64 = 16;
+/// Bytes of one partial of the backward's reduction: sum dy, sum dy * (x - mean).
+pub const GRADIENT_PARTIAL_BYTES: u64 = 8;
 const F32_BYTES: u64 = 4;
 /// Most values in one window, whatever the binding limit (Metal's can exceed 4 GiB): the
 /// kernels index a window with u32 arithmetic that may run a few thousand values past its end
@@ -112,6 +114,37 @@ impl PlanLimits {
                 wgpu::DeviceType::Cpu => 0,
                 _ => MIN_GPU_REDUCTION_ITEMS,
             },
+        }
+    }
+}
+
+/// The operation a plan is made for: what it reduces decides what its partials need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// Batch statistics, then the output.
+    TrainingForward,
+    /// The output from the running stats: no reduction.
+    InferenceForward,
+    /// dgamma and dbeta by a reduction, then dx.
+    Backward,
+}
+
+impl Operation {
+    /// Bytes of one of its reduction partials; `None` when it reduces nothing.
+    pub fn partial_bytes(self) -> Option<u64> {
+        match self {
+            Operation::TrainingForward => Some(STATISTICS_PARTIAL_BYTES),
+            Operation::InferenceForward => None,
+            Operation::Backward => Some(GRADIENT_PARTIAL_BYTES),
+        }
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::TrainingForward => "training forward",
+            Operation::InferenceForward => "inference forward",
+            Operation::Backward => "backward",
         }
     }
 }
@@ -186,9 +219,27 @@ pub struct Plan {
     pub vec4: bool,
 }
 
-/// Plans the windows of a non-empty tensor.
-pub fn plan(view: ChannelView, limits: PlanLimits) -> Result<Plan, BatchNormError> {
+/// Plans `operation` on a non-empty tensor. Refuses, with what does not fit and by how much,
+/// a tensor whose per-channel vectors, contiguous runs or reduction partials exceed one
+/// storage binding; partials only count where the operation allocates them (not in
+/// inference, not under a fused plan).
+pub fn plan(
+    view: ChannelView,
+    limits: PlanLimits,
+    operation: Operation,
+) -> Result<Plan, BatchNormError> {
+    let channel_vectors = view.channels as u64 * 2 * F32_BYTES;
+    if channel_vectors > limits.max_binding_bytes {
+        return Err(BatchNormError::ChannelVectorsTooLarge {
+            channels: view.channels,
+            bytes: channel_vectors,
+            max: limits.max_binding_bytes,
+        });
+    }
     let mut plan = plan_with_chunk(view, limits, None)?;
+    let Some(partial_bytes) = operation.partial_bytes() else {
+        return Ok(plan);
+    };
     let min_chunk = match plan.kind {
         ReductionKind::Contiguous => MIN_CONTIGUOUS_CHUNK,
         ReductionKind::Strided => MIN_STRIDED_CHUNK_ROWS,
@@ -201,19 +252,22 @@ pub fn plan(view: ChannelView, limits: PlanLimits) -> Result<Plan, BatchNormErro
     }
     let row_groups = plan.windows.iter().filter(|w| w.c0 == 0).count();
     loop {
-        let partial_bytes = view.channels as u64 * plan.chunks_total as u64 * MAX_PARTIAL_BYTES;
-        let partials_fit = partial_bytes <= limits.max_binding_bytes;
+        let partials_bytes = plan.partials_bytes(partial_bytes);
+        let partials_fit = partials_bytes <= limits.max_binding_bytes;
         let within_budget = plan.reduction_items() <= limits.reduction_workgroups as usize;
         let can_grow = plan.chunks_total > row_groups;
         if partials_fit && (within_budget || !can_grow) {
             return Ok(plan);
         }
         if !can_grow {
-            return Err(BatchNormError::Unsupported(
-                "this tensor needs more reduction partials than one storage binding of this \
-                 device holds (a row of channels is larger than a binding); use a device with \
-                 a larger max_storage_buffer_binding_size",
-            ));
+            return Err(BatchNormError::PartialsTooLarge {
+                operation: operation.name(),
+                channels: view.channels,
+                chunks: plan.chunks_total,
+                partial_bytes,
+                bytes: partials_bytes,
+                max: limits.max_binding_bytes,
+            });
         }
         plan = plan_with_chunk(view, limits, Some(plan.chunk_len * 2))?;
     }
@@ -282,7 +336,7 @@ fn plan_with_chunk(
         if channels_per_window == 0 {
             return Err(BatchNormError::RunTooLarge {
                 bytes: run_bytes,
-                max: limits.max_binding_bytes,
+                max: usable * F32_BYTES,
             });
         }
         for o0 in 0..view.outer {
@@ -334,15 +388,17 @@ pub fn workgroups_for_threads(threads: usize, limits: PlanLimits) -> u32 {
 }
 
 /// Workgroups for an elementwise dispatch over a window of `elements` in rows of `row`
-/// elements: one thread per element up to the device's cap, rounded to a multiple of
-/// `row / gcd(row, WORKGROUP_SIZE)` where that fits, so the grid stride is a whole number of
-/// rows and each thread stays on one channel (the kernels then load a channel's parameters
-/// once per thread and do no index arithmetic per element).
+/// elements: one thread per element up to the adapter's elementwise budget, rounded down to a
+/// multiple of `row / gcd(row, WORKGROUP_SIZE)` where that leaves at least one such multiple,
+/// so the grid stride is a whole number of rows and each thread stays on one channel (the
+/// kernels then load a channel's parameters once per thread and do no index arithmetic per
+/// element). Where the multiple is larger than the count wanted, the plain count: rounding up
+/// would launch thousands of idle workgroups (7575 for a 1x3x100x101 tensor that wants 30).
 pub fn workgroups_for_elements(elements: usize, row: usize, limits: PlanLimits) -> u32 {
     let wanted = (workgroups_for_threads(elements, limits) as usize)
         .min(limits.elementwise_workgroups as usize);
     let unit = row / gcd(row.max(1), WORKGROUP_SIZE);
-    if unit > limits.max_workgroups as usize {
+    if unit > wanted {
         return wanted as u32;
     }
     (wanted / unit).max(1) as u32 * unit as u32
@@ -357,6 +413,16 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 impl Plan {
+    /// Bytes of the reduction partials of all chunks at `partial_bytes` each; 0 under a fused
+    /// plan, which reduces each channel in one workgroup and writes no partial.
+    pub fn partials_bytes(&self, partial_bytes: u64) -> u64 {
+        if self.fused_window().is_some() {
+            0
+        } else {
+            self.view.channels as u64 * self.chunks_total as u64 * partial_bytes
+        }
+    }
+
     /// Work items of all reduction dispatches together.
     pub fn reduction_items(&self) -> usize {
         self.windows
@@ -388,6 +454,8 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::layout::Layout;
+
+    const TRAINING: Operation = Operation::TrainingForward;
 
     const WEBGPU_DEFAULT: PlanLimits = PlanLimits {
         max_binding_bytes: 128 << 20,
@@ -439,7 +507,12 @@ mod tests {
 
     #[test]
     fn small_tensor_is_one_window() {
-        let p = plan(view(&[8, 3, 5, 5], Layout::ChannelsFirst), WEBGPU_DEFAULT).unwrap();
+        let p = plan(
+            view(&[8, 3, 5, 5], Layout::ChannelsFirst),
+            WEBGPU_DEFAULT,
+            TRAINING,
+        )
+        .unwrap();
         assert_eq!(p.windows.len(), 1);
         assert_eq!(p.kind, ReductionKind::Contiguous);
         assert_eq!(p.windows[0].binding_size, 8 * 3 * 25 * 4);
@@ -456,7 +529,7 @@ mod tests {
             (vec![4, 16, 16, 64], Layout::ChannelsLast),
         ];
         for (shape, layout) in fused {
-            let p = plan(view(&shape, layout), WEBGPU_DEFAULT).unwrap();
+            let p = plan(view(&shape, layout), WEBGPU_DEFAULT, TRAINING).unwrap();
             assert!(p.fused_window().is_some(), "{shape:?}");
         }
         let split = [
@@ -468,7 +541,7 @@ mod tests {
             (vec![1, 40, 1 << 20], Layout::ChannelsFirst),
         ];
         for (shape, layout) in split {
-            let p = plan(view(&shape, layout), WEBGPU_DEFAULT).unwrap();
+            let p = plan(view(&shape, layout), WEBGPU_DEFAULT, TRAINING).unwrap();
             assert!(p.fused_window().is_none(), "{shape:?}");
         }
     }
@@ -482,7 +555,9 @@ mod tests {
         ];
         for (shape, layout) in yes {
             assert!(
-                plan(view(&shape, layout), WEBGPU_DEFAULT).unwrap().vec4,
+                plan(view(&shape, layout), WEBGPU_DEFAULT, TRAINING)
+                    .unwrap()
+                    .vec4,
                 "{shape:?}"
             );
         }
@@ -493,7 +568,9 @@ mod tests {
         ];
         for (shape, layout) in no {
             assert!(
-                !plan(view(&shape, layout), WEBGPU_DEFAULT).unwrap().vec4,
+                !plan(view(&shape, layout), WEBGPU_DEFAULT, TRAINING)
+                    .unwrap()
+                    .vec4,
                 "{shape:?}"
             );
         }
@@ -504,6 +581,7 @@ mod tests {
         let p = plan(
             view(&[64, 8, 112, 112], Layout::ChannelsFirst),
             WEBGPU_DEFAULT,
+            TRAINING,
         )
         .unwrap();
         assert!(p.chunks_total > PER_THREAD_FINALIZE_MAX_PARTIALS);
@@ -512,10 +590,20 @@ mod tests {
 
     #[test]
     fn channels_last_and_rank_two_use_the_strided_kernel() {
-        let nhwc = plan(view(&[2, 4, 4, 70], Layout::ChannelsLast), WEBGPU_DEFAULT).unwrap();
+        let nhwc = plan(
+            view(&[2, 4, 4, 70], Layout::ChannelsLast),
+            WEBGPU_DEFAULT,
+            TRAINING,
+        )
+        .unwrap();
         assert_eq!(nhwc.kind, ReductionKind::Strided);
         assert_eq!(nhwc.windows[0].reduction_items(nhwc.kind), 3);
-        let nc = plan(view(&[2100, 7], Layout::ChannelsFirst), WEBGPU_DEFAULT).unwrap();
+        let nc = plan(
+            view(&[2100, 7], Layout::ChannelsFirst),
+            WEBGPU_DEFAULT,
+            TRAINING,
+        )
+        .unwrap();
         assert_eq!(nc.kind, ReductionKind::Strided);
         // Not fused, and far from MIN_GPU_REDUCTION_ITEMS: chunks shrink to the floor.
         assert_eq!(nc.chunks_total, 2100usize.div_ceil(MIN_STRIDED_CHUNK_ROWS));
@@ -527,6 +615,7 @@ mod tests {
         let nhwc = plan(
             view(&[64, 7, 7, 2048], Layout::ChannelsLast),
             WEBGPU_DEFAULT,
+            TRAINING,
         )
         .unwrap();
         assert_eq!(nhwc.chunk_len, 128);
@@ -535,6 +624,7 @@ mod tests {
         let big = plan(
             view(&[64, 64, 112, 112], Layout::ChannelsFirst),
             WEBGPU_DEFAULT,
+            TRAINING,
         )
         .unwrap();
         assert_eq!(big.chunk_len, CONTIGUOUS_CHUNK);
@@ -542,15 +632,22 @@ mod tests {
         let fused = plan(
             view(&[64, 1024, 14, 14], Layout::ChannelsFirst),
             WEBGPU_DEFAULT,
+            TRAINING,
         )
         .unwrap();
         assert!(fused.fused_window().is_some());
         // Never below eight values per thread.
-        let tiny = plan(view(&[32, 8, 8, 64], Layout::ChannelsLast), WEBGPU_DEFAULT).unwrap();
+        let tiny = plan(
+            view(&[32, 8, 8, 64], Layout::ChannelsLast),
+            WEBGPU_DEFAULT,
+            TRAINING,
+        )
+        .unwrap();
         assert_eq!(tiny.chunk_len, MIN_STRIDED_CHUNK_ROWS);
         let nchw = plan(
             view(&[2, 2, 300, 300], Layout::ChannelsFirst),
             WEBGPU_DEFAULT,
+            TRAINING,
         )
         .unwrap();
         assert_eq!(nchw.chunk_len, MIN_CONTIGUOUS_CHUNK);
@@ -564,7 +661,7 @@ mod tests {
             (vec![9, 5, 7], Layout::ChannelsLast),
             (vec![100, 3], Layout::ChannelsFirst),
         ] {
-            let p = plan(view(&shape, layout), limits).unwrap();
+            let p = plan(view(&shape, layout), limits, TRAINING).unwrap();
             assert!(p.windows.len() > 1, "{shape:?} should need several windows");
             assert_covers(&p, limits);
         }
@@ -573,7 +670,7 @@ mod tests {
     #[test]
     fn a_row_larger_than_a_binding_is_split_by_channel() {
         let limits = binding_limits(1024);
-        let p = plan(view(&[3, 10, 50], Layout::ChannelsFirst), limits).unwrap();
+        let p = plan(view(&[3, 10, 50], Layout::ChannelsFirst), limits, TRAINING).unwrap();
         assert!(p.windows.iter().all(|w| w.o_count == 1 && w.c_count < 10));
         assert_covers(&p, limits);
         // Each outer row adds one chunk per channel.
@@ -583,14 +680,29 @@ mod tests {
     #[test]
     fn a_run_larger_than_a_binding_is_refused() {
         let limits = binding_limits(1024);
-        let err = plan(view(&[1, 2, 1000], Layout::ChannelsFirst), limits).unwrap_err();
-        assert!(matches!(err, BatchNormError::RunTooLarge { .. }));
+        let err = plan(view(&[1, 2, 1000], Layout::ChannelsFirst), limits, TRAINING).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BatchNormError::RunTooLarge {
+                    bytes: 4000,
+                    max: 768
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("3232 bytes more"), "{err}");
     }
 
     #[test]
     fn chunk_slots_are_distinct_and_in_range() {
         let limits = binding_limits(64 << 10);
-        let p = plan(view(&[40, 3, 30, 30], Layout::ChannelsFirst), limits).unwrap();
+        let p = plan(
+            view(&[40, 3, 30, 30], Layout::ChannelsFirst),
+            limits,
+            TRAINING,
+        )
+        .unwrap();
         let mut next = 0;
         for w in &p.windows {
             assert_eq!(w.chunk_base, next);
@@ -603,17 +715,76 @@ mod tests {
     fn chunks_grow_until_the_partials_fit_in_a_binding() {
         let limits = binding_limits(96 << 10);
         // 342 windows of 1536 rows: two chunks each overflow the binding, one fits.
-        let p = plan(view(&[1 << 19, 16], Layout::ChannelsLast), limits).unwrap();
+        let p = plan(view(&[1 << 19, 16], Layout::ChannelsLast), limits, TRAINING).unwrap();
         assert!(p.chunk_len > STRIDED_CHUNK_ROWS);
-        assert!(16 * p.chunks_total as u64 * MAX_PARTIAL_BYTES <= limits.max_binding_bytes);
+        assert!(16 * p.chunks_total as u64 * STATISTICS_PARTIAL_BYTES <= limits.max_binding_bytes);
         assert_covers(&p, limits);
     }
 
     #[test]
-    fn partials_that_cannot_fit_are_refused() {
+    fn partials_are_sized_per_operation() {
+        // 54 windows of 138 rows, one chunk each: 118 x 54 partials.
+        let limits = binding_limits(64 << 10);
+        let nlc = view(&[1241, 6, 118], Layout::ChannelsLast);
+        let err = plan(nlc, limits, TRAINING).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BatchNormError::PartialsTooLarge {
+                    operation: "training forward",
+                    channels: 118,
+                    chunks: 54,
+                    partial_bytes: 16,
+                    bytes: 101_952,
+                    max: 65_536,
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("101952") && message.contains("36416"),
+            "{message}"
+        );
+        // Eight-byte partials fit; inference has none.
+        let backward = plan(nlc, limits, Operation::Backward).unwrap();
+        assert_eq!(backward.partials_bytes(GRADIENT_PARTIAL_BYTES), 50_976);
+        plan(nlc, limits, Operation::InferenceForward).unwrap();
+    }
+
+    #[test]
+    fn fused_plans_need_no_partials() {
+        // x is 67 MB, a per-channel pair 67 MB; 16-byte partials would be 134 MB.
+        let limits = binding_limits(128 << 20);
+        let wide = view(&[2, 8_389_632], Layout::ChannelsFirst);
+        for operation in [TRAINING, Operation::InferenceForward, Operation::Backward] {
+            let p = plan(wide, limits, operation).unwrap();
+            assert!(p.fused_window().is_some(), "{operation:?}");
+            assert_eq!(p.partials_bytes(STATISTICS_PARTIAL_BYTES), 0);
+        }
+    }
+
+    #[test]
+    fn per_channel_vectors_over_a_binding_are_refused() {
         let limits = binding_limits(1024);
-        let err = plan(view(&[40, 3, 1100], Layout::ChannelsLast), limits).unwrap_err();
-        assert!(matches!(err, BatchNormError::Unsupported(_)));
+        let err = plan(
+            view(&[2, 129], Layout::ChannelsFirst),
+            limits,
+            Operation::InferenceForward,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BatchNormError::ChannelVectorsTooLarge {
+                    channels: 129,
+                    bytes: 1032,
+                    max: 1024
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("8 bytes over"), "{err}");
     }
 
     #[test]
@@ -622,7 +793,12 @@ mod tests {
             max_binding_bytes: 1 << 40,
             ..WEBGPU_DEFAULT
         };
-        let p = plan(view(&[6, 4, 1 << 28], Layout::ChannelsFirst), limits).unwrap();
+        let p = plan(
+            view(&[6, 4, 1 << 28], Layout::ChannelsFirst),
+            limits,
+            TRAINING,
+        )
+        .unwrap();
         assert!(p.windows.len() > 1);
         for w in &p.windows {
             assert!(w.binding_size / 4 <= MAX_WINDOW_VALUES);
@@ -653,8 +829,8 @@ mod tests {
         assert_eq!(workgroups_for_elements(1 << 24, 12, cpu) * 256 % 12, 0);
         // Reductions take bigger chunks on the CPU adapter, smaller ones on the GPU.
         let nchw = view(&[32, 64, 56, 56], Layout::ChannelsFirst);
-        let on_cpu = plan(nchw, cpu).unwrap();
-        let on_gpu = plan(nchw, gpu).unwrap();
+        let on_cpu = plan(nchw, cpu, TRAINING).unwrap();
+        let on_gpu = plan(nchw, gpu, TRAINING).unwrap();
         assert!(on_gpu.chunk_len < CONTIGUOUS_CHUNK);
         assert!(on_gpu.reduction_items() >= MIN_GPU_REDUCTION_ITEMS as usize);
         assert!(on_cpu.chunk_len > CONTIGUOUS_CHUNK);
@@ -665,15 +841,17 @@ mod tests {
 
     #[test]
     fn elementwise_strides_are_whole_rows_where_possible() {
-        for (elements, row) in [
-            (64 * 200_704, 200_704),
-            (3 * 1000, 3),
-            (1 << 20, 64),
-            (10, 7),
-        ] {
+        for (elements, row) in [(64 * 200_704, 200_704), (3 * 1000, 3), (1 << 20, 64)] {
             let groups = workgroups_for_elements(elements, row, WEBGPU_DEFAULT) as usize;
             assert_eq!(groups * WORKGROUP_SIZE % row, 0, "{elements} {row}");
             assert!(groups <= 65535);
+        }
+        // A row whose unit exceeds the count wanted falls back to the plain count, on every
+        // device type: 30 vec4 workgroups for 1x3x100x101, not 7575.
+        let cpu = PlanLimits::new(&wgpu::Limits::default(), wgpu::DeviceType::Cpu);
+        for limits in [cpu, WEBGPU_DEFAULT] {
+            assert_eq!(workgroups_for_elements(30_300 / 4, 7575, limits), 30);
+            assert_eq!(workgroups_for_elements(10, 7, limits), 1);
         }
         // A row whose unit exceeds the cap falls back to the plain count.
         let prime_row = 1_000_003;

@@ -348,16 +348,12 @@ fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Ve
     ctx.device()
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
-    receiver
-        .recv()
-        .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?
-        .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
-    let data = {
-        let mapped = staging
-            .slice(..)
-            .get_mapped_range()
-            .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
-        bytemuck::cast_slice::<u8, f32>(&mapped).to_vec()
+    let mapped = receiver.recv().ok().and_then(Result::ok).and_then(|()| {
+        let range = staging.slice(..).get_mapped_range().ok()?;
+        Some(bytemuck::cast_slice::<u8, f32>(&range).to_vec())
+    });
+    let Some(data) = mapped else {
+        return Err(ctx.lost_now("a download could not map its buffer"));
     };
     staging.unmap();
     Ok(data)

@@ -5,8 +5,9 @@
 //! caller passed in (filled with a sentinel beforehand, so a partial write shows). Display
 //! messages are checked for the numbers a person needs to fix the call.
 //!
-//! Also here: the edge cases that are *not* errors (an empty batch, eps = 0, momentum 0 and 1,
-//! inference on one value per channel), checked against closed forms.
+//! Also here: the edge cases that are *not* errors (an empty batch, which PyTorch's module
+//! counts in training, eps = 0, momentum 0 and 1, inference on one value per channel), checked
+//! against closed forms.
 
 mod common;
 
@@ -912,10 +913,12 @@ fn tensors_of_two_contexts_cannot_be_mixed() {
     assert_untouched("dx", &dx);
 }
 
-/// N = 0 (and other empty extents): an empty output, no state change, and an empty dx; the
-/// parameter gradients are sums over nothing, so 0.
+/// N = 0 (and other empty extents): an empty output and an empty dx; the parameter gradients
+/// are sums over nothing, so 0. The running stats and parameters stay as they are; in
+/// training the batch still counts in `num_batches_tracked`, as PyTorch's module counts every
+/// training call (inference does not count).
 #[test]
-fn empty_batch_gives_empty_outputs_and_changes_nothing() {
+fn empty_batch_gives_empty_outputs_and_counts_only_in_training() {
     let cases: [(&[usize], Layout); 5] = [
         (&[0, 3, 4, 4], FIRST),
         (&[0, 4, 4, 3], LAST),
@@ -929,11 +932,11 @@ fn empty_batch_gives_empty_outputs_and_changes_nothing() {
                 momentum,
                 ..BatchNormConfig::default()
             });
-            let before = state(&layer);
             let x = Tensor::from_slice(&context(), &[], shape, layout).expect("empty upload");
             assert!(x.is_empty());
             for training in [true, false] {
                 layer.set_training(training);
+                let before = state(&layer);
                 let out = layer.forward(&x).expect("empty forward");
                 assert_eq!(out.y.shape(), shape);
                 assert_eq!(out.y.layout(), layout);
@@ -945,11 +948,26 @@ fn empty_batch_gives_empty_outputs_and_changes_nothing() {
                 assert!(grads.dx.to_vec().unwrap().is_empty());
                 let (dgamma, dbeta) = grads.params.expect("affine").read().unwrap();
                 assert_eq!((dgamma, dbeta), (vec![0.0; 3], vec![0.0; 3]));
-                layer.set_training(true);
-                assert_eq!(state(&layer), before, "{shape:?} {layout:?} {momentum:?}");
+                let want = LayerState {
+                    num_batches_tracked: before.num_batches_tracked + u64::from(training),
+                    ..before
+                };
+                assert_eq!(
+                    state(&layer),
+                    want,
+                    "{shape:?} {layout:?} {momentum:?} training {training}"
+                );
             }
         }
     }
+    // Without running stats nothing counts.
+    let mut untracked = trained_layer(BatchNormConfig {
+        track_running_stats: false,
+        ..BatchNormConfig::default()
+    });
+    let empty = Tensor::from_slice(&context(), &[], &[0, 3], FIRST).unwrap();
+    untracked.forward(&empty).expect("empty forward");
+    assert_eq!(untracked.num_batches_tracked(), 0);
     // Functional, with running stats that must stay as they are.
     let ctx = context();
     let running = ChannelPair::new(&ctx, &[0.5; 3], &[2.0; 3]).unwrap();
@@ -973,4 +991,40 @@ fn empty_batch_gives_empty_outputs_and_changes_nothing() {
     let out = none.forward(&x).expect("zero channels forward");
     assert!(out.y.is_empty());
     assert_eq!(none.running_statistics().unwrap(), (vec![], vec![]));
+}
+
+/// PyTorch's module with momentum None after [[1], [3]], an empty [0, 1] and [[5], [7]]: the
+/// empty batch counts, so the third batch weighs 1/3, not 1/2: running mean
+/// 2/3 * 2 + 1/3 * 6 = 10/3 (not 4), running variance 2 (each batch's unbiased variance is 2).
+#[test]
+fn an_empty_training_batch_weighs_later_batches_as_pytorch_does() {
+    let ctx = context();
+    let config = BatchNormConfig {
+        momentum: None,
+        affine: false,
+        ..BatchNormConfig::default()
+    };
+    let mut layer = BatchNorm::with_config(&ctx, 1, config).unwrap();
+    for batch in [&[1.0f32, 3.0][..], &[], &[5.0, 7.0]] {
+        let x = Tensor::from_slice(&ctx, batch, &[batch.len(), 1], FIRST).unwrap();
+        layer.forward(&x).expect("training step");
+    }
+    assert_eq!(layer.num_batches_tracked(), 3);
+    let (mean, var) = layer.running_statistics().unwrap();
+    // A handful of float32 roundings of values below 4.
+    let u = 2f64.powi(-24);
+    assert_close("running_mean", &mean, &[10.0 / 3.0], 16.0 * u, 0.0);
+    assert_close("running_var", &var, &[2.0], 16.0 * u, 0.0);
+    // A refused call after it (a mapped buffer in the submission) does not count.
+    let mapped = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("a caller's buffer, still mapped"),
+        size: 8,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: true,
+    });
+    let x = Tensor::from_buffer(&ctx, mapped, &[2, 1], FIRST).unwrap();
+    refused("mapped input", layer.forward(&x));
+    assert_eq!(layer.num_batches_tracked(), 3);
 }

@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{check_round_trip, context, normal_data};
+use common::{check_inference_round_trip, check_round_trip, context, normal_data};
 use wgpu_batchnorm::functional::{record_batch_norm, record_batch_norm_backward, ForwardArgs};
 use wgpu_batchnorm::gpu::list_adapters;
-use wgpu_batchnorm::plan::{plan, FinalizeKind};
+use wgpu_batchnorm::plan::{plan, FinalizeKind, Operation};
 use wgpu_batchnorm::{
     reference, AdapterOptions, AdapterSummary, BatchNorm, ChannelPair, GpuContext, Layout, Tensor,
 };
@@ -77,7 +77,7 @@ fn fused_kernels_loop_over_more_channels_than_workgroups() {
     ];
     for (k, (shape, layout)) in cases.into_iter().enumerate() {
         let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
-        let plan = plan(view, ctx.plan_limits()).unwrap();
+        let plan = plan(view, ctx.plan_limits(), Operation::TrainingForward).unwrap();
         assert!(plan.fused_window().is_some(), "{shape:?} should be fused");
         check_round_trip(&ctx, shape, layout, 200 + k as u64);
     }
@@ -275,6 +275,77 @@ fn a_device_below_the_kernels_needs_is_refused() {
             actual: 4
         }
     ));
+    // Workgroup memory: the fused channels-last forward declares 4352 bytes (the naga unit test
+    // in src/kernels/mod.rs measures every entry point).
+    let (adapter, device, queue) =
+        caller_device("little workgroup memory", |limits| wgpu::Limits {
+            max_compute_workgroup_storage_size: 4096,
+            ..wgpu::Limits::default().using_resolution(limits)
+        });
+    let error = GpuContext::from_device(device, queue, adapter.get_info().into())
+        .expect_err("4096 bytes of workgroup memory are too few");
+    assert!(
+        matches!(
+            error,
+            wgpu_batchnorm::BatchNormError::InsufficientLimit {
+                limit: "max_compute_workgroup_storage_size",
+                required: 4352,
+                actual: 4096
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+/// A caller's device keeps its own device-lost callback (wgpu keeps one per device), and after
+/// the device is destroyed every call of a context on it, and of a second context on the same
+/// device, returns `DeviceLost` instead of a panic or a wrong answer. A device the crate made
+/// reports the loss through the crate's own callback.
+#[test]
+fn a_lost_device_is_reported_and_the_callers_callback_still_fires() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use wgpu_batchnorm::BatchNormError;
+
+    let (adapter, device, queue) = caller_device("a device that will be destroyed", |limits| {
+        wgpu::Limits::default().using_resolution(limits)
+    });
+    let fired = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&fired);
+    device.set_device_lost_callback(move |_reason, _message| flag.store(true, Ordering::SeqCst));
+    let first =
+        GpuContext::from_device(device.clone(), queue.clone(), adapter.get_info().into()).unwrap();
+    let second = GpuContext::from_device(device.clone(), queue, adapter.get_info().into()).unwrap();
+    let shape = [4usize, 3, 5];
+    let data = normal_data(60, 50, 0.0, 1.0);
+    let x = Tensor::from_slice(&first, &data, &shape, Layout::ChannelsFirst).unwrap();
+    let x_second = Tensor::from_slice(&second, &data, &shape, Layout::ChannelsFirst).unwrap();
+    let mut layer = BatchNorm::new(&first, 3).unwrap();
+    let before = layer.forward(&x).expect("forward before the loss");
+
+    device.destroy();
+    device.poll(wgpu::PollType::Poll).unwrap();
+    assert!(
+        fired.load(Ordering::SeqCst),
+        "the caller's callback did not fire"
+    );
+
+    let is_lost = |what: &str, result: Result<(), BatchNormError>| match result {
+        Err(BatchNormError::DeviceLost(_)) => {}
+        other => panic!("{what} after the loss: {other:?}"),
+    };
+    is_lost("forward", layer.forward(&x).map(|_| ()));
+    is_lost("download", before.y.to_vec().map(|_| ()));
+    is_lost(
+        "upload",
+        Tensor::from_slice(&first, &data, &shape, Layout::ChannelsFirst).map(|_| ()),
+    );
+    is_lost("second context's download", x_second.to_vec().map(|_| ()));
+
+    let own = GpuContext::new().unwrap();
+    let x = Tensor::from_slice(&own, &data, &shape, Layout::ChannelsFirst).unwrap();
+    own.device().destroy();
+    is_lost("the crate's own device", x.to_vec().map(|_| ()));
 }
 
 /// The plans a discrete GPU gets (chunks sized for at least 1024 reduction workgroups, fused
@@ -304,7 +375,7 @@ fn gpu_style_plans_on_this_adapter() {
     ];
     let plan_of = |shape: &[usize], layout| {
         let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
-        plan(view, ctx.plan_limits()).unwrap()
+        plan(view, ctx.plan_limits(), Operation::TrainingForward).unwrap()
     };
     assert_eq!(
         plan_of(cases[0].0, cases[0].1).finalize,
@@ -347,4 +418,53 @@ fn wgpu_validation_errors_become_typed_errors() {
         layer.running_statistics().unwrap(),
         (vec![0.0; 3], vec![1.0; 3])
     );
+}
+
+/// Only operations that allocate reduction partials are refused for them, with a message that
+/// says what does not fit and by how much.
+#[test]
+fn partials_are_checked_only_where_an_operation_needs_them() {
+    // 64 KiB bindings: [1241, 6, 118] channels-last is 54 windows of 138 rows, one chunk each,
+    // so each of the 118 channels has 54 partials: 101,952 bytes of 16-byte statistics
+    // partials (refused), 50,976 bytes of 8-byte gradient partials (they fit), none in
+    // inference.
+    let ctx = limited_context(64 << 10, 65535);
+    let shape = [1241usize, 6, 118];
+    let x = Tensor::from_slice(
+        &ctx,
+        &normal_data(shape.iter().product(), 40, 0.0, 1.0),
+        &shape,
+        Layout::ChannelsLast,
+    )
+    .unwrap();
+    let mut layer = BatchNorm::new(&ctx, 118).unwrap();
+    let error = layer
+        .forward(&x)
+        .expect_err("training partials over the binding");
+    assert!(
+        matches!(
+            error,
+            wgpu_batchnorm::BatchNormError::PartialsTooLarge {
+                operation: "training forward",
+                bytes: 101_952,
+                max: 65_536,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    for needle in ["training forward", "101952", "36416 bytes over"] {
+        assert!(message.contains(needle), "{needle:?} in {message}");
+    }
+    assert_eq!(layer.num_batches_tracked(), 0);
+    // Inference, and the backward through its running statistics (a reduction of 8-byte
+    // partials for dgamma and dbeta).
+    check_inference_round_trip(&ctx, &shape, Layout::ChannelsLast, 41);
+
+    // 1 MiB bindings: [2, 100_000] is 800 kB, its per-channel pairs 800 kB each, and its plan
+    // fused (one chunk per channel): no partials at all, where 16-byte ones would take 1.6 MB.
+    // (The same as [2, 8_389_632] under 128 MiB bindings, 84 times cheaper to check.)
+    let ctx = limited_context(1 << 20, 65535);
+    check_round_trip(&ctx, &[2, 100_000], Layout::ChannelsFirst, 42);
 }

@@ -12,8 +12,11 @@ use wgpu_batchnorm::{
     ChannelPair, ForwardArgs, GpuContext, Layout, PassTimestamps, Result, SavedStats, Tensor,
 };
 
-/// The shapes `../shared/anchors/` measured PyTorch on (logical order, `[N, C, ...]`).
-pub const FULL_SHAPES: [&[usize]; 7] = [
+/// The full suite's shapes (logical order, `[N, C, ...]`): ResNet's batch norms at batch 64,
+/// two 2-D ones, a tiny one, and 1x3x100x101, whose rows (3 x 10100 values) are too long for
+/// the elementwise grid to stride whole rows (`plan::workgroups_for_elements`).
+/// `scripts/torch_bench.py` lists the same shapes.
+pub const FULL_SHAPES: [&[usize]; 8] = [
     &[64, 64, 112, 112],
     &[64, 256, 56, 56],
     &[64, 1024, 14, 14],
@@ -21,6 +24,7 @@ pub const FULL_SHAPES: [&[usize]; 7] = [
     &[8192, 4096],
     &[256, 1024],
     &[32, 64, 8, 8],
+    &[1, 3, 100, 101],
 ];
 
 /// The `--quick` shapes: small enough for the software adapter in CI, and still one of each kind

@@ -6,10 +6,8 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::plan::{
     workgroups_for_elements, workgroups_for_items, FinalizeKind, Plan, ReductionKind,
+    GRADIENT_PARTIAL_BYTES,
 };
-
-/// Bytes of one (sum dy, sum dy * (x - mean)) partial.
-const PARTIAL_BYTES: u64 = 8;
 
 /// The buffers of one backward call.
 pub(crate) struct BackwardBuffers<'a> {
@@ -68,7 +66,7 @@ pub(crate) fn backward(
         )?]);
     }
     let channels = plan.view.channels;
-    let partials_bytes = channels as u64 * plan.chunks_total as u64 * PARTIAL_BYTES;
+    let partials_bytes = plan.partials_bytes(GRADIENT_PARTIAL_BYTES);
     let partials = ctx.scratch("backward partials", partials_bytes)?;
     let entry = match plan.kind {
         ReductionKind::Contiguous => "grad_partials_contiguous",

@@ -9,11 +9,9 @@ pub(crate) mod statistics;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use wgpu::util::DeviceExt;
-
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::plan::{Plan, Window};
+use crate::plan::{Plan, Window, STATISTICS_PARTIAL_BYTES, STRIDED_BAND, WORKGROUP_SIZE};
 
 /// The shader every program starts with (the uniform block and index helpers).
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
@@ -27,6 +25,12 @@ const DX_FACTORS_WGSL: &str = include_str!("../../shaders/dx_factors.wgsl");
 
 /// The benchmark's roofline kernel: read one vec4, write one vec4 (`shaders/stream.wgsl`).
 pub const STREAM_WGSL: &str = include_str!("../../shaders/stream.wgsl");
+
+/// Workgroup memory the kernels need: the most any entry point declares, which is the fused
+/// channels-last training forward's (a statistics partial per thread, and a (mean, invstd)
+/// pair per channel of its band). A unit test measures every entry point's with naga.
+pub const WORKGROUP_STORAGE_BYTES: u64 =
+    WORKGROUP_SIZE as u64 * STATISTICS_PARTIAL_BYTES + STRIDED_BAND as u64 * 8;
 
 /// A WGSL program: one shader module with several entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -260,13 +264,15 @@ impl Dispatch {
         workgroups: u32,
     ) -> Result<Self> {
         let pipeline = ctx.pipelines().get(ctx, program, entry, overrides)?;
-        let uniform = ctx
-            .device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("wgpu-batchnorm params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        // Not `create_buffer_init`: it panics when the device has been lost.
+        let uniform = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-batchnorm params"),
+            size: std::mem::size_of::<Params>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue()
+            .write_buffer(&uniform, 0, bytemuck::bytes_of(&params));
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),
@@ -350,6 +356,50 @@ mod tests {
             .validate(&module)
             .unwrap_or_else(|error| panic!("{}", error.emit_to_string(&source)));
         }
+    }
+
+    /// Bytes of workgroup memory each entry point of `source` uses, by name.
+    fn workgroup_bytes_per_entry_point(source: &str) -> Vec<(String, u64)> {
+        let module = parse(source);
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&module)
+        .expect("valid WGSL");
+        module
+            .entry_points
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                let uses = info.get_entry_point(index);
+                let bytes = module
+                    .global_variables
+                    .iter()
+                    .filter(|(handle, var)| {
+                        var.space == naga::AddressSpace::WorkGroup && !uses[*handle].is_empty()
+                    })
+                    .map(|(_, var)| u64::from(module.types[var.ty].inner.size(module.to_ctx())))
+                    .sum();
+                (entry.name.clone(), bytes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_workgroup_storage_requirement_is_what_the_shaders_declare() {
+        let per_entry: Vec<(String, u64)> = Program::ALL
+            .into_iter()
+            .flat_map(|program| workgroup_bytes_per_entry_point(&program.source()))
+            .collect();
+        let (largest, bytes) = per_entry
+            .iter()
+            .max_by_key(|(_, bytes)| *bytes)
+            .expect("entry points");
+        assert_eq!(
+            *bytes, WORKGROUP_STORAGE_BYTES,
+            "{largest} uses the most workgroup memory; every entry point: {per_entry:?}"
+        );
     }
 
     #[test]

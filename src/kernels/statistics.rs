@@ -4,10 +4,9 @@
 use super::{Dispatch, Params, Program, Slot};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::plan::{workgroups_for_items, FinalizeKind, Plan, ReductionKind, Window};
-
-/// Bytes of one (count, shift, mean - shift, M2) partial.
-const PARTIAL_BYTES: u64 = 16;
+use crate::plan::{
+    workgroups_for_items, FinalizeKind, Plan, ReductionKind, Window, STATISTICS_PARTIAL_BYTES,
+};
 
 /// How a batch's statistics update the running stats.
 pub(crate) struct RunningUpdate<'a> {
@@ -28,7 +27,7 @@ pub(crate) fn batch_statistics(
 ) -> Result<Vec<Dispatch>> {
     let limits = ctx.plan_limits();
     let channels = plan.view.channels as u64;
-    let partials_bytes = channels * plan.chunks_total as u64 * PARTIAL_BYTES;
+    let partials_bytes = plan.partials_bytes(STATISTICS_PARTIAL_BYTES);
     let partials = ctx.scratch("batch-statistics partials", partials_bytes)?;
     let entry = match plan.kind {
         ReductionKind::Contiguous => "partials_contiguous",

@@ -75,33 +75,50 @@ pub fn poisoned_on(ctx: &GpuContext, shape: &[usize], layout: Layout) -> Tensor 
     tensor
 }
 
-/// Checks dgamma and dbeta against the reference: each within its relative tolerance
-/// (`dgamma_rel[c]` for dgamma, 1e-5 for dbeta) of the sum of its terms' absolute values, plus
-/// 1e-6.
+/// Checks dgamma and dbeta against the reference, channel c within `dgamma_tol[c]` and
+/// `dbeta_tol[c]`.
 pub fn assert_parameter_gradients(
     what: &str,
     got: &wgpu_batchnorm::ChannelPair,
     want: &wgpu_batchnorm::reference::Gradients,
-    dgamma_rel: &[f64],
-    sum_abs_dy_xhat: &[f64],
-    sum_abs_dy: &[f64],
+    dgamma_tol: &[f64],
+    dbeta_tol: &[f64],
 ) {
     let (dgamma, dbeta) = got.read().unwrap();
     for c in 0..dgamma.len() {
         assert!(
-            (f64::from(dgamma[c]) - want.dgamma[c]).abs()
-                <= dgamma_rel[c] * sum_abs_dy_xhat[c] + 1e-6,
-            "{what}: dgamma[{c}] = {}, want {}",
+            (f64::from(dgamma[c]) - want.dgamma[c]).abs() <= dgamma_tol[c],
+            "{what}: dgamma[{c}] = {}, want {} (tolerance {:e})",
             dgamma[c],
-            want.dgamma[c]
+            want.dgamma[c],
+            dgamma_tol[c]
         );
         assert!(
-            (f64::from(dbeta[c]) - want.dbeta[c]).abs() <= 1e-5 * sum_abs_dy[c] + 1e-6,
-            "{what}: dbeta[{c}] = {}, want {}",
+            (f64::from(dbeta[c]) - want.dbeta[c]).abs() <= dbeta_tol[c],
+            "{what}: dbeta[{c}] = {}, want {} (tolerance {:e})",
             dbeta[c],
-            want.dbeta[c]
+            want.dbeta[c],
+            dbeta_tol[c]
         );
     }
+}
+
+/// Tolerances of dgamma = sum(dy x_hat) and dbeta = sum(dy) for channel sums of |dy x_hat| and
+/// |dy|: 1e-5 of the summed magnitudes (float32 rounding in a reduction of our depth stays far
+/// below that), plus, for dgamma, the error of x_hat that the float32 mean carries,
+/// `x_hat_err[c]` (about 8 |mean| invstd 2^-24), on every term: it does not shrink with
+/// x_hat, and matters where the variance is far below eps (x_hat near 0, invstd near
+/// eps^-1/2).
+pub fn parameter_gradient_tolerances(
+    sum_abs_dy_xhat: &[f64],
+    sum_abs_dy: &[f64],
+    x_hat_err: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
+    let dgamma = (0..sum_abs_dy.len())
+        .map(|c| 1e-5 * sum_abs_dy_xhat[c] + x_hat_err[c] * sum_abs_dy[c] + 1e-6)
+        .collect();
+    let dbeta = sum_abs_dy.iter().map(|s| 1e-5 * s + 1e-6).collect();
+    (dgamma, dbeta)
 }
 
 /// Asserts |got - want| <= atol + rtol * |want| everywhere (NaN never passes unless both are).
@@ -145,7 +162,12 @@ pub const FUSED_SHAPES: [(&[usize], Layout); 4] = [
 /// Panics unless the test context plans `shape` fused.
 pub fn assert_fused(shape: &[usize], layout: Layout) {
     let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
-    let plan = wgpu_batchnorm::plan::plan(view, context().plan_limits()).unwrap();
+    let plan = wgpu_batchnorm::plan::plan(
+        view,
+        context().plan_limits(),
+        wgpu_batchnorm::plan::Operation::TrainingForward,
+    )
+    .unwrap();
     assert!(plan.fused_window().is_some(), "{shape:?} should be fused");
 }
 
@@ -379,14 +401,15 @@ pub fn check_round_trip(ctx: &GpuContext, shape: &[usize], layout: Layout, seed:
             got_dx[i]
         );
     }
-    let dgamma_rel: Vec<f64> = ratio.iter().map(|r| 1e-5 + 8.0 * r * F32_EPS).collect();
+    let x_hat_err: Vec<f64> = ratio.iter().map(|r| 8.0 * r * F32_EPS).collect();
+    let (dgamma_tol, dbeta_tol) =
+        parameter_gradient_tolerances(&sum_abs_dy_xhat, &sum_abs_dy, &x_hat_err);
     assert_parameter_gradients(
         &format!("{shape:?} {layout:?}"),
         &params,
         &grads,
-        &dgamma_rel,
-        &sum_abs_dy_xhat,
-        &sum_abs_dy,
+        &dgamma_tol,
+        &dbeta_tol,
     );
     check_inference_round_trip(ctx, shape, layout, seed);
 }
@@ -483,12 +506,14 @@ pub fn check_inference_round_trip(ctx: &GpuContext, shape: &[usize], layout: Lay
             got_dx[i]
         );
     }
+    // The running mean is exact here: x_hat carries only relative rounding.
+    let (dgamma_tol, dbeta_tol) =
+        parameter_gradient_tolerances(&sum_abs_dy_xhat, &sum_abs_dy, &vec![0.0; channels]);
     assert_parameter_gradients(
         &format!("{shape:?} {layout:?} through running stats"),
         &params,
         &grads,
-        &vec![1e-5; channels],
-        &sum_abs_dy_xhat,
-        &sum_abs_dy,
+        &dgamma_tol,
+        &dbeta_tol,
     );
 }
