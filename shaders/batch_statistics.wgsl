@@ -2,8 +2,8 @@
 // 1. `partials_contiguous` / `partials_strided`: each workgroup reduces one chunk of one channel
 //    (or, strided, of a band of 32 channels) to a partial (count, shift, mean - shift, M2). Every
 //    thread loads its values eight at a time (see `Eight` in common.wgsl), takes their mean and
-//    M2 about the chunk's first value (the shift) in registers and merges them into its partial
-//    with Chan's formula; the workgroup merges its threads the same way in a fixed tree order.
+//    M2 about the first of them (the shift) in registers and merges them into its partial with
+//    Chan's formula; the workgroup merges its threads the same way in a fixed tree order.
 // 2. `finalize_statistics` (one workgroup per channel) or `finalize_statistics_per_thread` (one
 //    thread per channel, when channels have few partials) merges each channel's partials in a
 //    fixed order, writes mean and invstd, and updates the running stats.
@@ -33,7 +33,10 @@ override HAS_RUNNING: bool = false;
 
 var<workgroup> shared_partials: array<Partial, WORKGROUP>;
 
-// Chan's formula; the result keeps a's shift.
+// Chan's formula. The merged mean is kept relative to whichever of the two shifts it lies
+// closer to: later merges then round a quantity of the size of the spread, whatever value a
+// shift came from (a value far from the mean, such as an outlier that happens to come first,
+// would otherwise have every later merge round at its distance from the mean).
 fn merge(a: Partial, b: Partial) -> Partial {
     if (a.n == 0.0) {
         return b;
@@ -44,10 +47,13 @@ fn merge(a: Partial, b: Partial) -> Partial {
     let n = a.n + b.n;
     let delta = (b.shift - a.shift) + (b.mean - a.mean);
     let weight_b = b.n / n;
+    let about_a = a.mean + delta * weight_b;
+    let about_b = b.mean - delta * (1.0 - weight_b);
+    let closer_to_b = abs(about_b) < abs(about_a);
     return Partial(
         n,
-        a.shift,
-        a.mean + delta * weight_b,
+        select(a.shift, b.shift, closer_to_b),
+        select(about_a, about_b, closer_to_b),
         a.m2 + b.m2 + delta * delta * a.n * weight_b,
     );
 }
@@ -64,8 +70,9 @@ fn load_eight(at: Eight) -> Values8 {
     );
 }
 
-// The partial of eight values with the given shift: their mean and M2 in registers.
-fn eight_partial(v: Values8, shift: f32) -> Partial {
+// The partial of eight values, shifted by the first: their mean and M2 in registers.
+fn eight_partial(v: Values8) -> Partial {
+    let shift = v.lo.x;
     let lo = v.lo - shift;
     let hi = v.hi - shift;
     let mean = dot(lo + hi, vec4<f32>(0.125));
@@ -98,15 +105,15 @@ fn reduce_workgroup(lid: u32) {
 
 // One thread's partial of the window channel c_rel's values [start, end) (contiguous kernels).
 fn thread_partial_contiguous(c_rel: u32, start: u32, end: u32, lid: u32) -> Partial {
-    var acc = Partial(0.0, x[walk_values(c_rel, start).index], 0.0, 0.0);
+    var acc = Partial(0.0, 0.0, 0.0, 0.0);
     var walk = walk_values(c_rel, start + lid);
     var m = start + lid;
     while (m + 7u * WORKGROUP < end) {
-        acc = merge(acc, eight_partial(load_eight(walk_eight(&walk)), acc.shift));
+        acc = merge(acc, eight_partial(load_eight(walk_eight(&walk))));
         m += 8u * WORKGROUP;
     }
     while (m < end) {
-        acc = merge(acc, Partial(1.0, acc.shift, x[walk.index] - acc.shift, 0.0));
+        acc = merge(acc, Partial(1.0, x[walk.index], 0.0, 0.0));
         walk = walk_next(walk);
         m += WORKGROUP;
     }
@@ -116,17 +123,17 @@ fn thread_partial_contiguous(c_rel: u32, start: u32, end: u32, lid: u32) -> Part
 // One row lane's partial of channel c_rel over rows [start, end) (strided kernels, c_rel in the
 // window).
 fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Partial {
-    var acc = Partial(0.0, x[p.elem_shift + start * p.channels + c_rel], 0.0, 0.0);
+    var acc = Partial(0.0, 0.0, 0.0, 0.0);
     let row_step = ROW_LANES * p.channels;
     var row = start + lane_r;
     var index = p.elem_shift + row * p.channels + c_rel;
     while (row + 7u * ROW_LANES < end) {
-        acc = merge(acc, eight_partial(load_eight(stride_eight(index, row_step)), acc.shift));
+        acc = merge(acc, eight_partial(load_eight(stride_eight(index, row_step))));
         row += 8u * ROW_LANES;
         index += 8u * row_step;
     }
     while (row < end) {
-        acc = merge(acc, Partial(1.0, acc.shift, x[index] - acc.shift, 0.0));
+        acc = merge(acc, Partial(1.0, x[index], 0.0, 0.0));
         row += ROW_LANES;
         index += row_step;
     }
