@@ -13,7 +13,8 @@ use crate::tensor::{ChannelPair, Tensor};
 /// Options of a [`BatchNorm`], with PyTorch's defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormConfig {
-    /// Added to the variance (default 1e-5).
+    /// Added to the variance (default 1e-5); finite and >= 0. Training refuses 0, as PyTorch
+    /// 2.15 does; inference from running stats accepts it.
     pub eps: f64,
     /// Weight of each new batch in the running stats (default `Some(0.1)`); `None` keeps a
     /// cumulative average (momentum = 1 / num_batches_tracked).
@@ -123,7 +124,7 @@ impl BatchNorm {
 
     /// Forward pass; allocates the output.
     pub fn forward(&mut self, x: &Tensor) -> Result<ForwardOutput> {
-        let y = x.zeros_like()?;
+        let y = x.output_like()?;
         let saved = self.forward_into(x, &y)?;
         Ok(ForwardOutput { y, saved })
     }
@@ -179,7 +180,7 @@ impl BatchNorm {
     /// Backward pass: dx, and dgamma and dbeta when the layer is affine. `saved` is what the
     /// forward returned for this `x`.
     pub fn backward(&self, x: &Tensor, dy: &Tensor, saved: &SavedStats) -> Result<Gradients> {
-        let dx = x.zeros_like()?;
+        let dx = x.output_like()?;
         let params = self.backward_into(x, dy, &dx, saved)?;
         Ok(Gradients { dx, params })
     }

@@ -87,8 +87,20 @@ pub enum BatchNormError {
     },
 
     /// eps must be finite and non-negative.
-    #[error("eps must be finite and >= 0, got {0}")]
+    #[error(
+        "batch_norm eps must be {rule}, but got {eps}",
+        eps = .0,
+        rule = if .0.is_finite() { "non-negative" } else { "finite and non-negative" }
+    )]
     InvalidEps(f64),
+
+    /// Normalizing with batch statistics needs eps > 0 (PyTorch 2.15 refuses eps = 0 in
+    /// training; inference from running stats accepts it).
+    #[error(
+        "batch_norm eps must be positive during training, but got {0}; eps = 0 is accepted in \
+         inference from running statistics only"
+    )]
+    EpsNotPositiveInTraining(f64),
 
     /// momentum must lie in [0, 1].
     #[error("momentum must be in [0, 1], got {0}")]

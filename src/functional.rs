@@ -27,7 +27,8 @@ pub struct ForwardArgs<'a> {
     pub training: bool,
     /// Weight of the new batch in the running stats, in [0, 1].
     pub momentum: f64,
-    /// Added to the variance; finite and >= 0.
+    /// Added to the variance; finite and >= 0, and > 0 when normalizing with batch
+    /// statistics (as PyTorch 2.15).
     pub eps: f64,
 }
 
@@ -78,7 +79,7 @@ pub struct Gradients {
 
 /// Forward pass; allocates and returns the output with the statistics it used.
 pub fn batch_norm(x: &Tensor, args: &ForwardArgs<'_>) -> Result<(Tensor, SavedStats)> {
-    let y = x.zeros_like()?;
+    let y = x.output_like()?;
     let saved = batch_norm_into(x, &y, args)?;
     Ok((y, saved))
 }
@@ -111,7 +112,12 @@ pub fn record_batch_norm(
     } else {
         StatsSource::Running
     };
-    let mean_invstd = ChannelPair::zeros(ctx, channels)?;
+    // An empty batch's statistics are documented as zeros.
+    let mean_invstd = if x.is_empty() {
+        ChannelPair::zeros(ctx, channels)?
+    } else {
+        ChannelPair::output(ctx, channels)?
+    };
     let saved = SavedStats {
         mean_invstd,
         shape: x.shape().to_vec(),
@@ -194,6 +200,9 @@ pub fn record_batch_norm(
 
 fn check_forward(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<()> {
     x.check_same_shape(y, "the output y")?;
+    if args.training && args.eps.is_finite() && args.eps <= 0.0 {
+        return Err(BatchNormError::EpsNotPositiveInTraining(args.eps));
+    }
     check_eps(args.eps)?;
     if !(0.0..=1.0).contains(&args.momentum) {
         return Err(BatchNormError::InvalidMomentum(args.momentum));
@@ -216,7 +225,8 @@ fn check_forward(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<()> {
     Ok(())
 }
 
-/// eps must be finite and non-negative (PyTorch allows 0).
+/// eps must be finite and non-negative (training also refuses 0, as PyTorch 2.15 does: a
+/// constant channel would divide by 0).
 pub(crate) fn check_eps(eps: f64) -> Result<()> {
     if eps.is_finite() && eps >= 0.0 {
         Ok(())
@@ -243,7 +253,7 @@ pub fn batch_norm_backward(
     saved: &SavedStats,
     affine: Option<&ChannelPair>,
 ) -> Result<Gradients> {
-    let dx = x.zeros_like()?;
+    let dx = x.output_like()?;
     let params = batch_norm_backward_into(x, dy, &dx, saved, affine)?;
     Ok(Gradients { dx, params })
 }
@@ -293,7 +303,12 @@ pub fn record_batch_norm_backward(
     }
     check_pair(x, affine)?;
     let ctx = x.context();
-    let grads = ChannelPair::zeros(ctx, x.channels())?;
+    // Over an empty batch dgamma and dbeta are sums over nothing: zeros.
+    let grads = if x.is_empty() {
+        ChannelPair::zeros(ctx, x.channels())?
+    } else {
+        ChannelPair::output(ctx, x.channels())?
+    };
     if !x.is_empty() {
         let plan = plan(x.view(), ctx.plan_limits(), Operation::Backward)?;
         ctx.checked(|_| -> Result<()> {

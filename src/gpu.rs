@@ -2,7 +2,7 @@
 //! cache and scratch buffers. Cheap to clone and safe to share between threads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{BatchNormError, Result};
@@ -172,7 +172,12 @@ struct ContextInner {
     pipelines: PipelineCache,
     scratch: Mutex<HashMap<&'static str, wgpu::Buffer>>,
     lost: Arc<AtomicBool>,
+    /// `f32::to_bits` of the debug fill, or `NO_DEBUG_FILL`.
+    debug_fill: AtomicU64,
 }
+
+/// `ContextInner::debug_fill` when no fill is set (no f32's bits are this large).
+const NO_DEBUG_FILL: u64 = u64::MAX;
 
 impl std::fmt::Debug for GpuContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -267,6 +272,7 @@ impl GpuContext {
                 pipelines: PipelineCache::default(),
                 scratch: Mutex::new(HashMap::new()),
                 lost,
+                debug_fill: AtomicU64::new(NO_DEBUG_FILL),
             }),
         })
     }
@@ -313,9 +319,44 @@ impl GpuContext {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
+    /// Fills, from now on, every buffer this context allocates for an output (saved
+    /// statistics, dgamma and dbeta, the outputs of the allocating calls) and every scratch
+    /// buffer before each use with `value`, so that a value no kernel writes shows up (the
+    /// tests use NaN). `None`, the default, leaves new outputs zero. A debugging aid: each
+    /// fill is an upload of the buffer's size.
+    pub fn set_debug_fill(&self, value: Option<f32>) {
+        let bits = value.map_or(NO_DEBUG_FILL, |v| u64::from(v.to_bits()));
+        self.inner.debug_fill.store(bits, Ordering::SeqCst);
+    }
+
+    /// The value set by [`GpuContext::set_debug_fill`].
+    pub fn debug_fill(&self) -> Option<f32> {
+        let bits = self.inner.debug_fill.load(Ordering::SeqCst);
+        (bits != NO_DEBUG_FILL).then(|| f32::from_bits(bits as u32))
+    }
+
+    /// Writes the debug fill, when one is set, over the first `bytes` of `buffer`.
+    pub(crate) fn apply_debug_fill(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<()> {
+        let Some(value) = self.debug_fill() else {
+            return Ok(());
+        };
+        let words = vec![value; (bytes / 4) as usize];
+        self.checked(|_| {
+            self.inner
+                .queue
+                .write_buffer(buffer, 0, bytemuck::cast_slice(&words))
+        })
+    }
+
     /// A scratch storage buffer of at least `bytes`, reused between calls. Sharing is safe:
     /// every operation writes its scratch before it reads it, in its own command stream.
     pub(crate) fn scratch(&self, key: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        let buffer = self.scratch_buffer(key, bytes)?;
+        self.apply_debug_fill(&buffer, bytes)?;
+        Ok(buffer)
+    }
+
+    fn scratch_buffer(&self, key: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
         let mut pool = self
             .inner
             .scratch

@@ -200,9 +200,13 @@ impl Tensor {
         &self.ctx
     }
 
-    /// A new zero tensor with this one's shape and layout.
-    pub(crate) fn zeros_like(&self) -> Result<Self> {
-        Self::zeros(&self.ctx, &self.shape, self.layout)
+    /// A new tensor with this one's shape and layout for an output: zeros, or the context's
+    /// debug fill.
+    pub(crate) fn output_like(&self) -> Result<Self> {
+        let tensor = Self::zeros(&self.ctx, &self.shape, self.layout)?;
+        self.ctx
+            .apply_debug_fill(&tensor.buffer, self.len() as u64 * F32_BYTES)?;
+        Ok(tensor)
     }
 
     /// Refuses `other` unless it has this tensor's shape and layout and lives on its device.
@@ -273,6 +277,14 @@ impl ChannelPair {
             buffer,
             channels,
         })
+    }
+
+    /// Two vectors for an output of `channels` values each: zeros, or the context's debug
+    /// fill.
+    pub(crate) fn output(ctx: &GpuContext, channels: usize) -> Result<Self> {
+        let pair = Self::zeros(ctx, channels)?;
+        ctx.apply_debug_fill(&pair.buffer, channels as u64 * 2 * F32_BYTES)?;
+        Ok(pair)
     }
 
     /// Number of channels.

@@ -403,18 +403,42 @@ mod tests {
     }
 
     #[test]
-    fn the_params_block_has_the_same_size_in_rust_and_wgsl() {
+    fn the_params_block_has_the_same_fields_in_rust_and_wgsl() {
+        use std::mem::offset_of;
+        let rust = [
+            ("elem_shift", offset_of!(Params, elem_shift)),
+            ("o_count", offset_of!(Params, o_count)),
+            ("c0", offset_of!(Params, c0)),
+            ("c_count", offset_of!(Params, c_count)),
+            ("channels", offset_of!(Params, channels)),
+            ("inner", offset_of!(Params, inner)),
+            ("chunk_len", offset_of!(Params, chunk_len)),
+            ("chunks", offset_of!(Params, chunks)),
+            ("chunk_base", offset_of!(Params, chunk_base)),
+            ("chunks_total", offset_of!(Params, chunks_total)),
+            ("items", offset_of!(Params, items)),
+            ("values_per_channel", offset_of!(Params, values_per_channel)),
+            ("eps", offset_of!(Params, eps)),
+            ("momentum", offset_of!(Params, momentum)),
+            ("var_correction", offset_of!(Params, var_correction)),
+            ("_pad", offset_of!(Params, _pad)),
+        ];
         let module = parse(&Program::Normalize.source());
-        let span = module
+        let (members, span) = module
             .types
             .iter()
             .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
-                (Some(name), naga::TypeInner::Struct { span, .. }) if name == "Params" => {
-                    Some(*span)
+                (Some(name), naga::TypeInner::Struct { members, span }) if name == "Params" => {
+                    Some((members.clone(), *span))
                 }
                 _ => None,
             })
             .expect("shaders/common.wgsl declares Params");
+        let wgsl: Vec<(&str, usize)> = members
+            .iter()
+            .map(|m| (m.name.as_deref().unwrap_or(""), m.offset as usize))
+            .collect();
+        assert_eq!(wgsl, rust);
         assert_eq!(span as usize, std::mem::size_of::<Params>());
     }
 }
