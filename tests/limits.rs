@@ -4,53 +4,26 @@
 
 mod common;
 
-use common::{check_inference_round_trip, check_round_trip, context, normal_data};
-use wgpu_batchnorm::functional::{record_batch_norm, record_batch_norm_backward, ForwardArgs};
-use wgpu_batchnorm::gpu::list_adapters;
-use wgpu_batchnorm::plan::{plan, FinalizeKind, Operation};
-use wgpu_batchnorm::{
-    reference, AdapterOptions, AdapterSummary, BatchNorm, ChannelPair, GpuContext, Layout, Tensor,
+use common::checks::{
+    check_batch_statistics, check_input_gradient, check_output, check_parameter_gradients,
+    check_running_statistics, sum_depth, BackwardInputs, Channels, ForwardInputs, Through,
 };
+use common::scenario::{check_inference_round_trip, check_round_trip, read_saved, require};
+use common::{
+    assert_plan, caller_device, context, limited_context, normal_data, plan_of, planned, PlanClaim,
+    Planned, SPLIT_CASES,
+};
+use wgpu_batchnorm::functional::{record_batch_norm, record_batch_norm_backward, ForwardArgs};
+use wgpu_batchnorm::plan::Operation;
+use wgpu_batchnorm::{reference, BatchNorm, ChannelPair, GpuContext, Layout, Tensor};
 
-/// The test adapter, and a caller-owned device on it with the limits `choose` picks from the
-/// adapter's.
-fn caller_device(
-    label: &str,
-    choose: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
-) -> (wgpu::Adapter, wgpu::Device, wgpu::Queue) {
-    let adapter = list_adapters(&AdapterOptions::from_env())
-        .into_iter()
-        .next()
-        .expect("an adapter (see tests/common/mod.rs for how to install one)");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some(label),
-        required_features: wgpu::Features::empty(),
-        required_limits: choose(adapter.limits()),
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
-        memory_hints: wgpu::MemoryHints::Performance,
-        trace: wgpu::Trace::Off,
-    }))
-    .expect("a device on the test adapter");
-    (adapter, device, queue)
-}
-
-/// A caller-owned device on the test adapter with smaller limits than the adapter's, so the
-/// planner's windows and workgroup loops run on small tensors.
-fn limited_context(max_binding_bytes: u64, max_workgroups: u32) -> GpuContext {
-    let (adapter, device, queue) = caller_device("limited test device", |mut limits| {
-        limits.max_storage_buffer_binding_size = max_binding_bytes;
-        limits.max_compute_workgroups_per_dimension = max_workgroups;
-        limits
-    });
-    GpuContext::from_device(device, queue, AdapterSummary::from(adapter.get_info()))
-        .expect("limits above the kernels' needs")
-}
+const CPU: wgpu::DeviceType = wgpu::DeviceType::Cpu;
 
 #[test]
 fn tensors_larger_than_a_binding_are_processed_in_windows() {
     // 4 KiB bindings and at most 3 workgroups per dispatch: every shape below needs several
     // windows (whole rows, or channel ranges when one row is too large) and looping workgroups.
-    let ctx = limited_context(4096, 3);
+    let ctx = limited_context(4096, 3, CPU);
     assert_eq!(ctx.limits().max_storage_buffer_binding_size, 4096);
     let cases: [(&[usize], Layout); 6] = [
         (&[16, 2, 5, 7], Layout::ChannelsFirst),
@@ -61,6 +34,10 @@ fn tensors_larger_than_a_binding_are_processed_in_windows() {
         (&[2, 3, 3, 100], Layout::ChannelsLast),
     ];
     for (k, (shape, layout)) in cases.into_iter().enumerate() {
+        let windows = plan_of(&ctx, shape, layout, Operation::TrainingForward)
+            .windows
+            .len();
+        assert!(windows > 1, "{shape:?} should need several windows");
         check_round_trip(&ctx, shape, layout, 100 + k as u64);
     }
 }
@@ -69,33 +46,32 @@ fn tensors_larger_than_a_binding_are_processed_in_windows() {
 fn fused_kernels_loop_over_more_channels_than_workgroups() {
     // 64 KiB bindings hold these tensors in one window, so their plans are fused: one
     // workgroup per channel, or per band of 32 channels, and only 3 workgroups to go round.
-    let ctx = limited_context(1 << 16, 3);
+    let ctx = limited_context(1 << 16, 3, CPU);
     let cases: [(&[usize], Layout); 3] = [
         (&[4, 200], Layout::ChannelsFirst),
         (&[3, 3, 3, 100], Layout::ChannelsLast),
         (&[2, 9, 5, 5], Layout::ChannelsFirst),
     ];
     for (k, (shape, layout)) in cases.into_iter().enumerate() {
-        let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
-        let plan = plan(view, ctx.plan_limits(), Operation::TrainingForward).unwrap();
-        assert!(plan.fused_window().is_some(), "{shape:?} should be fused");
+        assert_plan(&ctx, shape, layout, PlanClaim::FUSED);
         check_round_trip(&ctx, shape, layout, 200 + k as u64);
     }
 }
 
+/// A tensor of 40 MiB on a device whose bindings hold 32 MiB: two windows of whole rows, bound
+/// at offsets of 24 MiB and more.
 #[test]
-fn a_tensor_over_the_adapters_binding_limit() {
-    let ctx = context();
-    let limit = ctx.limits().max_storage_buffer_binding_size;
-    // 5 x 8 x 1024 x 1024 floats = 160 MiB: over lavapipe's 128 MiB binding limit.
-    let shape = [5usize, 8, 1024, 1024];
-    let bytes = shape.iter().product::<usize>() as u64 * 4;
-    if bytes <= limit {
-        eprintln!(
-            "note: this adapter binds {limit} bytes; the 160 MiB tensor fits in one binding here \
-             (windows are still covered by tensors_larger_than_a_binding_are_processed_in_windows)"
-        );
-    }
+fn a_tensor_over_a_32_mib_binding_limit() {
+    let ctx = limited_context(32 << 20, 65535, CPU);
+    let shape = [5usize, 2, 1024, 1024];
+    let plan = plan_of(
+        &ctx,
+        &shape,
+        Layout::ChannelsFirst,
+        Operation::TrainingForward,
+    );
+    assert_eq!(plan.windows.len(), 2, "{:?}", plan.windows);
+    assert!(plan.windows[1].binding_offset >= 24 << 20);
     check_round_trip(&ctx, &shape, Layout::ChannelsFirst, 7);
 }
 
@@ -154,20 +130,28 @@ fn results_are_bitwise_identical_from_run_to_run() {
     }
 }
 
+/// Four threads on one context at once, each on its own multi-chunk shape, so the context's
+/// shared scratch buffers (reduction partials) serve operations of different sizes
+/// concurrently.
 #[test]
 fn several_threads_share_one_context() {
-    let ctx = context();
-    let handles: Vec<_> = (0..4u64)
-        .map(|t| {
+    let ctx = planned(Planned::Cpu);
+    let cases: Vec<_> = SPLIT_CASES
+        .into_iter()
+        .filter(|case| case.planned == Planned::Cpu)
+        .take(4)
+        .collect();
+    assert_eq!(cases.len(), 4);
+    let handles: Vec<_> = cases
+        .into_iter()
+        .enumerate()
+        .map(|(t, case)| {
             let ctx = ctx.clone();
+            assert!(!case.claim.fused && case.claim.chunks > 1, "{case:?}");
+            assert_plan(&ctx, case.shape, case.layout, case.claim);
             std::thread::spawn(move || {
-                for round in 0..3 {
-                    let (shape, layout) = if t % 2 == 0 {
-                        (vec![4usize, 3 + t as usize, 9, 10], Layout::ChannelsFirst)
-                    } else {
-                        (vec![4usize, 9, 10, 3 + t as usize], Layout::ChannelsLast)
-                    };
-                    check_round_trip(&ctx, &shape, layout, 1000 * t + round);
+                for round in 0..2 {
+                    check_round_trip(&ctx, case.shape, case.layout, 1000 * t as u64 + round);
                 }
             })
         })
@@ -229,36 +213,57 @@ fn a_caller_owned_device_buffers_and_encoder() {
 
     let x_host = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), x_data).unwrap();
     let dy_host = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), dy_data).unwrap();
-    let (want_y, stats) =
-        reference::training_forward(x_host.view(), layout, Some(&gamma), Some(&beta), 1e-5);
-    let grads = reference::backward_batch_statistics(
-        x_host.view(),
-        dy_host.view(),
+    let what = "caller-owned device";
+    let saved = read_saved(&saved);
+    let inputs = ForwardInputs {
+        x: x_host.view(),
         layout,
-        &stats.mean,
-        &stats.invstd,
-        Some(&gamma),
-    );
-    common::assert_close(
-        "y",
+        gamma: Some(&gamma),
+        beta: Some(&beta),
+        eps: 1e-5,
+    };
+    require(check_batch_statistics(what, &inputs, &saved, Channels::All));
+    require(check_output(
+        what,
+        &inputs,
+        &saved,
         &y.to_vec().unwrap(),
-        &common::flat(want_y.view()),
-        2e-5,
-        0.0,
-    );
-    common::assert_close(
-        "dx",
+        Channels::All,
+    ));
+    let stats = reference::batch_statistics(x_host.view(), layout, 1e-5);
+    let (mut want_mean, mut want_var) = (vec![0.0; 3], vec![1.0; 3]);
+    reference::update_running_statistics(&mut want_mean, &mut want_var, &stats, len / 3, 0.1);
+    let (running_mean, running_var) = running.read().unwrap();
+    require(check_running_statistics(
+        what,
+        &want_mean,
+        &want_var,
+        &stats,
+        &running_mean,
+        &running_var,
+        Channels::All,
+    ));
+    let backward = BackwardInputs {
+        forward: inputs,
+        dy: dy_host.view(),
+        saved: &saved,
+        through: Through::Batch,
+        depth: sum_depth(&plan_of(&ctx, &shape, layout, Operation::Backward)),
+    };
+    require(check_input_gradient(
+        what,
+        &backward,
         &dx.to_vec().unwrap(),
-        &common::flat(grads.dx.view()),
-        1e-4,
-        0.0,
-    );
+        Channels::All,
+    ));
     let (dgamma, dbeta) = params.read().unwrap();
-    common::assert_close("dgamma", &dgamma, &grads.dgamma, 1e-4, 1e-5);
-    common::assert_close("dbeta", &dbeta, &grads.dbeta, 1e-4, 1e-5);
-    let (running_mean, _) = running.read().unwrap();
-    let want_mean: Vec<f64> = stats.mean.iter().map(|m| 0.1 * m).collect();
-    common::assert_close("running_mean", &running_mean, &want_mean, 1e-6, 1e-5);
+    require(check_parameter_gradients(
+        what,
+        &backward,
+        &dgamma,
+        &dbeta,
+        Channels::All,
+    ));
 }
 
 #[test]
@@ -349,45 +354,34 @@ fn a_lost_device_is_reported_and_the_callers_callback_still_fires() {
 }
 
 /// The plans a discrete GPU gets (chunks sized for at least 1024 reduction workgroups, fused
-/// single dispatches, the device's whole workgroup range), run on
-/// this adapter: a caller-owned context that reports itself as a discrete GPU. The software
-/// adapter otherwise gets the CPU plans (bigger chunks, fewer workgroups), and the kernels must
-/// be right under both.
+/// single dispatches, the device's whole workgroup range), on a context that reports itself as
+/// a discrete GPU: the software adapter otherwise gets the CPU plans (bigger chunks, fewer
+/// workgroups), and the kernels must be right under both.
 #[test]
 fn gpu_style_plans_on_this_adapter() {
-    let (adapter, device, queue) =
-        caller_device("a device planned as a discrete GPU", |limits| limits);
-    let summary = AdapterSummary {
-        device_type: wgpu::DeviceType::DiscreteGpu,
-        ..AdapterSummary::from(adapter.get_info())
-    };
-    let ctx = GpuContext::from_device(device, queue, summary).expect("context");
-    let cases: [(&[usize], Layout); 5] = [
-        // 288 chunks of 2048 values per channel: merged by a workgroup.
-        (&[36, 2, 128, 128], Layout::ChannelsFirst),
-        // 10 chunks of 2048 values per channel: merged by a thread.
-        (&[3, 128, 80, 80], Layout::ChannelsFirst),
-        // 630 chunks of 64 rows per channel band, the last one short.
-        (&[10, 64, 63, 8], Layout::ChannelsLast),
-        (&[9000, 3], Layout::ChannelsFirst),
-        // Fused: one dispatch per operation.
-        (&[6, 5, 7, 7], Layout::ChannelsFirst),
+    let ctx = planned(Planned::DiscreteGpu);
+    let cases: [(&[usize], Layout, PlanClaim); 4] = [
+        (
+            &[3, 128, 80, 80],
+            Layout::ChannelsFirst,
+            PlanClaim::split(10, wgpu_batchnorm::plan::FinalizeKind::PerThread),
+        ),
+        (
+            &[9000, 3],
+            Layout::ChannelsFirst,
+            PlanClaim::split(141, wgpu_batchnorm::plan::FinalizeKind::PerWorkgroup),
+        ),
+        (&[6, 5, 7, 7], Layout::ChannelsFirst, PlanClaim::FUSED),
+        (&[4, 7, 7, 96], Layout::ChannelsLast, PlanClaim::FUSED),
     ];
-    let plan_of = |shape: &[usize], layout| {
-        let view = wgpu_batchnorm::ChannelView::new(shape, layout).unwrap();
-        plan(view, ctx.plan_limits(), Operation::TrainingForward).unwrap()
-    };
-    assert_eq!(
-        plan_of(cases[0].0, cases[0].1).finalize,
-        FinalizeKind::PerWorkgroup
-    );
-    assert_eq!(
-        plan_of(cases[1].0, cases[1].1).finalize,
-        FinalizeKind::PerThread
-    );
-    assert!(plan_of(cases[4].0, cases[4].1).fused_window().is_some());
-    for (k, (shape, layout)) in cases.into_iter().enumerate() {
+    for (k, (shape, layout, claim)) in cases.into_iter().enumerate() {
+        assert_plan(&ctx, shape, layout, claim);
         check_round_trip(&ctx, shape, layout, 300 + k as u64);
+    }
+    for (k, case) in SPLIT_CASES.into_iter().enumerate() {
+        if case.planned == Planned::DiscreteGpu {
+            check_round_trip(&case.context(), case.shape, case.layout, 350 + k as u64);
+        }
     }
 }
 
@@ -428,7 +422,7 @@ fn partials_are_checked_only_where_an_operation_needs_them() {
     // so each of the 118 channels has 54 partials: 101,952 bytes of 16-byte statistics
     // partials (refused), 50,976 bytes of 8-byte gradient partials (they fit), none in
     // inference.
-    let ctx = limited_context(64 << 10, 65535);
+    let ctx = limited_context(64 << 10, 65535, CPU);
     let shape = [1241usize, 6, 118];
     let x = Tensor::from_slice(
         &ctx,
@@ -465,6 +459,6 @@ fn partials_are_checked_only_where_an_operation_needs_them() {
     // 1 MiB bindings: [2, 100_000] is 800 kB, its per-channel pairs 800 kB each, and its plan
     // fused (one chunk per channel): no partials at all, where 16-byte ones would take 1.6 MB.
     // (The same as [2, 8_389_632] under 128 MiB bindings, 84 times cheaper to check.)
-    let ctx = limited_context(1 << 20, 65535);
+    let ctx = limited_context(1 << 20, 65535, CPU);
     check_round_trip(&ctx, &[2, 100_000], Layout::ChannelsFirst, 42);
 }

@@ -23,6 +23,24 @@ pub struct FixtureCase {
     pub name: String,
     /// Logical shape, channels-first `[N, C, d1, ...]`.
     pub shape: Vec<usize>,
+    /// What the case holds.
+    pub kind: CaseKind,
+}
+
+/// The three kinds of case.
+#[derive(Clone, Debug)]
+pub enum CaseKind {
+    /// `F.batch_norm` calls: training steps, inference and backward.
+    Functional(Box<FunctionalCase>),
+    /// The module's bookkeeping over several training calls (`module: true`).
+    Module(ModuleCase),
+    /// A call PyTorch refuses.
+    Refused(Refusal),
+}
+
+/// A functional case's settings and tensors.
+#[derive(Clone, Debug)]
+pub struct FunctionalCase {
     /// How the library receives the data (see [`memory_shape`]).
     pub layout: Layout,
     /// Running-stat momentum; `None` means the cumulative average, m = 1 / (k + 1) at step k.
@@ -31,34 +49,23 @@ pub struct FixtureCase {
     pub eps: f64,
     /// Whether gamma and beta take part (when false, gamma = 1 and beta = 0).
     pub affine: bool,
-    /// Number of training steps.
-    pub steps: usize,
-    /// The tensors; `None` for a case that must be refused.
-    pub data: Option<FixtureData>,
-    /// PyTorch's error message, for a case that must be refused.
-    pub expect_error: Option<String>,
-}
-
-/// The tensors of one case. Full-size tensors are in the case's memory layout.
-#[derive(Clone, Debug)]
-pub struct FixtureData {
+    /// Whether running stats are kept (when false, inference uses batch statistics).
+    pub track_running_stats: bool,
     /// Per-channel scale (stored even when the case is not affine; then unused).
     pub gamma: Vec<f32>,
     /// Per-channel shift (stored even when the case is not affine; then unused).
     pub beta: Vec<f32>,
-    /// Upstream gradient for the backward of the last step.
+    /// Upstream gradient for the backward of the last step (and of inference).
     pub dy: ArrayD<f32>,
     /// The training steps, in order.
     pub steps: Vec<FixtureStep>,
-    /// Inference on the first step's x with the running stats after the last step (rounded to
-    /// float32).
+    /// Inference on the first step's x after the last step (rounded to float32).
     pub y_eval: ArrayD<f32>,
-    /// Backward of the last training step for `dy` (rounded to float32).
-    pub dx: ArrayD<f32>,
-    /// Gradient of gamma (affine cases only).
-    pub dgamma: Option<Vec<f64>>,
-    /// Gradient of beta (affine cases only).
-    pub dbeta: Option<Vec<f64>>,
+    /// Backward of the last training step for `dy`.
+    pub backward: Backward,
+    /// Backward of the inference for `dy`, the running statistics being constants (the cases
+    /// added with PyTorch 2.15 that track running stats).
+    pub eval_backward: Option<Backward>,
 }
 
 /// One training step: its input, output and statistics.
@@ -72,10 +79,54 @@ pub struct FixtureStep {
     pub mean: Vec<f64>,
     /// Batch `1 / sqrt(var + eps)` per channel (biased variance).
     pub invstd: Vec<f64>,
-    /// Running mean after this step (it starts at 0).
+    /// Running mean and variance after this step (they start at 0 and 1), when tracked.
+    pub running: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+/// A backward pass's answers.
+#[derive(Clone, Debug)]
+pub struct Backward {
+    /// dx (rounded to float32).
+    pub dx: ArrayD<f32>,
+    /// dgamma and dbeta, when affine.
+    pub parameters: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+/// The module case: each training call's batch and the module's state after it.
+#[derive(Clone, Debug)]
+pub struct ModuleCase {
+    /// momentum (`None`: cumulative average).
+    pub momentum: Option<f64>,
+    /// eps.
+    pub eps: f64,
+    /// Whether gamma and beta take part.
+    pub affine: bool,
+    /// The calls, in order.
+    pub steps: Vec<ModuleStep>,
+}
+
+/// One training call of the module.
+#[derive(Clone, Debug)]
+pub struct ModuleStep {
+    /// The batch (channels-first; possibly empty).
+    pub x: ArrayD<f32>,
+    /// Running mean after the call.
     pub running_mean: Vec<f64>,
-    /// Running variance after this step (it starts at 1).
+    /// Running variance after the call.
     pub running_var: Vec<f64>,
+    /// PyTorch's `num_batches_tracked` after the call.
+    pub num_batches_tracked: u64,
+}
+
+/// A call PyTorch refuses.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// Training (batch statistics) or inference.
+    pub training: bool,
+    /// eps of the call.
+    pub eps: f64,
+    /// PyTorch's message.
+    pub message: String,
 }
 
 /// The folder holding the fixtures.
@@ -97,12 +148,21 @@ pub fn load_all() -> Vec<FixtureCase> {
     cases.iter().map(parse_case).collect()
 }
 
-/// The shape of the case's tensors in memory: the logical shape for channels-first,
+/// The names of the manifest's cases of one kind, for the assertion that a test checked all.
+pub fn names(cases: &[FixtureCase], kind: fn(&CaseKind) -> bool) -> Vec<String> {
+    cases
+        .iter()
+        .filter(|c| kind(&c.kind))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// The shape of a case's tensors in memory: the logical shape for channels-first,
 /// `[N, d1, ..., C]` for channels-last.
-pub fn memory_shape(case: &FixtureCase) -> Vec<usize> {
-    permutation(case.layout, case.shape.len())
+pub fn memory_shape(shape: &[usize], layout: Layout) -> Vec<usize> {
+    permutation(layout, shape.len())
         .into_iter()
-        .map(|axis| case.shape[axis])
+        .map(|axis| shape[axis])
         .collect()
 }
 
@@ -114,17 +174,48 @@ fn permutation(layout: Layout, rank: usize) -> Vec<usize> {
     }
 }
 
-fn parse_case(entry: &Value) -> FixtureCase {
-    let name = entry["case"]
-        .as_str()
-        .unwrap_or_else(|| panic!("manifest entry without a case name: {entry}"))
-        .to_string();
-    let field = |key: &str| -> &Value {
-        entry
+/// A manifest entry's fields, with panics that name the case.
+struct Entry<'a> {
+    name: &'a str,
+    value: &'a Value,
+}
+
+impl Entry<'_> {
+    fn field(&self, key: &str) -> &Value {
+        self.value
             .get(key)
-            .unwrap_or_else(|| panic!("case {name}: no \"{key}\" in the manifest"))
-    };
-    let shape: Vec<usize> = field("shape")
+            .unwrap_or_else(|| panic!("case {}: no \"{key}\" in the manifest", self.name))
+    }
+
+    fn number(&self, key: &str) -> f64 {
+        self.field(key)
+            .as_f64()
+            .unwrap_or_else(|| panic!("case {}: {key} is not a number", self.name))
+    }
+
+    fn flag(&self, key: &str, default: bool) -> bool {
+        self.value.get(key).map_or(default, |v| {
+            v.as_bool()
+                .unwrap_or_else(|| panic!("case {}: {key} is not a boolean", self.name))
+        })
+    }
+
+    fn momentum(&self) -> Option<f64> {
+        match self.field("momentum") {
+            Value::Null => None,
+            _ => Some(self.number("momentum")),
+        }
+    }
+}
+
+fn parse_case(value: &Value) -> FixtureCase {
+    let name = value["case"]
+        .as_str()
+        .unwrap_or_else(|| panic!("manifest entry without a case name: {value}"))
+        .to_string();
+    let entry = Entry { name: &name, value };
+    let shape: Vec<usize> = entry
+        .field("shape")
         .as_array()
         .unwrap_or_else(|| panic!("case {name}: shape is not a list"))
         .iter()
@@ -134,145 +225,186 @@ fn parse_case(entry: &Value) -> FixtureCase {
                 as usize
         })
         .collect();
-
-    if let Some(message) = entry.get("expect_error") {
-        let message = message
-            .as_str()
-            .unwrap_or_else(|| panic!("case {name}: expect_error is not a string"));
-        // The manifest gives only the shape; the other settings are those of the
-        // `F.batch_norm(x, running_mean, running_var, training=True)` call that PyTorch refused.
-        return FixtureCase {
-            name,
-            shape,
-            layout: Layout::ChannelsFirst,
-            momentum: Some(0.1),
-            eps: 1e-5,
-            affine: false,
-            steps: 1,
-            data: None,
-            expect_error: Some(message.to_string()),
-        };
-    }
-
-    let layout = match field("layout").as_str() {
-        Some("channels_first") => Layout::ChannelsFirst,
-        Some("channels_last") => Layout::ChannelsLast,
-        other => panic!("case {name}: unknown layout {other:?}"),
+    let kind = if let Some(message) = value.get("expect_error") {
+        // Entries without settings are `F.batch_norm(x, running_mean, running_var,
+        // training=True)` with PyTorch's default eps.
+        CaseKind::Refused(Refusal {
+            training: entry.flag("training", true),
+            eps: value.get("eps").map_or(1e-5, |_| entry.number("eps")),
+            message: message
+                .as_str()
+                .unwrap_or_else(|| panic!("case {name}: expect_error is not a string"))
+                .to_string(),
+        })
+    } else if entry.flag("module", false) {
+        CaseKind::Module(load_module(&entry, &shape))
+    } else {
+        CaseKind::Functional(Box::new(load_functional(&entry, &shape)))
     };
-    let momentum = match field("momentum") {
-        Value::Null => None,
-        value => Some(
-            value
-                .as_f64()
-                .unwrap_or_else(|| panic!("case {name}: momentum is not a number")),
-        ),
-    };
-    let eps = field("eps")
-        .as_f64()
-        .unwrap_or_else(|| panic!("case {name}: eps is not a number"));
-    let affine = field("affine")
-        .as_bool()
-        .unwrap_or_else(|| panic!("case {name}: affine is not a boolean"));
-    let steps = field("steps")
-        .as_u64()
-        .unwrap_or_else(|| panic!("case {name}: steps is not an integer")) as usize;
-    assert!(steps > 0, "case {name}: no training step");
-
-    let mut case = FixtureCase {
-        name,
-        shape,
-        layout,
-        momentum,
-        eps,
-        affine,
-        steps,
-        data: None,
-        expect_error: None,
-    };
-    case.data = Some(load_data(&case));
-    case
+    FixtureCase { name, shape, kind }
 }
 
-/// Reads `<name>.npz`, checking every shape against the manifest.
-fn load_data(case: &FixtureCase) -> FixtureData {
-    let path = fixtures_dir().join(format!("{}.npz", case.name));
-    let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    let mut npz =
-        NpzReader::new(file).unwrap_or_else(|e| panic!("{} is not an npz: {e}", path.display()));
-    let channels = case.shape[1];
-    let axes = permutation(case.layout, case.shape.len());
+/// An open `<name>.npz` and the keys it holds.
+struct Npz {
+    path: PathBuf,
+    reader: NpzReader<File>,
+    keys: Vec<String>,
+}
 
-    // A full-size float32 tensor, permuted to memory order.
-    let mut tensor = |key: &str| -> ArrayD<f32> {
-        let logical: ArrayD<f32> = npz
-            .by_name(key)
-            .unwrap_or_else(|e| panic!("{}: cannot read float32 '{key}': {e}", path.display()));
+impl Npz {
+    fn open(name: &str) -> Self {
+        let path = fixtures_dir().join(format!("{name}.npz"));
+        let file =
+            File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        let mut reader = NpzReader::new(file)
+            .unwrap_or_else(|e| panic!("{} is not an npz: {e}", path.display()));
+        let keys = reader
+            .names()
+            .unwrap_or_else(|e| panic!("{}: cannot list its arrays: {e}", path.display()))
+            .into_iter()
+            .map(|k| k.trim_end_matches(".npy").to_string())
+            .collect();
+        Npz { path, reader, keys }
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k == key)
+    }
+
+    /// A float32 tensor of channels-first `shape`, permuted to `layout`'s memory order.
+    fn tensor(&mut self, key: &str, shape: &[usize], layout: Layout) -> ArrayD<f32> {
+        let logical: ArrayD<f32> = self.reader.by_name(key).unwrap_or_else(|e| {
+            panic!("{}: cannot read float32 '{key}': {e}", self.path.display())
+        });
         assert_eq!(
             logical.shape(),
-            &case.shape[..],
+            shape,
             "{}: shape of '{key}'",
-            path.display()
+            self.path.display()
         );
         logical
-            .permuted_axes(IxDyn(&axes))
+            .permuted_axes(IxDyn(&permutation(layout, shape.len())))
             .as_standard_layout()
             .to_owned()
-    };
-    let dy = tensor("dy");
-    let y_eval = tensor("y_eval");
-    let dx = tensor("dx");
-    let xs: Vec<(ArrayD<f32>, ArrayD<f32>)> = (0..case.steps)
-        .map(|k| (tensor(&format!("x_{k}")), tensor(&format!("y_{k}"))))
-        .collect();
+    }
 
-    // A per-channel vector of the given element type.
+    /// A per-channel vector.
     fn per_channel<T: ndarray_npy::ReadableElement + Clone>(
-        npz: &mut NpzReader<File>,
-        path: &Path,
+        &mut self,
         key: &str,
         channels: usize,
     ) -> Vec<T> {
-        let values: Array1<T> = npz
+        let values: Array1<T> = self
+            .reader
             .by_name(key)
-            .unwrap_or_else(|e| panic!("{}: cannot read '{key}': {e}", path.display()));
+            .unwrap_or_else(|e| panic!("{}: cannot read '{key}': {e}", self.path.display()));
         assert_eq!(
             values.len(),
             channels,
             "{}: length of '{key}'",
-            path.display()
+            self.path.display()
         );
         values.to_vec()
     }
-    let gamma = per_channel::<f32>(&mut npz, &path, "gamma", channels);
-    let beta = per_channel::<f32>(&mut npz, &path, "beta", channels);
-    let steps = xs
-        .into_iter()
-        .enumerate()
-        .map(|(k, (x, y))| FixtureStep {
-            x,
-            y,
-            mean: per_channel(&mut npz, &path, &format!("mean_{k}"), channels),
-            invstd: per_channel(&mut npz, &path, &format!("invstd_{k}"), channels),
-            running_mean: per_channel(&mut npz, &path, &format!("running_mean_{k}"), channels),
-            running_var: per_channel(&mut npz, &path, &format!("running_var_{k}"), channels),
+
+    /// A backward's answers under `dx_key` and, when affine, `dgamma_key`, `dbeta_key`.
+    fn backward(
+        &mut self,
+        keys: [&str; 3],
+        shape: &[usize],
+        layout: Layout,
+        affine: bool,
+    ) -> Backward {
+        let channels = shape[1];
+        Backward {
+            dx: self.tensor(keys[0], shape, layout),
+            parameters: affine.then(|| {
+                (
+                    self.per_channel(keys[1], channels),
+                    self.per_channel(keys[2], channels),
+                )
+            }),
+        }
+    }
+}
+
+fn load_functional(entry: &Entry<'_>, shape: &[usize]) -> FunctionalCase {
+    let name = entry.name;
+    let layout = match entry.field("layout").as_str() {
+        Some("channels_first") => Layout::ChannelsFirst,
+        Some("channels_last") => Layout::ChannelsLast,
+        other => panic!("case {name}: unknown layout {other:?}"),
+    };
+    let affine = entry.flag("affine", true);
+    let track_running_stats = entry.flag("track_running_stats", true);
+    let steps = entry.number("steps") as usize;
+    assert!(steps > 0, "case {name}: no training step");
+    let channels = shape[1];
+    let mut npz = Npz::open(name);
+    let steps = (0..steps)
+        .map(|k| FixtureStep {
+            x: npz.tensor(&format!("x_{k}"), shape, layout),
+            y: npz.tensor(&format!("y_{k}"), shape, layout),
+            mean: npz.per_channel(&format!("mean_{k}"), channels),
+            invstd: npz.per_channel(&format!("invstd_{k}"), channels),
+            running: track_running_stats.then(|| {
+                (
+                    npz.per_channel(&format!("running_mean_{k}"), channels),
+                    npz.per_channel(&format!("running_var_{k}"), channels),
+                )
+            }),
         })
         .collect();
-    let (dgamma, dbeta) = if case.affine {
-        (
-            Some(per_channel(&mut npz, &path, "dgamma", channels)),
-            Some(per_channel(&mut npz, &path, "dbeta", channels)),
+    let eval_backward = npz.has("dx_eval").then(|| {
+        npz.backward(
+            ["dx_eval", "dgamma_eval", "dbeta_eval"],
+            shape,
+            layout,
+            affine,
         )
-    } else {
-        (None, None)
-    };
-    FixtureData {
-        gamma,
-        beta,
-        dy,
+    });
+    FunctionalCase {
+        layout,
+        momentum: entry.momentum(),
+        eps: entry.number("eps"),
+        affine,
+        track_running_stats,
+        gamma: npz.per_channel("gamma", channels),
+        beta: npz.per_channel("beta", channels),
+        dy: npz.tensor("dy", shape, layout),
         steps,
-        y_eval,
-        dx,
-        dgamma,
-        dbeta,
+        y_eval: npz.tensor("y_eval", shape, layout),
+        backward: npz.backward(["dx", "dgamma", "dbeta"], shape, layout, affine),
+        eval_backward,
+    }
+}
+
+fn load_module(entry: &Entry<'_>, shape: &[usize]) -> ModuleCase {
+    let channels = shape[1];
+    let mut npz = Npz::open(entry.name);
+    let steps = (0..entry.number("steps") as usize)
+        .map(|k| {
+            let x: ArrayD<f32> = npz
+                .reader
+                .by_name(&format!("x_{k}"))
+                .unwrap_or_else(|e| panic!("{}: x_{k}: {e}", npz.path.display()));
+            assert_eq!(x.shape()[1], channels, "{}: x_{k}", npz.path.display());
+            let count: ndarray::Array0<i64> = npz
+                .reader
+                .by_name(&format!("num_batches_tracked_{k}"))
+                .unwrap_or_else(|e| panic!("{}: num_batches_tracked_{k}: {e}", npz.path.display()));
+            ModuleStep {
+                x,
+                running_mean: npz.per_channel(&format!("running_mean_{k}"), channels),
+                running_var: npz.per_channel(&format!("running_var_{k}"), channels),
+                num_batches_tracked: count.into_scalar() as u64,
+            }
+        })
+        .collect();
+    ModuleCase {
+        momentum: entry.momentum(),
+        eps: entry.number("eps"),
+        affine: entry.flag("affine", true),
+        steps,
     }
 }
