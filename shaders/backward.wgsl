@@ -1,52 +1,33 @@
 // Batch-norm gradients, in three steps:
 // 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
 //    dy * (x - mean) over one chunk of one channel (or a band of 32 channels) into a partials
-//    buffer, in a fixed tree order.
-// 2. `finalize_gradients` (one workgroup per channel) or `finalize_gradients_per_thread` (one
-//    thread per channel, for few partials) adds each channel's partials in a fixed order:
-//    dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) = sum(dy * x_hat).
+//    buffer, in a fixed tree order (reduction.wgsl).
+// 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
+//    for few partials), from reduction.wgsl, adds each channel's partials in a fixed order;
+//    `finalize_channel` writes dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) =
+//    sum(dy * x_hat).
 // 3. `input_gradient` (or `input_gradient_vec4.wgsl`): through batch statistics
 //    dx = gamma * invstd * (dy - dbeta / M - x_hat * dgamma / M);
 //    through running statistics (constants) dx = dy * gamma * invstd.
+// Where each channel is one chunk, `fused_backward_*` does all three in one dispatch.
 
-// (stats, affine, grads and the dx factors: `dx_factors.wgsl`, which comes first.)
+// (sum dy, sum dy * (x - mean)) of a chunk.
+alias Acc = vec2<f32>;
 
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
-// (sum dy, sum dy * (x - mean)) per chunk
-@group(0) @binding(6) var<storage, read_write> partials: array<vec2<f32>>;
+fn acc_empty() -> vec2<f32> {
+    return vec2<f32>(0.0);
+}
 
-var<workgroup> shared_sums: array<vec2<f32>, WORKGROUP>;
-
-// Adds shared_sums[0..WORKGROUP] into shared_sums[0] in a fixed order, eight at a time
-// (256 -> 32 -> 4 -> 1): three barriers instead of a binary tree's eight.
-fn reduce_workgroup(lid: u32) {
-    workgroupBarrier();
-    var width = WORKGROUP;
-    loop {
-        let next = max(width / 8u, 1u);
-        if (lid < next) {
-            var acc = shared_sums[lid];
-            for (var k = lid + next; k < width; k += next) {
-                acc += shared_sums[k];
-            }
-            shared_sums[lid] = acc;
-        }
-        workgroupBarrier();
-        width = next;
-        if (width == 1u) {
-            break;
-        }
-    }
+fn acc_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    return a + b;
 }
 
 // (sum dy, sum dy * (x - mean)) over eight elements, all sixteen loads issued first.
 fn eight_sums(at: Eight, mean: f32) -> vec2<f32> {
-    let g_lo = vec4<f32>(dy[at.lo.x], dy[at.lo.y], dy[at.lo.z], dy[at.lo.w]);
-    let g_hi = vec4<f32>(dy[at.hi.x], dy[at.hi.y], dy[at.hi.z], dy[at.hi.w]);
-    let x_lo = vec4<f32>(x[at.lo.x], x[at.lo.y], x[at.lo.z], x[at.lo.w]);
-    let x_hi = vec4<f32>(x[at.hi.x], x[at.hi.y], x[at.hi.z], x[at.hi.w]);
+    let g_lo = vec4<f32>(load_dy(at.lo.x), load_dy(at.lo.y), load_dy(at.lo.z), load_dy(at.lo.w));
+    let g_hi = vec4<f32>(load_dy(at.hi.x), load_dy(at.hi.y), load_dy(at.hi.z), load_dy(at.hi.w));
+    let x_lo = vec4<f32>(load_x(at.lo.x), load_x(at.lo.y), load_x(at.lo.z), load_x(at.lo.w));
+    let x_hi = vec4<f32>(load_x(at.hi.x), load_x(at.hi.y), load_x(at.hi.z), load_x(at.hi.w));
     let ones = vec4<f32>(1.0);
     return vec2<f32>(
         dot(g_lo, ones) + dot(g_hi, ones),
@@ -56,7 +37,7 @@ fn eight_sums(at: Eight, mean: f32) -> vec2<f32> {
 
 // One thread's sums over the window channel c_rel's values [start, end) (contiguous kernels).
 fn thread_sums_contiguous(c_rel: u32, start: u32, end: u32, lid: u32, mean: f32) -> vec2<f32> {
-    var acc = vec2<f32>(0.0);
+    var acc = acc_empty();
     var walk = walk_values(c_rel, start + lid);
     var m = start + lid;
     while (m + 7u * WORKGROUP < end) {
@@ -64,8 +45,8 @@ fn thread_sums_contiguous(c_rel: u32, start: u32, end: u32, lid: u32, mean: f32)
         m += 8u * WORKGROUP;
     }
     while (m < end) {
-        let g = dy[walk.index];
-        acc += vec2<f32>(g, g * (x[walk.index] - mean));
+        let g = load_dy(walk.index);
+        acc += vec2<f32>(g, g * (load_x(walk.index) - mean));
         walk = walk_next(walk);
         m += WORKGROUP;
     }
@@ -74,7 +55,7 @@ fn thread_sums_contiguous(c_rel: u32, start: u32, end: u32, lid: u32, mean: f32)
 
 // One row lane's sums of channel c_rel over rows [start, end) (strided kernels).
 fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32) -> vec2<f32> {
-    var acc = vec2<f32>(0.0);
+    var acc = acc_empty();
     let row_step = ROW_LANES * p.channels;
     var row = start + lane_r;
     var index = p.elem_shift + row * p.channels + c_rel;
@@ -84,20 +65,10 @@ fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32)
         index += 8u * row_step;
     }
     while (row < end) {
-        let g = dy[index];
-        acc += vec2<f32>(g, g * (x[index] - mean));
+        let g = load_dy(index);
+        acc += vec2<f32>(g, g * (load_x(index) - mean));
         row += ROW_LANES;
         index += row_step;
-    }
-    return acc;
-}
-
-// Adds the row lanes of a strided workgroup's channel (called by row lane 0, after a barrier
-// that follows every lane's write of shared_sums).
-fn add_row_lanes(lid: u32) -> vec2<f32> {
-    var acc = shared_sums[lid];
-    for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
-        acc += shared_sums[lid + lane * BAND];
     }
     return acc;
 }
@@ -115,10 +86,10 @@ fn grad_partials_contiguous(
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, values);
         let mean = stats[p.c0 + c_rel];
-        shared_sums[lid] = thread_sums_contiguous(c_rel, start, end, lid, mean);
+        shared_acc[lid] = thread_sums_contiguous(c_rel, start, end, lid, mean);
         reduce_workgroup(lid);
         if (lid == 0u) {
-            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_sums[0];
+            partials[partial_slot(c_rel, chunk)] = shared_acc[0];
         }
         workgroupBarrier();
     }
@@ -138,14 +109,14 @@ fn grad_partials_strided(
         let c_rel = band * BAND + lane_c;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, p.o_count);
-        var acc = vec2<f32>(0.0);
+        var acc = acc_empty();
         if (c_rel < p.c_count) {
             acc = thread_sums_strided(c_rel, start, end, lane_r, stats[p.c0 + c_rel]);
         }
-        shared_sums[lid] = acc;
+        shared_acc[lid] = acc;
         workgroupBarrier();
         if (lane_r == 0u && c_rel < p.c_count) {
-            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = add_row_lanes(lid);
+            partials[partial_slot(c_rel, chunk)] = merge_row_lanes(lid);
         }
         workgroupBarrier();
     }
@@ -156,55 +127,24 @@ fn gradients(c: u32, sums: vec2<f32>) -> vec2<f32> {
     return vec2<f32>(sums.y * stats[p.channels + c], sums.x);
 }
 
-fn write_gradients(c: u32, sums: vec2<f32>) {
+// Writes channel c's dgamma and dbeta (the finalize's hook).
+fn finalize_channel(c: u32, sums: vec2<f32>) {
     let dgamma_dbeta = gradients(c, sums);
     grads[c] = dgamma_dbeta.x;
     grads[p.channels + c] = dgamma_dbeta.y;
 }
 
-// One workgroup per channel: for channels with many partials.
-@compute @workgroup_size(WORKGROUP)
-fn finalize_gradients(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    for (var c = wid.x; c < p.channels; c += nwg.x) {
-        var acc = vec2<f32>(0.0);
-        for (var k = lid; k < p.chunks_total; k += WORKGROUP) {
-            acc += partials[c * p.chunks_total + k];
-        }
-        shared_sums[lid] = acc;
-        reduce_workgroup(lid);
-        if (lid == 0u) {
-            write_gradients(c, shared_sums[0]);
-        }
-        workgroupBarrier();
-    }
+fn lane_factors(c: u32) -> DxFactors {
+    return channel_factors(c);
 }
 
-// One thread per channel: for channels with few partials.
-@compute @workgroup_size(WORKGROUP)
-fn finalize_gradients_per_thread(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var c = gid.x; c < p.channels; c += nwg.x * WORKGROUP) {
-        var acc = vec2<f32>(0.0);
-        for (var k = 0u; k < p.chunks_total; k += 1u) {
-            acc += partials[c * p.chunks_total + k];
-        }
-        write_gradients(c, acc);
-    }
-}
-
-fn input_gradient_one(index: u32, f: DxFactors) {
+fn apply(index: u32, f: DxFactors) {
+    // x is read only where the formula uses it.
+    var x = 0.0;
     if (BATCH_STATS) {
-        let x_hat = (x[index] - f.mean) * f.invstd;
-        dx[index] = f.scale * (dy[index] - f.mean_dy - x_hat * f.mean_dy_xhat);
-    } else {
-        dx[index] = dy[index] * f.scale;
+        x = load_x(index);
     }
+    store_dx(index, input_gradient_value(x, load_dy(index), f));
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -212,23 +152,7 @@ fn input_gradient(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let total = p.o_count * p.c_count * p.inner;
-    let stride = nwg.x * WORKGROUP;
-    if (stride_keeps_channel(stride)) {
-        if (gid.x >= total) {
-            return;
-        }
-        let first = cursor_at(gid.x);
-        let f = channel_factors(first.c);
-        for (var e = gid.x; e < total; e += stride) {
-            input_gradient_one(first.index + (e - gid.x), f);
-        }
-    } else {
-        for (var e = gid.x; e < total; e += stride) {
-            let cursor = cursor_at(e);
-            input_gradient_one(cursor.index, channel_factors(cursor.c));
-        }
-    }
+    elementwise(gid.x, nwg.x * WORKGROUP);
 }
 
 // Single pass, for windows that hold every value of their channels in one chunk (the plan's
@@ -238,27 +162,25 @@ fn input_gradient(
 
 var<workgroup> band_sums: array<vec2<f32>, BAND>;
 
-fn input_gradient_eight(at: Eight, f: DxFactors) {
-    let g_lo = vec4<f32>(dy[at.lo.x], dy[at.lo.y], dy[at.lo.z], dy[at.lo.w]);
-    let g_hi = vec4<f32>(dy[at.hi.x], dy[at.hi.y], dy[at.hi.z], dy[at.hi.w]);
-    var lo = g_lo * f.scale;
-    var hi = g_hi * f.scale;
+fn input_gradient_eight(at: Eight, f: LaneFactors) {
+    let g_lo = vec4<f32>(load_dy(at.lo.x), load_dy(at.lo.y), load_dy(at.lo.z), load_dy(at.lo.w));
+    let g_hi = vec4<f32>(load_dy(at.hi.x), load_dy(at.hi.y), load_dy(at.hi.z), load_dy(at.hi.w));
+    var x_lo = vec4<f32>(0.0);
+    var x_hi = vec4<f32>(0.0);
     if (BATCH_STATS) {
-        let x_lo = vec4<f32>(x[at.lo.x], x[at.lo.y], x[at.lo.z], x[at.lo.w]);
-        let x_hi = vec4<f32>(x[at.hi.x], x[at.hi.y], x[at.hi.z], x[at.hi.w]);
-        let x_hat_lo = (x_lo - f.mean) * f.invstd;
-        let x_hat_hi = (x_hi - f.mean) * f.invstd;
-        lo = f.scale * (g_lo - f.mean_dy - x_hat_lo * f.mean_dy_xhat);
-        hi = f.scale * (g_hi - f.mean_dy - x_hat_hi * f.mean_dy_xhat);
+        x_lo = vec4<f32>(load_x(at.lo.x), load_x(at.lo.y), load_x(at.lo.z), load_x(at.lo.w));
+        x_hi = vec4<f32>(load_x(at.hi.x), load_x(at.hi.y), load_x(at.hi.z), load_x(at.hi.w));
     }
-    dx[at.lo.x] = lo.x;
-    dx[at.lo.y] = lo.y;
-    dx[at.lo.z] = lo.z;
-    dx[at.lo.w] = lo.w;
-    dx[at.hi.x] = hi.x;
-    dx[at.hi.y] = hi.y;
-    dx[at.hi.z] = hi.z;
-    dx[at.hi.w] = hi.w;
+    let lo = input_gradient_value4(x_lo, g_lo, f);
+    let hi = input_gradient_value4(x_hi, g_hi, f);
+    store_dx(at.lo.x, lo.x);
+    store_dx(at.lo.y, lo.y);
+    store_dx(at.lo.z, lo.z);
+    store_dx(at.lo.w, lo.w);
+    store_dx(at.hi.x, hi.x);
+    store_dx(at.hi.y, hi.y);
+    store_dx(at.hi.z, hi.z);
+    store_dx(at.hi.w, hi.w);
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -270,21 +192,22 @@ fn fused_backward_contiguous(
     let values = p.o_count * p.inner;
     for (var c_rel = wid.x; c_rel < p.c_count; c_rel += nwg.x) {
         let c = p.c0 + c_rel;
-        shared_sums[lid] = thread_sums_contiguous(c_rel, 0u, values, lid, stats[c]);
+        shared_acc[lid] = thread_sums_contiguous(c_rel, 0u, values, lid, stats[c]);
         reduce_workgroup(lid);
-        let sums = shared_sums[0];
+        let sums = shared_acc[0];
         if (lid == 0u) {
-            write_gradients(c, sums);
+            finalize_channel(c, sums);
         }
         let f = dx_factors(c, gradients(c, sums));
+        let lanes = splat_factors(f);
         var walk = walk_values(c_rel, lid);
         var m = lid;
         while (m + 7u * WORKGROUP < values) {
-            input_gradient_eight(walk_eight(&walk), f);
+            input_gradient_eight(walk_eight(&walk), lanes);
             m += 8u * WORKGROUP;
         }
         while (m < values) {
-            input_gradient_one(walk.index, f);
+            apply(walk.index, f);
             walk = walk_next(walk);
             m += WORKGROUP;
         }
@@ -303,30 +226,31 @@ fn fused_backward_strided(
     for (var band = wid.x; band < p.items; band += nwg.x) {
         let c_rel = band * BAND + lane_c;
         let c = p.c0 + c_rel;
-        var acc = vec2<f32>(0.0);
+        var acc = acc_empty();
         if (c_rel < p.c_count) {
             acc = thread_sums_strided(c_rel, 0u, p.o_count, lane_r, stats[c]);
         }
-        shared_sums[lid] = acc;
+        shared_acc[lid] = acc;
         workgroupBarrier();
         if (lane_r == 0u && c_rel < p.c_count) {
-            let sums = add_row_lanes(lid);
-            write_gradients(c, sums);
+            let sums = merge_row_lanes(lid);
+            finalize_channel(c, sums);
             band_sums[lane_c] = sums;
         }
         workgroupBarrier();
         if (c_rel < p.c_count) {
             let f = dx_factors(c, gradients(c, band_sums[lane_c]));
+            let lanes = splat_factors(f);
             let row_step = ROW_LANES * p.channels;
             var row = lane_r;
             var index = p.elem_shift + row * p.channels + c_rel;
             while (row + 7u * ROW_LANES < p.o_count) {
-                input_gradient_eight(stride_eight(index, row_step), f);
+                input_gradient_eight(stride_eight(index, row_step), lanes);
                 row += 8u * ROW_LANES;
                 index += 8u * row_step;
             }
             while (row < p.o_count) {
-                input_gradient_one(index, f);
+                apply(index, f);
                 row += ROW_LANES;
                 index += row_step;
             }

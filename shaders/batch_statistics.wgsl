@@ -3,10 +3,13 @@
 //    (or, strided, of a band of 32 channels) to a partial (count, shift, mean - shift, M2). Every
 //    thread loads its values eight at a time (see `Eight` in common.wgsl), takes their mean and
 //    M2 about the first of them (the shift) in registers and merges them into its partial with
-//    Chan's formula; the workgroup merges its threads the same way in a fixed tree order.
-// 2. `finalize_statistics` (one workgroup per channel) or `finalize_statistics_per_thread` (one
-//    thread per channel, when channels have few partials) merges each channel's partials in a
-//    fixed order, writes mean and invstd, and updates the running stats.
+//    Chan's formula; the workgroup merges its threads the same way in a fixed tree order
+//    (reduction.wgsl).
+// 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
+//    when channels have few partials), from reduction.wgsl, merges each channel's partials in a
+//    fixed order; `finalize_channel` writes mean and invstd and updates the running stats.
+// Where each channel is one chunk, `fused_forward_*` does both steps and the output in one
+// dispatch.
 //
 // Why the shift travels with each partial: at an offset of 1e4 a float32 mean carries an error
 // of ~5e-4, and Chan's merge squares the difference of two means. Merging shifted means, with
@@ -22,16 +25,15 @@ struct Partial {
     m2: f32,
 }
 
-override HAS_RUNNING: bool = false;
+alias Acc = Partial;
 
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> partials: array<Partial>;
-// [running_mean (C) | running_var (C)]
-@group(0) @binding(3) var<storage, read_write> running: array<f32>;
-// [mean (C) | invstd (C)]
-@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
+fn acc_empty() -> Partial {
+    return Partial(0.0, 0.0, 0.0, 0.0);
+}
 
-var<workgroup> shared_partials: array<Partial, WORKGROUP>;
+fn acc_merge(a: Partial, b: Partial) -> Partial {
+    return merge(a, b);
+}
 
 // Chan's formula. The merged mean is kept relative to whichever of the two shifts it lies
 // closer to: later merges then round a quantity of the size of the spread, whatever value a
@@ -65,8 +67,8 @@ struct Values8 {
 
 fn load_eight(at: Eight) -> Values8 {
     return Values8(
-        vec4<f32>(x[at.lo.x], x[at.lo.y], x[at.lo.z], x[at.lo.w]),
-        vec4<f32>(x[at.hi.x], x[at.hi.y], x[at.hi.z], x[at.hi.w]),
+        vec4<f32>(load_x(at.lo.x), load_x(at.lo.y), load_x(at.lo.z), load_x(at.lo.w)),
+        vec4<f32>(load_x(at.hi.x), load_x(at.hi.y), load_x(at.hi.z), load_x(at.hi.w)),
     );
 }
 
@@ -81,31 +83,9 @@ fn eight_partial(v: Values8) -> Partial {
     return Partial(8.0, shift, mean, dot(d_lo, d_lo) + dot(d_hi, d_hi));
 }
 
-// Merges shared_partials[0..WORKGROUP] into shared_partials[0] in a fixed order, eight at a
-// time (256 -> 32 -> 4 -> 1): three barriers instead of a binary tree's eight.
-fn reduce_workgroup(lid: u32) {
-    workgroupBarrier();
-    var width = WORKGROUP;
-    loop {
-        let next = max(width / 8u, 1u);
-        if (lid < next) {
-            var acc = shared_partials[lid];
-            for (var k = lid + next; k < width; k += next) {
-                acc = merge(acc, shared_partials[k]);
-            }
-            shared_partials[lid] = acc;
-        }
-        workgroupBarrier();
-        width = next;
-        if (width == 1u) {
-            break;
-        }
-    }
-}
-
 // One thread's partial of the window channel c_rel's values [start, end) (contiguous kernels).
 fn thread_partial_contiguous(c_rel: u32, start: u32, end: u32, lid: u32) -> Partial {
-    var acc = Partial(0.0, 0.0, 0.0, 0.0);
+    var acc = acc_empty();
     var walk = walk_values(c_rel, start + lid);
     var m = start + lid;
     while (m + 7u * WORKGROUP < end) {
@@ -113,7 +93,7 @@ fn thread_partial_contiguous(c_rel: u32, start: u32, end: u32, lid: u32) -> Part
         m += 8u * WORKGROUP;
     }
     while (m < end) {
-        acc = merge(acc, Partial(1.0, x[walk.index], 0.0, 0.0));
+        acc = merge(acc, Partial(1.0, load_x(walk.index), 0.0, 0.0));
         walk = walk_next(walk);
         m += WORKGROUP;
     }
@@ -123,7 +103,7 @@ fn thread_partial_contiguous(c_rel: u32, start: u32, end: u32, lid: u32) -> Part
 // One row lane's partial of channel c_rel over rows [start, end) (strided kernels, c_rel in the
 // window).
 fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Partial {
-    var acc = Partial(0.0, 0.0, 0.0, 0.0);
+    var acc = acc_empty();
     let row_step = ROW_LANES * p.channels;
     var row = start + lane_r;
     var index = p.elem_shift + row * p.channels + c_rel;
@@ -133,19 +113,9 @@ fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Part
         index += 8u * row_step;
     }
     while (row < end) {
-        acc = merge(acc, Partial(1.0, x[index], 0.0, 0.0));
+        acc = merge(acc, Partial(1.0, load_x(index), 0.0, 0.0));
         row += ROW_LANES;
         index += row_step;
-    }
-    return acc;
-}
-
-// Merges the row lanes of a strided workgroup's channel (called by row lane 0, after a barrier
-// that follows every lane's write of shared_partials).
-fn merge_row_lanes(lid: u32) -> Partial {
-    var acc = shared_partials[lid];
-    for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
-        acc = merge(acc, shared_partials[lid + lane * BAND]);
     }
     return acc;
 }
@@ -162,10 +132,10 @@ fn partials_contiguous(
         let chunk = item - c_rel * p.chunks;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, values);
-        shared_partials[lid] = thread_partial_contiguous(c_rel, start, end, lid);
+        shared_acc[lid] = thread_partial_contiguous(c_rel, start, end, lid);
         reduce_workgroup(lid);
         if (lid == 0u) {
-            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = shared_partials[0];
+            partials[partial_slot(c_rel, chunk)] = shared_acc[0];
         }
         workgroupBarrier();
     }
@@ -187,14 +157,14 @@ fn partials_strided(
         let c_rel = band * BAND + lane_c;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, p.o_count);
-        var acc = Partial(0.0, 0.0, 0.0, 0.0);
+        var acc = acc_empty();
         if (c_rel < p.c_count) {
             acc = thread_partial_strided(c_rel, start, end, lane_r);
         }
-        shared_partials[lid] = acc;
+        shared_acc[lid] = acc;
         workgroupBarrier();
         if (lane_r == 0u && c_rel < p.c_count) {
-            partials[(p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk] = merge_row_lanes(lid);
+            partials[partial_slot(c_rel, chunk)] = merge_row_lanes(lid);
         }
         workgroupBarrier();
     }
@@ -206,7 +176,8 @@ fn mean_invstd(total: Partial) -> vec2<f32> {
     return vec2<f32>(total.shift + total.mean, 1.0 / sqrt(total.m2 / total.n + p.eps));
 }
 
-fn write_statistics(c: u32, total: Partial) {
+// Writes channel c's mean and invstd and updates its running stats (the finalize's hook).
+fn finalize_channel(c: u32, total: Partial) {
     let mean = total.shift + total.mean;
     let variance = total.m2 / total.n;
     let statistics = mean_invstd(total);
@@ -220,53 +191,11 @@ fn write_statistics(c: u32, total: Partial) {
     }
 }
 
-// One workgroup per channel: for channels with many partials.
-@compute @workgroup_size(WORKGROUP)
-fn finalize_statistics(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    for (var c = wid.x; c < p.channels; c += nwg.x) {
-        var acc = Partial(0.0, 0.0, 0.0, 0.0);
-        for (var k = lid; k < p.chunks_total; k += WORKGROUP) {
-            acc = merge(acc, partials[c * p.chunks_total + k]);
-        }
-        shared_partials[lid] = acc;
-        reduce_workgroup(lid);
-        if (lid == 0u) {
-            write_statistics(c, shared_partials[0]);
-        }
-        workgroupBarrier();
-    }
-}
-
-// One thread per channel: for channels with few partials (no barriers, no idle threads).
-@compute @workgroup_size(WORKGROUP)
-fn finalize_statistics_per_thread(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var c = gid.x; c < p.channels; c += nwg.x * WORKGROUP) {
-        var acc = Partial(0.0, 0.0, 0.0, 0.0);
-        for (var k = 0u; k < p.chunks_total; k += 1u) {
-            acc = merge(acc, partials[c * p.chunks_total + k]);
-        }
-        write_statistics(c, acc);
-    }
-}
-
 // Single pass, for windows that hold every value of their channels in one chunk (the plan's
 // `fused`): each workgroup reduces its channel (or band of channels) exactly as
 // partials_* and the finalize would, writes the statistics, then normalizes the same values,
 // which it has just read and so mostly finds in cache. One dispatch instead of three, and the
 // second read of x comes from cache.
-
-override HAS_AFFINE: bool = true;
-
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-// [gamma (C) | beta (C)]
-@group(0) @binding(6) var<storage, read> affine: array<f32>;
 
 var<workgroup> band_statistics: array<vec2<f32>, BAND>;
 
@@ -280,16 +209,19 @@ fn scale_shift(c: u32, statistics: vec2<f32>) -> vec2<f32> {
 
 fn normalize_eight(at: Eight, mean: f32, scale_shift: vec2<f32>) {
     let v = load_eight(at);
-    let lo = (v.lo - mean) * scale_shift.x + scale_shift.y;
-    let hi = (v.hi - mean) * scale_shift.x + scale_shift.y;
-    y[at.lo.x] = lo.x;
-    y[at.lo.y] = lo.y;
-    y[at.lo.z] = lo.z;
-    y[at.lo.w] = lo.w;
-    y[at.hi.x] = hi.x;
-    y[at.hi.y] = hi.y;
-    y[at.hi.z] = hi.z;
-    y[at.hi.w] = hi.w;
+    let mean4 = vec4<f32>(mean);
+    let scale4 = vec4<f32>(scale_shift.x);
+    let shift4 = vec4<f32>(scale_shift.y);
+    let lo = normalized4(v.lo, mean4, scale4, shift4);
+    let hi = normalized4(v.hi, mean4, scale4, shift4);
+    store_y(at.lo.x, lo.x);
+    store_y(at.lo.y, lo.y);
+    store_y(at.lo.z, lo.z);
+    store_y(at.lo.w, lo.w);
+    store_y(at.hi.x, hi.x);
+    store_y(at.hi.y, hi.y);
+    store_y(at.hi.z, hi.z);
+    store_y(at.hi.w, hi.w);
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -300,12 +232,12 @@ fn fused_forward_contiguous(
 ) {
     let values = p.o_count * p.inner;
     for (var c_rel = wid.x; c_rel < p.c_count; c_rel += nwg.x) {
-        shared_partials[lid] = thread_partial_contiguous(c_rel, 0u, values, lid);
+        shared_acc[lid] = thread_partial_contiguous(c_rel, 0u, values, lid);
         reduce_workgroup(lid);
-        let total = shared_partials[0];
+        let total = shared_acc[0];
         let c = p.c0 + c_rel;
         if (lid == 0u) {
-            write_statistics(c, total);
+            finalize_channel(c, total);
         }
         let statistics = mean_invstd(total);
         let affine_c = scale_shift(c, statistics);
@@ -316,7 +248,7 @@ fn fused_forward_contiguous(
             m += 8u * WORKGROUP;
         }
         while (m < values) {
-            y[walk.index] = (x[walk.index] - statistics.x) * affine_c.x + affine_c.y;
+            store_y(walk.index, normalized(load_x(walk.index), statistics.x, affine_c.x, affine_c.y));
             walk = walk_next(walk);
             m += WORKGROUP;
         }
@@ -335,15 +267,15 @@ fn fused_forward_strided(
     for (var band = wid.x; band < p.items; band += nwg.x) {
         let c_rel = band * BAND + lane_c;
         let c = p.c0 + c_rel;
-        var acc = Partial(0.0, 0.0, 0.0, 0.0);
+        var acc = acc_empty();
         if (c_rel < p.c_count) {
             acc = thread_partial_strided(c_rel, 0u, p.o_count, lane_r);
         }
-        shared_partials[lid] = acc;
+        shared_acc[lid] = acc;
         workgroupBarrier();
         if (lane_r == 0u && c_rel < p.c_count) {
             let total = merge_row_lanes(lid);
-            write_statistics(c, total);
+            finalize_channel(c, total);
             band_statistics[lane_c] = mean_invstd(total);
         }
         workgroupBarrier();
@@ -359,7 +291,7 @@ fn fused_forward_strided(
                 index += 8u * row_step;
             }
             while (row < p.o_count) {
-                y[index] = (x[index] - statistics.x) * affine_c.x + affine_c.y;
+                store_y(index, normalized(load_x(index), statistics.x, affine_c.x, affine_c.y));
                 row += ROW_LANES;
                 index += row_step;
             }

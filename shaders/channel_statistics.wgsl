@@ -1,13 +1,7 @@
 // Where the normalize kernels (scalar and vec4) take each channel's mean and invstd: from the
-// batch statistics a reduction wrote, or, in inference (FROM_RUNNING), straight from the running
-// stats, so that the inference forward is one dispatch instead of two.
-
-override FROM_RUNNING: bool = false;
-
-// [mean (C) | invstd (C)]: read (batch statistics), or written for a later backward (inference).
-@group(0) @binding(3) var<storage, read_write> stats: array<f32>;
-// [running_mean (C) | running_var (C)], read in inference only.
-@group(0) @binding(5) var<storage, read> running: array<f32>;
+// batch statistics a reduction wrote (`stats`), or, in inference (FROM_RUNNING), straight from
+// the running stats, so that the inference forward is one dispatch instead of two; and the
+// per-channel (mean, scale, shift) of y = (x - mean) * scale + shift.
 
 fn channel_mean_invstd(c: u32) -> vec2<f32> {
     if (FROM_RUNNING) {
@@ -26,4 +20,22 @@ fn save_running_statistics(thread: u32, threads: u32) {
             stats[p.channels + c] = mean_invstd.y;
         }
     }
+}
+
+struct ChannelScale {
+    mean: f32,
+    scale: f32,
+    shift: f32,
+}
+
+// Channel c's mean, scale = gamma * invstd and shift = beta.
+fn channel_scale(c: u32) -> ChannelScale {
+    let mean_invstd = channel_mean_invstd(c);
+    var scale = mean_invstd.y;
+    var shift = 0.0;
+    if (HAS_AFFINE) {
+        scale *= affine[c];
+        shift = affine[p.channels + c];
+    }
+    return ChannelScale(mean_invstd.x, scale, shift);
 }

@@ -1,15 +1,5 @@
-// What the dx kernels (`backward.wgsl`, `input_gradient_vec4.wgsl`) share: the per-channel
-// bindings and the factors of dx for one channel.
-
-override HAS_AFFINE: bool = true;
-override BATCH_STATS: bool = true;
-
-// [mean (C) | invstd (C)]
-@group(0) @binding(4) var<storage, read> stats: array<f32>;
-// [gamma (C) | beta (C)]
-@group(0) @binding(5) var<storage, read> affine: array<f32>;
-// [dgamma (C) | dbeta (C)], the order of [gamma | beta]
-@group(0) @binding(7) var<storage, read_write> grads: array<f32>;
+// What the dx kernels (`backward.wgsl`, `input_gradient_vec4.wgsl`) share: the factors of dx
+// for one channel, and dx itself from them.
 
 // The per-channel factors of dx (the formulas are at the top of backward.wgsl).
 struct DxFactors {
@@ -38,4 +28,44 @@ fn dx_factors(c: u32, dgamma_dbeta: vec2<f32>) -> DxFactors {
 // The factors of channel c, with the (dgamma, dbeta) a finalize wrote.
 fn channel_factors(c: u32) -> DxFactors {
     return dx_factors(c, vec2<f32>(grads[c], grads[p.channels + c]));
+}
+
+// dx of one element (or four lanes) from its x and dy: through batch statistics
+// dx = scale * (dy - mean(dy) - x_hat * mean(dy x_hat)); through running statistics (constants)
+// dx = dy * scale.
+fn input_gradient_value(x: f32, dy: f32, f: DxFactors) -> f32 {
+    if (BATCH_STATS) {
+        let x_hat = (x - f.mean) * f.invstd;
+        return f.scale * (dy - f.mean_dy - x_hat * f.mean_dy_xhat);
+    }
+    return dy * f.scale;
+}
+
+// The factors of four lanes.
+struct LaneFactors {
+    mean: vec4<f32>,
+    invstd: vec4<f32>,
+    scale: vec4<f32>,
+    mean_dy: vec4<f32>,
+    mean_dy_xhat: vec4<f32>,
+}
+
+// One channel's factors in every lane.
+fn splat_factors(f: DxFactors) -> LaneFactors {
+    return LaneFactors(
+        vec4<f32>(f.mean),
+        vec4<f32>(f.invstd),
+        vec4<f32>(f.scale),
+        vec4<f32>(f.mean_dy),
+        vec4<f32>(f.mean_dy_xhat),
+    );
+}
+
+// `input_gradient_value` on four lanes.
+fn input_gradient_value4(x: vec4<f32>, dy: vec4<f32>, f: LaneFactors) -> vec4<f32> {
+    if (BATCH_STATS) {
+        let x_hat = (x - f.mean) * f.invstd;
+        return f.scale * (dy - f.mean_dy - x_hat * f.mean_dy_xhat);
+    }
+    return dy * f.scale;
 }

@@ -1,13 +1,13 @@
 //! [`BatchNorm`]: the module, as PyTorch's `nn.BatchNorm1d/2d/3d`. It owns gamma and beta, the
 //! running stats and `num_batches_tracked`, all on the GPU, and a training/inference mode.
 
+use crate::encode::PassTimestamps;
 use crate::error::{BatchNormError, Result};
 use crate::functional::{
     batch_norm_backward_into, record_batch_norm, record_batch_norm_backward, ForwardArgs,
     Gradients, SavedStats,
 };
 use crate::gpu::GpuContext;
-use crate::kernels::PassTimestamps;
 use crate::tensor::{ChannelPair, Tensor};
 
 /// Options of a [`BatchNorm`], with PyTorch's defaults.

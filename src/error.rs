@@ -1,6 +1,6 @@
 //! The crate's error type: every refused call and every GPU failure the crate can catch.
 
-use crate::layout::Layout;
+use crate::layout::{Layout, ShapeError};
 
 /// Everything that can go wrong in this crate. A call that returns an error changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -52,14 +52,14 @@ pub enum BatchNormError {
     },
 
     /// Batch norm needs `[N, C, ...]`: at least two dimensions.
-    #[error("shape {shape:?} has rank {}; batch norm needs rank 2 or more ([N, C, ...])", shape.len())]
+    #[error("{}", ShapeError::RankTooLow { shape: shape.clone() })]
     RankTooLow {
         /// The shape given.
         shape: Vec<usize>,
     },
 
     /// The element count of a shape does not fit in memory addresses.
-    #[error("shape {shape:?} has more elements than can be addressed")]
+    #[error("{}", ShapeError::TooManyElements { shape: shape.clone() })]
     TooManyElements {
         /// The shape given.
         shape: Vec<usize>,
@@ -220,6 +220,15 @@ pub enum BatchNormError {
     /// The device was lost or a buffer could not be read back.
     #[error("the GPU device was lost or failed: {0}")]
     DeviceLost(String),
+}
+
+impl From<ShapeError> for BatchNormError {
+    fn from(error: ShapeError) -> Self {
+        match error {
+            ShapeError::RankTooLow { shape } => BatchNormError::RankTooLow { shape },
+            ShapeError::TooManyElements { shape } => BatchNormError::TooManyElements { shape },
+        }
+    }
 }
 
 /// Shorthand for this crate's results.

@@ -6,13 +6,11 @@
 //! (`record_batch_norm`), which submits nothing. Every check runs before any GPU work, so a
 //! refused call changes nothing.
 
+use crate::encode::{record, Operands, PassTimestamps};
 use crate::error::{BatchNormError, Result};
-use crate::kernels::backward::{backward, BackwardBuffers};
-use crate::kernels::normalize::{normalize, ChannelStatistics};
-use crate::kernels::statistics::{batch_statistics, fused_forward, FusedForward, RunningUpdate};
-use crate::kernels::{record_pass, PassTimestamps};
 use crate::layout::Layout;
 use crate::plan::{plan, Operation};
+use crate::steps::{steps, Call};
 use crate::tensor::{ChannelPair, Tensor};
 
 /// The arguments of a forward call besides the input.
@@ -127,74 +125,40 @@ pub fn record_batch_norm(
     if x.is_empty() {
         return Ok(saved);
     }
-    let operation = match source {
-        StatsSource::Batch => Operation::TrainingForward,
-        StatsSource::Running => Operation::InferenceForward,
+    let (operation, call) = match source {
+        StatsSource::Batch => (
+            Operation::TrainingForward,
+            Call::TrainingForward {
+                momentum: args.running.map(|_| args.momentum as f32),
+                eps: args.eps as f32,
+            },
+        ),
+        StatsSource::Running => (
+            Operation::InferenceForward,
+            Call::InferenceForward {
+                eps: args.eps as f32,
+            },
+        ),
     };
     let plan = plan(x.view(), ctx.plan_limits(), operation)?;
-    let eps = args.eps as f32;
-    let stats = saved.mean_invstd.buffer();
-    ctx.checked(|_| -> Result<()> {
-        let dispatches = match (source, plan.fused_window()) {
-            (StatsSource::Batch, Some(window)) => vec![fused_forward(
-                ctx,
-                &plan,
-                window,
-                &FusedForward {
-                    x: x.buffer(),
-                    y: y.buffer(),
-                    stats,
-                    update: args.running.map(|running| RunningUpdate {
-                        running: running.buffer(),
-                        momentum: args.momentum as f32,
-                    }),
-                    affine: args.affine.map(ChannelPair::buffer),
-                },
-                eps,
-            )?],
-            (StatsSource::Batch, None) => {
-                let mut dispatches = batch_statistics(
-                    ctx,
-                    &plan,
-                    x.buffer(),
-                    stats,
-                    args.running.map(|running| RunningUpdate {
-                        running: running.buffer(),
-                        momentum: args.momentum as f32,
-                    }),
-                    eps,
-                )?;
-                dispatches.extend(normalize(
-                    ctx,
-                    &plan,
-                    x.buffer(),
-                    y.buffer(),
-                    ChannelStatistics::Batch(stats),
-                    args.affine.map(ChannelPair::buffer),
-                )?);
-                dispatches
-            }
-            (StatsSource::Running, _) => {
-                let running = args
-                    .running
-                    .ok_or(BatchNormError::Unsupported("inference needs running stats"))?;
-                normalize(
-                    ctx,
-                    &plan,
-                    x.buffer(),
-                    y.buffer(),
-                    ChannelStatistics::Running {
-                        running: running.buffer(),
-                        saved: stats,
-                        eps,
-                    },
-                    args.affine.map(ChannelPair::buffer),
-                )?
-            }
-        };
-        record_pass(encoder, "batch norm forward", &dispatches, timestamps);
-        Ok(())
-    })??;
+    let operands = Operands {
+        x: Some(x.buffer()),
+        y: Some(y.buffer()),
+        stats: Some(saved.mean_invstd.buffer()),
+        affine: args.affine.map(ChannelPair::buffer),
+        running: args.running.map(ChannelPair::buffer),
+        ..Operands::default()
+    };
+    let steps = steps(&plan, call, args.affine.is_some());
+    record(
+        ctx,
+        encoder,
+        "batch norm forward",
+        &plan,
+        &steps,
+        &operands,
+        timestamps,
+    )?;
     Ok(saved)
 }
 
@@ -311,19 +275,28 @@ pub fn record_batch_norm_backward(
     };
     if !x.is_empty() {
         let plan = plan(x.view(), ctx.plan_limits(), Operation::Backward)?;
-        ctx.checked(|_| -> Result<()> {
-            let buffers = BackwardBuffers {
-                x: x.buffer(),
-                dy: dy.buffer(),
-                dx: dx.buffer(),
-                stats: saved.mean_invstd.buffer(),
-                affine: affine.map(ChannelPair::buffer),
-                grads: grads.buffer(),
-            };
-            let dispatches = backward(ctx, &plan, &buffers, saved.source == StatsSource::Batch)?;
-            record_pass(encoder, "batch norm backward", &dispatches, timestamps);
-            Ok(())
-        })??;
+        let call = Call::Backward {
+            batch_stats: saved.source == StatsSource::Batch,
+        };
+        let operands = Operands {
+            x: Some(x.buffer()),
+            dy: Some(dy.buffer()),
+            dx: Some(dx.buffer()),
+            stats: Some(saved.mean_invstd.buffer()),
+            affine: affine.map(ChannelPair::buffer),
+            grads: Some(grads.buffer()),
+            ..Operands::default()
+        };
+        let steps = steps(&plan, call, affine.is_some());
+        record(
+            ctx,
+            encoder,
+            "batch norm backward",
+            &plan,
+            &steps,
+            &operands,
+            timestamps,
+        )?;
     }
     Ok(affine.map(|_| grads))
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{BatchNormError, Result};
-use crate::kernels::{PipelineCache, WORKGROUP_STORAGE_BYTES};
 use crate::plan::{PlanLimits, WORKGROUP_SIZE};
+use crate::shader::{Override, Program, WORKGROUP_STORAGE_BYTES};
 
 /// Which adapter to open. [`AdapterOptions::from_env`] honours `WGPU_BACKEND` and
 /// `WGPU_ADAPTER_NAME`, as wgpu's own examples do.
@@ -156,6 +156,29 @@ fn check_kernel_limits(limits: &wgpu::Limits) -> Result<()> {
         }),
         None => Ok(()),
     }
+}
+
+/// Identifies one pipeline: program, entry point, and its override constants.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    program: Program,
+    entry: &'static str,
+    overrides: Vec<(Override, bool)>,
+}
+
+/// Compiled shader modules and pipelines of one device. Each is built once, on first use.
+#[derive(Default)]
+struct PipelineCache {
+    modules: Mutex<HashMap<Program, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+}
+
+/// Locks `mutex`, taking over from a thread that panicked while holding it (the maps it
+/// guards hold only finished entries).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A device and queue with everything the batch-norm kernels need. Clone it freely: clones
@@ -310,8 +333,60 @@ impl GpuContext {
         PlanLimits::new(&self.limits(), self.inner.summary.device_type)
     }
 
-    pub(crate) fn pipelines(&self) -> &PipelineCache {
-        &self.inner.pipelines
+    /// The compute pipeline of `entry` of `program` with `overrides`, compiled on first use
+    /// (each new one is a shader compile: tens of milliseconds on a CPU adapter).
+    pub(crate) fn pipeline(
+        &self,
+        program: Program,
+        entry: &'static str,
+        overrides: &[(Override, bool)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = PipelineKey {
+            program,
+            entry,
+            overrides: overrides.to_vec(),
+        };
+        let mut pipelines = lock(&self.inner.pipelines.pipelines);
+        if let Some(pipeline) = pipelines.get(&key) {
+            return Ok(pipeline.clone());
+        }
+        let module = self.shader_module(program)?;
+        let constants: Vec<(&str, f64)> = overrides
+            .iter()
+            .map(|&(name, on)| (name.name(), if on { 1.0 } else { 0.0 }))
+            .collect();
+        let pipeline = self.checked(|device| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Every kernel writes its workgroup memory before reading it.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })?;
+        pipelines.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn shader_module(&self, program: Program) -> Result<wgpu::ShaderModule> {
+        let mut modules = lock(&self.inner.pipelines.modules);
+        if let Some(module) = modules.get(&program) {
+            return Ok(module.clone());
+        }
+        let source = program.source();
+        let module = self.checked(|device| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&format!("{program:?}")),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            })
+        })?;
+        modules.insert(program, module.clone());
+        Ok(module)
     }
 
     /// True when both handles share one device.
@@ -357,11 +432,7 @@ impl GpuContext {
     }
 
     fn scratch_buffer(&self, key: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
-        let mut pool = self
-            .inner
-            .scratch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pool = lock(&self.inner.scratch);
         if let Some(buffer) = pool.get(key).filter(|b| b.size() >= bytes) {
             return Ok(buffer.clone());
         }

@@ -4,7 +4,23 @@
 //! `outer = N` and `inner = d1 * ...`; channels-last `[N, d1, ..., C]` has `outer = N * d1 * ...`
 //! and `inner = 1`. Element `(o, c, i)` lies at `(o * channels + c) * inner + i`.
 
-use crate::error::BatchNormError;
+/// Why a shape cannot be read as `[outer][channels][inner]`. Converts into the matching
+/// [`crate::BatchNormError`] variants, which display the same message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// Batch norm needs `[N, C, ...]`: at least two dimensions.
+    #[error("shape {shape:?} has rank {}; batch norm needs rank 2 or more ([N, C, ...])", shape.len())]
+    RankTooLow {
+        /// The shape given.
+        shape: Vec<usize>,
+    },
+    /// The element count of a shape does not fit in memory addresses.
+    #[error("shape {shape:?} has more elements than can be addressed")]
+    TooManyElements {
+        /// The shape given.
+        shape: Vec<usize>,
+    },
+}
 
 /// How the dimensions of a tensor are ordered in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,16 +46,16 @@ impl ChannelView {
     /// Reads `shape` (in memory order) as `[outer][channels][inner]`.
     ///
     /// Errors when the rank is below 2 or the element count overflows `usize`.
-    pub fn new(shape: &[usize], layout: Layout) -> Result<Self, BatchNormError> {
+    pub fn new(shape: &[usize], layout: Layout) -> Result<Self, ShapeError> {
         if shape.len() < 2 {
-            return Err(BatchNormError::RankTooLow {
+            return Err(ShapeError::RankTooLow {
                 shape: shape.to_vec(),
             });
         }
         let product = |dims: &[usize]| {
             dims.iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .ok_or(BatchNormError::TooManyElements {
+                .ok_or(ShapeError::TooManyElements {
                     shape: shape.to_vec(),
                 })
         };
@@ -55,7 +71,7 @@ impl ChannelView {
                 inner: 1,
             },
         };
-        view.len_checked().ok_or(BatchNormError::TooManyElements {
+        view.len_checked().ok_or(ShapeError::TooManyElements {
             shape: shape.to_vec(),
         })?;
         Ok(view)

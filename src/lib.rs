@@ -2,19 +2,24 @@
 #![warn(missing_docs)]
 
 pub mod batch_norm;
+mod encode;
 pub mod error;
 pub mod functional;
 pub mod gpu;
-pub mod kernels;
 pub mod layout;
+#[doc(hidden)]
 pub mod plan;
 pub mod reference;
+#[doc(hidden)]
+pub mod shader;
+#[doc(hidden)]
+pub mod steps;
 pub mod tensor;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig, ForwardOutput};
+pub use encode::PassTimestamps;
 pub use error::{BatchNormError, Result};
 pub use functional::{ForwardArgs, Gradients, SavedStats, StatsSource};
 pub use gpu::{AdapterOptions, AdapterSummary, GpuContext};
-pub use kernels::PassTimestamps;
 pub use layout::{ChannelView, Layout};
 pub use tensor::{ChannelPair, Tensor};

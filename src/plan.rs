@@ -40,6 +40,8 @@ pub const STRIDED_CHUNK_ROWS: usize = 1024;
 pub const STRIDED_BAND: usize = 32;
 /// Threads per workgroup (`WORKGROUP` in the shaders).
 pub const WORKGROUP_SIZE: usize = 256;
+/// Threads that share a channel in the strided reduction (`ROW_LANES` in the shaders).
+pub const STRIDED_ROW_LANES: usize = WORKGROUP_SIZE / STRIDED_BAND;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of one partial of the statistics reduction: count, shift, mean - shift, M2.
@@ -217,6 +219,8 @@ pub struct Plan {
     pub finalize: FinalizeKind,
     /// Elementwise kernels may use vec4 loads and stores.
     pub vec4: bool,
+    /// The limits the plan was made for (its dispatches' workgroup counts are capped by them).
+    pub limits: PlanLimits,
 }
 
 /// Plans `operation` on a non-empty tensor. Refuses, with what does not fit and by how much,
@@ -366,6 +370,7 @@ fn plan_with_chunk(
         kind,
         windows,
         vec4,
+        limits,
         chunks_total: chunk_base,
         chunk_len,
         finalize: if chunk_base <= PER_THREAD_FINALIZE_MAX_PARTIALS {
@@ -442,10 +447,10 @@ impl Plan {
     }
 
     /// Workgroups of the finalize dispatch: a thread or a workgroup per channel.
-    pub fn finalize_workgroups(&self, limits: PlanLimits) -> u32 {
+    pub fn finalize_workgroups(&self) -> u32 {
         match self.finalize {
-            FinalizeKind::PerThread => workgroups_for_threads(self.view.channels, limits),
-            FinalizeKind::PerWorkgroup => workgroups_for_items(self.view.channels, limits),
+            FinalizeKind::PerThread => workgroups_for_threads(self.view.channels, self.limits),
+            FinalizeKind::PerWorkgroup => workgroups_for_items(self.view.channels, self.limits),
         }
     }
 }

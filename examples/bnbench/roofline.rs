@@ -3,7 +3,7 @@
 //! same way as the cases, at a few launch shapes; the best one counts.
 
 use serde::Serialize;
-use wgpu_batchnorm::kernels::STREAM_WGSL;
+use wgpu_batchnorm::shader::STREAM_WGSL;
 use wgpu_batchnorm::{GpuContext, Layout, Tensor};
 
 use std::time::Duration;

@@ -1,0 +1,85 @@
+// The reduction both reducing programs share, over the accumulator `Acc` each defines with
+// `acc_empty` and `acc_merge` (Chan's merge of (count, shift, mean, M2) partials for the
+// statistics; plain sums of (dy, dy (x - mean)) for the gradients):
+// - `reduce_workgroup` and `merge_row_lanes`: a workgroup's threads into one accumulator, in a
+//   fixed order;
+// - the finalize entry points: each channel's partials from the `partials` buffer merged in a
+//   fixed order, by a workgroup (`finalize`, for channels with many partials) or by one thread
+//   (`finalize_per_thread`, for few: no barriers, no idle threads), then handed to the
+//   program's `finalize_channel`.
+// Fixed orders make results bitwise the same from run to run.
+
+var<workgroup> shared_acc: array<Acc, WORKGROUP>;
+
+// Merges shared_acc[0..WORKGROUP] into shared_acc[0] in a fixed order, eight at a time
+// (256 -> 32 -> 4 -> 1): three barriers instead of a binary tree's eight.
+fn reduce_workgroup(lid: u32) {
+    workgroupBarrier();
+    var width = WORKGROUP;
+    loop {
+        let next = max(width / 8u, 1u);
+        if (lid < next) {
+            var acc = shared_acc[lid];
+            for (var k = lid + next; k < width; k += next) {
+                acc = acc_merge(acc, shared_acc[k]);
+            }
+            shared_acc[lid] = acc;
+        }
+        workgroupBarrier();
+        width = next;
+        if (width == 1u) {
+            break;
+        }
+    }
+}
+
+// Merges the row lanes of a strided workgroup's channel (called by row lane 0, after a barrier
+// that follows every lane's write of shared_acc).
+fn merge_row_lanes(lid: u32) -> Acc {
+    var acc = shared_acc[lid];
+    for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
+        acc = acc_merge(acc, shared_acc[lid + lane * BAND]);
+    }
+    return acc;
+}
+
+// Where a reduction workgroup's result for window channel c_rel, chunk `chunk` goes.
+fn partial_slot(c_rel: u32, chunk: u32) -> u32 {
+    return (p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk;
+}
+
+// One workgroup per channel: for channels with many partials.
+@compute @workgroup_size(WORKGROUP)
+fn finalize(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var c = wid.x; c < p.channels; c += nwg.x) {
+        var acc = acc_empty();
+        for (var k = lid; k < p.chunks_total; k += WORKGROUP) {
+            acc = acc_merge(acc, partials[c * p.chunks_total + k]);
+        }
+        shared_acc[lid] = acc;
+        reduce_workgroup(lid);
+        if (lid == 0u) {
+            finalize_channel(c, shared_acc[0]);
+        }
+        workgroupBarrier();
+    }
+}
+
+// One thread per channel: for channels with few partials.
+@compute @workgroup_size(WORKGROUP)
+fn finalize_per_thread(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var c = gid.x; c < p.channels; c += nwg.x * WORKGROUP) {
+        var acc = acc_empty();
+        for (var k = 0u; k < p.chunks_total; k += 1u) {
+            acc = acc_merge(acc, partials[c * p.chunks_total + k]);
+        }
+        finalize_channel(c, acc);
+    }
+}

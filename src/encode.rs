@@ -1,0 +1,166 @@
+//! The one place that records steps (`steps.rs`) into a compute pass: it finds each role's
+//! buffer among the call's operands (or the context's scratch), builds the uniform block and
+//! the bind group, and dispatches.
+
+use crate::error::{BatchNormError, Result};
+use crate::gpu::GpuContext;
+use crate::plan::Plan;
+use crate::shader::{Params, Role, PARAMS_BINDING};
+use crate::steps::{Range, Step};
+
+/// Where to write GPU timestamps around an operation's compute pass (the benchmark's timer).
+#[derive(Clone, Copy, Debug)]
+pub struct PassTimestamps<'a> {
+    /// A timestamp query set.
+    pub query_set: &'a wgpu::QuerySet,
+    /// Query written when the pass begins.
+    pub begin: u32,
+    /// Query written when the pass ends.
+    pub end: u32,
+}
+
+/// The buffers of one call, by role (partials come from the context's scratch).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Operands<'a> {
+    pub x: Option<&'a wgpu::Buffer>,
+    pub y: Option<&'a wgpu::Buffer>,
+    pub dy: Option<&'a wgpu::Buffer>,
+    pub dx: Option<&'a wgpu::Buffer>,
+    pub affine: Option<&'a wgpu::Buffer>,
+    pub running: Option<&'a wgpu::Buffer>,
+    pub stats: Option<&'a wgpu::Buffer>,
+    pub grads: Option<&'a wgpu::Buffer>,
+}
+
+impl<'a> Operands<'a> {
+    fn get(&self, role: Role) -> Option<&'a wgpu::Buffer> {
+        match role {
+            Role::X => self.x,
+            Role::Y => self.y,
+            Role::Dy => self.dy,
+            Role::Dx => self.dx,
+            Role::Affine => self.affine,
+            Role::Running => self.running,
+            Role::Stats => self.stats,
+            Role::Grads => self.grads,
+            Role::Partials => None,
+        }
+    }
+}
+
+/// The scratch buffer that stands in for an unused binding of `role`: one per role, so that
+/// two stand-ins never share a buffer in one dispatch (wgpu refuses a buffer bound both
+/// read-only and read-write there).
+fn stand_in_key(role: Role) -> &'static str {
+    match role {
+        Role::Affine => "unused affine binding",
+        Role::Running => "unused running binding",
+        _ => "unused binding",
+    }
+}
+
+/// Records `steps` of `plan` into one compute pass of `encoder`, inside the context's error
+/// scopes (wgpu orders dispatches that share a buffer, so each step sees the previous one's
+/// writes).
+pub(crate) fn record(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    plan: &Plan,
+    steps: &[Step],
+    operands: &Operands<'_>,
+    timestamps: Option<PassTimestamps<'_>>,
+) -> Result<()> {
+    ctx.checked(|device| -> Result<()> {
+        let partials_bytes = steps
+            .iter()
+            .flat_map(|step| &step.bindings)
+            .filter_map(|binding| match binding.range {
+                Range::Partials(bytes) => Some(bytes),
+                _ => None,
+            })
+            .max();
+        let partials = partials_bytes
+            .map(|bytes| ctx.scratch("reduction partials", bytes))
+            .transpose()?;
+        let mut dispatches = Vec::with_capacity(steps.len());
+        for step in steps {
+            let pipeline = ctx.pipeline(step.program, step.entry, &step.overrides)?;
+            // Not `create_buffer_init`: it panics when the device has been lost.
+            let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-batchnorm params"),
+                size: std::mem::size_of::<Params>() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            ctx.queue()
+                .write_buffer(&uniform, 0, bytemuck::bytes_of(&step.params));
+            let mut resources = Vec::with_capacity(step.bindings.len());
+            for binding in &step.bindings {
+                resources.push(match binding.range {
+                    Range::Whole => (operand(operands, binding.role)?.clone(), 0, None),
+                    Range::Window(w) => {
+                        let window = &plan.windows[w];
+                        (
+                            operand(operands, binding.role)?.clone(),
+                            window.binding_offset,
+                            Some(window.binding_size),
+                        )
+                    }
+                    Range::Partials(bytes) => {
+                        let scratch = partials.as_ref().ok_or_else(|| internal("partials"))?;
+                        (scratch.clone(), 0, Some(bytes))
+                    }
+                    Range::Unused => (ctx.scratch(stand_in_key(binding.role), 16)?, 0, None),
+                });
+            }
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: PARAMS_BINDING,
+                resource: uniform.as_entire_binding(),
+            }];
+            entries.extend(step.bindings.iter().zip(&resources).map(
+                |(binding, (buffer, offset, size))| wgpu::BindGroupEntry {
+                    binding: binding.role.binding(),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset: *offset,
+                        size: size.and_then(wgpu::BufferSize::new),
+                    }),
+                },
+            ));
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(step.entry),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            dispatches.push((pipeline, bind_group, step.workgroups));
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: timestamps.map(|t| wgpu::ComputePassTimestampWrites {
+                query_set: t.query_set,
+                beginning_of_pass_write_index: Some(t.begin),
+                end_of_pass_write_index: Some(t.end),
+            }),
+        });
+        for (pipeline, bind_group, workgroups) in &dispatches {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(*workgroups, 1, 1);
+        }
+        Ok(())
+    })?
+}
+
+/// A step that names a buffer the call did not provide: a bug of the step builder, reported
+/// rather than panicked on.
+fn internal(role: &str) -> BatchNormError {
+    BatchNormError::Validation(format!(
+        "internal: a step binds {role} but the call has no such buffer"
+    ))
+}
+
+/// The call's buffer for `role`.
+fn operand<'a>(operands: &Operands<'a>, role: Role) -> Result<&'a wgpu::Buffer> {
+    operands.get(role).ok_or_else(|| internal(role.name()))
+}

@@ -1,0 +1,602 @@
+//! What an operation dispatches, as data: a pure function from a plan and a call to the list
+//! of steps (program, entry point, overrides, uniform values, which buffer plays which role,
+//! workgroup count). No GPU here: the unit tests below check the dispatches of every kind of
+//! plan, and each step's bindings against what its entry point uses (naga); `encode.rs`
+//! records a list of steps into one compute pass.
+
+use crate::plan::{
+    workgroups_for_elements, workgroups_for_items, FinalizeKind, Plan, ReductionKind, Window,
+    GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES,
+};
+use crate::shader::{Override, Params, Program, Role};
+
+/// Which part of its buffer a role binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Range {
+    /// The whole buffer (per-channel vectors).
+    Whole,
+    /// The part a window of the plan covers (tensors), by the window's index.
+    Window(usize),
+    /// The first bytes of the context's scratch buffer for reduction partials.
+    Partials(u64),
+    /// A stand-in: the entry point declares the binding, the call has no such buffer (no affine
+    /// parameters, no running stats), and an override keeps the kernel from touching it.
+    Unused,
+}
+
+/// One binding of a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// What the buffer is.
+    pub role: Role,
+    /// Which part of it.
+    pub range: Range,
+}
+
+/// One dispatch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The program.
+    pub program: Program,
+    /// Its entry point.
+    pub entry: &'static str,
+    /// Override constants set for the pipeline (the rest keep their defaults).
+    pub overrides: Vec<(Override, bool)>,
+    /// The uniform block.
+    pub params: Params,
+    /// Every binding the entry point uses, besides the uniform block.
+    pub bindings: Vec<Binding>,
+    /// Workgroups to dispatch.
+    pub workgroups: u32,
+}
+
+/// An operation and what it is called with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Call {
+    /// Batch statistics, the running-stats update when `momentum` is given, then y.
+    TrainingForward {
+        /// Weight of the batch in the running stats; `None` when there are none to update.
+        momentum: Option<f32>,
+        /// Added to the variance.
+        eps: f32,
+    },
+    /// y from the running stats, saving `[running_mean | invstd]` for the backward.
+    InferenceForward {
+        /// Added to the running variance.
+        eps: f32,
+    },
+    /// dgamma, dbeta, then dx.
+    Backward {
+        /// Through the batch statistics (training) or through constant running statistics.
+        batch_stats: bool,
+    },
+}
+
+/// The steps of `call` on `plan`, in order; `affine` says whether gamma and beta take part.
+pub fn steps(plan: &Plan, call: Call, affine: bool) -> Vec<Step> {
+    let builder = Builder { plan, affine };
+    match call {
+        Call::TrainingForward { momentum, eps } => builder.training_forward(momentum, eps),
+        Call::InferenceForward { eps } => builder.normalize(Some(eps)),
+        Call::Backward { batch_stats } => builder.backward(batch_stats),
+    }
+}
+
+struct Builder<'a> {
+    plan: &'a Plan,
+    affine: bool,
+}
+
+fn bind(role: Role, range: Range) -> Binding {
+    Binding { role, range }
+}
+
+/// The binding of an optional per-channel vector.
+fn whole_or_unused(role: Role, present: bool) -> Binding {
+    bind(role, if present { Range::Whole } else { Range::Unused })
+}
+
+impl Builder<'_> {
+    /// The geometry of window `w`; scalars left at zero.
+    fn window_params(&self, w: usize) -> Params {
+        let (plan, window) = (self.plan, &self.plan.windows[w]);
+        Params {
+            elem_shift: window.elem_shift as u32,
+            o_count: window.o_count as u32,
+            c0: window.c0 as u32,
+            c_count: window.c_count as u32,
+            channels: plan.view.channels as u32,
+            inner: plan.view.inner as u32,
+            chunk_len: plan.chunk_len as u32,
+            chunks: window.chunks as u32,
+            chunk_base: window.chunk_base as u32,
+            chunks_total: plan.chunks_total as u32,
+            items: window.reduction_items(plan.kind) as u32,
+            values_per_channel: plan.view.values_per_channel() as f32,
+            ..Params::default()
+        }
+    }
+
+    /// The scalars of the kernels that finish the statistics: eps, the running stats'
+    /// momentum, and M / (M - 1) for their unbiased variance.
+    fn with_statistics_scalars(&self, params: Params, momentum: Option<f32>, eps: f32) -> Params {
+        let values = self.plan.view.values_per_channel() as f64;
+        Params {
+            eps,
+            momentum: momentum.unwrap_or(0.0),
+            var_correction: (values / (values - 1.0)) as f32,
+            ..params
+        }
+    }
+
+    fn windows(&self) -> impl Iterator<Item = (usize, &Window)> + '_ {
+        self.plan.windows.iter().enumerate()
+    }
+
+    /// The workgroups of a fused dispatch on `window`: one per channel, or per band.
+    fn fused_workgroups(&self, window: &Window) -> u32 {
+        let items = match self.plan.kind {
+            ReductionKind::Contiguous => window.c_count,
+            ReductionKind::Strided => window.reduction_items(self.plan.kind),
+        };
+        workgroups_for_items(items, self.plan.limits)
+    }
+
+    /// Entry points of the two reduction shapes, contiguous then strided.
+    fn by_kind(&self, contiguous: &'static str, strided: &'static str) -> &'static str {
+        match self.plan.kind {
+            ReductionKind::Contiguous => contiguous,
+            ReductionKind::Strided => strided,
+        }
+    }
+
+    fn finalize_entry(&self) -> &'static str {
+        match self.plan.finalize {
+            FinalizeKind::PerThread => "finalize_per_thread",
+            FinalizeKind::PerWorkgroup => "finalize",
+        }
+    }
+
+    fn training_forward(&self, momentum: Option<f32>, eps: f32) -> Vec<Step> {
+        let has_running = momentum.is_some();
+        if let Some(window) = self.plan.fused_window() {
+            return vec![Step {
+                program: Program::BatchStatistics,
+                entry: self.by_kind("fused_forward_contiguous", "fused_forward_strided"),
+                overrides: vec![
+                    (Override::HasRunning, has_running),
+                    (Override::HasAffine, self.affine),
+                ],
+                params: self.with_statistics_scalars(self.window_params(0), momentum, eps),
+                bindings: vec![
+                    bind(Role::X, Range::Window(0)),
+                    bind(Role::Y, Range::Window(0)),
+                    bind(Role::Stats, Range::Whole),
+                    whole_or_unused(Role::Running, has_running),
+                    whole_or_unused(Role::Affine, self.affine),
+                ],
+                workgroups: self.fused_workgroups(window),
+            }];
+        }
+        let partials = Range::Partials(self.plan.partials_bytes(STATISTICS_PARTIAL_BYTES));
+        let mut steps: Vec<Step> = self
+            .windows()
+            .map(|(w, _)| {
+                let params = self.window_params(w);
+                Step {
+                    program: Program::BatchStatistics,
+                    entry: self.by_kind("partials_contiguous", "partials_strided"),
+                    overrides: vec![],
+                    params,
+                    bindings: vec![
+                        bind(Role::X, Range::Window(w)),
+                        bind(Role::Partials, partials),
+                    ],
+                    workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
+                }
+            })
+            .collect();
+        let finalize_params = Params {
+            channels: self.plan.view.channels as u32,
+            chunks_total: self.plan.chunks_total as u32,
+            ..Params::default()
+        };
+        steps.push(Step {
+            program: Program::BatchStatistics,
+            entry: self.finalize_entry(),
+            overrides: vec![(Override::HasRunning, has_running)],
+            params: self.with_statistics_scalars(finalize_params, momentum, eps),
+            bindings: vec![
+                bind(Role::Partials, partials),
+                bind(Role::Stats, Range::Whole),
+                whole_or_unused(Role::Running, has_running),
+            ],
+            workgroups: self.plan.finalize_workgroups(),
+        });
+        steps.extend(self.normalize(None));
+        steps
+    }
+
+    /// One elementwise dispatch per window that writes y: from the batch statistics a
+    /// reduction wrote (`from_running_eps` is `None`), or from the running stats with that eps.
+    fn normalize(&self, from_running_eps: Option<f32>) -> Vec<Step> {
+        let (program, entry) = if self.plan.vec4 {
+            (Program::NormalizeVec4, "normalize_vec4")
+        } else {
+            (Program::Normalize, "normalize")
+        };
+        self.windows()
+            .map(|(w, window)| Step {
+                program,
+                entry,
+                overrides: vec![
+                    (Override::HasAffine, self.affine),
+                    (Override::FromRunning, from_running_eps.is_some()),
+                ],
+                params: Params {
+                    eps: from_running_eps.unwrap_or(0.0),
+                    ..self.window_params(w)
+                },
+                bindings: vec![
+                    bind(Role::X, Range::Window(w)),
+                    bind(Role::Y, Range::Window(w)),
+                    bind(Role::Stats, Range::Whole),
+                    whole_or_unused(Role::Running, from_running_eps.is_some()),
+                    whole_or_unused(Role::Affine, self.affine),
+                ],
+                workgroups: self.elementwise_workgroups(window, program.lanes()),
+            })
+            .collect()
+    }
+
+    fn elementwise_workgroups(&self, window: &Window, lanes: u32) -> u32 {
+        let lanes = lanes as usize;
+        let row = window.c_count * self.plan.view.inner;
+        workgroups_for_elements(window.o_count * row / lanes, row / lanes, self.plan.limits)
+    }
+
+    fn backward(&self, batch_stats: bool) -> Vec<Step> {
+        let overrides = vec![
+            (Override::HasAffine, self.affine),
+            (Override::BatchStats, batch_stats),
+        ];
+        // What the kernels that write dx bind, fused or not.
+        let dx_bindings = |w: usize| {
+            vec![
+                bind(Role::X, Range::Window(w)),
+                bind(Role::Dy, Range::Window(w)),
+                bind(Role::Dx, Range::Window(w)),
+                bind(Role::Stats, Range::Whole),
+                whole_or_unused(Role::Affine, self.affine),
+                bind(Role::Grads, Range::Whole),
+            ]
+        };
+        if let Some(window) = self.plan.fused_window() {
+            return vec![Step {
+                program: Program::Backward,
+                entry: self.by_kind("fused_backward_contiguous", "fused_backward_strided"),
+                overrides,
+                params: self.window_params(0),
+                bindings: dx_bindings(0),
+                workgroups: self.fused_workgroups(window),
+            }];
+        }
+        let partials = Range::Partials(self.plan.partials_bytes(GRADIENT_PARTIAL_BYTES));
+        let mut steps: Vec<Step> = self
+            .windows()
+            .map(|(w, _)| {
+                let params = self.window_params(w);
+                Step {
+                    program: Program::Backward,
+                    entry: self.by_kind("grad_partials_contiguous", "grad_partials_strided"),
+                    overrides: overrides.clone(),
+                    params,
+                    bindings: vec![
+                        bind(Role::X, Range::Window(w)),
+                        bind(Role::Dy, Range::Window(w)),
+                        bind(Role::Stats, Range::Whole),
+                        bind(Role::Partials, partials),
+                    ],
+                    workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
+                }
+            })
+            .collect();
+        steps.push(Step {
+            program: Program::Backward,
+            entry: self.finalize_entry(),
+            overrides: overrides.clone(),
+            params: Params {
+                channels: self.plan.view.channels as u32,
+                chunks_total: self.plan.chunks_total as u32,
+                ..Params::default()
+            },
+            bindings: vec![
+                bind(Role::Partials, partials),
+                bind(Role::Stats, Range::Whole),
+                bind(Role::Grads, Range::Whole),
+            ],
+            workgroups: self.plan.finalize_workgroups(),
+        });
+        let (program, entry) = if self.plan.vec4 {
+            (Program::InputGradientVec4, "input_gradient_vec4")
+        } else {
+            (Program::Backward, "input_gradient")
+        };
+        steps.extend(self.windows().map(|(w, window)| Step {
+            program,
+            entry,
+            overrides: overrides.clone(),
+            params: self.window_params(w),
+            bindings: dx_bindings(w),
+            workgroups: self.elementwise_workgroups(window, program.lanes()),
+        }));
+        steps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::layout::{ChannelView, Layout};
+    use crate::plan::{plan, Operation, PlanLimits};
+
+    const CPU: wgpu::DeviceType = wgpu::DeviceType::Cpu;
+    const GPU: wgpu::DeviceType = wgpu::DeviceType::DiscreteGpu;
+
+    fn limits(max_binding_bytes: u64, device_type: wgpu::DeviceType) -> PlanLimits {
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: max_binding_bytes,
+            ..wgpu::Limits::default()
+        };
+        PlanLimits::new(&limits, device_type)
+    }
+
+    fn plan_for(shape: &[usize], layout: Layout, limits: PlanLimits, operation: Operation) -> Plan {
+        plan(ChannelView::new(shape, layout).unwrap(), limits, operation).unwrap()
+    }
+
+    const TRAINING: Call = Call::TrainingForward {
+        momentum: Some(0.1),
+        eps: 1e-5,
+    };
+    const INFERENCE: Call = Call::InferenceForward { eps: 1e-5 };
+    const BACKWARD: Call = Call::Backward { batch_stats: true };
+
+    fn operation(call: Call) -> Operation {
+        match call {
+            Call::TrainingForward { .. } => Operation::TrainingForward,
+            Call::InferenceForward { .. } => Operation::InferenceForward,
+            Call::Backward { .. } => Operation::Backward,
+        }
+    }
+
+    fn entries(steps: &[Step]) -> Vec<&'static str> {
+        steps.iter().map(|s| s.entry).collect()
+    }
+
+    #[test]
+    fn fused_plans_are_one_dispatch() {
+        let limits = limits(128 << 20, CPU);
+        for (shape, layout, forward, backward) in [
+            (
+                &[3usize, 5, 67, 61][..],
+                Layout::ChannelsFirst,
+                "fused_forward_contiguous",
+                "fused_backward_contiguous",
+            ),
+            (
+                &[4, 16, 16, 40],
+                Layout::ChannelsLast,
+                "fused_forward_strided",
+                "fused_backward_strided",
+            ),
+        ] {
+            for (call, entry) in [(TRAINING, forward), (BACKWARD, backward)] {
+                let plan = plan_for(shape, layout, limits, operation(call));
+                assert!(plan.fused_window().is_some());
+                let steps = steps(&plan, call, true);
+                assert_eq!(entries(&steps), [entry], "{shape:?}");
+                // One workgroup per channel, or per band of 32 channels.
+                let want = match layout {
+                    Layout::ChannelsFirst => 5,
+                    Layout::ChannelsLast => 2,
+                };
+                assert_eq!(steps[0].workgroups, want);
+            }
+        }
+    }
+
+    #[test]
+    fn split_plans_reduce_finalize_then_write_per_window() {
+        // 8 windows of one chunk each under 64 KiB bindings.
+        let small = limits(64 << 10, CPU);
+        let plan = plan_for(
+            &[8, 3, 64, 64],
+            Layout::ChannelsFirst,
+            small,
+            Operation::TrainingForward,
+        );
+        assert_eq!((plan.windows.len(), plan.chunks_total), (8, 8));
+        let training = steps(&plan, TRAINING, true);
+        let mut want = vec!["partials_contiguous"; 8];
+        want.push("finalize_per_thread");
+        want.extend(["normalize_vec4"; 8]);
+        assert_eq!(entries(&training), want);
+        // Each window's steps bind that window of x and write its partial slots.
+        for (w, step) in training[..8].iter().enumerate() {
+            assert_eq!(step.bindings[0], bind(Role::X, Range::Window(w)));
+            assert_eq!(step.params.chunk_base as usize, plan.windows[w].chunk_base);
+        }
+        assert_eq!(
+            training[0].bindings[1],
+            bind(Role::Partials, Range::Partials(3 * 8 * 16))
+        );
+        let backward = steps(&plan, BACKWARD, true);
+        assert_eq!(backward.len(), 17);
+        assert_eq!(backward[8].entry, "finalize_per_thread");
+        assert_eq!(
+            backward[8].bindings[0],
+            bind(Role::Partials, Range::Partials(3 * 8 * 8))
+        );
+        assert_eq!(backward[16].entry, "input_gradient_vec4");
+    }
+
+    #[test]
+    fn many_partials_are_merged_by_a_workgroup_per_channel() {
+        let plan = plan_for(
+            &[36, 2, 128, 128],
+            Layout::ChannelsFirst,
+            limits(128 << 20, GPU),
+            Operation::TrainingForward,
+        );
+        let steps = steps(&plan, TRAINING, false);
+        assert_eq!(
+            entries(&steps),
+            ["partials_contiguous", "finalize", "normalize_vec4"]
+        );
+        // 288 chunks x 2 channels of work items; the finalize a workgroup per channel.
+        assert_eq!(steps[0].workgroups, 576);
+        assert_eq!(steps[1].workgroups, 2);
+        assert_eq!(steps[0].params.items, 576);
+    }
+
+    #[test]
+    fn inference_is_one_elementwise_dispatch_per_window_from_the_running_stats() {
+        let plan = plan_for(
+            &[5, 7, 3],
+            Layout::ChannelsLast,
+            limits(128 << 20, CPU),
+            Operation::InferenceForward,
+        );
+        let steps = steps(&plan, INFERENCE, true);
+        assert_eq!(entries(&steps), ["normalize"]);
+        let step = &steps[0];
+        assert!(step.overrides.contains(&(Override::FromRunning, true)));
+        assert!(step.bindings.contains(&bind(Role::Running, Range::Whole)));
+        assert_eq!(step.params.eps, 1e-5);
+    }
+
+    #[test]
+    fn optional_parameters_and_running_stats_bind_stand_ins() {
+        let plan = plan_for(
+            &[3, 5, 67, 61],
+            Layout::ChannelsFirst,
+            limits(128 << 20, CPU),
+            Operation::TrainingForward,
+        );
+        let call = Call::TrainingForward {
+            momentum: None,
+            eps: 1e-5,
+        };
+        let step = &steps(&plan, call, false)[0];
+        assert!(step.bindings.contains(&bind(Role::Running, Range::Unused)));
+        assert!(step.bindings.contains(&bind(Role::Affine, Range::Unused)));
+        assert!(step.overrides.contains(&(Override::HasRunning, false)));
+        assert!(step.overrides.contains(&(Override::HasAffine, false)));
+    }
+
+    #[test]
+    fn elementwise_dispatches_stride_whole_rows_where_they_can() {
+        // 16x3x128x128 on a CPU adapter: 64 workgroups of vec4s, a whole number of rows apart.
+        let plan = plan_for(
+            &[16, 3, 128, 128],
+            Layout::ChannelsFirst,
+            limits(128 << 20, CPU),
+            Operation::InferenceForward,
+        );
+        let step = &steps(&plan, INFERENCE, true)[0];
+        let row_vec4s = 3 * 128 * 128 / 4;
+        assert!(step.workgroups <= 64);
+        assert_eq!(step.workgroups as usize * 256 % row_vec4s, 0);
+    }
+
+    /// Bindings the entry point of each program uses, from naga.
+    fn used_bindings(program: Program, entry: &str) -> BTreeSet<u32> {
+        let source = program.source();
+        let module = naga::front::wgsl::parse_str(&source).expect("valid WGSL");
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&module)
+        .expect("valid WGSL");
+        let index = module
+            .entry_points
+            .iter()
+            .position(|e| e.name == entry)
+            .unwrap_or_else(|| panic!("{program:?} has no entry point {entry}"));
+        let uses = info.get_entry_point(index);
+        module
+            .global_variables
+            .iter()
+            .filter(|(handle, var)| {
+                matches!(var.space, naga::AddressSpace::Storage { .. }) && !uses[*handle].is_empty()
+            })
+            .map(|(_, var)| var.binding.as_ref().expect("a resource binding").binding)
+            .collect()
+    }
+
+    /// Every step of every kind of plan binds exactly what its entry point uses, so no bind
+    /// group can miss or add a binding on any adapter.
+    #[test]
+    fn every_step_binds_what_its_entry_point_uses() {
+        let cases: [(&[usize], Layout, PlanLimits); 5] = [
+            (
+                &[3, 5, 67, 61],
+                Layout::ChannelsFirst,
+                limits(128 << 20, CPU),
+            ),
+            (
+                &[4, 16, 16, 40],
+                Layout::ChannelsLast,
+                limits(128 << 20, CPU),
+            ),
+            (
+                &[8, 3, 64, 64],
+                Layout::ChannelsFirst,
+                limits(64 << 10, CPU),
+            ),
+            (
+                &[10, 64, 63, 8],
+                Layout::ChannelsLast,
+                limits(128 << 20, GPU),
+            ),
+            (&[2, 3, 7, 7], Layout::ChannelsFirst, limits(1024, CPU)),
+        ];
+        let calls = [
+            TRAINING,
+            Call::TrainingForward {
+                momentum: None,
+                eps: 1e-5,
+            },
+            INFERENCE,
+            BACKWARD,
+            Call::Backward { batch_stats: false },
+        ];
+        let mut seen = BTreeSet::new();
+        for (shape, layout, limits) in cases {
+            for call in calls {
+                let plan = plan_for(shape, layout, limits, operation(call));
+                for affine in [true, false] {
+                    for step in steps(&plan, call, affine) {
+                        let bound: BTreeSet<u32> =
+                            step.bindings.iter().map(|b| b.role.binding()).collect();
+                        assert_eq!(bound.len(), step.bindings.len(), "{step:?}");
+                        assert_eq!(
+                            bound,
+                            used_bindings(step.program, step.entry),
+                            "{:?} {}",
+                            step.program,
+                            step.entry
+                        );
+                        seen.insert((format!("{:?}", step.program), step.entry));
+                    }
+                }
+            }
+        }
+        // Every entry point of every program was reached.
+        assert_eq!(seen.len(), 16, "{seen:?}");
+    }
+}
