@@ -9,7 +9,7 @@ wrote. Cases are matched on (operation, layout, shape). Two comparisons per case
              PyTorch's summed kernel time per call (profiler); ratio < 1 means we are faster;
   host time  bnbench's calls submitted back to back (wall time per call) against PyTorch's
              eager call between CUDA events (median);
-  roofline   issue 5's two-pass roofline: 12 bytes per element for the training forward, 8 for
+  roofline   the two-pass roofline of the project's targets (docs/design.md): 12 bytes per element for the training forward, 8 for
              inference, 20 for the backward, over bnbench's stream kernel of the same run.
 
 Plain Python 3 (json module only): runs wherever the JSON files are.

@@ -4,7 +4,7 @@
 # table (scripts/compare.py) with our time over PyTorch's for each case.
 #
 # On the development machine, from the project root:
-#   bash ../shared/device/prepare.sh                  # once: the Vulkan loader debs, into .gl/
+#   bash scripts/fetch_vulkan_loader.sh               # once: the Vulkan loader debs, into .gl/
 #   cargo build --release --example bnbench
 # Then the device call, carrying [".gl", "target/release/examples/bnbench"]:
 #   bash scripts/compare_pytorch.sh [--quick] [--shape N,C,...]...
