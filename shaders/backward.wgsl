@@ -58,7 +58,7 @@ fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32)
     var acc = acc_empty();
     let row_step = ROW_LANES * p.channels;
     var row = start + lane_r;
-    var index = p.elem_shift + row * p.channels + c_rel;
+    var index = row * p.channels + c_rel;
     while (row + 7u * ROW_LANES < end) {
         acc += eight_sums(stride_eight(index, row_step), mean);
         row += 8u * ROW_LANES;
@@ -243,7 +243,7 @@ fn fused_backward_strided(
             let lanes = splat_factors(f);
             let row_step = ROW_LANES * p.channels;
             var row = lane_r;
-            var index = p.elem_shift + row * p.channels + c_rel;
+            var index = row * p.channels + c_rel;
             while (row + 7u * ROW_LANES < p.o_count) {
                 input_gradient_eight(stride_eight(index, row_step), lanes);
                 row += 8u * ROW_LANES;

@@ -106,7 +106,7 @@ fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Part
     var acc = acc_empty();
     let row_step = ROW_LANES * p.channels;
     var row = start + lane_r;
-    var index = p.elem_shift + row * p.channels + c_rel;
+    var index = row * p.channels + c_rel;
     while (row + 7u * ROW_LANES < end) {
         acc = merge(acc, eight_partial(load_eight(stride_eight(index, row_step))));
         row += 8u * ROW_LANES;
@@ -284,7 +284,7 @@ fn fused_forward_strided(
             let affine_c = scale_shift(c, statistics);
             let row_step = ROW_LANES * p.channels;
             var row = lane_r;
-            var index = p.elem_shift + row * p.channels + c_rel;
+            var index = row * p.channels + c_rel;
             while (row + 7u * ROW_LANES < p.o_count) {
                 normalize_eight(stride_eight(index, row_step), statistics.x, affine_c);
                 row += 8u * ROW_LANES;

@@ -3,8 +3,9 @@
 // uniform block `p`, bindings, and the element type's load and store functions.)
 //
 // A tensor is read as [outer][channels][inner]. A dispatch covers one window of it: outer rows
-// [o0, o0 + o_count) and channels [c0, c0 + c_count), bound so that element (o0, c0, 0) sits at
-// index `elem_shift` of the binding. Windows exist so that tensors larger than one storage
+// [o0, o0 + o_count) and channels [c0, c0 + c_count). Indices here are relative to the window's
+// element (o0, c0, 0); each tensor's load and store functions (the prelude) add where that
+// element sits in the tensor's binding. Windows exist so that tensors larger than one storage
 // binding can be processed; a small tensor is one window.
 
 // Walks the values of one window channel that a thread reads in a contiguous reduction: the
@@ -23,7 +24,7 @@ fn walk_values(c_rel: u32, m: u32) -> ValueWalk {
     let step_o = WORKGROUP / p.inner;
     let row = p.channels * p.inner;
     return ValueWalk(
-        p.elem_shift + o * row + c_rel * p.inner + i,
+        o * row + c_rel * p.inner + i,
         i,
         WORKGROUP - step_o * p.inner,
         step_o * row + (WORKGROUP - step_o * p.inner),
@@ -84,7 +85,7 @@ fn stride_eight(first: u32, step: u32) -> Eight {
 // visits has the same channel: the thread finds it once, loads its parameters once, and then
 // only adds the stride. Otherwise each element finds its channel.
 struct ElementCursor {
-    // Index in the binding.
+    // Index in the window.
     index: u32,
     // Absolute channel.
     c: u32,
@@ -95,7 +96,7 @@ fn cursor_at(e: u32) -> ElementCursor {
     let o = e / row;
     let within_row = e - o * row;
     return ElementCursor(
-        p.elem_shift + o * p.channels * p.inner + within_row,
+        o * p.channels * p.inner + within_row,
         p.c0 + within_row / p.inner,
     );
 }

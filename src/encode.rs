@@ -19,30 +19,35 @@ pub struct PassTimestamps<'a> {
     pub end: u32,
 }
 
+/// A tensor's buffer and the byte offset where the tensor starts in it.
+pub(crate) type TensorBuffer<'a> = (&'a wgpu::Buffer, u64);
+
 /// The buffers of one call, by role (partials come from the context's scratch).
 #[derive(Clone, Copy, Default)]
-pub(crate) struct Operands<'a> {
-    pub x: Option<&'a wgpu::Buffer>,
-    pub y: Option<&'a wgpu::Buffer>,
-    pub dy: Option<&'a wgpu::Buffer>,
-    pub dx: Option<&'a wgpu::Buffer>,
+pub(crate) struct Buffers<'a> {
+    pub x: Option<TensorBuffer<'a>>,
+    pub y: Option<TensorBuffer<'a>>,
+    pub dy: Option<TensorBuffer<'a>>,
+    pub dx: Option<TensorBuffer<'a>>,
     pub affine: Option<&'a wgpu::Buffer>,
     pub running: Option<&'a wgpu::Buffer>,
     pub stats: Option<&'a wgpu::Buffer>,
     pub grads: Option<&'a wgpu::Buffer>,
 }
 
-impl<'a> Operands<'a> {
-    fn get(&self, role: Role) -> Option<&'a wgpu::Buffer> {
+impl<'a> Buffers<'a> {
+    /// The buffer of `role` and the tensor's offset in it (0 for per-channel vectors).
+    fn get(&self, role: Role) -> Option<TensorBuffer<'a>> {
+        let whole = |buffer: Option<&'a wgpu::Buffer>| buffer.map(|b| (b, 0));
         match role {
             Role::X => self.x,
             Role::Y => self.y,
             Role::Dy => self.dy,
             Role::Dx => self.dx,
-            Role::Affine => self.affine,
-            Role::Running => self.running,
-            Role::Stats => self.stats,
-            Role::Grads => self.grads,
+            Role::Affine => whole(self.affine),
+            Role::Running => whole(self.running),
+            Role::Stats => whole(self.stats),
+            Role::Grads => whole(self.grads),
             Role::Partials => None,
         }
     }
@@ -68,7 +73,7 @@ pub(crate) fn record(
     label: &str,
     plan: &Plan,
     steps: &[Step],
-    operands: &Operands<'_>,
+    buffers: &Buffers<'_>,
     timestamps: Option<PassTimestamps<'_>>,
 ) -> Result<()> {
     ctx.checked(|device| -> Result<()> {
@@ -85,7 +90,7 @@ pub(crate) fn record(
             .transpose()?;
         let mut dispatches = Vec::with_capacity(steps.len());
         for step in steps {
-            let pipeline = ctx.pipeline(step.program, step.entry, &step.overrides)?;
+            let pipeline = ctx.pipeline(step)?;
             // Not `create_buffer_init`: it panics when the device has been lost.
             let uniform = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-batchnorm params"),
@@ -98,14 +103,11 @@ pub(crate) fn record(
             let mut resources = Vec::with_capacity(step.bindings.len());
             for binding in &step.bindings {
                 resources.push(match binding.range {
-                    Range::Whole => (operand(operands, binding.role)?.clone(), 0, None),
+                    Range::Whole => (buffer(buffers, binding.role)?.0.clone(), 0, None),
                     Range::Window(w) => {
-                        let window = &plan.windows[w];
-                        (
-                            operand(operands, binding.role)?.clone(),
-                            window.binding_offset,
-                            Some(window.binding_size),
-                        )
+                        let (buffer, tensor_offset) = buffer(buffers, binding.role)?;
+                        let window = plan.window_binding(w, tensor_offset);
+                        (buffer.clone(), window.offset, Some(window.size))
                     }
                     Range::Partials(bytes) => {
                         let scratch = partials.as_ref().ok_or_else(|| internal("partials"))?;
@@ -161,6 +163,6 @@ fn internal(role: &str) -> BatchNormError {
 }
 
 /// The call's buffer for `role`.
-fn operand<'a>(operands: &Operands<'a>, role: Role) -> Result<&'a wgpu::Buffer> {
-    operands.get(role).ok_or_else(|| internal(role.name()))
+fn buffer<'a>(buffers: &Buffers<'a>, role: Role) -> Result<TensorBuffer<'a>> {
+    buffers.get(role).ok_or_else(|| internal(role.name()))
 }

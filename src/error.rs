@@ -201,6 +201,64 @@ pub enum BatchNormError {
         actual: usize,
     },
 
+    /// A caller's buffer lacks a usage the call needs.
+    #[error(
+        "the buffer lacks the {missing} usage, which {needed_for} needs; create it with that usage"
+    )]
+    MissingBufferUsage {
+        /// The usages missing, e.g. "STORAGE".
+        missing: String,
+        /// What needs them.
+        needed_for: &'static str,
+    },
+
+    /// A view's byte offset is not a multiple of its element size.
+    #[error(
+        "a view must start at a multiple of {element_bytes} bytes (its element size), but \
+         starts at byte {offset}"
+    )]
+    MisalignedView {
+        /// The offset given.
+        offset: u64,
+        /// Bytes per element.
+        element_bytes: u64,
+    },
+
+    /// A view runs past the end of its buffer.
+    #[error(
+        "a view of {bytes} bytes at byte {offset} runs {} bytes past the end of its \
+         {buffer_bytes}-byte buffer",
+        offset + bytes - buffer_bytes
+    )]
+    ViewPastEnd {
+        /// Where the view starts.
+        offset: u64,
+        /// Bytes it spans.
+        bytes: u64,
+        /// The buffer's size.
+        buffer_bytes: u64,
+    },
+
+    /// An input and an output of one call overlap in one buffer.
+    #[error(
+        "{input} (bytes {input_start}..{input_end}) and {output} (bytes \
+         {output_start}..{output_end}) overlap in one buffer; give the output a range of its own"
+    )]
+    OverlappingViews {
+        /// The input.
+        input: &'static str,
+        /// Its first byte.
+        input_start: u64,
+        /// One past its last byte.
+        input_end: u64,
+        /// The output.
+        output: &'static str,
+        /// Its first byte.
+        output_start: u64,
+        /// One past its last byte.
+        output_end: u64,
+    },
+
     /// The operation needs something this batch norm does not have.
     #[error("{0}")]
     Unsupported(&'static str),

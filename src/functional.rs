@@ -6,11 +6,11 @@
 //! (`record_batch_norm`), which submits nothing. Every check runs before any GPU work, so a
 //! refused call changes nothing.
 
-use crate::encode::{record, Operands, PassTimestamps};
+use crate::encode::{record, Buffers, PassTimestamps};
 use crate::error::{BatchNormError, Result};
 use crate::layout::Layout;
 use crate::plan::{plan, Operation};
-use crate::steps::{steps, Call};
+use crate::steps::{steps, Call, Operands};
 use crate::tensor::{ChannelPair, Tensor};
 
 /// The arguments of a forward call besides the input.
@@ -142,28 +142,59 @@ pub fn record_batch_norm(
     };
     let plan = plan(x.view(), ctx.plan_limits(), operation)?;
     let operands = Operands {
-        x: Some(x.buffer()),
-        y: Some(y.buffer()),
+        affine: args.affine.is_some(),
+        x: x.offset(),
+        y: y.offset(),
+        inputs_share_output_buffer: x.buffer() == y.buffer(),
+        ..Operands::default()
+    };
+    let buffers = Buffers {
+        x: Some((x.buffer(), x.offset())),
+        y: Some((y.buffer(), y.offset())),
         stats: Some(saved.mean_invstd.buffer()),
         affine: args.affine.map(ChannelPair::buffer),
         running: args.running.map(ChannelPair::buffer),
-        ..Operands::default()
+        ..Buffers::default()
     };
-    let steps = steps(&plan, call, args.affine.is_some());
+    let steps = steps(&plan, call, &operands);
     record(
         ctx,
         encoder,
         "batch norm forward",
         &plan,
         &steps,
-        &operands,
+        &buffers,
         timestamps,
     )?;
     Ok(saved)
 }
 
+/// Refuses an input and an output that overlap in one buffer (wgpu would reject the
+/// dispatch, and in-place normalization is not what a kernel that reads x twice computes).
+fn check_no_overlap(
+    inputs: &[(&'static str, &Tensor)],
+    output: (&'static str, &Tensor),
+) -> Result<()> {
+    let (output_name, output) = output;
+    for &(input_name, input) in inputs {
+        let (a, b) = (input.byte_range(), output.byte_range());
+        if input.buffer() == output.buffer() && a.start < b.end && b.start < a.end {
+            return Err(BatchNormError::OverlappingViews {
+                input: input_name,
+                input_start: a.start,
+                input_end: a.end,
+                output: output_name,
+                output_start: b.start,
+                output_end: b.end,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_forward(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<()> {
     x.check_same_shape(y, "the output y")?;
+    check_no_overlap(&[("the input x", x)], ("the output y", y))?;
     if args.training && args.eps.is_finite() && args.eps <= 0.0 {
         return Err(BatchNormError::EpsNotPositiveInTraining(args.eps));
     }
@@ -253,6 +284,10 @@ pub fn record_batch_norm_backward(
 ) -> Result<Option<ChannelPair>> {
     x.check_same_shape(dy, "the gradient dy")?;
     x.check_same_shape(dx, "the gradient dx")?;
+    check_no_overlap(
+        &[("the input x", x), ("the gradient dy", dy)],
+        ("the gradient dx", dx),
+    )?;
     if saved.shape != x.shape() || saved.layout != x.layout() {
         return Err(BatchNormError::ShapeMismatch {
             what: "the saved statistics",
@@ -279,22 +314,30 @@ pub fn record_batch_norm_backward(
             batch_stats: saved.source == StatsSource::Batch,
         };
         let operands = Operands {
-            x: Some(x.buffer()),
-            dy: Some(dy.buffer()),
-            dx: Some(dx.buffer()),
+            affine: affine.is_some(),
+            x: x.offset(),
+            dy: dy.offset(),
+            dx: dx.offset(),
+            inputs_share_output_buffer: x.buffer() == dx.buffer() || dy.buffer() == dx.buffer(),
+            ..Operands::default()
+        };
+        let buffers = Buffers {
+            x: Some((x.buffer(), x.offset())),
+            dy: Some((dy.buffer(), dy.offset())),
+            dx: Some((dx.buffer(), dx.offset())),
             stats: Some(saved.mean_invstd.buffer()),
             affine: affine.map(ChannelPair::buffer),
             grads: Some(grads.buffer()),
-            ..Operands::default()
+            ..Buffers::default()
         };
-        let steps = steps(&plan, call, affine.is_some());
+        let steps = steps(&plan, call, &operands);
         record(
             ctx,
             encoder,
             "batch norm backward",
             &plan,
             &steps,
-            &operands,
+            &buffers,
             timestamps,
         )?;
     }

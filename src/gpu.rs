@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{BatchNormError, Result};
 use crate::plan::{PlanLimits, WORKGROUP_SIZE};
 use crate::shader::{Override, Program, WORKGROUP_STORAGE_BYTES};
+use crate::steps::Step;
 
 /// Which adapter to open. [`AdapterOptions::from_env`] honours `WGPU_BACKEND` and
 /// `WGPU_ADAPTER_NAME`, as wgpu's own examples do.
@@ -158,10 +159,13 @@ fn check_kernel_limits(limits: &wgpu::Limits) -> Result<()> {
     }
 }
 
-/// Identifies one pipeline: program, entry point, and its override constants.
+/// Identifies one shader module: a program, and whether its tensor inputs are read-write.
+type ModuleKey = (Program, bool);
+
+/// Identifies one pipeline: module, entry point, and its override constants.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PipelineKey {
-    program: Program,
+    module: ModuleKey,
     entry: &'static str,
     overrides: Vec<(Override, bool)>,
 }
@@ -169,7 +173,7 @@ struct PipelineKey {
 /// Compiled shader modules and pipelines of one device. Each is built once, on first use.
 #[derive(Default)]
 struct PipelineCache {
-    modules: Mutex<HashMap<Program, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
@@ -333,25 +337,22 @@ impl GpuContext {
         PlanLimits::new(&self.limits(), self.inner.summary.device_type)
     }
 
-    /// The compute pipeline of `entry` of `program` with `overrides`, compiled on first use
-    /// (each new one is a shader compile: tens of milliseconds on a CPU adapter).
-    pub(crate) fn pipeline(
-        &self,
-        program: Program,
-        entry: &'static str,
-        overrides: &[(Override, bool)],
-    ) -> Result<wgpu::ComputePipeline> {
+    /// The compute pipeline a step runs, compiled on first use (each new one is a shader
+    /// compile: tens of milliseconds on a CPU adapter).
+    pub(crate) fn pipeline(&self, step: &Step) -> Result<wgpu::ComputePipeline> {
         let key = PipelineKey {
-            program,
-            entry,
-            overrides: overrides.to_vec(),
+            module: (step.program, step.inputs_read_write),
+            entry: step.entry,
+            overrides: step.overrides.clone(),
         };
         let mut pipelines = lock(&self.inner.pipelines.pipelines);
         if let Some(pipeline) = pipelines.get(&key) {
             return Ok(pipeline.clone());
         }
-        let module = self.shader_module(program)?;
-        let constants: Vec<(&str, f64)> = overrides
+        let entry = step.entry;
+        let module = self.shader_module(key.module)?;
+        let constants: Vec<(&str, f64)> = step
+            .overrides
             .iter()
             .map(|&(name, on)| (name.name(), if on { 1.0 } else { 0.0 }))
             .collect();
@@ -373,19 +374,20 @@ impl GpuContext {
         Ok(pipeline)
     }
 
-    fn shader_module(&self, program: Program) -> Result<wgpu::ShaderModule> {
+    fn shader_module(&self, variant: ModuleKey) -> Result<wgpu::ShaderModule> {
         let mut modules = lock(&self.inner.pipelines.modules);
-        if let Some(module) = modules.get(&program) {
+        if let Some(module) = modules.get(&variant) {
             return Ok(module.clone());
         }
-        let source = program.source();
+        let (program, inputs_read_write) = variant;
+        let source = program.source(inputs_read_write);
         let module = self.checked(|device| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(&format!("{program:?}")),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             })
         })?;
-        modules.insert(program, module.clone());
+        modules.insert(variant, module.clone());
         Ok(module)
     }
 

@@ -180,19 +180,42 @@ pub struct Window {
     pub c0: usize,
     /// Channels.
     pub c_count: usize,
-    /// Byte offset of the binding (aligned).
-    pub binding_offset: u64,
-    /// Byte size of the binding.
-    pub binding_size: u64,
-    /// Index in the binding of element (o0, c0, 0).
-    pub elem_shift: usize,
+    /// Index in the tensor of element (o0, c0, 0), the window's first.
+    pub first: usize,
+    /// One past the index in the tensor of the window's last element.
+    pub end: usize,
     /// Reduction chunks per channel in this window.
     pub chunks: usize,
     /// Partial slot of this window's first chunk.
     pub chunk_base: usize,
 }
 
+/// Where a tensor's window is bound: a binding at an aligned offset, and the window's first
+/// element somewhere inside it (the kernels add `shift` to their indices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowBinding {
+    /// Byte offset of the binding in the buffer (a multiple of the offset alignment).
+    pub offset: u64,
+    /// Byte size of the binding.
+    pub size: u64,
+    /// Index in the binding of the window's first element.
+    pub shift: usize,
+}
+
 impl Window {
+    /// The binding of this window of a tensor that starts `tensor_offset` bytes into its buffer
+    /// (a multiple of 4), on a device whose storage bindings align to `alignment` bytes.
+    pub fn binding(&self, tensor_offset: u64, alignment: u64) -> WindowBinding {
+        let alignment = alignment.max(F32_BYTES);
+        let start = tensor_offset + self.first as u64 * F32_BYTES;
+        let offset = start / alignment * alignment;
+        WindowBinding {
+            offset,
+            size: tensor_offset + self.end as u64 * F32_BYTES - offset,
+            shift: ((start - offset) / F32_BYTES) as usize,
+        }
+    }
+
     /// Work items of this window's reduction dispatch.
     pub fn reduction_items(&self, kind: ReductionKind) -> usize {
         match kind {
@@ -217,7 +240,8 @@ pub struct Plan {
     pub chunk_len: usize,
     /// How partials are merged.
     pub finalize: FinalizeKind,
-    /// Elementwise kernels may use vec4 loads and stores.
+    /// Elementwise kernels may use vec4 loads and stores, where every tensor of the call starts
+    /// on a vec4 of its buffer (`Plan::vec4_at`).
     pub vec4: bool,
     /// The limits the plan was made for (its dispatches' workgroup counts are capped by them).
     pub limits: PlanLimits,
@@ -302,9 +326,7 @@ fn plan_with_chunk(
     };
     let window_at = |o0: usize, o_count: usize, c0: usize, c_count: usize, chunk_base: usize| {
         let first = (o0 * view.channels + c0) * view.inner;
-        let binding_offset = (first as u64 * F32_BYTES) / align * align;
-        let elem_shift = first - (binding_offset / F32_BYTES) as usize;
-        let last = if c_count == view.channels {
+        let end = if c_count == view.channels {
             (o0 + o_count) * view.channels * view.inner
         } else {
             first + c_count * view.inner
@@ -314,9 +336,8 @@ fn plan_with_chunk(
             o_count,
             c0,
             c_count,
-            binding_offset,
-            binding_size: (last as u64 * F32_BYTES) - binding_offset,
-            elem_shift,
+            first,
+            end,
             chunks: chunks_for(o_count),
             chunk_base,
         }
@@ -364,7 +385,7 @@ fn plan_with_chunk(
     let vec4 = lanes_fit
         && windows
             .iter()
-            .all(|w| w.elem_shift.is_multiple_of(4) && (w.c_count * view.inner).is_multiple_of(4));
+            .all(|w| w.first.is_multiple_of(4) && (w.c_count * view.inner).is_multiple_of(4));
     Ok(Plan {
         view,
         kind,
@@ -418,6 +439,17 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 impl Plan {
+    /// The binding of window `w` of a tensor that starts `tensor_offset` bytes into its buffer.
+    pub fn window_binding(&self, w: usize, tensor_offset: u64) -> WindowBinding {
+        self.windows[w].binding(tensor_offset, self.limits.offset_alignment)
+    }
+
+    /// Whether the elementwise kernels may use vec4s for tensors that start at these byte
+    /// offsets of their buffers: the plan allows it and every tensor starts on a vec4.
+    pub fn vec4_at(&self, tensor_offsets: &[u64]) -> bool {
+        self.vec4 && tensor_offsets.iter().all(|o| o.is_multiple_of(16))
+    }
+
     /// Bytes of the reduction partials of all chunks at `partial_bytes` each; 0 under a fused
     /// plan, which reduces each channel in one workgroup and writes no partial.
     pub fn partials_bytes(&self, partial_bytes: u64) -> u64 {
@@ -485,29 +517,36 @@ mod tests {
         ChannelView::new(shape, layout).unwrap()
     }
 
-    /// Every element of every channel is covered exactly once, inside its binding.
+    /// Every element of every channel is covered exactly once, inside its binding, for a
+    /// tensor at the start of its buffer and for tensors at other offsets (multiples of 4).
     fn assert_covers(plan: &Plan, limits: PlanLimits) {
         let v = plan.view;
-        let mut seen = vec![0u8; v.len()];
-        for w in &plan.windows {
-            assert_eq!(w.binding_offset % limits.offset_alignment, 0);
-            assert!(w.binding_size <= limits.max_binding_bytes);
-            for o in w.o0..w.o0 + w.o_count {
-                for c in w.c0..w.c0 + w.c_count {
-                    for i in 0..v.inner {
-                        let flat = v.index(o, c, i);
-                        let in_binding = w.elem_shift
-                            + (o - w.o0) * v.channels * v.inner
-                            + (c - w.c0) * v.inner
-                            + i;
-                        assert_eq!(w.binding_offset / 4 + in_binding as u64, flat as u64);
-                        assert!(((in_binding as u64) + 1) * 4 <= w.binding_size);
-                        seen[flat] += 1;
+        for tensor_offset in [0u64, 4, 12, 100, 252] {
+            let mut seen = vec![0u8; v.len()];
+            for (k, w) in plan.windows.iter().enumerate() {
+                let binding = plan.window_binding(k, tensor_offset);
+                assert_eq!(binding.offset % limits.offset_alignment, 0);
+                assert!(binding.size <= limits.max_binding_bytes);
+                for o in w.o0..w.o0 + w.o_count {
+                    for c in w.c0..w.c0 + w.c_count {
+                        for i in 0..v.inner {
+                            let flat = v.index(o, c, i);
+                            let in_binding = binding.shift
+                                + (o - w.o0) * v.channels * v.inner
+                                + (c - w.c0) * v.inner
+                                + i;
+                            assert_eq!(
+                                binding.offset + in_binding as u64 * 4,
+                                tensor_offset + flat as u64 * 4
+                            );
+                            assert!(((in_binding as u64) + 1) * 4 <= binding.size);
+                            seen[flat] += 1;
+                        }
                     }
                 }
             }
+            assert!(seen.iter().all(|&s| s == 1));
         }
-        assert!(seen.iter().all(|&s| s == 1));
     }
 
     #[test]
@@ -520,7 +559,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.windows.len(), 1);
         assert_eq!(p.kind, ReductionKind::Contiguous);
-        assert_eq!(p.windows[0].binding_size, 8 * 3 * 25 * 4);
+        assert_eq!(p.window_binding(0, 0).size, 8 * 3 * 25 * 4);
         assert_eq!(p.chunks_total, 1);
         assert_eq!(p.finalize, FinalizeKind::PerThread);
     }
@@ -805,8 +844,8 @@ mod tests {
         )
         .unwrap();
         assert!(p.windows.len() > 1);
-        for w in &p.windows {
-            assert!(w.binding_size / 4 <= MAX_WINDOW_VALUES);
+        for w in 0..p.windows.len() {
+            assert!(p.window_binding(w, 0).size / 4 <= MAX_WINDOW_VALUES);
         }
     }
 

@@ -38,6 +38,9 @@ pub struct Binding {
 pub struct Step {
     /// The program.
     pub program: Program,
+    /// Whether it runs the program's variant with read-write tensor inputs (an input shares a
+    /// buffer with the output this step writes).
+    pub inputs_read_write: bool,
     /// Its entry point.
     pub entry: &'static str,
     /// Override constants set for the pipeline (the rest keep their defaults).
@@ -72,9 +75,28 @@ pub enum Call {
     },
 }
 
-/// The steps of `call` on `plan`, in order; `affine` says whether gamma and beta take part.
-pub fn steps(plan: &Plan, call: Call, affine: bool) -> Vec<Step> {
-    let builder = Builder { plan, affine };
+/// What a call brings besides the plan: whether gamma and beta take part, where each tensor
+/// starts in its buffer (bytes; 0 for tensors the call does not have), and whether a tensor
+/// input shares a buffer with the output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Operands {
+    /// gamma and beta take part.
+    pub affine: bool,
+    /// Byte offset of x in its buffer.
+    pub x: u64,
+    /// Byte offset of y.
+    pub y: u64,
+    /// Byte offset of dy.
+    pub dy: u64,
+    /// Byte offset of dx.
+    pub dx: u64,
+    /// x or dy lies in the buffer of y or dx (in ranges that do not overlap).
+    pub inputs_share_output_buffer: bool,
+}
+
+/// The steps of `call` on `plan` with `operands`, in order.
+pub fn steps(plan: &Plan, call: Call, operands: &Operands) -> Vec<Step> {
+    let builder = Builder { plan, operands };
     match call {
         Call::TrainingForward { momentum, eps } => builder.training_forward(momentum, eps),
         Call::InferenceForward { eps } => builder.normalize(Some(eps)),
@@ -84,7 +106,7 @@ pub fn steps(plan: &Plan, call: Call, affine: bool) -> Vec<Step> {
 
 struct Builder<'a> {
     plan: &'a Plan,
-    affine: bool,
+    operands: &'a Operands,
 }
 
 fn bind(role: Role, range: Range) -> Binding {
@@ -100,8 +122,12 @@ impl Builder<'_> {
     /// The geometry of window `w`; scalars left at zero.
     fn window_params(&self, w: usize) -> Params {
         let (plan, window) = (self.plan, &self.plan.windows[w]);
+        let shift = |offset: u64| plan.window_binding(w, offset).shift as u32;
         Params {
-            elem_shift: window.elem_shift as u32,
+            x_shift: shift(self.operands.x),
+            y_shift: shift(self.operands.y),
+            dy_shift: shift(self.operands.dy),
+            dx_shift: shift(self.operands.dx),
             o_count: window.o_count as u32,
             c0: window.c0 as u32,
             c_count: window.c_count as u32,
@@ -162,10 +188,11 @@ impl Builder<'_> {
         if let Some(window) = self.plan.fused_window() {
             return vec![Step {
                 program: Program::BatchStatistics,
+                inputs_read_write: self.operands.inputs_share_output_buffer,
                 entry: self.by_kind("fused_forward_contiguous", "fused_forward_strided"),
                 overrides: vec![
                     (Override::HasRunning, has_running),
-                    (Override::HasAffine, self.affine),
+                    (Override::HasAffine, self.operands.affine),
                 ],
                 params: self.with_statistics_scalars(self.window_params(0), momentum, eps),
                 bindings: vec![
@@ -173,7 +200,7 @@ impl Builder<'_> {
                     bind(Role::Y, Range::Window(0)),
                     bind(Role::Stats, Range::Whole),
                     whole_or_unused(Role::Running, has_running),
-                    whole_or_unused(Role::Affine, self.affine),
+                    whole_or_unused(Role::Affine, self.operands.affine),
                 ],
                 workgroups: self.fused_workgroups(window),
             }];
@@ -185,6 +212,7 @@ impl Builder<'_> {
                 let params = self.window_params(w);
                 Step {
                     program: Program::BatchStatistics,
+                    inputs_read_write: false,
                     entry: self.by_kind("partials_contiguous", "partials_strided"),
                     overrides: vec![],
                     params,
@@ -203,6 +231,7 @@ impl Builder<'_> {
         };
         steps.push(Step {
             program: Program::BatchStatistics,
+            inputs_read_write: false,
             entry: self.finalize_entry(),
             overrides: vec![(Override::HasRunning, has_running)],
             params: self.with_statistics_scalars(finalize_params, momentum, eps),
@@ -220,7 +249,8 @@ impl Builder<'_> {
     /// One elementwise dispatch per window that writes y: from the batch statistics a
     /// reduction wrote (`from_running_eps` is `None`), or from the running stats with that eps.
     fn normalize(&self, from_running_eps: Option<f32>) -> Vec<Step> {
-        let (program, entry) = if self.plan.vec4 {
+        let vec4 = self.plan.vec4_at(&[self.operands.x, self.operands.y]);
+        let (program, entry) = if vec4 {
             (Program::NormalizeVec4, "normalize_vec4")
         } else {
             (Program::Normalize, "normalize")
@@ -228,9 +258,10 @@ impl Builder<'_> {
         self.windows()
             .map(|(w, window)| Step {
                 program,
+                inputs_read_write: self.operands.inputs_share_output_buffer,
                 entry,
                 overrides: vec![
-                    (Override::HasAffine, self.affine),
+                    (Override::HasAffine, self.operands.affine),
                     (Override::FromRunning, from_running_eps.is_some()),
                 ],
                 params: Params {
@@ -242,7 +273,7 @@ impl Builder<'_> {
                     bind(Role::Y, Range::Window(w)),
                     bind(Role::Stats, Range::Whole),
                     whole_or_unused(Role::Running, from_running_eps.is_some()),
-                    whole_or_unused(Role::Affine, self.affine),
+                    whole_or_unused(Role::Affine, self.operands.affine),
                 ],
                 workgroups: self.elementwise_workgroups(window, program.lanes()),
             })
@@ -257,7 +288,7 @@ impl Builder<'_> {
 
     fn backward(&self, batch_stats: bool) -> Vec<Step> {
         let overrides = vec![
-            (Override::HasAffine, self.affine),
+            (Override::HasAffine, self.operands.affine),
             (Override::BatchStats, batch_stats),
         ];
         // What the kernels that write dx bind, fused or not.
@@ -267,13 +298,14 @@ impl Builder<'_> {
                 bind(Role::Dy, Range::Window(w)),
                 bind(Role::Dx, Range::Window(w)),
                 bind(Role::Stats, Range::Whole),
-                whole_or_unused(Role::Affine, self.affine),
+                whole_or_unused(Role::Affine, self.operands.affine),
                 bind(Role::Grads, Range::Whole),
             ]
         };
         if let Some(window) = self.plan.fused_window() {
             return vec![Step {
                 program: Program::Backward,
+                inputs_read_write: self.operands.inputs_share_output_buffer,
                 entry: self.by_kind("fused_backward_contiguous", "fused_backward_strided"),
                 overrides,
                 params: self.window_params(0),
@@ -288,6 +320,7 @@ impl Builder<'_> {
                 let params = self.window_params(w);
                 Step {
                     program: Program::Backward,
+                    inputs_read_write: false,
                     entry: self.by_kind("grad_partials_contiguous", "grad_partials_strided"),
                     overrides: overrides.clone(),
                     params,
@@ -303,6 +336,7 @@ impl Builder<'_> {
             .collect();
         steps.push(Step {
             program: Program::Backward,
+            inputs_read_write: false,
             entry: self.finalize_entry(),
             overrides: overrides.clone(),
             params: Params {
@@ -317,13 +351,15 @@ impl Builder<'_> {
             ],
             workgroups: self.plan.finalize_workgroups(),
         });
-        let (program, entry) = if self.plan.vec4 {
+        let offsets = [self.operands.x, self.operands.dy, self.operands.dx];
+        let (program, entry) = if self.plan.vec4_at(&offsets) {
             (Program::InputGradientVec4, "input_gradient_vec4")
         } else {
             (Program::Backward, "input_gradient")
         };
         steps.extend(self.windows().map(|(w, window)| Step {
             program,
+            inputs_read_write: self.operands.inputs_share_output_buffer,
             entry,
             overrides: overrides.clone(),
             params: self.window_params(w),
@@ -372,6 +408,14 @@ mod tests {
         }
     }
 
+    /// Tensors at the start of their own buffers.
+    fn with_affine(affine: bool) -> Operands {
+        Operands {
+            affine,
+            ..Operands::default()
+        }
+    }
+
     fn entries(steps: &[Step]) -> Vec<&'static str> {
         steps.iter().map(|s| s.entry).collect()
     }
@@ -396,7 +440,7 @@ mod tests {
             for (call, entry) in [(TRAINING, forward), (BACKWARD, backward)] {
                 let plan = plan_for(shape, layout, limits, operation(call));
                 assert!(plan.fused_window().is_some());
-                let steps = steps(&plan, call, true);
+                let steps = steps(&plan, call, &with_affine(true));
                 assert_eq!(entries(&steps), [entry], "{shape:?}");
                 // One workgroup per channel, or per band of 32 channels.
                 let want = match layout {
@@ -419,7 +463,7 @@ mod tests {
             Operation::TrainingForward,
         );
         assert_eq!((plan.windows.len(), plan.chunks_total), (8, 8));
-        let training = steps(&plan, TRAINING, true);
+        let training = steps(&plan, TRAINING, &with_affine(true));
         let mut want = vec!["partials_contiguous"; 8];
         want.push("finalize_per_thread");
         want.extend(["normalize_vec4"; 8]);
@@ -433,7 +477,7 @@ mod tests {
             training[0].bindings[1],
             bind(Role::Partials, Range::Partials(3 * 8 * 16))
         );
-        let backward = steps(&plan, BACKWARD, true);
+        let backward = steps(&plan, BACKWARD, &with_affine(true));
         assert_eq!(backward.len(), 17);
         assert_eq!(backward[8].entry, "finalize_per_thread");
         assert_eq!(
@@ -451,7 +495,7 @@ mod tests {
             limits(128 << 20, GPU),
             Operation::TrainingForward,
         );
-        let steps = steps(&plan, TRAINING, false);
+        let steps = steps(&plan, TRAINING, &with_affine(false));
         assert_eq!(
             entries(&steps),
             ["partials_contiguous", "finalize", "normalize_vec4"]
@@ -470,7 +514,7 @@ mod tests {
             limits(128 << 20, CPU),
             Operation::InferenceForward,
         );
-        let steps = steps(&plan, INFERENCE, true);
+        let steps = steps(&plan, INFERENCE, &with_affine(true));
         assert_eq!(entries(&steps), ["normalize"]);
         let step = &steps[0];
         assert!(step.overrides.contains(&(Override::FromRunning, true)));
@@ -490,7 +534,7 @@ mod tests {
             momentum: None,
             eps: 1e-5,
         };
-        let step = &steps(&plan, call, false)[0];
+        let step = &steps(&plan, call, &with_affine(false))[0];
         assert!(step.bindings.contains(&bind(Role::Running, Range::Unused)));
         assert!(step.bindings.contains(&bind(Role::Affine, Range::Unused)));
         assert!(step.overrides.contains(&(Override::HasRunning, false)));
@@ -506,15 +550,56 @@ mod tests {
             limits(128 << 20, CPU),
             Operation::InferenceForward,
         );
-        let step = &steps(&plan, INFERENCE, true)[0];
+        let step = &steps(&plan, INFERENCE, &with_affine(true))[0];
         let row_vec4s = 3 * 128 * 128 / 4;
         assert!(step.workgroups <= 64);
         assert_eq!(step.workgroups as usize * 256 % row_vec4s, 0);
     }
 
+    #[test]
+    fn views_shift_each_tensor_and_pick_scalar_kernels_off_a_vec4() {
+        let plan = plan_for(
+            &[8, 3, 64, 64],
+            Layout::ChannelsFirst,
+            limits(64 << 10, CPU),
+            Operation::Backward,
+        );
+        let operands = Operands {
+            affine: true,
+            x: 12,
+            dy: 1024,
+            dx: 4100,
+            inputs_share_output_buffer: true,
+            ..Operands::default()
+        };
+        let steps = steps(&plan, BACKWARD, &operands);
+        // Window 1 starts 12288 elements in: x at byte 12 + 49152, a binding 256-aligned.
+        let params = steps[1].params;
+        assert_eq!(params.x_shift, ((12 + 49152) % 256 / 4) as u32);
+        assert_eq!(params.dy_shift, ((1024 + 49152) % 256 / 4) as u32);
+        assert_eq!(params.dx_shift, ((4100 + 49152) % 256 / 4) as u32);
+        // x and dx do not start on a vec4: the scalar dx kernel.
+        assert_eq!(steps.last().unwrap().entry, "input_gradient");
+        // Only the steps that write dx take the read-write variant.
+        for step in &steps {
+            let writes = step.bindings.iter().any(|b| b.role == Role::Dx);
+            assert_eq!(step.inputs_read_write, writes, "{}", step.entry);
+        }
+        let aligned = Operands {
+            x: 16,
+            dy: 1024,
+            dx: 4112,
+            ..operands
+        };
+        assert_eq!(
+            self::steps(&plan, BACKWARD, &aligned).last().unwrap().entry,
+            "input_gradient_vec4"
+        );
+    }
+
     /// Bindings the entry point of each program uses, from naga.
     fn used_bindings(program: Program, entry: &str) -> BTreeSet<u32> {
-        let source = program.source();
+        let source = program.source(false);
         let module = naga::front::wgsl::parse_str(&source).expect("valid WGSL");
         let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
@@ -580,7 +665,7 @@ mod tests {
             for call in calls {
                 let plan = plan_for(shape, layout, limits, operation(call));
                 for affine in [true, false] {
-                    for step in steps(&plan, call, affine) {
+                    for step in steps(&plan, call, &with_affine(affine)) {
                         let bound: BTreeSet<u32> =
                             step.bindings.iter().map(|b| b.role.binding()).collect();
                         assert_eq!(bound.len(), step.bindings.len(), "{step:?}");

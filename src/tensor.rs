@@ -18,6 +18,8 @@ const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 pub struct Tensor {
     ctx: GpuContext,
     buffer: wgpu::Buffer,
+    /// Where the tensor starts in `buffer`, in bytes.
+    offset: u64,
     shape: Vec<usize>,
     layout: Layout,
     view: ChannelView,
@@ -90,39 +92,65 @@ impl Tensor {
         Ok(Tensor {
             ctx: ctx.clone(),
             buffer,
+            offset: 0,
             shape: shape.to_vec(),
             layout,
             view,
         })
     }
 
-    /// Wraps a buffer the caller owns. It needs `STORAGE | COPY_SRC | COPY_DST` usage and at
-    /// least `4 * elements` bytes; the data starts at offset 0. It must have been created on
-    /// `ctx`'s device: wgpu exposes no buffer's device to check, and a buffer of another device
-    /// has been seen accepted without an error on a software adapter.
+    /// Wraps a buffer the caller owns, the tensor starting at its first byte: the same as
+    /// [`Tensor::from_buffer_at`] at offset 0.
     pub fn from_buffer(
         ctx: &GpuContext,
         buffer: wgpu::Buffer,
         shape: &[usize],
         layout: Layout,
     ) -> Result<Self> {
+        Self::from_buffer_at(ctx, buffer, 0, shape, layout)
+    }
+
+    /// A tensor that lives in a caller's buffer, starting `offset` bytes into it: activations
+    /// inside a training loop's own buffers, no copy. The offset need only be a multiple of
+    /// the element size (4 bytes for f32); the buffer needs `STORAGE` usage (and `COPY_SRC` to
+    /// download, `COPY_DST` to upload or fill) and must have been created on `ctx`'s device:
+    /// wgpu exposes no buffer's device to check, and a buffer of another device has been seen
+    /// accepted without an error on a software adapter.
+    ///
+    /// An input and the output of one call may be views of one buffer when their ranges do not
+    /// overlap; overlapping ranges are refused ([`BatchNormError::OverlappingViews`]).
+    pub fn from_buffer_at(
+        ctx: &GpuContext,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+        layout: Layout,
+    ) -> Result<Self> {
         let view = ChannelView::new(shape, layout)?;
-        let bytes = view.len() as u64 * F32_BYTES;
-        if buffer.size() < bytes {
-            return Err(BatchNormError::LengthMismatch {
-                shape: shape.to_vec(),
-                expected: view.len(),
-                actual: (buffer.size() / F32_BYTES) as usize,
+        if !offset.is_multiple_of(F32_BYTES) {
+            return Err(BatchNormError::MisalignedView {
+                offset,
+                element_bytes: F32_BYTES,
             });
         }
-        if !buffer.usage().contains(TENSOR_USAGE) {
-            return Err(BatchNormError::Unsupported(
-                "a tensor's buffer needs STORAGE | COPY_SRC | COPY_DST usage",
-            ));
+        let bytes =
+            (view.len() as u64)
+                .checked_mul(F32_BYTES)
+                .ok_or(BatchNormError::TooManyElements {
+                    shape: shape.to_vec(),
+                })?;
+        if offset.saturating_add(bytes) > buffer.size() {
+            return Err(BatchNormError::ViewPastEnd {
+                offset,
+                bytes,
+                buffer_bytes: buffer.size(),
+            });
         }
+        require_usage(&buffer, wgpu::BufferUsages::STORAGE, "a batch-norm kernel")?;
         Ok(Tensor {
             ctx: ctx.clone(),
             buffer,
+            offset,
             shape: shape.to_vec(),
             layout,
             view,
@@ -131,7 +159,8 @@ impl Tensor {
 
     /// Downloads the tensor in memory order.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        read_buffer(&self.ctx, &self.buffer, self.view.len())
+        require_usage(&self.buffer, wgpu::BufferUsages::COPY_SRC, "a download")?;
+        read_buffer(&self.ctx, &self.buffer, self.offset, self.view.len())
     }
 
     /// Downloads the tensor as an ndarray of its memory-order shape.
@@ -147,11 +176,12 @@ impl Tensor {
         if self.is_empty() {
             return Ok(());
         }
+        require_usage(&self.buffer, wgpu::BufferUsages::COPY_DST, "a fill")?;
         let data = vec![value; self.view.len()];
         self.ctx.checked(|_| {
             self.ctx
                 .queue()
-                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&data))
+                .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(&data))
         })?;
         self.ctx.submit_and_wait(
             self.ctx
@@ -193,6 +223,16 @@ impl Tensor {
     /// The GPU buffer, for callers that record their own work around this crate's.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
+    }
+
+    /// Where the tensor starts in its buffer, in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The bytes of its buffer the tensor spans.
+    pub fn byte_range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + self.view.len() as u64 * F32_BYTES
     }
 
     /// The context the tensor lives in.
@@ -294,7 +334,7 @@ impl ChannelPair {
 
     /// Downloads both vectors.
     pub fn read(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let mut both = read_buffer(&self.ctx, &self.buffer, 2 * self.channels)?;
+        let mut both = read_buffer(&self.ctx, &self.buffer, 0, 2 * self.channels)?;
         let second = both.split_off(self.channels);
         Ok((both, second))
     }
@@ -331,8 +371,33 @@ impl ChannelPair {
     }
 }
 
-/// Copies the first `len` floats of `buffer` to the host and waits for them.
-fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+/// Refuses a buffer without `usage`, naming what needs it.
+fn require_usage(
+    buffer: &wgpu::Buffer,
+    usage: wgpu::BufferUsages,
+    needed_for: &'static str,
+) -> Result<()> {
+    if buffer.usage().contains(usage) {
+        Ok(())
+    } else {
+        Err(BatchNormError::MissingBufferUsage {
+            missing: (usage - buffer.usage())
+                .iter_names()
+                .map(|(name, _)| name)
+                .collect::<Vec<_>>()
+                .join(" | "),
+            needed_for,
+        })
+    }
+}
+
+/// Copies `len` floats of `buffer` from byte `offset` to the host and waits for them.
+fn read_buffer(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<f32>> {
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -348,7 +413,7 @@ fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Ve
     let mut encoder = ctx
         .device()
         .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
     ctx.submit_and_wait(encoder)?;
     let (sender, receiver) = std::sync::mpsc::channel();
     staging

@@ -89,4 +89,19 @@ impl Role {
     pub const fn is_tensor(self) -> bool {
         matches!(self, Role::X | Role::Y | Role::Dy | Role::Dx)
     }
+
+    /// A tensor the kernels write.
+    pub const fn is_output(self) -> bool {
+        matches!(self, Role::Y | Role::Dx)
+    }
+
+    /// The access mode in a program variant whose tensor inputs share a buffer with its output
+    /// (`inputs_read_write`): then x and dy are read-write too, since wgpu refuses one buffer
+    /// bound read-only and read-write in one dispatch.
+    pub const fn access_in(self, inputs_read_write: bool) -> Access {
+        match self {
+            Role::X | Role::Dy if inputs_read_write => Access::ReadWrite,
+            _ => self.access(),
+        }
+    }
 }

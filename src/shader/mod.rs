@@ -169,9 +169,10 @@ impl Program {
         }
     }
 
-    /// The full WGSL source.
-    pub fn source(self) -> String {
-        std::iter::once(prelude::prelude(self))
+    /// The full WGSL source; with `inputs_read_write`, the variant whose tensor inputs are
+    /// declared read-write (`Role::access_in`).
+    pub fn source(self, inputs_read_write: bool) -> String {
+        std::iter::once(prelude::prelude(self, inputs_read_write))
             .chain(self.files().iter().map(|file| file.to_string()))
             .collect::<Vec<_>>()
             .join("\n")
@@ -201,17 +202,23 @@ mod tests {
     #[test]
     fn every_program_is_valid_wgsl() {
         for program in Program::ALL {
-            validate(&program.source());
+            for inputs_read_write in [false, true] {
+                validate(&program.source(inputs_read_write));
+            }
         }
         validate(STREAM_WGSL);
     }
 
     /// Every global every entry point uses is bound where the role table says, with the
-    /// table's access mode; the uniform block is at `PARAMS_BINDING`.
+    /// table's access mode (x and dy read-write in the variant for inputs that share the
+    /// output's buffer); the uniform block is at `PARAMS_BINDING`.
     #[test]
     fn every_entry_point_binds_by_the_role_table() {
-        for program in Program::ALL {
-            let (module, info) = validate(&program.source());
+        for (program, inputs_read_write) in Program::ALL
+            .into_iter()
+            .flat_map(|program| [(program, false), (program, true)])
+        {
+            let (module, info) = validate(&program.source(inputs_read_write));
             for (index, entry) in module.entry_points.iter().enumerate() {
                 let uses = info.get_entry_point(index);
                 for (handle, var) in module.global_variables.iter() {
@@ -232,7 +239,7 @@ mod tests {
                                 .unwrap_or_else(|| panic!("{what}: no role of that name"));
                             assert!(program.roles().contains(&role), "{what}");
                             assert_eq!(binding, Some((0, role.binding())), "{what}");
-                            let want = match role.access() {
+                            let want = match role.access_in(inputs_read_write) {
                                 Access::Read => naga::StorageAccess::LOAD,
                                 Access::ReadWrite => {
                                     naga::StorageAccess::LOAD | naga::StorageAccess::STORE
@@ -256,7 +263,7 @@ mod tests {
 
     #[test]
     fn the_params_block_has_the_same_fields_in_rust_and_wgsl() {
-        let module = parse(&Program::Normalize.source());
+        let module = parse(&Program::Normalize.source(false));
         let (members, span) = module
             .types
             .iter()
@@ -306,7 +313,7 @@ mod tests {
     fn the_workgroup_storage_requirement_is_what_the_shaders_declare() {
         let per_entry: Vec<(String, u64)> = Program::ALL
             .into_iter()
-            .flat_map(|program| workgroup_bytes_per_entry_point(&program.source()))
+            .flat_map(|program| workgroup_bytes_per_entry_point(&program.source(false)))
             .collect();
         let (largest, bytes) = per_entry
             .iter()

@@ -22,8 +22,15 @@ macro_rules! uniform_block {
 }
 
 uniform_block! {
-    /// Index in the binding of the window's element (o0, c0, 0).
-    elem_shift: u32 => "u32",
+    /// Index of the window's element (o0, c0, 0) in x's binding (the kernels' indices are
+    /// relative to it; each tensor's load or store adds its own shift).
+    x_shift: u32 => "u32",
+    /// The same in y's binding.
+    y_shift: u32 => "u32",
+    /// The same in dy's binding.
+    dy_shift: u32 => "u32",
+    /// The same in dx's binding.
+    dx_shift: u32 => "u32",
     /// Outer rows of the window.
     o_count: u32 => "u32",
     /// First channel of the window.
@@ -52,6 +59,8 @@ uniform_block! {
     momentum: f32 => "f32",
     /// M / (M - 1): the biased variance to the unbiased one, for the running stats.
     var_correction: f32 => "f32",
-    /// Pads the block to 64 bytes.
-    _pad: u32 => "u32",
+    /// Pads the block to 80 bytes (a multiple of 16).
+    _pad0: u32 => "u32",
+    /// See `_pad0`.
+    _pad1: u32 => "u32",
 }
