@@ -122,6 +122,12 @@ impl BatchNorm {
         self.num_batches_tracked
     }
 
+    /// Sets the count of training batches (what a checkpoint holds); with momentum `None` it
+    /// weighs the next batch by 1 / (count + 1).
+    pub fn set_num_batches_tracked(&mut self, count: u64) {
+        self.num_batches_tracked = count;
+    }
+
     /// Forward pass; allocates the output.
     pub fn forward(&mut self, x: &Tensor) -> Result<ForwardOutput> {
         let y = x.output_like()?;

@@ -259,6 +259,15 @@ pub enum BatchNormError {
         output_end: u64,
     },
 
+    /// A checkpoint could not be read or written.
+    #[error("checkpoint {what}: {problem}")]
+    Checkpoint {
+        /// What is at fault: "key 'bn.weight'", "file 'model.safetensors'", or "file".
+        what: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+
     /// The operation needs something this batch norm does not have.
     #[error("{0}")]
     Unsupported(&'static str),

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod batch_norm;
+pub mod checkpoint;
 mod encode;
 pub mod error;
 pub mod functional;
@@ -17,6 +18,7 @@ pub mod steps;
 pub mod tensor;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig, ForwardOutput};
+pub use checkpoint::{save_state, save_state_file};
 pub use encode::PassTimestamps;
 pub use error::{BatchNormError, Result};
 pub use functional::{ForwardArgs, Gradients, SavedStats, StatsSource};

@@ -483,7 +483,7 @@ mod tests {
         );
         assert_eq!(grads.dbeta, vec![1.0, 1.0]);
         assert_eq!(grads.dgamma, vec![-1.0, 1.0]);
-        assert_eq!(grads.dx, ArrayD::zeros(IxDyn(&[2, 2])));
+        assert_eq!(grads.dx, ArrayD::<f64>::zeros(IxDyn(&[2, 2])));
 
         // Inference backward: dx = dy * gamma * invstd with the running stats as constants.
         let grads = backward_running_statistics(
