@@ -176,6 +176,23 @@ fn mean_invstd(total: Partial) -> vec2<f32> {
     return vec2<f32>(total.shift + total.mean, 1.0 / sqrt(total.m2 / total.n + p.eps));
 }
 
+// The weight of this batch in the running stats: the uniform block's momentum, or with
+// CUMULATIVE (momentum None) 1 / the layer's batch count, which `count_batch` advanced on the GPU
+// at the start of this call: every call recorded before one submission sees its own count, and
+// the uniform block stays the same from call to call.
+fn running_momentum() -> f32 {
+    if (CUMULATIVE) {
+        return 1.0 / f32(batches[0]);
+    }
+    return p.momentum;
+}
+
+// Advances the layer's batch count (momentum None), first in every training call.
+@compute @workgroup_size(1)
+fn count_batch() {
+    batches[0] += 1u;
+}
+
 // Writes channel c's mean and invstd and updates its running stats (the finalize's hook).
 fn finalize_channel(c: u32, total: Partial) {
     let mean = total.shift + total.mean;
@@ -184,10 +201,11 @@ fn finalize_channel(c: u32, total: Partial) {
     stats[c] = statistics.x;
     stats[p.channels + c] = statistics.y;
     if (HAS_RUNNING) {
-        let keep = 1.0 - p.momentum;
-        running[c] = keep * running[c] + p.momentum * mean;
+        let momentum = running_momentum();
+        let keep = 1.0 - momentum;
+        running[c] = keep * running[c] + momentum * mean;
         running[p.channels + c] = keep * running[p.channels + c]
-            + p.momentum * variance * p.var_correction;
+            + momentum * variance * p.var_correction;
     }
 }
 

@@ -1,14 +1,26 @@
 //! [`BatchNorm`]: the module, as PyTorch's `nn.BatchNorm1d/2d/3d`. It owns gamma and beta, the
 //! running stats and `num_batches_tracked`, all on the GPU, and a training/inference mode.
 
-use crate::encode::PassTimestamps;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::encode::{prepare, record_prepared, Buffers, PassTimestamps};
 use crate::error::{BatchNormError, Result};
 use crate::functional::{
-    batch_norm_backward_into, record_batch_norm, record_batch_norm_backward, ForwardArgs,
-    Gradients, SavedStats,
+    backward_buffers, describe_backward, describe_forward, forward_buffers, ForwardArgs, Gradients,
+    SavedStats, StatsSource, BACKWARD_LABEL, FORWARD_LABEL,
 };
 use crate::gpu::GpuContext;
+use crate::steps::{count_batch_step, Update};
 use crate::tensor::{ChannelPair, Tensor};
+use crate::workspace::{Key, Kind, Workspace};
+
+/// Locks the workspace, taking over from a thread that panicked holding it (its entries are
+/// whole: each is inserted complete).
+fn lock(workspace: &Mutex<Workspace>) -> MutexGuard<'_, Workspace> {
+    workspace
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Options of a [`BatchNorm`], with PyTorch's defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,7 +50,13 @@ impl Default for BatchNormConfig {
 
 /// A batch-norm layer. New layers are in training mode, with gamma = 1, beta = 0,
 /// running mean 0 and running variance 1.
-#[derive(Debug)]
+///
+/// A layer keeps, per input it has seen (the tensors' buffers and offsets), the prepared
+/// dispatches and the statistics or gradients they write (`src/workspace.rs`): after the first
+/// call on a given input, `record_forward` and `record_backward` create no buffers and no bind
+/// groups. So the [`SavedStats`] of a forward and the `[dgamma | dbeta]` of a backward live in
+/// the layer's buffers: the next call on the same tensors overwrites them, as it overwrites y
+/// or dx.
 pub struct BatchNorm {
     ctx: GpuContext,
     channels: usize,
@@ -46,7 +64,22 @@ pub struct BatchNorm {
     affine: Option<ChannelPair>,
     running: Option<ChannelPair>,
     num_batches_tracked: u64,
+    /// The batch count on the GPU (one u32), with momentum `None`: each training call advances
+    /// it there, so that calls recorded before one submission each see their own.
+    batches: Option<wgpu::Buffer>,
     training: bool,
+    workspace: Mutex<Workspace>,
+}
+
+impl std::fmt::Debug for BatchNorm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchNorm")
+            .field("channels", &self.channels)
+            .field("config", &self.config)
+            .field("num_batches_tracked", &self.num_batches_tracked)
+            .field("training", &self.training)
+            .finish()
+    }
 }
 
 /// What a forward call returns: the output and the statistics the backward pass needs.
@@ -85,6 +118,18 @@ impl BatchNorm {
             .track_running_stats
             .then(|| filled(0.0, 1.0))
             .transpose()?;
+        let batches = (config.track_running_stats && config.momentum.is_none())
+            .then(|| {
+                ctx.checked(|device| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("wgpu-batchnorm batch count"),
+                        size: 4,
+                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
+                })
+            })
+            .transpose()?;
         Ok(BatchNorm {
             ctx: ctx.clone(),
             channels,
@@ -92,7 +137,9 @@ impl BatchNorm {
             affine,
             running,
             num_batches_tracked: 0,
+            batches,
             training: true,
+            workspace: Mutex::default(),
         })
     }
 
@@ -126,6 +173,19 @@ impl BatchNorm {
     /// weighs the next batch by 1 / (count + 1).
     pub fn set_num_batches_tracked(&mut self, count: u64) {
         self.num_batches_tracked = count;
+        if let Some(batches) = &self.batches {
+            // The GPU's count is a u32: past 4e9 batches, 1 / count is 0 in f32 either way.
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            self.ctx
+                .queue()
+                .write_buffer(batches, 0, bytemuck::bytes_of(&count));
+        }
+    }
+
+    /// How many calls' dispatches the layer keeps prepared (see the type's docs).
+    #[doc(hidden)]
+    pub fn prepared_calls(&self) -> usize {
+        lock(&self.workspace).len()
     }
 
     /// Forward pass; allocates the output.
@@ -164,22 +224,49 @@ impl BatchNorm {
     ) -> Result<SavedStats> {
         self.check_channels(x)?;
         let counts = self.training && self.running.is_some();
-        let batches = self.num_batches_tracked + u64::from(counts);
-        let momentum = match self.config.momentum {
-            Some(momentum) => momentum,
-            None if counts => 1.0 / batches as f64,
-            None => 0.0,
+        let update = match (&self.running, self.config.momentum) {
+            (None, _) => Update::None,
+            (Some(_), Some(momentum)) => Update::Momentum(momentum as f32),
+            (Some(_), None) => Update::Cumulative,
         };
         let args = ForwardArgs {
             affine: self.affine.as_ref(),
             running: self.running.as_ref(),
             // As PyTorch: without running stats, inference uses the batch statistics too.
             training: self.training || self.running.is_none(),
-            momentum,
+            momentum: self.config.momentum.unwrap_or(0.0),
             eps: self.config.eps,
         };
-        let saved = record_batch_norm(encoder, x, y, &args, timestamps)?;
-        self.num_batches_tracked = batches;
+        let call = describe_forward(x, y, &args, update)?;
+        let saved = match &call.dispatches {
+            None => {
+                if counts && update == Update::Cumulative {
+                    let buffers = Buffers {
+                        batches: self.batches.as_ref(),
+                        ..Buffers::default()
+                    };
+                    let prepared = prepare(&self.ctx, None, &[count_batch_step()], &buffers)?;
+                    record_prepared(&self.ctx, encoder, FORWARD_LABEL, &prepared, timestamps)?;
+                }
+                call.saved(ChannelPair::zeros(&self.ctx, self.channels)?)
+            }
+            Some((plan, steps)) => {
+                let kind = match call.source {
+                    StatsSource::Batch => Kind::TrainingForward,
+                    StatsSource::Running => Kind::InferenceForward,
+                };
+                let mut workspace = lock(&self.workspace);
+                let (prepared, stats) =
+                    workspace.entry(Key::new(kind, &[x, y], &[]), &[x, y], || {
+                        let stats = ChannelPair::output(&self.ctx, self.channels)?;
+                        let buffers = forward_buffers(x, y, &args, &stats, self.batches.as_ref());
+                        Ok((prepare(&self.ctx, Some(plan), steps, &buffers)?, stats))
+                    })?;
+                record_prepared(&self.ctx, encoder, FORWARD_LABEL, prepared, timestamps)?;
+                call.saved(stats.clone())
+            }
+        };
+        self.num_batches_tracked += u64::from(counts);
         Ok(saved)
     }
 
@@ -199,11 +286,18 @@ impl BatchNorm {
         dx: &Tensor,
         saved: &SavedStats,
     ) -> Result<Option<ChannelPair>> {
-        self.check_channels(x)?;
-        batch_norm_backward_into(x, dy, dx, saved, self.affine.as_ref())
+        let mut encoder = self
+            .ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        let grads = self.record_backward(&mut encoder, x, dy, dx, saved, None)?;
+        self.ctx.submit_and_wait(encoder)?;
+        Ok(grads)
     }
 
-    /// Records the backward pass into the caller's encoder.
+    /// Records the backward pass into the caller's encoder. Returns `[dgamma | dbeta]` when
+    /// affine, in the layer's buffer for these tensors (the next backward on them overwrites
+    /// it).
     pub fn record_backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -214,7 +308,25 @@ impl BatchNorm {
         timestamps: Option<PassTimestamps<'_>>,
     ) -> Result<Option<ChannelPair>> {
         self.check_channels(x)?;
-        record_batch_norm_backward(encoder, x, dy, dx, saved, self.affine.as_ref(), timestamps)
+        let affine = self.affine.as_ref();
+        let Some((plan, steps)) = describe_backward(x, dy, dx, saved, affine)? else {
+            // Over an empty batch dgamma and dbeta are sums over nothing: zeros.
+            return affine
+                .map(|_| ChannelPair::zeros(&self.ctx, self.channels))
+                .transpose();
+        };
+        let kind = Kind::Backward {
+            batch_stats: saved.source() == StatsSource::Batch,
+        };
+        let key = Key::new(kind, &[x, dy, dx], &[saved.pair().buffer()]);
+        let mut workspace = lock(&self.workspace);
+        let (prepared, grads) = workspace.entry(key, &[x, dy, dx], || {
+            let grads = ChannelPair::output(&self.ctx, self.channels)?;
+            let buffers = backward_buffers(x, dy, dx, saved, affine, &grads);
+            Ok((prepare(&self.ctx, Some(&plan), &steps, &buffers)?, grads))
+        })?;
+        record_prepared(&self.ctx, encoder, BACKWARD_LABEL, prepared, timestamps)?;
+        Ok(affine.map(|_| grads.clone()))
     }
 
     /// `[gamma | beta]` on the GPU, when affine.

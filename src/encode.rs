@@ -33,6 +33,7 @@ pub(crate) struct Buffers<'a> {
     pub running: Option<&'a wgpu::Buffer>,
     pub stats: Option<&'a wgpu::Buffer>,
     pub grads: Option<&'a wgpu::Buffer>,
+    pub batches: Option<&'a wgpu::Buffer>,
 }
 
 impl<'a> Buffers<'a> {
@@ -48,6 +49,7 @@ impl<'a> Buffers<'a> {
             Role::Running => whole(self.running),
             Role::Stats => whole(self.stats),
             Role::Grads => whole(self.grads),
+            Role::Batches => whole(self.batches),
             Role::Partials => None,
         }
     }
@@ -60,23 +62,30 @@ fn stand_in_key(role: Role) -> &'static str {
     match role {
         Role::Affine => "unused affine binding",
         Role::Running => "unused running binding",
+        Role::Batches => "unused batch count binding",
         _ => "unused binding",
     }
 }
 
-/// Records `steps` of `plan` into one compute pass of `encoder`, inside the context's error
-/// scopes (wgpu orders dispatches that share a buffer, so each step sees the previous one's
-/// writes).
-pub(crate) fn record(
+/// An operation ready to record: each step's pipeline, bind group and workgroup count, and
+/// the one uniform buffer that holds every step's block. Recording it again records the same
+/// dispatches with the same values, so it may be recorded any number of times, into any
+/// encoders (`BatchNorm` keeps these per input it sees: no allocation in a training loop's
+/// steady state).
+pub(crate) struct Prepared {
+    dispatches: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
+    _uniforms: wgpu::Buffer,
+}
+
+/// Builds the pipelines, the uniform buffer and the bind groups of `steps` of `plan` on
+/// `buffers`, inside the context's error scopes.
+pub(crate) fn prepare(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
-    label: &str,
-    plan: &Plan,
+    plan: Option<&Plan>,
     steps: &[Step],
     buffers: &Buffers<'_>,
-    timestamps: Option<PassTimestamps<'_>>,
-) -> Result<()> {
-    ctx.checked(|device| -> Result<()> {
+) -> Result<Prepared> {
+    ctx.checked(|device| -> Result<Prepared> {
         let partials_bytes = steps
             .iter()
             .flat_map(|step| &step.bindings)
@@ -88,23 +97,34 @@ pub(crate) fn record(
         let partials = partials_bytes
             .map(|bytes| ctx.scratch("reduction partials", bytes))
             .transpose()?;
+        // One slot per step, at the device's uniform offset alignment.
+        let block = std::mem::size_of::<Params>() as u64;
+        let alignment = u64::from(ctx.limits().min_uniform_buffer_offset_alignment);
+        let stride = block.div_ceil(alignment) * alignment;
+        // Not `create_buffer_init`: it panics when the device has been lost.
+        let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-batchnorm params"),
+            size: stride * steps.len().max(1) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut slots = vec![0u8; (stride * steps.len() as u64) as usize];
+        for (k, step) in steps.iter().enumerate() {
+            if let Some(params) = &step.params {
+                let at = k * stride as usize;
+                slots[at..at + block as usize].copy_from_slice(bytemuck::bytes_of(params));
+            }
+        }
+        ctx.queue().write_buffer(&uniforms, 0, &slots);
         let mut dispatches = Vec::with_capacity(steps.len());
-        for step in steps {
+        for (k, step) in steps.iter().enumerate() {
             let pipeline = ctx.pipeline(step)?;
-            // Not `create_buffer_init`: it panics when the device has been lost.
-            let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-batchnorm params"),
-                size: std::mem::size_of::<Params>() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            ctx.queue()
-                .write_buffer(&uniform, 0, bytemuck::bytes_of(&step.params));
             let mut resources = Vec::with_capacity(step.bindings.len());
             for binding in &step.bindings {
                 resources.push(match binding.range {
                     Range::Whole => (buffer(buffers, binding.role)?.0.clone(), 0, None),
                     Range::Window(w) => {
+                        let plan = plan.ok_or_else(|| internal("a window without a plan"))?;
                         let (buffer, tensor_offset) = buffer(buffers, binding.role)?;
                         let window = plan.window_binding(w, tensor_offset);
                         (buffer.clone(), window.offset, Some(window.size))
@@ -116,10 +136,18 @@ pub(crate) fn record(
                     Range::Unused => (ctx.scratch(stand_in_key(binding.role), 16)?, 0, None),
                 });
             }
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: PARAMS_BINDING,
-                resource: uniform.as_entire_binding(),
-            }];
+            let mut entries: Vec<wgpu::BindGroupEntry> = step
+                .params
+                .map(|_| wgpu::BindGroupEntry {
+                    binding: PARAMS_BINDING,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &uniforms,
+                        offset: k as u64 * stride,
+                        size: wgpu::BufferSize::new(block),
+                    }),
+                })
+                .into_iter()
+                .collect();
             entries.extend(step.bindings.iter().zip(&resources).map(
                 |(binding, (buffer, offset, size))| wgpu::BindGroupEntry {
                     binding: binding.role.binding(),
@@ -137,6 +165,23 @@ pub(crate) fn record(
             });
             dispatches.push((pipeline, bind_group, step.workgroups));
         }
+        Ok(Prepared {
+            dispatches,
+            _uniforms: uniforms,
+        })
+    })?
+}
+
+/// Records a prepared operation into one compute pass of `encoder` (wgpu orders dispatches
+/// that share a buffer, so each step sees the previous one's writes).
+pub(crate) fn record_prepared(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    prepared: &Prepared,
+    timestamps: Option<PassTimestamps<'_>>,
+) -> Result<()> {
+    ctx.checked(|_| {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(label),
             timestamp_writes: timestamps.map(|t| wgpu::ComputePassTimestampWrites {
@@ -145,20 +190,33 @@ pub(crate) fn record(
                 end_of_pass_write_index: Some(t.end),
             }),
         });
-        for (pipeline, bind_group, workgroups) in &dispatches {
+        for (pipeline, bind_group, workgroups) in &prepared.dispatches {
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, bind_group, &[]);
             pass.dispatch_workgroups(*workgroups, 1, 1);
         }
-        Ok(())
-    })?
+    })
 }
 
-/// A step that names a buffer the call did not provide: a bug of the step builder, reported
+/// Prepares `steps` and records them once.
+pub(crate) fn record(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    plan: &Plan,
+    steps: &[Step],
+    buffers: &Buffers<'_>,
+    timestamps: Option<PassTimestamps<'_>>,
+) -> Result<()> {
+    let prepared = prepare(ctx, Some(plan), steps, buffers)?;
+    record_prepared(ctx, encoder, label, &prepared, timestamps)
+}
+
+/// A step that names what the call did not provide: a bug of the step builder, reported
 /// rather than panicked on.
-fn internal(role: &str) -> BatchNormError {
+fn internal(what: &str) -> BatchNormError {
     BatchNormError::Validation(format!(
-        "internal: a step binds {role} but the call has no such buffer"
+        "internal: a step binds {what}, which the call does not provide"
     ))
 }
 

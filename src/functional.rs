@@ -9,8 +9,8 @@
 use crate::encode::{record, Buffers, PassTimestamps};
 use crate::error::{BatchNormError, Result};
 use crate::layout::Layout;
-use crate::plan::{plan, Operation};
-use crate::steps::{steps, Call, Operands};
+use crate::plan::{plan, Operation, Plan};
+use crate::steps::{steps, Call, Operands, Step, Update};
 use crate::tensor::{ChannelPair, Tensor};
 
 /// The arguments of a forward call besides the input.
@@ -64,6 +64,11 @@ impl SavedStats {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+
+    /// `[mean | invstd]` on the GPU.
+    pub(crate) fn pair(&self) -> &ChannelPair {
+        &self.mean_invstd
+    }
 }
 
 /// Gradients of one backward call.
@@ -102,34 +107,84 @@ pub fn record_batch_norm(
     args: &ForwardArgs<'_>,
     timestamps: Option<PassTimestamps<'_>>,
 ) -> Result<SavedStats> {
-    check_forward(x, y, args)?;
+    let update = match args.running {
+        Some(_) => Update::Momentum(args.momentum as f32),
+        None => Update::None,
+    };
+    let forward = describe_forward(x, y, args, update)?;
     let ctx = x.context();
-    let channels = x.channels();
+    let Some((plan, steps)) = &forward.dispatches else {
+        // An empty batch's statistics are documented as zeros.
+        return Ok(forward.saved(ChannelPair::zeros(ctx, x.channels())?));
+    };
+    let saved = ChannelPair::output(ctx, x.channels())?;
+    let buffers = forward_buffers(x, y, args, &saved, None);
+    record(
+        ctx,
+        encoder,
+        FORWARD_LABEL,
+        plan,
+        steps,
+        &buffers,
+        timestamps,
+    )?;
+    Ok(forward.saved(saved))
+}
+
+/// The label of a forward's compute pass.
+pub(crate) const FORWARD_LABEL: &str = "batch norm forward";
+/// The label of a backward's compute pass.
+pub(crate) const BACKWARD_LABEL: &str = "batch norm backward";
+
+/// A checked forward call: which statistics it normalizes with, and its plan and steps
+/// (`None` for an empty batch, which dispatches nothing).
+pub(crate) struct ForwardCall {
+    pub source: StatsSource,
+    shape: Vec<usize>,
+    layout: Layout,
+    pub dispatches: Option<(Plan, Vec<Step>)>,
+}
+
+impl ForwardCall {
+    /// What the call saves, in `mean_invstd`.
+    pub fn saved(&self, mean_invstd: ChannelPair) -> SavedStats {
+        SavedStats {
+            mean_invstd,
+            shape: self.shape.clone(),
+            layout: self.layout,
+            source: self.source,
+        }
+    }
+}
+
+/// Checks a forward call (everything, before any GPU work) and plans its dispatches, the
+/// running stats updated as `update` says.
+pub(crate) fn describe_forward(
+    x: &Tensor,
+    y: &Tensor,
+    args: &ForwardArgs<'_>,
+    update: Update,
+) -> Result<ForwardCall> {
+    check_forward(x, y, args)?;
     let source = if args.training {
         StatsSource::Batch
     } else {
         StatsSource::Running
     };
-    // An empty batch's statistics are documented as zeros.
-    let mean_invstd = if x.is_empty() {
-        ChannelPair::zeros(ctx, channels)?
-    } else {
-        ChannelPair::output(ctx, channels)?
-    };
-    let saved = SavedStats {
-        mean_invstd,
+    let mut call = ForwardCall {
+        source,
         shape: x.shape().to_vec(),
         layout: x.layout(),
-        source,
+        dispatches: None,
     };
     if x.is_empty() {
-        return Ok(saved);
+        return Ok(call);
     }
-    let (operation, call) = match source {
+    let (operation, kind) = match source {
         StatsSource::Batch => (
             Operation::TrainingForward,
             Call::TrainingForward {
-                momentum: args.running.map(|_| args.momentum as f32),
+                update,
                 eps: args.eps as f32,
             },
         ),
@@ -140,7 +195,7 @@ pub fn record_batch_norm(
             },
         ),
     };
-    let plan = plan(x.view(), ctx.plan_limits(), operation)?;
+    let plan = plan(x.view(), x.context().plan_limits(), operation)?;
     let operands = Operands {
         affine: args.affine.is_some(),
         x: x.offset(),
@@ -148,25 +203,28 @@ pub fn record_batch_norm(
         inputs_share_output_buffer: x.buffer() == y.buffer(),
         ..Operands::default()
     };
-    let buffers = Buffers {
+    let steps = steps(&plan, kind, &operands);
+    call.dispatches = Some((plan, steps));
+    Ok(call)
+}
+
+/// The buffers of a forward call, the statistics saved into `saved`.
+pub(crate) fn forward_buffers<'a>(
+    x: &'a Tensor,
+    y: &'a Tensor,
+    args: &ForwardArgs<'a>,
+    saved: &'a ChannelPair,
+    batches: Option<&'a wgpu::Buffer>,
+) -> Buffers<'a> {
+    Buffers {
         x: Some((x.buffer(), x.offset())),
         y: Some((y.buffer(), y.offset())),
-        stats: Some(saved.mean_invstd.buffer()),
+        stats: Some(saved.buffer()),
         affine: args.affine.map(ChannelPair::buffer),
         running: args.running.map(ChannelPair::buffer),
+        batches,
         ..Buffers::default()
-    };
-    let steps = steps(&plan, call, &operands);
-    record(
-        ctx,
-        encoder,
-        "batch norm forward",
-        &plan,
-        &steps,
-        &buffers,
-        timestamps,
-    )?;
-    Ok(saved)
+    }
 }
 
 /// Refuses an input and an output that overlap in one buffer (wgpu would reject the
@@ -282,6 +340,37 @@ pub fn record_batch_norm_backward(
     affine: Option<&ChannelPair>,
     timestamps: Option<PassTimestamps<'_>>,
 ) -> Result<Option<ChannelPair>> {
+    let dispatches = describe_backward(x, dy, dx, saved, affine)?;
+    let ctx = x.context();
+    // Over an empty batch dgamma and dbeta are sums over nothing: zeros.
+    let Some((plan, steps)) = &dispatches else {
+        return affine
+            .map(|_| ChannelPair::zeros(ctx, x.channels()))
+            .transpose();
+    };
+    let grads = ChannelPair::output(ctx, x.channels())?;
+    let buffers = backward_buffers(x, dy, dx, saved, affine, &grads);
+    record(
+        ctx,
+        encoder,
+        BACKWARD_LABEL,
+        plan,
+        steps,
+        &buffers,
+        timestamps,
+    )?;
+    Ok(affine.map(|_| grads))
+}
+
+/// Checks a backward call (everything, before any GPU work) and plans its dispatches (`None`
+/// for an empty batch).
+pub(crate) fn describe_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    saved: &SavedStats,
+    affine: Option<&ChannelPair>,
+) -> Result<Option<(Plan, Vec<Step>)>> {
     x.check_same_shape(dy, "the gradient dy")?;
     x.check_same_shape(dx, "the gradient dx")?;
     check_no_overlap(
@@ -301,45 +390,41 @@ pub fn record_batch_norm_backward(
         return Err(BatchNormError::ContextMismatch);
     }
     check_pair(x, affine)?;
-    let ctx = x.context();
-    // Over an empty batch dgamma and dbeta are sums over nothing: zeros.
-    let grads = if x.is_empty() {
-        ChannelPair::zeros(ctx, x.channels())?
-    } else {
-        ChannelPair::output(ctx, x.channels())?
-    };
-    if !x.is_empty() {
-        let plan = plan(x.view(), ctx.plan_limits(), Operation::Backward)?;
-        let call = Call::Backward {
-            batch_stats: saved.source == StatsSource::Batch,
-        };
-        let operands = Operands {
-            affine: affine.is_some(),
-            x: x.offset(),
-            dy: dy.offset(),
-            dx: dx.offset(),
-            inputs_share_output_buffer: x.buffer() == dx.buffer() || dy.buffer() == dx.buffer(),
-            ..Operands::default()
-        };
-        let buffers = Buffers {
-            x: Some((x.buffer(), x.offset())),
-            dy: Some((dy.buffer(), dy.offset())),
-            dx: Some((dx.buffer(), dx.offset())),
-            stats: Some(saved.mean_invstd.buffer()),
-            affine: affine.map(ChannelPair::buffer),
-            grads: Some(grads.buffer()),
-            ..Buffers::default()
-        };
-        let steps = steps(&plan, call, &operands);
-        record(
-            ctx,
-            encoder,
-            "batch norm backward",
-            &plan,
-            &steps,
-            &buffers,
-            timestamps,
-        )?;
+    if x.is_empty() {
+        return Ok(None);
     }
-    Ok(affine.map(|_| grads))
+    let plan = plan(x.view(), x.context().plan_limits(), Operation::Backward)?;
+    let call = Call::Backward {
+        batch_stats: saved.source == StatsSource::Batch,
+    };
+    let operands = Operands {
+        affine: affine.is_some(),
+        x: x.offset(),
+        dy: dy.offset(),
+        dx: dx.offset(),
+        inputs_share_output_buffer: x.buffer() == dx.buffer() || dy.buffer() == dx.buffer(),
+        ..Operands::default()
+    };
+    let steps = steps(&plan, call, &operands);
+    Ok(Some((plan, steps)))
+}
+
+/// The buffers of a backward call, dgamma and dbeta written into `grads`.
+pub(crate) fn backward_buffers<'a>(
+    x: &'a Tensor,
+    dy: &'a Tensor,
+    dx: &'a Tensor,
+    saved: &'a SavedStats,
+    affine: Option<&'a ChannelPair>,
+    grads: &'a ChannelPair,
+) -> Buffers<'a> {
+    Buffers {
+        x: Some((x.buffer(), x.offset())),
+        dy: Some((dy.buffer(), dy.offset())),
+        dx: Some((dx.buffer(), dx.offset())),
+        stats: Some(saved.mean_invstd.buffer()),
+        affine: affine.map(ChannelPair::buffer),
+        grads: Some(grads.buffer()),
+        ..Buffers::default()
+    }
 }

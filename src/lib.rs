@@ -16,6 +16,7 @@ pub mod shader;
 #[doc(hidden)]
 pub mod steps;
 pub mod tensor;
+mod workspace;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig, ForwardOutput};
 pub use checkpoint::{save_state, save_state_file};

@@ -45,21 +45,33 @@ pub struct Step {
     pub entry: &'static str,
     /// Override constants set for the pipeline (the rest keep their defaults).
     pub overrides: Vec<(Override, bool)>,
-    /// The uniform block.
-    pub params: Params,
+    /// The uniform block; `None` for an entry point that reads none.
+    pub params: Option<Params>,
     /// Every binding the entry point uses, besides the uniform block.
     pub bindings: Vec<Binding>,
     /// Workgroups to dispatch.
     pub workgroups: u32,
 }
 
+/// How a training forward updates the running stats.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Update {
+    /// There are none.
+    None,
+    /// With this weight for the batch.
+    Momentum(f32),
+    /// With weight 1 / the layer's batch count, which the call advances on the GPU first
+    /// (momentum `None`; binds the layer's `Batches` buffer).
+    Cumulative,
+}
+
 /// An operation and what it is called with.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Call {
-    /// Batch statistics, the running-stats update when `momentum` is given, then y.
+    /// Batch statistics, the running-stats update, then y.
     TrainingForward {
-        /// Weight of the batch in the running stats; `None` when there are none to update.
-        momentum: Option<f32>,
+        /// How the running stats are updated.
+        update: Update,
         /// Added to the variance.
         eps: f32,
     },
@@ -98,9 +110,23 @@ pub struct Operands {
 pub fn steps(plan: &Plan, call: Call, operands: &Operands) -> Vec<Step> {
     let builder = Builder { plan, operands };
     match call {
-        Call::TrainingForward { momentum, eps } => builder.training_forward(momentum, eps),
+        Call::TrainingForward { update, eps } => builder.training_forward(update, eps),
         Call::InferenceForward { eps } => builder.normalize(Some(eps)),
         Call::Backward { batch_stats } => builder.backward(batch_stats),
+    }
+}
+
+/// The one step of a training call on an empty batch with momentum `None`: the batch still
+/// counts (as PyTorch's module counts it), and nothing else runs.
+pub fn count_batch_step() -> Step {
+    Step {
+        program: Program::BatchStatistics,
+        inputs_read_write: false,
+        entry: "count_batch",
+        overrides: vec![],
+        params: None,
+        bindings: vec![bind(Role::Batches, Range::Whole)],
+        workgroups: 1,
     }
 }
 
@@ -145,11 +171,14 @@ impl Builder<'_> {
 
     /// The scalars of the kernels that finish the statistics: eps, the running stats'
     /// momentum, and M / (M - 1) for their unbiased variance.
-    fn with_statistics_scalars(&self, params: Params, momentum: Option<f32>, eps: f32) -> Params {
+    fn with_statistics_scalars(&self, params: Params, update: Update, eps: f32) -> Params {
         let values = self.plan.view.values_per_channel() as f64;
         Params {
             eps,
-            momentum: momentum.unwrap_or(0.0),
+            momentum: match update {
+                Update::Momentum(momentum) => momentum,
+                Update::None | Update::Cumulative => 0.0,
+            },
             var_correction: (values / (values - 1.0)) as f32,
             ..params
         }
@@ -183,47 +212,53 @@ impl Builder<'_> {
         }
     }
 
-    fn training_forward(&self, momentum: Option<f32>, eps: f32) -> Vec<Step> {
-        let has_running = momentum.is_some();
+    fn training_forward(&self, update: Update, eps: f32) -> Vec<Step> {
+        let has_running = update != Update::None;
+        let cumulative = update == Update::Cumulative;
+        let mut steps = Vec::new();
+        if cumulative {
+            steps.push(count_batch_step());
+        }
+        let overrides = vec![
+            (Override::HasRunning, has_running),
+            (Override::HasAffine, self.operands.affine),
+            (Override::Cumulative, cumulative),
+        ];
         if let Some(window) = self.plan.fused_window() {
-            return vec![Step {
+            steps.push(Step {
                 program: Program::BatchStatistics,
                 inputs_read_write: self.operands.inputs_share_output_buffer,
                 entry: self.by_kind("fused_forward_contiguous", "fused_forward_strided"),
-                overrides: vec![
-                    (Override::HasRunning, has_running),
-                    (Override::HasAffine, self.operands.affine),
-                ],
-                params: self.with_statistics_scalars(self.window_params(0), momentum, eps),
+                overrides,
+                params: Some(self.with_statistics_scalars(self.window_params(0), update, eps)),
                 bindings: vec![
                     bind(Role::X, Range::Window(0)),
                     bind(Role::Y, Range::Window(0)),
                     bind(Role::Stats, Range::Whole),
                     whole_or_unused(Role::Running, has_running),
                     whole_or_unused(Role::Affine, self.operands.affine),
+                    whole_or_unused(Role::Batches, cumulative),
                 ],
                 workgroups: self.fused_workgroups(window),
-            }];
+            });
+            return steps;
         }
         let partials = Range::Partials(self.plan.partials_bytes(STATISTICS_PARTIAL_BYTES));
-        let mut steps: Vec<Step> = self
-            .windows()
-            .map(|(w, _)| {
-                let params = self.window_params(w);
-                Step {
-                    program: Program::BatchStatistics,
-                    inputs_read_write: false,
-                    entry: self.by_kind("partials_contiguous", "partials_strided"),
-                    overrides: vec![],
-                    params,
-                    bindings: vec![
-                        bind(Role::X, Range::Window(w)),
-                        bind(Role::Partials, partials),
-                    ],
-                    workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
-                }
-            })
-            .collect();
+        steps.extend(self.windows().map(|(w, _)| {
+            let params = self.window_params(w);
+            Step {
+                program: Program::BatchStatistics,
+                inputs_read_write: false,
+                entry: self.by_kind("partials_contiguous", "partials_strided"),
+                overrides: vec![],
+                params: Some(params),
+                bindings: vec![
+                    bind(Role::X, Range::Window(w)),
+                    bind(Role::Partials, partials),
+                ],
+                workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
+            }
+        }));
         let finalize_params = Params {
             channels: self.plan.view.channels as u32,
             chunks_total: self.plan.chunks_total as u32,
@@ -233,12 +268,16 @@ impl Builder<'_> {
             program: Program::BatchStatistics,
             inputs_read_write: false,
             entry: self.finalize_entry(),
-            overrides: vec![(Override::HasRunning, has_running)],
-            params: self.with_statistics_scalars(finalize_params, momentum, eps),
+            overrides: vec![
+                (Override::HasRunning, has_running),
+                (Override::Cumulative, cumulative),
+            ],
+            params: Some(self.with_statistics_scalars(finalize_params, update, eps)),
             bindings: vec![
                 bind(Role::Partials, partials),
                 bind(Role::Stats, Range::Whole),
                 whole_or_unused(Role::Running, has_running),
+                whole_or_unused(Role::Batches, cumulative),
             ],
             workgroups: self.plan.finalize_workgroups(),
         });
@@ -264,10 +303,10 @@ impl Builder<'_> {
                     (Override::HasAffine, self.operands.affine),
                     (Override::FromRunning, from_running_eps.is_some()),
                 ],
-                params: Params {
+                params: Some(Params {
                     eps: from_running_eps.unwrap_or(0.0),
                     ..self.window_params(w)
-                },
+                }),
                 bindings: vec![
                     bind(Role::X, Range::Window(w)),
                     bind(Role::Y, Range::Window(w)),
@@ -308,7 +347,7 @@ impl Builder<'_> {
                 inputs_read_write: self.operands.inputs_share_output_buffer,
                 entry: self.by_kind("fused_backward_contiguous", "fused_backward_strided"),
                 overrides,
-                params: self.window_params(0),
+                params: Some(self.window_params(0)),
                 bindings: dx_bindings(0),
                 workgroups: self.fused_workgroups(window),
             }];
@@ -323,7 +362,7 @@ impl Builder<'_> {
                     inputs_read_write: false,
                     entry: self.by_kind("grad_partials_contiguous", "grad_partials_strided"),
                     overrides: overrides.clone(),
-                    params,
+                    params: Some(params),
                     bindings: vec![
                         bind(Role::X, Range::Window(w)),
                         bind(Role::Dy, Range::Window(w)),
@@ -339,11 +378,11 @@ impl Builder<'_> {
             inputs_read_write: false,
             entry: self.finalize_entry(),
             overrides: overrides.clone(),
-            params: Params {
+            params: Some(Params {
                 channels: self.plan.view.channels as u32,
                 chunks_total: self.plan.chunks_total as u32,
                 ..Params::default()
-            },
+            }),
             bindings: vec![
                 bind(Role::Partials, partials),
                 bind(Role::Stats, Range::Whole),
@@ -362,7 +401,7 @@ impl Builder<'_> {
             inputs_read_write: self.operands.inputs_share_output_buffer,
             entry,
             overrides: overrides.clone(),
-            params: self.window_params(w),
+            params: Some(self.window_params(w)),
             bindings: dx_bindings(w),
             workgroups: self.elementwise_workgroups(window, program.lanes()),
         }));
@@ -394,7 +433,7 @@ mod tests {
     }
 
     const TRAINING: Call = Call::TrainingForward {
-        momentum: Some(0.1),
+        update: Update::Momentum(0.1),
         eps: 1e-5,
     };
     const INFERENCE: Call = Call::InferenceForward { eps: 1e-5 };
@@ -471,7 +510,10 @@ mod tests {
         // Each window's steps bind that window of x and write its partial slots.
         for (w, step) in training[..8].iter().enumerate() {
             assert_eq!(step.bindings[0], bind(Role::X, Range::Window(w)));
-            assert_eq!(step.params.chunk_base as usize, plan.windows[w].chunk_base);
+            assert_eq!(
+                step.params.unwrap().chunk_base as usize,
+                plan.windows[w].chunk_base
+            );
         }
         assert_eq!(
             training[0].bindings[1],
@@ -503,7 +545,7 @@ mod tests {
         // 288 chunks x 2 channels of work items; the finalize a workgroup per channel.
         assert_eq!(steps[0].workgroups, 576);
         assert_eq!(steps[1].workgroups, 2);
-        assert_eq!(steps[0].params.items, 576);
+        assert_eq!(steps[0].params.unwrap().items, 576);
     }
 
     #[test]
@@ -519,7 +561,7 @@ mod tests {
         let step = &steps[0];
         assert!(step.overrides.contains(&(Override::FromRunning, true)));
         assert!(step.bindings.contains(&bind(Role::Running, Range::Whole)));
-        assert_eq!(step.params.eps, 1e-5);
+        assert_eq!(step.params.unwrap().eps, 1e-5);
     }
 
     #[test]
@@ -531,7 +573,7 @@ mod tests {
             Operation::TrainingForward,
         );
         let call = Call::TrainingForward {
-            momentum: None,
+            update: Update::None,
             eps: 1e-5,
         };
         let step = &steps(&plan, call, &with_affine(false))[0];
@@ -574,7 +616,7 @@ mod tests {
         };
         let steps = steps(&plan, BACKWARD, &operands);
         // Window 1 starts 12288 elements in: x at byte 12 + 49152, a binding 256-aligned.
-        let params = steps[1].params;
+        let params = steps[1].params.unwrap();
         assert_eq!(params.x_shift, ((12 + 49152) % 256 / 4) as u32);
         assert_eq!(params.dy_shift, 0, "dy starts on an aligned byte");
         assert_eq!(params.dx_shift, ((4100 + 49152) % 256 / 4) as u32);
@@ -597,8 +639,9 @@ mod tests {
         );
     }
 
-    /// Bindings the entry point of each program uses, from naga.
-    fn used_bindings(program: Program, entry: &str) -> BTreeSet<u32> {
+    /// The storage bindings an entry point uses, and whether it reads the uniform block, from
+    /// naga.
+    fn used_bindings(program: Program, entry: &str) -> (BTreeSet<u32>, bool) {
         let source = program.source(false);
         let module = naga::front::wgsl::parse_str(&source).expect("valid WGSL");
         let info = naga::valid::Validator::new(
@@ -613,14 +656,18 @@ mod tests {
             .position(|e| e.name == entry)
             .unwrap_or_else(|| panic!("{program:?} has no entry point {entry}"));
         let uses = info.get_entry_point(index);
-        module
-            .global_variables
-            .iter()
-            .filter(|(handle, var)| {
-                matches!(var.space, naga::AddressSpace::Storage { .. }) && !uses[*handle].is_empty()
-            })
-            .map(|(_, var)| var.binding.as_ref().expect("a resource binding").binding)
-            .collect()
+        let used = |space: fn(&naga::AddressSpace) -> bool| {
+            module
+                .global_variables
+                .iter()
+                .filter(|(handle, var)| space(&var.space) && !uses[*handle].is_empty())
+                .map(|(_, var)| var.binding.as_ref().expect("a resource binding").binding)
+                .collect::<BTreeSet<u32>>()
+        };
+        (
+            used(|space| matches!(space, naga::AddressSpace::Storage { .. })),
+            !used(|space| *space == naga::AddressSpace::Uniform).is_empty(),
+        )
     }
 
     /// Every step of every kind of plan binds exactly what its entry point uses, so no bind
@@ -653,7 +700,11 @@ mod tests {
         let calls = [
             TRAINING,
             Call::TrainingForward {
-                momentum: None,
+                update: Update::None,
+                eps: 1e-5,
+            },
+            Call::TrainingForward {
+                update: Update::Cumulative,
                 eps: 1e-5,
             },
             INFERENCE,
@@ -669,19 +720,15 @@ mod tests {
                         let bound: BTreeSet<u32> =
                             step.bindings.iter().map(|b| b.role.binding()).collect();
                         assert_eq!(bound.len(), step.bindings.len(), "{step:?}");
-                        assert_eq!(
-                            bound,
-                            used_bindings(step.program, step.entry),
-                            "{:?} {}",
-                            step.program,
-                            step.entry
-                        );
+                        let (used, reads_params) = used_bindings(step.program, step.entry);
+                        assert_eq!(bound, used, "{:?} {}", step.program, step.entry);
+                        assert_eq!(step.params.is_some(), reads_params, "{}", step.entry);
                         seen.insert((format!("{:?}", step.program), step.entry));
                     }
                 }
             }
         }
         // Every entry point of every program was reached.
-        assert_eq!(seen.len(), 16, "{seen:?}");
+        assert_eq!(seen.len(), 17, "{seen:?}");
     }
 }

@@ -2,6 +2,8 @@
 //! shape and layout) and [`ChannelPair`] (two per-channel vectors packed in one buffer: gamma
 //! and beta, running mean and variance, saved mean and invstd, or dgamma and dbeta).
 
+use std::sync::{Arc, Weak};
+
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use crate::error::{BatchNormError, Result};
@@ -13,9 +15,15 @@ const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// An f32 tensor in GPU memory, with its shape in memory order and its layout.
+/// An f32 tensor in GPU memory, with its shape in memory order and its layout. Clones share
+/// the tensor (a handle, as `wgpu::Buffer` is).
 #[derive(Clone, Debug)]
 pub struct Tensor {
+    inner: Arc<TensorInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TensorInner {
     ctx: GpuContext,
     buffer: wgpu::Buffer,
     /// Where the tensor starts in `buffer`, in bytes.
@@ -48,7 +56,7 @@ impl Tensor {
         if !data.is_empty() {
             ctx.checked(|_| {
                 ctx.queue()
-                    .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data))
+                    .write_buffer(tensor.buffer(), 0, bytemuck::cast_slice(data))
             })?;
         }
         Ok(tensor)
@@ -90,12 +98,14 @@ impl Tensor {
             })
         })?;
         Ok(Tensor {
-            ctx: ctx.clone(),
-            buffer,
-            offset: 0,
-            shape: shape.to_vec(),
-            layout,
-            view,
+            inner: Arc::new(TensorInner {
+                ctx: ctx.clone(),
+                buffer,
+                offset: 0,
+                shape: shape.to_vec(),
+                layout,
+                view,
+            }),
         })
     }
 
@@ -148,25 +158,36 @@ impl Tensor {
         }
         require_usage(&buffer, wgpu::BufferUsages::STORAGE, "a batch-norm kernel")?;
         Ok(Tensor {
-            ctx: ctx.clone(),
-            buffer,
-            offset,
-            shape: shape.to_vec(),
-            layout,
-            view,
+            inner: Arc::new(TensorInner {
+                ctx: ctx.clone(),
+                buffer,
+                offset,
+                shape: shape.to_vec(),
+                layout,
+                view,
+            }),
         })
     }
 
     /// Downloads the tensor in memory order.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        require_usage(&self.buffer, wgpu::BufferUsages::COPY_SRC, "a download")?;
-        read_buffer(&self.ctx, &self.buffer, self.offset, self.view.len())
+        require_usage(
+            &self.inner.buffer,
+            wgpu::BufferUsages::COPY_SRC,
+            "a download",
+        )?;
+        read_buffer(
+            &self.inner.ctx,
+            &self.inner.buffer,
+            self.inner.offset,
+            self.inner.view.len(),
+        )
     }
 
     /// Downloads the tensor as an ndarray of its memory-order shape.
     pub fn to_array(&self) -> Result<ArrayD<f32>> {
         let data = self.to_vec()?;
-        Ok(ArrayD::from_shape_vec(IxDyn(&self.shape), data)
+        Ok(ArrayD::from_shape_vec(IxDyn(&self.inner.shape), data)
             .expect("the shape was checked against the length at creation"))
     }
 
@@ -176,15 +197,18 @@ impl Tensor {
         if self.is_empty() {
             return Ok(());
         }
-        require_usage(&self.buffer, wgpu::BufferUsages::COPY_DST, "a fill")?;
-        let data = vec![value; self.view.len()];
-        self.ctx.checked(|_| {
-            self.ctx
-                .queue()
-                .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(&data))
+        require_usage(&self.inner.buffer, wgpu::BufferUsages::COPY_DST, "a fill")?;
+        let data = vec![value; self.inner.view.len()];
+        self.inner.ctx.checked(|_| {
+            self.inner.ctx.queue().write_buffer(
+                &self.inner.buffer,
+                self.inner.offset,
+                bytemuck::cast_slice(&data),
+            )
         })?;
-        self.ctx.submit_and_wait(
-            self.ctx
+        self.inner.ctx.submit_and_wait(
+            self.inner
+                .ctx
                 .device()
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor::default()),
         )
@@ -192,75 +216,81 @@ impl Tensor {
 
     /// Shape in memory order.
     pub fn shape(&self) -> &[usize] {
-        &self.shape
+        &self.inner.shape
     }
 
     /// Memory layout.
     pub fn layout(&self) -> Layout {
-        self.layout
+        self.inner.layout
     }
 
     /// The `[outer][channels][inner]` view of this tensor.
     pub fn view(&self) -> ChannelView {
-        self.view
+        self.inner.view
     }
 
     /// Number of channels.
     pub fn channels(&self) -> usize {
-        self.view.channels
+        self.inner.view.channels
     }
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        self.view.len()
+        self.inner.view.len()
     }
 
     /// True when the tensor has no element.
     pub fn is_empty(&self) -> bool {
-        self.view.is_empty()
+        self.inner.view.is_empty()
     }
 
     /// The GPU buffer, for callers that record their own work around this crate's.
     pub fn buffer(&self) -> &wgpu::Buffer {
-        &self.buffer
+        &self.inner.buffer
     }
 
     /// Where the tensor starts in its buffer, in bytes.
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.inner.offset
     }
 
     /// The bytes of its buffer the tensor spans.
     pub fn byte_range(&self) -> std::ops::Range<u64> {
-        self.offset..self.offset + self.view.len() as u64 * F32_BYTES
+        self.inner.offset..self.inner.offset + self.inner.view.len() as u64 * F32_BYTES
     }
 
     /// The context the tensor lives in.
     pub fn context(&self) -> &GpuContext {
-        &self.ctx
+        &self.inner.ctx
+    }
+
+    /// A handle that does not keep the tensor alive (caches hold these).
+    pub(crate) fn downgrade(&self) -> Weak<TensorInner> {
+        Arc::downgrade(&self.inner)
     }
 
     /// A new tensor with this one's shape and layout for an output: zeros, or the context's
     /// debug fill.
     pub(crate) fn output_like(&self) -> Result<Self> {
-        let tensor = Self::zeros(&self.ctx, &self.shape, self.layout)?;
-        self.ctx
-            .apply_debug_fill(&tensor.buffer, self.len() as u64 * F32_BYTES)?;
+        let tensor = Self::zeros(&self.inner.ctx, &self.inner.shape, self.inner.layout)?;
+        self.inner
+            .ctx
+            .apply_debug_fill(tensor.buffer(), self.len() as u64 * F32_BYTES)?;
         Ok(tensor)
     }
 
     /// Refuses `other` unless it has this tensor's shape and layout and lives on its device.
     pub(crate) fn check_same_shape(&self, other: &Tensor, what: &'static str) -> Result<()> {
-        if !self.ctx.same_as(&other.ctx) {
+        if !self.inner.ctx.same_as(&other.inner.ctx) {
             return Err(BatchNormError::ContextMismatch);
         }
-        if self.shape != other.shape || self.layout != other.layout {
+        if self.inner.shape != other.inner.shape || self.inner.layout != other.inner.layout {
             return Err(BatchNormError::ShapeMismatch {
                 what,
-                expected: self.shape.clone(),
-                expected_layout: self.layout,
-                actual: other.shape.clone(),
-                actual_layout: other.layout,
+                expected: self.inner.shape.clone(),
+                expected_layout: self.inner.layout,
+                actual: other.inner.shape.clone(),
+                actual_layout: other.inner.layout,
             });
         }
         Ok(())

@@ -27,6 +27,8 @@ pub enum Role {
     Partials,
     /// `[dgamma (C) | dbeta (C)]`.
     Grads,
+    /// A layer's count of training batches (one u32), for momentum `None`.
+    Batches,
 }
 
 /// How a program may use a binding.
@@ -40,7 +42,7 @@ pub enum Access {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 9] = [
+    pub const ALL: [Role; 10] = [
         Role::X,
         Role::Y,
         Role::Dy,
@@ -50,6 +52,7 @@ impl Role {
         Role::Stats,
         Role::Partials,
         Role::Grads,
+        Role::Batches,
     ];
 
     /// The binding number, the WGSL variable's name and its access, the table itself.
@@ -66,6 +69,7 @@ impl Role {
             Role::Stats => (8, "stats", Access::ReadWrite),
             Role::Partials => (9, "partials", Access::ReadWrite),
             Role::Grads => (10, "grads", Access::ReadWrite),
+            Role::Batches => (11, "batches", Access::ReadWrite),
         }
     }
 

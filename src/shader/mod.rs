@@ -69,6 +69,9 @@ pub enum Override {
     FromRunning,
     /// dx through the batch statistics (else through constant running stats).
     BatchStats,
+    /// The running stats' momentum is 1 / the layer's batch count on the GPU (momentum
+    /// `None`), not the uniform block's.
+    Cumulative,
 }
 
 impl Override {
@@ -79,6 +82,7 @@ impl Override {
             Override::HasRunning => "HAS_RUNNING",
             Override::FromRunning => "FROM_RUNNING",
             Override::BatchStats => "BATCH_STATS",
+            Override::Cumulative => "CUMULATIVE",
         }
     }
 
@@ -102,7 +106,7 @@ impl Program {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Program::BatchStatistics => &[X, Y, Affine, Running, Stats, Partials],
+            Program::BatchStatistics => &[X, Y, Affine, Running, Stats, Partials, Batches],
             Program::Normalize | Program::NormalizeVec4 => &[X, Y, Affine, Running, Stats],
             Program::Backward => &[X, Dy, Dx, Affine, Stats, Partials, Grads],
             Program::InputGradientVec4 => &[X, Dy, Dx, Affine, Stats, Grads],
@@ -120,7 +124,11 @@ impl Program {
     /// The override constants it declares.
     pub fn overrides(self) -> &'static [Override] {
         match self {
-            Program::BatchStatistics => &[Override::HasRunning, Override::HasAffine],
+            Program::BatchStatistics => &[
+                Override::HasRunning,
+                Override::HasAffine,
+                Override::Cumulative,
+            ],
             Program::Normalize | Program::NormalizeVec4 => {
                 &[Override::HasAffine, Override::FromRunning]
             }

@@ -51,6 +51,8 @@ pub fn prelude(program: Program, inputs_read_write: bool) -> String {
         } else if role == Role::Partials {
             // `Acc`: the accumulator of the program's reduction.
             binding(role, access, "array<Acc>")
+        } else if role == Role::Batches {
+            binding(role, access, "array<u32>")
         } else {
             binding(role, access, "array<f32>")
         };
