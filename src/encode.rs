@@ -9,14 +9,16 @@ use crate::shader::{Params, Role, PARAMS_BINDING};
 use crate::steps::{Range, Step};
 
 /// Where to write GPU timestamps around an operation's compute pass (the benchmark's timer).
+/// Either may be left out: a chain of operations is timed whole by giving its first operation
+/// only `begin` and its last only `end`.
 #[derive(Clone, Copy, Debug)]
 pub struct PassTimestamps<'a> {
     /// A timestamp query set.
     pub query_set: &'a wgpu::QuerySet,
     /// Query written when the pass begins.
-    pub begin: u32,
+    pub begin: Option<u32>,
     /// Query written when the pass ends.
-    pub end: u32,
+    pub end: Option<u32>,
 }
 
 /// A tensor's buffer and the byte offset where the tensor starts in it.
@@ -186,8 +188,8 @@ pub(crate) fn record_prepared(
             label: Some(label),
             timestamp_writes: timestamps.map(|t| wgpu::ComputePassTimestampWrites {
                 query_set: t.query_set,
-                beginning_of_pass_write_index: Some(t.begin),
-                end_of_pass_write_index: Some(t.end),
+                beginning_of_pass_write_index: t.begin,
+                end_of_pass_write_index: t.end,
             }),
         });
         for (pipeline, bind_group, workgroups) in &prepared.dispatches {

@@ -154,6 +154,9 @@ fn quick_suite_writes_every_format() {
             "percent_of_stream",
             "host_back_to_back_us",
             "host_single_us",
+            "host_record_us",
+            "host_submit_us",
+            "host_record_unprepared_us",
             "reference_ms",
         ] {
             positive(case, key);
@@ -228,6 +231,129 @@ fn quick_suite_writes_every_format() {
         );
     }
 
+    std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
+}
+
+/// ResNet-50's batch norms, counted independently of the program: torchvision's resnet50 has
+/// 53 `BatchNorm2d` layers whose weights and biases hold 53,120 values (26,560 channels).
+#[test]
+fn the_resnet50_chain_is_resnet50s_batch_norms() {
+    let layers = bnbench::chain::Chain::Resnet50.layers();
+    assert_eq!(layers.len(), 53);
+    assert_eq!(layers.iter().map(|l| l.channels).sum::<usize>(), 26_560);
+    let names: BTreeSet<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names.len(), 53, "names are unique");
+    let find = |name: &str| {
+        layers
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    // (name, channels, side): the stem, a stage's first block (its first batch norm still at
+    // the previous stage's side), a projection shortcut, the last layer.
+    for (name, channels, side) in [
+        ("bn1", 64, 112),
+        ("layer1.0.bn1", 64, 56),
+        ("layer2.0.bn1", 128, 56),
+        ("layer2.0.bn2", 128, 28),
+        ("layer3.0.downsample.1", 1024, 14),
+        ("layer3.5.bn3", 1024, 14),
+        ("layer4.2.bn3", 2048, 7),
+    ] {
+        let layer = find(name);
+        assert_eq!((layer.channels, layer.size), (channels, side), "{name}");
+    }
+    assert_eq!(layers[0].name, "bn1");
+    assert_eq!(layers[52].name, "layer4.2.bn3");
+}
+
+/// `--chain resnet50` at batch 1 in both layouts: each layout's host and GPU times per step and
+/// its checked sample, in every format.
+#[test]
+fn the_chain_writes_its_measurements() {
+    let dir = scratch_dir();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (json, csv, markdown) = (path("c.json"), path("c.csv"), path("c.md"));
+    let cli = bnbench::cli::Cli::try_parse_from([
+        "bnbench",
+        "--chain",
+        "resnet50",
+        "--batch",
+        "1",
+        "--reps",
+        "2",
+        "--warmup-ms",
+        "0",
+        "--rotate-mib",
+        "4",
+        "--json",
+        &json,
+        "--csv",
+        &csv,
+        "--markdown",
+        &markdown,
+    ])
+    .expect("a valid command line");
+    let report = bnbench::run(&cli)
+        .unwrap_or_else(|e| panic!("bnbench --chain failed: {e}"))
+        .expect("a report");
+    assert_eq!(report.failures(), 0, "the chain's sample failed its check");
+
+    let root: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+        .expect("valid JSON");
+    let run = &root["runs"][0];
+    assert_eq!(run["cases"].as_array().map(Vec::len), Some(0), "no suite");
+    let chains = run["chains"].as_array().expect("a chains array");
+    let layouts: Vec<&str> = chains
+        .iter()
+        .map(|c| c["layout"].as_str().expect("a layout"))
+        .collect();
+    assert_eq!(layouts, ["channels-first", "channels-last"]);
+    for chain in chains {
+        assert_eq!(chain["chain"], "resnet50");
+        assert_eq!(chain["layers"], 53);
+        assert_eq!(chain["batch"], 1);
+        assert_eq!(chain["steps"], 2);
+        // Values per sample of ResNet-50's batch-norm inputs at 224x224.
+        assert_eq!(chain["elements"], 11_113_984);
+        for key in [
+            "host_record_us",
+            "host_submit_us",
+            "gpu_step_us",
+            "back_to_back_us",
+        ] {
+            positive(chain, key);
+        }
+        let checks = chain["checks"].as_array().expect("checked samples");
+        let sampled: Vec<(&str, &str)> = checks
+            .iter()
+            .map(|c| (c["layer"].as_str().unwrap(), c["op"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            sampled,
+            [("layer4.2.bn3", "train-forward"), ("bn1", "backward")]
+        );
+        for check in checks {
+            let error = check["check"]["max_abs_error"].as_f64().expect("an error");
+            assert!(error.is_finite() && error < 1e-3, "{check}");
+            assert_eq!(check["check"]["passed"], true);
+        }
+    }
+
+    let mut reader = csv::Reader::from_path(&csv).expect("CSV written");
+    let header = reader.headers().expect("a header").clone();
+    for column in ["chain", "layout", "host_record_us", "gpu_step_us", "passed"] {
+        assert!(header.iter().any(|h| h == column), "no {column} column");
+    }
+    assert_eq!(reader.records().count(), 2, "a row per layout");
+
+    let markdown = std::fs::read_to_string(&markdown).expect("Markdown written");
+    for row in [
+        "| resnet50 channels-first batch 1 |",
+        "| resnet50 channels-last batch 1 |",
+    ] {
+        assert!(markdown.contains(row), "no row {row}");
+    }
     std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
 }
 

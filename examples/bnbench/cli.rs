@@ -6,6 +6,7 @@ use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use wgpu_batchnorm::AdapterOptions;
 
+use super::chain::Chain;
 use super::suite::{LayoutChoice, Op, FULL_SHAPES, QUICK_SHAPES};
 
 const MIB: u64 = 1 << 20;
@@ -41,6 +42,18 @@ pub struct Cli {
     #[arg(long, value_name = "N,C,...", value_parser = parse_shape)]
     pub shape: Vec<Shape>,
 
+    /// Instead of the suite, the batch norms of a network's training step: every layer's
+    /// forward, then every backward, recorded into one encoder per step and submitted once.
+    /// Reports host CPU time and GPU time per step, and checks a sample against the reference.
+    /// Runs in each layout asked for; --reps is the number of steps [default: 20, or 5 on a
+    /// CPU adapter].
+    #[arg(long, value_enum, conflicts_with_all = ["quick", "shape", "op", "svg", "max_elements"])]
+    pub chain: Option<Chain>,
+
+    /// The chain's batch size N [default: 32, or 2 on a CPU adapter].
+    #[arg(long, requires = "chain", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: Option<u32>,
+
     /// Only this operation. Repeatable [default: all three].
     #[arg(long, value_enum)]
     pub op: Vec<Op>,
@@ -49,8 +62,8 @@ pub struct Cli {
     #[arg(long, value_enum)]
     pub layout: Vec<LayoutChoice>,
 
-    /// Timed runs per case; also the number of calls of each host-latency measurement
-    /// [default: 50, or 10 with --quick].
+    /// Timed runs per case; also the number of calls of each host measurement
+    /// [default: 50, or 10 with --quick; with --chain, steps: 20, or 5 on a CPU adapter].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub reps: Option<u32>,
 
@@ -150,8 +163,9 @@ fn parse_shape(text: &str) -> Result<Shape, String> {
 pub struct Settings {
     /// The small CI suite.
     pub quick: bool,
-    /// Timed runs per case, and calls per host-latency measurement.
-    pub reps: usize,
+    /// Timed runs per case, and calls per host measurement; with a chain, steps (`None`: the
+    /// adapter's default).
+    pub reps: Option<usize>,
     /// Untimed runs per case, each awaited.
     pub warmup: usize,
     /// Then at least this many milliseconds of untimed runs submitted back to back.
@@ -168,6 +182,26 @@ pub struct Settings {
     pub ops: Vec<Op>,
     /// Layouts.
     pub layouts: Vec<LayoutChoice>,
+    /// The network whose chain of batch norms runs instead of the suite.
+    pub chain: Option<Chain>,
+    /// The chain's batch size (`None`: the adapter's default).
+    pub batch: Option<usize>,
+}
+
+impl Settings {
+    /// Timed runs per case.
+    pub fn case_reps(&self) -> usize {
+        self.reps.unwrap_or(if self.quick { 10 } else { 50 })
+    }
+
+    /// The chain's steps and batch size on an adapter of `device_type`.
+    pub fn chain_steps_and_batch(&self, device_type: wgpu::DeviceType) -> (usize, usize) {
+        let cpu = device_type == wgpu::DeviceType::Cpu;
+        (
+            self.reps.unwrap_or(if cpu { 5 } else { 20 }),
+            self.batch.unwrap_or(if cpu { 2 } else { 32 }),
+        )
+    }
 }
 
 impl Cli {
@@ -184,12 +218,11 @@ impl Cli {
 
     /// The settings, with the defaults of the full or the quick suite.
     pub fn settings(&self) -> Settings {
-        let (reps, warmup, warmup_ms, rotate_mib, suite): (u32, u32, u64, u64, &[&[usize]]) =
-            if self.quick {
-                (10, 2, 20, 16, &QUICK_SHAPES)
-            } else {
-                (50, 5, 300, 128, &FULL_SHAPES)
-            };
+        let (warmup, warmup_ms, rotate_mib, suite): (u32, u64, u64, &[&[usize]]) = if self.quick {
+            (2, 20, 16, &QUICK_SHAPES)
+        } else {
+            (5, 300, 128, &FULL_SHAPES)
+        };
         let shapes = if self.shape.is_empty() {
             suite.iter().map(|s| s.to_vec()).collect()
         } else {
@@ -197,7 +230,7 @@ impl Cli {
         };
         Settings {
             quick: self.quick,
-            reps: self.reps.unwrap_or(reps) as usize,
+            reps: self.reps.map(|reps| reps as usize),
             warmup: self.warmup.unwrap_or(warmup) as usize,
             warmup_ms: self.warmup_ms.unwrap_or(warmup_ms),
             rotate_bytes: self.rotate_mib.unwrap_or(rotate_mib) * MIB,
@@ -206,6 +239,8 @@ impl Cli {
             shapes,
             ops: chosen_or_all(&self.op, &Op::ALL),
             layouts: chosen_or_all(&self.layout, &LayoutChoice::ALL),
+            chain: self.chain,
+            batch: self.batch.map(|batch| batch as usize),
         }
     }
 }

@@ -1,22 +1,26 @@
 //! `bnbench`: times this crate's batch norm (training forward, inference forward, backward
 //! through the batch statistics; channels-first and channels-last) on one or more wgpu
 //! adapters, compares each case's bandwidth with a streaming kernel on the same adapter, checks
-//! every timed result against the f64 CPU reference, and writes a terminal table, JSON, CSV,
-//! Markdown and an SVG chart.
+//! every timed result against the f64 CPU reference, measures the host's cost of a call, and
+//! writes a terminal table, JSON, CSV, Markdown and an SVG chart. `--chain` times instead the
+//! batch norms of a whole network's training step.
 //!
 //! ```text
 //! cargo run --release --example bnbench -- --quick --json results.json
 //! cargo run --release --example bnbench -- --backend gl --shape 32,64,56,56 --svg chart.svg
 //! cargo run --release --example bnbench -- --all --markdown results.md
+//! cargo run --release --example bnbench -- --chain resnet50 --batch 32
 //! ```
 //!
 //! The modules, in the order a run uses them: [`cli`] (options and settings), [`suite`] (cases
-//! and the GPU state they run on), [`runner`] (one adapter's run), [`roofline`] (the stream
+//! and the GPU state they run on), [`chain`] (a network's batch norms as one training step,
+//! `--chain`), [`runner`] (one adapter's run), [`roofline`] (the stream
 //! kernel), [`timing`] (timestamps, wall clock, host latency), [`check`] (the CPU reference),
 //! [`report`] (the results and their formats). `benches/batch_norm.rs` shares `suite` and
 //! `timing`; `tests/bnbench_outputs.rs` runs [`run`] itself. That test includes this file as a
 //! module, so the modules name each other with `super::` and `self::`, never `crate::`.
 
+pub mod chain;
 mod check;
 pub mod cli;
 mod report;
@@ -85,8 +89,15 @@ pub fn run(cli: &Cli) -> BenchResult<Option<Report>> {
         .into());
     }
     let settings = cli.settings();
-    let cases = suite::cases(&settings.shapes, &settings.ops, &settings.layouts);
-    let progress = Progress::new(chosen * cases.len());
+    let (cases, items_per_adapter) = match settings.chain {
+        Some(_) => (Vec::new(), settings.layouts.len()),
+        None => {
+            let cases = suite::cases(&settings.shapes, &settings.ops, &settings.layouts);
+            let count = cases.len();
+            (cases, count)
+        }
+    };
+    let progress = Progress::new(chosen * items_per_adapter);
     let mut runs = Vec::new();
     for adapter in adapters.iter().take(chosen) {
         let ctx = GpuContext::from_adapter(adapter)?;

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 use wgpu_batchnorm::AdapterSummary;
 
+use super::chain::ChainResult;
 use super::check::Check;
 use super::cli::Settings;
 use super::roofline::Roofline;
@@ -50,6 +51,7 @@ impl Report {
             .map(|run| {
                 run.cases.iter().filter(|c| !c.check.passed()).count()
                     + run.skipped.iter().filter(|s| s.failure).count()
+                    + run.chains.iter().filter(|c| !c.passed()).count()
             })
             .sum()
     }
@@ -99,6 +101,8 @@ pub struct AdapterRun {
     pub cases: Vec<CaseResult>,
     /// The cases that did not run, with why.
     pub skipped: Vec<Skipped>,
+    /// The chain's results, one per layout (`--chain`; the suite's cases do not run then).
+    pub chains: Vec<ChainResult>,
 }
 
 /// Whether a case's result matched the reference.
@@ -125,6 +129,20 @@ impl std::fmt::Display for CheckStatus {
             CheckStatus::Failed => "FAILED",
         })
     }
+}
+
+/// A case's host measurements, in seconds (see the fields of [`CaseResult`]).
+pub struct HostTimes {
+    /// Wall time per call of calls submitted back to back.
+    pub back_to_back: f64,
+    /// Wall time of one call submitted and awaited.
+    pub single: f64,
+    /// Thread CPU time to record one call of the layer.
+    pub record: f64,
+    /// Thread CPU time to finish and submit it.
+    pub submit: f64,
+    /// Thread CPU time to record one functional call.
+    pub record_unprepared: f64,
 }
 
 /// One case's measurements.
@@ -154,10 +172,18 @@ pub struct CaseResult {
     pub gbps: f64,
     /// `gbps` as a percentage of the stream kernel's.
     pub percent_of_stream: f64,
-    /// Wall time per call of calls submitted back to back, microseconds.
+    /// Wall time per call of the layer's calls submitted back to back, microseconds.
     pub host_back_to_back_us: f64,
     /// Median wall time of one call submitted and awaited, microseconds.
     pub host_single_us: f64,
+    /// Median thread CPU time to record one call of the layer (dispatches prepared),
+    /// microseconds.
+    pub host_record_us: f64,
+    /// Median thread CPU time to finish and submit that call's encoder, microseconds.
+    pub host_submit_us: f64,
+    /// Median thread CPU time to record one functional call, which prepares its dispatches
+    /// (uniforms, bind groups, outputs) every time, microseconds.
+    pub host_record_unprepared_us: f64,
     /// Time of the CPU reference (f64), milliseconds.
     pub reference_ms: f64,
     /// Largest |GPU - reference| of y (forwards) or dx (backward).
@@ -178,8 +204,7 @@ impl CaseResult {
         workload: &Workload,
         gpu: TimeSummary,
         stream_gbps: f64,
-        back_to_back: f64,
-        single: f64,
+        host: HostTimes,
         check: Check,
     ) -> Self {
         let case = workload.case();
@@ -197,8 +222,11 @@ impl CaseResult {
             gpu_min_us: gpu.min * 1e6,
             gbps,
             percent_of_stream: 100.0 * gbps / stream_gbps,
-            host_back_to_back_us: back_to_back * 1e6,
-            host_single_us: single * 1e6,
+            host_back_to_back_us: host.back_to_back * 1e6,
+            host_single_us: host.single * 1e6,
+            host_record_us: host.record * 1e6,
+            host_submit_us: host.submit * 1e6,
+            host_record_unprepared_us: host.record_unprepared * 1e6,
             reference_ms: check.reference_ms,
             max_abs_error: check.max_abs_error,
             error_bound: check.bound,
@@ -318,6 +346,9 @@ fn case_table(run: &AdapterRun) -> Table {
         "% stream",
         "host b2b us",
         "host 1 call us",
+        "record us",
+        "submit us",
+        "record unprep. us",
         "reference ms",
         "max error",
         "check",
@@ -338,6 +369,9 @@ fn case_table(run: &AdapterRun) -> Table {
                 format!("{:.0}%", case.percent_of_stream),
                 digits3(case.host_back_to_back_us),
                 digits3(case.host_single_us),
+                digits3(case.host_record_us),
+                digits3(case.host_submit_us),
+                digits3(case.host_record_unprepared_us),
                 format!("{:.1}", case.reference_ms),
                 error,
                 case.check.to_string(),
@@ -407,31 +441,112 @@ fn run_heading(run: &AdapterRun, settings: &Settings) -> Vec<String> {
     } else {
         format!("{} MiB", settings.rotate_bytes >> 20)
     };
+    let adapter = format!(
+        "Adapter: {} ({}, {}, driver {})",
+        a.name, a.backend, a.device_type, a.driver
+    );
+    let stream = format!(
+        "Stream kernel (vec4 read one, write one): {:.1} GB/s, best of {} launch shapes ({} workgroups), 2 x {:.0} MiB",
+        run.stream.gbps,
+        run.stream.launches.len(),
+        run.stream.workgroups,
+        run.stream.buffer_bytes as f64 / (1 << 20) as f64
+    );
+    if let Some(chain) = run.chains.first() {
+        return vec![
+            adapter,
+            format!(
+                "Chain: {}'s {} batch norms at batch {}, forwards then backwards recorded into one \
+                 encoder per step and submitted once; {} steps per measurement after 2 awaited steps",
+                chain.chain.name(),
+                chain.layers,
+                chain.batch,
+                chain.steps
+            ),
+            format!(
+                "GPU per step: {}, from the first forward's pass to the last backward's",
+                run.timing_method.describe()
+            ),
+            stream,
+            "host record, submit: thread CPU time to record a step (each layer's calls prepared \
+             by earlier steps) and to finish and submit it (medians); b2b wall: wall time per \
+             step of steps submitted back to back; sample: the last layer's forward and the \
+             first layer's backward of the last step, against the f64 CPU reference"
+                .to_string(),
+        ];
+    }
     vec![
-        format!(
-            "Adapter: {} ({}, {}, driver {})",
-            a.name, a.backend, a.device_type, a.driver
-        ),
+        adapter,
         format!(
             "Timing: {}; {} runs after {} warm-up runs and {} ms of back-to-back runs; inputs rotate over at least {}",
             run.timing_method.describe(),
-            settings.reps,
+            settings.case_reps(),
             settings.warmup,
             settings.warmup_ms,
             rotation
         ),
-        format!(
-            "Stream kernel (vec4 read one, write one): {:.1} GB/s, best of {} launch shapes ({} workgroups), 2 x {:.0} MiB",
-            run.stream.gbps,
-            run.stream.launches.len(),
-            run.stream.workgroups,
-            run.stream.buffer_bytes as f64 / (1 << 20) as f64
-        ),
+        stream,
         "GB/s at the minimum bytes (8 per element forward, 12 backward) over the median GPU time; \
-         host b2b: wall time per call of calls submitted back to back; host 1 call: one call \
-         submitted and awaited (median); max error: against the f64 CPU reference"
+         host b2b: wall time per call of a layer's calls submitted back to back; host 1 call: \
+         one call submitted and awaited (median); record, submit: thread CPU time to record one \
+         call of a layer (its dispatches prepared by earlier calls) and to submit it; record \
+         unprep.: to record a functional call, which prepares its dispatches every time \
+         (medians); max error: against the f64 CPU reference"
             .to_string(),
     ]
+}
+
+/// The chain's table of one adapter: a row per layout.
+fn chain_table(run: &AdapterRun) -> Table {
+    let header = [
+        "chain",
+        "host record us",
+        "host submit us",
+        "GPU us",
+        "host / GPU",
+        "b2b wall us",
+        "sample max error",
+        "check",
+    ];
+    let rows = run
+        .chains
+        .iter()
+        .map(|chain| {
+            let error = chain
+                .checks
+                .iter()
+                .map(|sample| sample.check.max_abs_error)
+                .fold(0.0_f64, f64::max);
+            vec![
+                format!(
+                    "{} {} batch {}",
+                    chain.chain.name(),
+                    chain.layout.name(),
+                    chain.batch
+                ),
+                digits3(chain.host_record_us),
+                digits3(chain.host_submit_us),
+                digits3(chain.gpu_step_us),
+                format!("{:.2}", chain.host_us() / chain.gpu_step_us),
+                digits3(chain.back_to_back_us),
+                format!("{error:.1e}"),
+                if chain.passed() { "ok" } else { "FAILED" }.to_string(),
+            ]
+        })
+        .collect();
+    Table {
+        header: header.iter().map(|h| h.to_string()).collect(),
+        rows,
+    }
+}
+
+/// The table of one adapter's run: the chain's or the cases'.
+fn run_table(run: &AdapterRun) -> Table {
+    if run.chains.is_empty() {
+        case_table(run)
+    } else {
+        chain_table(run)
+    }
 }
 
 fn skipped_lines(run: &AdapterRun) -> Vec<String> {
@@ -459,13 +574,13 @@ pub fn terminal(report: &Report) -> String {
             out.push('\n');
         }
         out.push('\n');
-        out += &case_table(run).text();
+        out += &run_table(run).text();
         for line in skipped_lines(run) {
             out += &line;
             out.push('\n');
         }
     }
-    if report.runs.len() > 1 {
+    if report.runs.len() > 1 && report.settings.chain.is_none() {
         out += "\nSide by side (GPU median time):\n";
         out += &summary_table(report).text();
     }
@@ -481,7 +596,7 @@ pub fn markdown(report: &Report) -> String {
             out += &format!("- {line}\n");
         }
         out.push('\n');
-        out += &case_table(run).markdown();
+        out += &run_table(run).markdown();
         let skipped = skipped_lines(run);
         if !skipped.is_empty() {
             out.push('\n');
@@ -490,7 +605,7 @@ pub fn markdown(report: &Report) -> String {
             }
         }
     }
-    if report.runs.len() > 1 {
+    if report.runs.len() > 1 && report.settings.chain.is_none() {
         out += "\n## Side by side (GPU median time)\n\n";
         out += &summary_table(report).markdown();
     }
@@ -522,16 +637,55 @@ struct CsvRow<'a> {
     percent_of_stream: f64,
     host_back_to_back_us: f64,
     host_single_us: f64,
+    host_record_us: f64,
+    host_submit_us: f64,
+    host_record_unprepared_us: f64,
     reference_ms: f64,
     max_abs_error: f64,
     params_max_abs_error: Option<f64>,
     check: CheckStatus,
 }
 
-/// Writes one CSV row per adapter and case, under a header.
+/// One CSV row of a chain run: a layout on an adapter.
+#[derive(Serialize)]
+struct ChainCsvRow<'a> {
+    adapter: &'a str,
+    backend: &'a str,
+    timing_method: TimingMethod,
+    chain: &'a str,
+    layout: LayoutChoice,
+    batch: usize,
+    layers: usize,
+    steps: usize,
+    host_record_us: f64,
+    host_submit_us: f64,
+    gpu_step_us: f64,
+    back_to_back_us: f64,
+    passed: bool,
+}
+
+/// Writes one CSV row per adapter and case (or per adapter and layout of a chain), under a
+/// header.
 pub fn write_csv(report: &Report, path: &Path) -> BenchResult<()> {
     let mut writer = csv::Writer::from_path(path)?;
     for run in &report.runs {
+        for chain in &run.chains {
+            writer.serialize(ChainCsvRow {
+                adapter: &run.adapter.name,
+                backend: &run.adapter.backend,
+                timing_method: run.timing_method,
+                chain: chain.chain.name(),
+                layout: chain.layout,
+                batch: chain.batch,
+                layers: chain.layers,
+                steps: chain.steps,
+                host_record_us: chain.host_record_us,
+                host_submit_us: chain.host_submit_us,
+                gpu_step_us: chain.gpu_step_us,
+                back_to_back_us: chain.back_to_back_us,
+                passed: chain.passed(),
+            })?;
+        }
         for case in &run.cases {
             writer.serialize(CsvRow {
                 adapter: &run.adapter.name,
@@ -554,6 +708,9 @@ pub fn write_csv(report: &Report, path: &Path) -> BenchResult<()> {
                 percent_of_stream: case.percent_of_stream,
                 host_back_to_back_us: case.host_back_to_back_us,
                 host_single_us: case.host_single_us,
+                host_record_us: case.host_record_us,
+                host_submit_us: case.host_submit_us,
+                host_record_unprepared_us: case.host_record_unprepared_us,
                 reference_ms: case.reference_ms,
                 max_abs_error: case.max_abs_error,
                 params_max_abs_error: case.params_max_abs_error,

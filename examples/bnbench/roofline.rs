@@ -100,8 +100,8 @@ pub fn measure(
             Some(timer) => timer.time(ctx, runs, |encoder, _, timestamps| {
                 let writes = wgpu::ComputePassTimestampWrites {
                     query_set: timestamps.query_set,
-                    beginning_of_pass_write_index: Some(timestamps.begin),
-                    end_of_pass_write_index: Some(timestamps.end),
+                    beginning_of_pass_write_index: timestamps.begin,
+                    end_of_pass_write_index: timestamps.end,
                 };
                 record(encoder, workgroups, Some(writes));
                 Ok(())

@@ -6,13 +6,15 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use wgpu_batchnorm::{BatchNormError, GpuContext};
 
+use super::chain::run_chain;
 use super::check;
 use super::cli::Settings;
-use super::report::{AdapterInfo, AdapterRun, CaseResult, Skipped};
+use super::report::{AdapterInfo, AdapterRun, CaseResult, HostTimes, Skipped};
 use super::roofline;
-use super::suite::{Case, Workload};
+use super::suite::{Case, Workload, LAYER_COPIES};
 use super::timing::{
-    awaited_calls, back_to_back, warm_up, BenchResult, GpuTimer, TimeSummary, TimingMethod,
+    awaited_calls, back_to_back, host_cost, warm_up, BenchResult, GpuTimer, TimeSummary,
+    TimingMethod,
 };
 
 /// A progress bar over every case of the run. Where stderr is no terminal the bar is hidden and
@@ -79,12 +81,37 @@ pub fn run_adapter(
         settings.rotate_bytes,
         settings.warmup,
         Duration::from_millis(settings.warmup_ms),
-        settings.reps,
+        settings.case_reps(),
     )?;
     progress.note(&format!(
         "  stream kernel: {:.1} GB/s ({} workgroups)",
         stream.gbps, stream.workgroups
     ));
+    let mut chains = Vec::new();
+    if let Some(chain) = settings.chain {
+        let (steps, batch) = settings.chain_steps_and_batch(adapter.device_type);
+        for &layout in &settings.layouts {
+            progress.bar.set_message(format!(
+                "{}: {} {} batch {batch}",
+                adapter.name,
+                chain.name(),
+                layout.name()
+            ));
+            let result = run_chain(ctx, timer.as_ref(), chain, layout, batch, steps)?;
+            progress.note(&format!(
+                "  {} {} batch {batch}: host {:.0} us per step (record {:.0}, submit {:.0}), GPU {:.0} us per step, {}",
+                chain.name(),
+                layout.name(),
+                result.host_us(),
+                result.host_record_us,
+                result.host_submit_us,
+                result.gpu_step_us,
+                if result.passed() { "sample ok" } else { "sample FAILED" },
+            ));
+            chains.push(result);
+            progress.bar.inc(1);
+        }
+    }
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for case in cases {
@@ -136,6 +163,7 @@ pub fn run_adapter(
         stream,
         cases: results,
         skipped,
+        chains,
     })
 }
 
@@ -147,7 +175,7 @@ fn run_case(
     case: &Case,
     stream_gbps: f64,
 ) -> BenchResult<CaseResult> {
-    let workload = Workload::new(ctx, case, settings.rotate_bytes)?;
+    let mut workload = Workload::new(ctx, case, settings.rotate_bytes)?;
     warm_up(
         ctx,
         settings.warmup,
@@ -165,11 +193,11 @@ fn run_case(
     workload.output().fill(f32::NAN)?;
     let mut params = None;
     let seconds = match timer {
-        Some(timer) => timer.time(ctx, settings.reps, |encoder, run, timestamps| {
+        Some(timer) => timer.time(ctx, settings.case_reps(), |encoder, run, timestamps| {
             params = workload.record(encoder, run, Some(timestamps))?;
             Ok(())
         })?,
-        None => awaited_calls(settings.reps, |run| {
+        None => awaited_calls(settings.case_reps(), |run| {
             params = workload.call_and_wait(run)?;
             Ok(())
         })?,
@@ -178,21 +206,47 @@ fn run_case(
     let output = workload.output().to_vec()?;
     let params = params.map(|pair| pair.read()).transpose()?;
     let check = check::check(case, workload.host(), &output, params.as_ref());
-    let back_to_back = back_to_back(ctx, settings.reps, |encoder, run| {
+    let host = measure_host(ctx, settings.case_reps(), &mut workload)?;
+    Ok(CaseResult::new(&workload, gpu, stream_gbps, host, check))
+}
+
+/// The host columns of a case, each over `calls` calls: the layer's calls (prepared on their
+/// first use, reused after) back to back, and their thread CPU time to record and to submit;
+/// the functional call's time to record (it prepares its dispatches every time); the
+/// convenience call's latency.
+fn measure_host(ctx: &GpuContext, calls: usize, workload: &mut Workload) -> BenchResult<HostTimes> {
+    // The layer's first call on each input it rotates over prepares that input's dispatches.
+    for run in 0..LAYER_COPIES {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        workload.record_layer(&mut encoder, run)?;
+        ctx.queue().submit([encoder.finish()]);
+    }
+    let back_to_back = back_to_back(ctx, calls, |encoder, run| {
+        workload.record_layer(encoder, run)?;
+        Ok(())
+    })?;
+    let layer = host_cost(ctx, calls, |encoder, run| {
+        workload.record_layer(encoder, run)?;
+        Ok(())
+    })?;
+    let functional = host_cost(ctx, calls, |encoder, run| {
         workload.record(encoder, run, None)?;
         Ok(())
     })?;
-    let single = awaited_calls(settings.reps, |run| {
+    let single = awaited_calls(calls, |run| {
         workload.call_and_wait(run)?;
         Ok(())
     })?;
-    let single = TimeSummary::of(&single).ok_or("no host-latency call")?;
-    Ok(CaseResult::new(
-        &workload,
-        gpu,
-        stream_gbps,
+    let median = |seconds: &[f64]| {
+        TimeSummary::of(seconds)
+            .map(|t| t.median)
+            .ok_or("no host call")
+    };
+    Ok(HostTimes {
         back_to_back,
-        single.median,
-        check,
-    ))
+        single: median(&single)?,
+        record: median(&layer.record)?,
+        submit: median(&layer.submit)?,
+        record_unprepared: median(&functional.record)?,
+    })
 }

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use cpu_time::ThreadTime;
 use serde::Serialize;
 use wgpu_batchnorm::{GpuContext, PassTimestamps};
 
@@ -119,8 +120,8 @@ impl GpuTimer {
                 let mut encoder = device.create_command_encoder(&Default::default());
                 let timestamps = PassTimestamps {
                     query_set: &self.query_set,
-                    begin: 2 * slot,
-                    end: 2 * slot + 1,
+                    begin: Some(2 * slot),
+                    end: Some(2 * slot + 1),
                 };
                 record(&mut encoder, done + slot as usize, timestamps)?;
                 queue.submit([encoder.finish()]);
@@ -179,6 +180,43 @@ pub fn back_to_back(
         timeout: None,
     })?;
     Ok(start.elapsed().as_secs_f64() / calls.max(1) as f64)
+}
+
+/// Thread CPU seconds of host work per call, from [`host_cost`].
+pub struct HostCost {
+    /// Recording one operation into an encoder.
+    pub record: Vec<f64>,
+    /// Finishing that encoder and submitting it.
+    pub submit: Vec<f64>,
+}
+
+/// The thread CPU time of each of `calls` calls: `record(encoder, call)` into a fresh encoder,
+/// then, separately, finishing and submitting it. Thread CPU time, not wall time, so that
+/// neither waiting nor other threads count. Each call is awaited, untimed, before the next one
+/// starts, so that a software adapter's workers do not share the cores with the recording.
+pub fn host_cost(
+    ctx: &GpuContext,
+    calls: usize,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder, usize) -> BenchResult<()>,
+) -> BenchResult<HostCost> {
+    let mut cost = HostCost {
+        record: Vec::with_capacity(calls),
+        submit: Vec::with_capacity(calls),
+    };
+    for call in 0..calls {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        let start = ThreadTime::try_now()?;
+        record(&mut encoder, call)?;
+        cost.record.push(start.try_elapsed()?.as_secs_f64());
+        let start = ThreadTime::try_now()?;
+        let index = ctx.queue().submit([encoder.finish()]);
+        cost.submit.push(start.try_elapsed()?.as_secs_f64());
+        ctx.device().poll(wgpu::PollType::Wait {
+            submission_index: Some(index),
+            timeout: None,
+        })?;
+    }
+    Ok(cost)
 }
 
 /// Untimed runs: `awaited` runs, each submitted and awaited (first uses: pipelines, lazy
