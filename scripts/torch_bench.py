@@ -15,11 +15,25 @@ Cases, names and order are bnbench's: shapes, then layouts (channels-first, chan
 backward through the batch statistics).
 
     python3 scripts/torch_bench.py [--quick] [--shape N,C,...] [--json PATH]
+
+--chain resnet50 times instead bnbench's chain: ResNet-50's 53 batch norms at 224x224, each
+layer's F.batch_norm in training, then one autograd call for every layer's backward, per step:
+
+  cpu_thread  time.thread_time() of the calling thread over the step's launches, without
+              synchronizing (the GPU is idle when a step starts: each step is awaited, untimed);
+              the autograd engine runs CUDA backward nodes on its own device thread, which this
+              does not count;
+  cpu_process time.process_time() over the same span: every thread of the process;
+  kernel      the step's kernel durations from the profiler, summed;
+  gpu_span    CUDA events around the step: GPU time with launch gaps.
+
+    python3 scripts/torch_bench.py --chain resnet50 [--batch 32] [--steps 20] [--json PATH]
 """
 import argparse
 import datetime
 import json
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +170,85 @@ def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps):
     return results
 
 
+def resnet50_layers():
+    """(name, channels, side) of ResNet-50's batch norms at 224x224, in forward order, as
+    bnbench's chain lists them (examples/bnbench/chain.rs)."""
+    layers = [("bn1", 64, 112)]
+    stages = [(64, 3, 56, 56), (128, 4, 56, 28), (256, 6, 28, 14), (512, 3, 14, 7)]
+    for stage, (width, blocks, input_side, output_side) in enumerate(stages):
+        for block in range(blocks):
+            prefix = f"layer{stage + 1}.{block}"
+            first_side = input_side if block == 0 else output_side
+            layers += [
+                (f"{prefix}.bn1", width, first_side),
+                (f"{prefix}.bn2", width, output_side),
+                (f"{prefix}.bn3", 4 * width, output_side),
+            ]
+            if block == 0:
+                layers.append((f"{prefix}.downsample.1", 4 * width, output_side))
+    return layers
+
+
+def bench_chain(batch, steps):
+    """The chain in both layouts: host CPU time, kernel time and GPU span per step."""
+    layers = resnet50_layers()
+    results = []
+    for layout, fmt, memory_format in [
+        ("channels-first", "NCHW", torch.contiguous_format),
+        ("channels-last", "NHWC", torch.channels_last),
+    ]:
+        xs, dys, params = [], [], []
+        for _, c, side in layers:
+            shape = (batch, c, side, side)
+            xs.append(torch.randn(shape, device=DEV).contiguous(memory_format=memory_format).requires_grad_(True))
+            dys.append(torch.randn(shape, device=DEV).contiguous(memory_format=memory_format))
+            w = (torch.rand(c, device=DEV) + 0.5).requires_grad_(True)
+            b = torch.randn(c, device=DEV).requires_grad_(True)
+            params.append((w, b, torch.zeros(c, device=DEV), torch.ones(c, device=DEV)))
+        inputs = xs + [p for w, b, _, _ in params for p in (w, b)]
+
+        def step():
+            ys = [F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5)
+                  for x, (w, b, rm, rv) in zip(xs, params)]
+            torch.autograd.grad(ys, inputs, dys)
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        thread_us, process_us, span_us = [], [], []
+        for _ in range(steps):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            t0, p0 = time.thread_time(), time.process_time()
+            step()
+            thread_us.append((time.thread_time() - t0) * 1e6)
+            process_us.append((time.process_time() - p0) * 1e6)
+            end.record()
+            torch.cuda.synchronize()
+            span_us.append(start.elapsed_time(end) * 1e3)
+        kernel_us = time_kernels([step], steps)
+        row = {
+            "chain": "resnet50",
+            "layout": layout,
+            "format": fmt,
+            "batch": batch,
+            "layers": len(layers),
+            "steps": steps,
+            "cpu_thread_us": median(thread_us),
+            "cpu_process_us": median(process_us),
+            "kernel_us": kernel_us,
+            "gpu_span_us": median(span_us),
+        }
+        print(f"resnet50 {layout} batch {batch}: CPU thread {row['cpu_thread_us']:.0f} us, process "
+              f"{row['cpu_process_us']:.0f} us; kernels {kernel_us:.0f} us, GPU span "
+              f"{row['gpu_span_us']:.0f} us per step", flush=True)
+        results.append(row)
+        del xs, dys, params, inputs
+        torch.cuda.empty_cache()
+    return results
+
+
 def parse_shape(text):
     try:
         dims = tuple(int(d) for d in text.split(","))
@@ -171,6 +264,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="bnbench --quick's shapes, 16 MiB rotation")
     parser.add_argument("--shape", type=parse_shape, action="append", help="a shape instead of the suite's; repeatable")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--chain", choices=["resnet50"], help="time a network's batch norms as one training step instead")
+    parser.add_argument("--batch", type=int, default=32, help="the chain's batch size (default 32)")
+    parser.add_argument("--steps", type=int, default=20, help="the chain's timed steps (default 20)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("torch_bench: no CUDA device", file=sys.stderr)
@@ -191,6 +287,13 @@ def main():
         "method": "kernel: profiler kernel durations per call; eager: CUDA events around one call (median)",
     }
     print(f"torch {info['torch']} CUDA {info['cuda']} cuDNN {info['cudnn']} on {info['device']}, L2 {l2_bytes / MIB:.0f} MiB", flush=True)
+    if args.chain:
+        info["method"] = "chain: CPU time of a step's launches (thread, process), profiler kernel time and CUDA-event span per step"
+        info["chains"] = bench_chain(args.batch, args.steps)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(info, f, indent=2)
+        return 0
     info["copy_gbps"] = copy_gbps()
     print(f"copy 1 GiB (kernel time): {info['copy_gbps']:.1f} GB/s (read + write)", flush=True)
     cases = []
