@@ -4,6 +4,7 @@
 pub mod batch_norm;
 mod encode;
 pub mod error;
+pub mod fold;
 pub mod functional;
 pub mod gpu;
 pub mod layout;
