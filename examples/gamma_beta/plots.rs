@@ -33,6 +33,8 @@ struct Panel {
     title: String,
     y_label: &'static str,
     log_y: bool,
+    /// Where the legend covers least of this chart's curves.
+    legend: SeriesLabelPosition,
     bands: Vec<Band>,
 }
 
@@ -71,7 +73,7 @@ fn bands(
                             });
                         (x as f64, low, mean(pairs.iter().map(|p| p.0)), high)
                     } else {
-                        // A range per seed: the means of its ends.
+                        // A range per seed: the means of its ends, and their middle.
                         let low = mean(pairs.iter().map(|p| p.0));
                         let high = mean(pairs.iter().map(|p| p.1));
                         (x as f64, low, 0.5 * (low + high), high)
@@ -112,12 +114,14 @@ pub fn write_landscape(
             title: "loss landscape: range of L(θ - ηg)".into(),
             y_label: "loss",
             log_y: true,
+            legend: SeriesLabelPosition::UpperRight,
             bands: probe_bands(runs, |p| (p.loss_min, p.loss_max), false),
         },
         Panel {
             title: "gradient predictiveness: range of ‖∇L(θ - ηg) - g‖".into(),
             y_label: "ℓ2 change of the gradient",
             log_y: true,
+            legend: SeriesLabelPosition::UpperRight,
             bands: probe_bands(
                 runs,
                 |p| (p.gradient_change_min, p.gradient_change_max),
@@ -128,6 +132,7 @@ pub fn write_landscape(
             title: "\"effective\" β-smoothness (band: seeds)".into(),
             y_label: "max ‖∇L(θ - ηg) - g‖ / ‖ηg‖",
             log_y: true,
+            legend: SeriesLabelPosition::UpperRight,
             bands: probe_bands(runs, |p| (p.beta_smoothness, p.beta_smoothness), true),
         },
     ];
@@ -143,6 +148,7 @@ pub fn write_curves(runs: &[&RunCurves], learning_rate: f64, path: &Path) -> Exp
             title: "training-set loss (running statistics)".into(),
             y_label: "cross-entropy",
             log_y: true,
+            legend: SeriesLabelPosition::UpperRight,
             bands: bands(
                 runs,
                 eval_steps,
@@ -154,6 +160,7 @@ pub fn write_curves(runs: &[&RunCurves], learning_rate: f64, path: &Path) -> Exp
             title: "test accuracy".into(),
             y_label: "accuracy",
             log_y: false,
+            legend: SeriesLabelPosition::LowerRight,
             bands: bands(
                 runs,
                 eval_steps,
@@ -204,7 +211,8 @@ fn draw_panel(
         .x_label_area_size(35)
         .y_label_area_size(60);
     let error = |e: &dyn std::fmt::Display| e.to_string();
-    if panel.log_y {
+    // A log axis within one decade would show no label.
+    if panel.log_y && y_max > 10.0 * y_min {
         let y_range = (y_min * 0.9)..(y_max * 1.1);
         let mut chart = builder
             .build_cartesian_2d(0.0..x_max, y_range.log_scale())
@@ -212,6 +220,7 @@ fn draw_panel(
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(panel.y_label)
             .draw()
             .map_err(|e| error(&e))?;
@@ -219,7 +228,7 @@ fn draw_panel(
             let kept: Vec<_> = band.points.iter().filter(|p| p.1 > 0.0).copied().collect();
             draw_band(&mut chart, band, &kept).map_err(|e| error(&e))?;
         }
-        legend(&mut chart).map_err(|e| error(&e))
+        legend(&mut chart, panel.legend.clone()).map_err(|e| error(&e))
     } else {
         let pad = 0.05 * (y_max - y_min).max(1e-9);
         let mut chart = builder
@@ -228,13 +237,14 @@ fn draw_panel(
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(panel.y_label)
             .draw()
             .map_err(|e| error(&e))?;
         for band in &panel.bands {
             draw_band(&mut chart, band, &band.points).map_err(|e| error(&e))?;
         }
-        legend(&mut chart).map_err(|e| error(&e))
+        legend(&mut chart, panel.legend.clone()).map_err(|e| error(&e))
     }
 }
 
@@ -268,6 +278,7 @@ where
 
 fn legend<'a, Y>(
     chart: &mut Chart<'a, Y>,
+    position: SeriesLabelPosition,
 ) -> Result<(), DrawingAreaErrorKind<<SVGBackend<'a> as DrawingBackend>::ErrorType>>
 where
     Y: Ranged<ValueType = f64>,
@@ -276,6 +287,6 @@ where
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .draw()
 }

@@ -250,7 +250,7 @@ pub fn markdown(primary: &[Primary]) -> String {
             n => format!(" ({n} diverged)"),
         };
         text.push_str(&format!(
-            "| {} | {} | {:.4}{diverged} | [{:.4}, {:.4}] | {:.2}% | [{:.2}%, {:.2}%] |\n",
+            "| {} | {} | {:.3e}{diverged} | [{:.3e}, {:.3e}] | {:.2}% | [{:.2}%, {:.2}%] |\n",
             row.learning_rate,
             row.variant,
             loss.mean,
