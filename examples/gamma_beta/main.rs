@@ -5,7 +5,7 @@
 //! along the way. The protocol and the answer: `docs/gamma-beta.md`.
 //!
 //! ```text
-//! cargo run --release --example gamma_beta              # the full run (about 13 minutes on lavapipe)
+//! cargo run --release --example gamma_beta              # the full run (7 minutes on lavapipe)
 //! cargo run --release --example gamma_beta -- --quick   # under a minute
 //! ```
 //!
