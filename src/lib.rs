@@ -5,6 +5,7 @@ pub mod batch_norm;
 pub mod checkpoint;
 mod encode;
 pub mod error;
+pub mod fold;
 pub mod functional;
 pub mod gpu;
 pub mod layout;
