@@ -194,7 +194,14 @@ fn count_batch() {
 }
 
 // Writes channel c's mean and invstd and updates its running stats (the finalize's hook).
+// With MOMENTS (one rank of a synchronized batch norm), writes its mean and M2 instead, for the
+// host to merge with the other ranks'; the running stats are then updated from the merge.
 fn finalize_channel(c: u32, total: Partial) {
+    if (MOMENTS) {
+        stats[c] = total.shift + total.mean;
+        stats[p.channels + c] = total.m2;
+        return;
+    }
     let mean = total.shift + total.mean;
     let variance = total.m2 / total.n;
     let statistics = mean_invstd(total);

@@ -377,7 +377,7 @@ impl BatchNorm {
         ))
     }
 
-    fn check_channels(&self, x: &Tensor) -> Result<()> {
+    pub(crate) fn check_channels(&self, x: &Tensor) -> Result<()> {
         if x.channels() != self.channels {
             return Err(BatchNormError::ChannelMismatch {
                 expected: self.channels,

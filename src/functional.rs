@@ -65,6 +65,21 @@ impl SavedStats {
         &self.shape
     }
 
+    /// Statistics of `source` for an input of `shape` and `layout`, in `mean_invstd`.
+    pub(crate) fn new(
+        mean_invstd: ChannelPair,
+        shape: &[usize],
+        layout: Layout,
+        source: StatsSource,
+    ) -> Self {
+        SavedStats {
+            mean_invstd,
+            shape: shape.to_vec(),
+            layout,
+            source,
+        }
+    }
+
     /// `[mean | invstd]` on the GPU.
     pub(crate) fn pair(&self) -> &ChannelPair {
         &self.mean_invstd
@@ -251,6 +266,20 @@ fn check_no_overlap(
 }
 
 fn check_forward(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<()> {
+    check_forward_operands(x, y, args)?;
+    let values = x.view().values_per_channel();
+    if args.training && values == 1 {
+        return Err(BatchNormError::TooFewValuesPerChannel {
+            shape: x.shape().to_vec(),
+            values,
+        });
+    }
+    Ok(())
+}
+
+/// Every check of a forward call but the count of values per channel, which a synchronized
+/// call (`crate::sync`) can only judge over every rank's shard.
+pub(crate) fn check_forward_operands(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<()> {
     x.check_same_shape(y, "the output y")?;
     check_no_overlap(&[("the input x", x)], ("the output y", y))?;
     if args.training && args.eps.is_finite() && args.eps <= 0.0 {
@@ -267,13 +296,6 @@ fn check_forward(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<()> {
             "inference with running statistics needs running stats: pass them, or use \
              training = true (what PyTorch does when track_running_stats is off)",
         ));
-    }
-    let values = x.view().values_per_channel();
-    if args.training && values == 1 {
-        return Err(BatchNormError::TooFewValuesPerChannel {
-            shape: x.shape().to_vec(),
-            values,
-        });
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod reference;
 pub mod shader;
 #[doc(hidden)]
 pub mod steps;
+pub mod sync;
 pub mod tensor;
 mod workspace;
 

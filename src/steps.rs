@@ -10,6 +10,9 @@ use crate::plan::{
 };
 use crate::shader::{Override, Params, Program, Role};
 
+mod sync;
+pub use sync::{sync_steps, SyncHalf};
+
 /// Which part of its buffer a role binds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Range {
@@ -641,7 +644,7 @@ mod tests {
 
     /// The storage bindings an entry point uses, and whether it reads the uniform block, from
     /// naga.
-    fn used_bindings(program: Program, entry: &str) -> (BTreeSet<u32>, bool) {
+    pub(super) fn used_bindings(program: Program, entry: &str) -> (BTreeSet<u32>, bool) {
         let source = program.source(false);
         let module = naga::front::wgsl::parse_str(&source).expect("valid WGSL");
         let info = naga::valid::Validator::new(

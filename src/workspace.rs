@@ -37,6 +37,11 @@ pub(crate) enum Kind {
     TrainingForward,
     InferenceForward,
     Backward { batch_stats: bool },
+    /// The halves of a synchronized call (`crate::sync`), in the order they run.
+    SyncStatistics,
+    SyncNormalize,
+    SyncGradientSums,
+    SyncInputGradient,
 }
 
 impl Key {

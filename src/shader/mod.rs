@@ -72,6 +72,10 @@ pub enum Override {
     /// The running stats' momentum is 1 / the layer's batch count on the GPU (momentum
     /// `None`), not the uniform block's.
     Cumulative,
+    /// The statistics' finalize writes each channel's `[mean | M2]` instead of
+    /// `[mean | invstd]` and leaves the running stats alone: one rank's part of a
+    /// synchronized batch norm (`crate::sync`), which merges every rank's on the host.
+    Moments,
 }
 
 impl Override {
@@ -83,6 +87,7 @@ impl Override {
             Override::FromRunning => "FROM_RUNNING",
             Override::BatchStats => "BATCH_STATS",
             Override::Cumulative => "CUMULATIVE",
+            Override::Moments => "MOMENTS",
         }
     }
 
@@ -128,6 +133,7 @@ impl Program {
                 Override::HasRunning,
                 Override::HasAffine,
                 Override::Cumulative,
+                Override::Moments,
             ],
             Program::Normalize | Program::NormalizeVec4 => {
                 &[Override::HasAffine, Override::FromRunning]
