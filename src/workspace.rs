@@ -36,7 +36,9 @@ pub(crate) struct Key {
 pub(crate) enum Kind {
     TrainingForward,
     InferenceForward,
-    Backward { batch_stats: bool },
+    Backward {
+        batch_stats: bool,
+    },
     /// The halves of a synchronized call (`crate::sync`), in the order they run.
     SyncStatistics,
     SyncNormalize,

@@ -8,9 +8,7 @@
 //!   rank's added on the host, [`SyncHalf::InputGradient`] (dx from the means over all ranks).
 
 use super::{bind, whole_or_unused, Builder, Operands, Range, Step};
-use crate::plan::{
-    workgroups_for_items, Plan, GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES,
-};
+use crate::plan::{workgroups_for_items, Plan, GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES};
 use crate::shader::{Override, Params, Program, Role};
 
 /// A half of a synchronized operation.
@@ -200,7 +198,12 @@ mod tests {
             wgpu::DeviceType::Cpu
         };
         let view = ChannelView::new(shape, layout).unwrap();
-        plan(view, PlanLimits::new(&limits, device_type), Operation::TrainingForward).unwrap()
+        plan(
+            view,
+            PlanLimits::new(&limits, device_type),
+            Operation::TrainingForward,
+        )
+        .unwrap()
     }
 
     fn entries(steps: &[Step]) -> Vec<&'static str> {
@@ -232,11 +235,12 @@ mod tests {
             statistics[0].bindings[1],
             bind(Role::Partials, Range::Partials(5 * 16))
         );
-        assert!(statistics[1]
-            .overrides
-            .contains(&(Override::Moments, true)));
+        assert!(statistics[1].overrides.contains(&(Override::Moments, true)));
         let sums = sync_steps(&plan, SyncHalf::GradientSums, &operands);
-        assert_eq!(entries(&sums), ["grad_partials_contiguous", "finalize_per_thread"]);
+        assert_eq!(
+            entries(&sums),
+            ["grad_partials_contiguous", "finalize_per_thread"]
+        );
         let dx = sync_steps(&plan, SyncHalf::InputGradient, &operands);
         assert_eq!(entries(&dx), ["input_gradient"]);
         assert_eq!(dx[0].params.unwrap().values_per_channel, 1.0);
@@ -249,7 +253,10 @@ mod tests {
         let operands = Operands::default();
         let mut want = vec!["partials_contiguous"; 8];
         want.push("finalize_per_thread");
-        assert_eq!(entries(&sync_steps(&plan, SyncHalf::Statistics, &operands)), want);
+        assert_eq!(
+            entries(&sync_steps(&plan, SyncHalf::Statistics, &operands)),
+            want
+        );
         assert_eq!(
             entries(&sync_steps(&plan, SyncHalf::Normalize, &operands)),
             ["normalize_vec4"; 8]

@@ -239,11 +239,7 @@ impl SyncBatchNorm {
         };
         if let Some(running) = &running {
             let batches = self.layer.num_batches_tracked() + 1;
-            let momentum = self
-                .layer
-                .config()
-                .momentum
-                .unwrap_or(1.0 / batches as f64);
+            let momentum = self.layer.config().momentum.unwrap_or(1.0 / batches as f64);
             let channels = self.layer.channels();
             let (running_mean, running_var) = running_before.split_at(channels);
             let (new_mean, new_var) = merged.updated_running(running_mean, running_var, momentum);
@@ -426,10 +422,8 @@ impl SyncBatchNorm {
         let moments = match plan {
             Some(plan) => {
                 let mut workspace = lock(&self.workspace);
-                let (prepared, moments) = workspace.entry(
-                    Key::new(Kind::SyncStatistics, &[x], &[]),
-                    &[x],
-                    || {
+                let (prepared, moments) =
+                    workspace.entry(Key::new(Kind::SyncStatistics, &[x], &[]), &[x], || {
                         let moments = ChannelPair::output(ctx, channels)?;
                         let operands = Operands {
                             x: x.offset(),
@@ -442,8 +436,7 @@ impl SyncBatchNorm {
                             ..Buffers::default()
                         };
                         Ok((prepare(ctx, Some(plan), &steps, &buffers)?, moments))
-                    },
-                )?;
+                    })?;
                 record_prepared(ctx, encoder, LABEL, prepared, None)?;
                 Some(moments.clone())
             }
@@ -580,11 +573,18 @@ fn exchange_payloads<T>(
     let gathered = exchange.all_gather(&words);
     let local = local?;
     let channels = vectors(&local).len() / 2;
-    Ok((local, read_payloads(&gathered?, exchange.ranks(), channels)?))
+    Ok((
+        local,
+        read_payloads(&gathered?, exchange.ranks(), channels)?,
+    ))
 }
 
 /// Maps the first `bytes` of `staging` and copies them out as f32.
-fn map_read(ctx: &GpuContext, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>, BatchNormError> {
+fn map_read(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    bytes: u64,
+) -> Result<Vec<f32>, BatchNormError> {
     let (sender, receiver) = std::sync::mpsc::channel();
     staging
         .slice(..bytes)

@@ -35,7 +35,8 @@ pub fn merge_moments(counts: &[u64], shards: &[RankVectors]) -> Merged {
         for c in 0..channels {
             let delta = f64::from(shard.first[c]) - merged.mean[c];
             merged.mean[c] += delta * (count as f64 / total);
-            merged.m2[c] += f64::from(shard.second[c]) + delta * delta * before * count as f64 / total;
+            merged.m2[c] +=
+                f64::from(shard.second[c]) + delta * delta * before * count as f64 / total;
         }
         merged.count += count;
     }
@@ -139,8 +140,15 @@ mod tests {
         // The shards' f32 rounding is all the error: their means are off by up to
         // |mean| 2^-24, which Chan's delta^2 term carries into M2, held to the design's 1e-5
         // relative for the variance.
-        assert!((merged.mean[0] - mean).abs() < 1000.0 * 2f64.powi(-23), "{merged:?}");
-        assert!((merged.m2[0] - m2).abs() < m2 * 1e-5, "{} vs {m2}", merged.m2[0]);
+        assert!(
+            (merged.mean[0] - mean).abs() < 1000.0 * 2f64.powi(-23),
+            "{merged:?}"
+        );
+        assert!(
+            (merged.m2[0] - m2).abs() < m2 * 1e-5,
+            "{} vs {m2}",
+            merged.m2[0]
+        );
         let (got_mean, invstd) = merged.mean_invstd(1e-5);
         assert_eq!(got_mean[0], mean as f32);
         let want = 1.0 / (m2 / 10.0 + 1e-5).sqrt();

@@ -6,6 +6,7 @@
 
 pub mod checks;
 pub mod scenario;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
