@@ -212,6 +212,9 @@ fn runs_are_bitwise_repeatable() {
     assert_eq!(bits(&first), bits(&second));
 }
 
+/// A layer's state: its running stats (when tracked) and its batch count.
+type State = (Option<(Vec<f32>, Vec<f32>)>, u64);
+
 /// A rank's layer and tensors for the refusal tests.
 struct Rank {
     layer: SyncBatchNorm,
@@ -233,7 +236,7 @@ impl Rank {
     }
 
     /// The layer's state: running stats and batch count.
-    fn state(&self) -> (Option<(Vec<f32>, Vec<f32>)>, u64) {
+    fn state(&self) -> State {
         let layer = self.layer.layer();
         (layer.running_statistics().ok(), layer.num_batches_tracked())
     }
@@ -368,7 +371,7 @@ impl Exchange for OtherDtype {
 
 #[test]
 fn a_rank_with_another_dtype_is_refused_on_every_rank() {
-    let mut ranks = vec![
+    let mut ranks = [
         Rank::new(0, 4, BatchNormConfig::default(), &[3, 4, 5]),
         Rank::new(1, 4, BatchNormConfig::default(), &[3, 4, 5]),
     ];

@@ -282,7 +282,7 @@ pub fn check_group(case: &SyncCase, runs: &[Vec<StepResult>], ctx: &GpuContext) 
         .shards
         .iter()
         .zip(0..)
-        .filter(|(shard, _)| shard.view().len() > 0)
+        .filter(|(shard, _)| !shard.view().is_empty())
         .map(|(shard, rank)| {
             let ctx = rank_context(rank, shard.planned);
             sum_depth(&plan_of(
