@@ -21,12 +21,17 @@ mod suite;
 #[path = "../examples/bnbench/timing.rs"]
 mod timing;
 
+#[allow(dead_code)]
+#[path = "../examples/bnbench/case.rs"]
+mod case;
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wgpu_batchnorm::GpuContext;
 
-use suite::{Case, LayoutChoice, Op, Workload, FULL_SHAPES, QUICK_SHAPES};
+use case::{Case, DTypeChoice, EpilogueChoice, LayoutChoice, Op, Selection};
+use suite::{Workload, FULL_SHAPES, QUICK_SHAPES};
 use timing::{awaited_calls, GpuTimer};
 
 /// The rotation `bnbench` uses: 128 MiB, or 16 MiB for the quick suite.
@@ -59,7 +64,14 @@ fn batch_norm(c: &mut Criterion) {
     .iter()
     .map(|shape| shape.to_vec())
     .collect();
-    for case in suite::cases(&shapes, &Op::ALL, &LayoutChoice::ALL) {
+    let selection = Selection {
+        shapes: &shapes,
+        layouts: &LayoutChoice::ALL,
+        dtypes: &[DTypeChoice::F32],
+        epilogues: &[EpilogueChoice::None],
+        ops: &Op::ALL,
+    };
+    for case in case::cases(&selection) {
         bench_case(c, &ctx, timer.as_ref(), &case, rotate_bytes(quick));
     }
 }

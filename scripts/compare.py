@@ -3,14 +3,20 @@
     python3 scripts/compare.py BNBENCH_JSON TORCH_JSON [--run INDEX] [--markdown PATH]
 
 BNBENCH_JSON is what `bnbench --json` wrote; TORCH_JSON what `scripts/torch_bench.py --json`
-wrote. Cases are matched on (operation, layout, shape). Two comparisons per case:
+wrote. Cases are matched on (operation, layout, shape, storage type, epilogue; files without
+the last two are f32 without an epilogue). Comparisons per case:
 
   GPU time   bnbench's median GPU time (timestamps around the operation's compute pass) against
              PyTorch's summed kernel time per call (profiler); ratio < 1 means we are faster;
   host time  bnbench's calls submitted back to back (wall time per call) against PyTorch's
              eager call between CUDA events (median);
-  roofline   the two-pass roofline of the project's targets (docs/design.md): 12 bytes per element for the training forward, 8 for
-             inference, 20 for the backward, over bnbench's stream kernel of the same run.
+  compile    PyTorch's kernel time under torch.compile (Inductor), where torch_bench ran it
+             (--compile: a fixed subset of half-precision cases with epilogues);
+  roofline   the two-pass roofline of the project's targets (docs/design.md): 3 passes over
+             the data for the training forward (read x twice, write y), 2 for inference, 5 for
+             the backward (read x and dy twice, write dx); the shortcut adds a read forward and
+             dz a write backward, the ReLU's mask two reads of y backward; each pass at the
+             storage type's size (4 bytes f32, 2 half), over bnbench's stream kernel.
 
 Plain Python 3 (json module only): runs wherever the JSON files are.
 """
@@ -20,11 +26,17 @@ import sys
 
 
 def key(case):
-    return (case["op"], case["layout"], tuple(case["shape"]))
+    return (case["op"], case["layout"], tuple(case["shape"]), case.get("dtype", "f32"),
+            case.get("epilogue", "none"))
 
 
 def label(case):
-    return f"{case['op']} {'x'.join(str(d) for d in case['shape'])} {case['format']}"
+    text = f"{case['op']} {'x'.join(str(d) for d in case['shape'])} {case['format']}"
+    if case.get("dtype", "f32") != "f32":
+        text += f" {case['dtype']}"
+    if case.get("epilogue", "none") != "none":
+        text += f" {case['epilogue']}"
+    return text
 
 
 def number(value, digits=1):
@@ -47,11 +59,19 @@ def geometric_mean(values):
     return product ** (1.0 / len(values))
 
 
-ROOFLINE_BYTES = {"train-forward": 12, "eval-forward": 8, "backward": 20}
+PASSES = {"train-forward": 3, "eval-forward": 2, "backward": 5}
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
 
 def roofline_us(case, stream_gbps):
-    return ROOFLINE_BYTES[case["op"]] * case["elements"] / stream_gbps / 1e3
+    epilogue = case.get("epilogue", "none")
+    passes = PASSES[case["op"]]
+    if epilogue == "add-relu":
+        passes += 1
+    if case["op"] == "backward" and epilogue != "none":
+        passes += 2
+    bytes_per_element = passes * DTYPE_BYTES[case.get("dtype", "f32")]
+    return bytes_per_element * case["elements"] / stream_gbps / 1e3
 
 
 def build_rows(run, torch_cases):
@@ -71,6 +91,8 @@ def build_rows(run, torch_cases):
             "percent_of_roofline": 100.0 * roof / case["gpu_median_us"],
             "ours_us": case["gpu_median_us"],
             "torch_us": t and t["kernel_us"],
+            "compile_us": t and t.get("compile_kernel_us"),
+            "compile_ratio": ratio(case["gpu_median_us"], t and t.get("compile_kernel_us")),
             "gpu_ratio": ratio(case["gpu_median_us"], t and t["kernel_us"]),
             "ours_host_us": case["host_back_to_back_us"],
             "torch_eager_us": t and t["eager_us"],
@@ -83,14 +105,15 @@ def build_rows(run, torch_cases):
             rows.append({
                 "case": label(t), "elements": t["elements"], "roofline_us": None,
                 "percent_of_roofline": None, "ours_us": None, "torch_us": t["kernel_us"], "gpu_ratio": None,
+                "compile_us": t.get("compile_kernel_us"), "compile_ratio": None,
                 "ours_host_us": None, "torch_eager_us": t["eager_us"], "host_ratio": None,
                 "ours_gbps": None, "torch_gbps": t["gbps"],
             })
     return rows
 
 
-HEADER = ["case", "ours GPU us", "PyTorch kernel us", "ours/PyTorch", "roofline us", "ours % of roofline",
-          "ours b2b us", "PyTorch eager us", "ours/PyTorch (host)"]
+HEADER = ["case", "ours GPU us", "PyTorch kernel us", "ours/PyTorch", "compiled us", "ours/compiled",
+          "roofline us", "ours % of roofline", "ours b2b us", "PyTorch eager us", "ours/PyTorch (host)"]
 
 
 def cells(row):
@@ -99,6 +122,8 @@ def cells(row):
         number(row["ours_us"]),
         number(row["torch_us"]),
         number(row["gpu_ratio"], 2),
+        number(row["compile_us"]),
+        number(row["compile_ratio"], 2),
         number(row["roofline_us"]),
         number(row["percent_of_roofline"], 0),
         number(row["ours_host_us"]),

@@ -11,10 +11,18 @@ Inputs rotate among enough copies to hold at least twice the L2 cache and at lea
 minimum bytes (8 per element forward, 12 backward) over the kernel time.
 
 Cases, names and order are bnbench's: shapes, then layouts (channels-first, channels-last; a
-2-D shape runs once, as channels-first), then operations (train-forward, eval-forward,
-backward through the batch statistics).
+2-D shape runs once, as channels-first), then storage types (--dtype f32|f16|bf16), epilogues
+(--epilogue none|relu|add-relu: F.relu(F.batch_norm(x)) and F.relu(F.batch_norm(x) + z), run
+eagerly as PyTorch runs them, two or three kernels), then operations (train-forward,
+eval-forward, backward through the batch statistics and the epilogue). Half inputs keep
+float32 weight, bias and running stats, as bnbench does.
 
-    python3 scripts/torch_bench.py [--quick] [--shape N,C,...] [--json PATH]
+--compile also times torch.compile (Inductor) on a fixed subset that fits one 10-minute run:
+64x256x56x56 channels-last, f16 and bf16, relu and add-relu, every operation (one compile of
+the training graph and one of the inference graph per type and epilogue): compile_kernel_us.
+
+    python3 scripts/torch_bench.py [--quick] [--shape N,C,...] [--dtype T] [--epilogue E]
+                                   [--compile] [--json PATH]
 
 --chain resnet50 times instead bnbench's chain: ResNet-50's 53 batch norms at 224x224, each
 layer's F.batch_norm in training, then one autograd call for every layer's backward, per step:
@@ -50,7 +58,18 @@ FULL_SHAPES = [
 ]
 QUICK_SHAPES = [(32, 64, 8, 8), (256, 1024), (8, 32, 28, 28)]
 OPS = ("train-forward", "eval-forward", "backward")
-BYTES_PER_ELEMENT = {"train-forward": 8, "eval-forward": 8, "backward": 12}
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+EPILOGUES = ("none", "relu", "add-relu")
+COMPILE_SHAPE = (64, 256, 56, 56)
+
+
+def tensors_moved(op, epilogue):
+    """Tensors the operation reads or writes once at least (bnbench's count): x and y forward,
+    x, dy and dx backward; the shortcut z forward and dz backward with add-relu; the forward's
+    output (the ReLU's mask) backward with an epilogue."""
+    if op == "backward":
+        return 3 + (epilogue != "none") + (epilogue == "add-relu")
+    return 2 + (epilogue == "add-relu")
 MIB = 1 << 20
 DEV = "cuda"
 
@@ -118,55 +137,97 @@ def copy_gbps():
     return 2 * (256 << 20) * 4 / us / 1e3
 
 
-def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps):
+def composition(rm, rv, epilogue, training):
+    """The function bnbench fuses: F.batch_norm, then F.relu, or F.relu of the sum with z."""
+    def f(x, z, w, b):
+        y = F.batch_norm(x, rm, rv, w, b, training=training, momentum=0.1, eps=1e-5)
+        if epilogue == "relu":
+            y = F.relu(y)
+        elif epilogue == "add-relu":
+            y = F.relu(y + z)
+        return y
+    return f
+
+
+def case_fns(f, op, xs, zs, w, b):
+    """Calls of `f` for `op` on each copy: the forward, or the backward by autograd (through the
+    epilogue to x, gamma, beta, and z with add-relu)."""
+    if op != "backward":
+        return [lambda x=x, z=z: f(x, z, w, b) for x, z in zip(xs, zs)]
+    wg = w.detach().requires_grad_(True)
+    bg = b.detach().requires_grad_(True)
+    fns = []
+    for x, z in zip(xs, zs):
+        xg = x.detach().requires_grad_(True)
+        zg = None if z is None else z.detach().requires_grad_(True)
+        y = f(xg, zg, wg, bg)
+        dy = torch.randn_like(y)
+        inputs = (xg, wg, bg) + (() if zg is None else (zg,))
+        fns.append(lambda y=y, inputs=inputs, dy=dy: torch.autograd.grad(y, inputs, dy, retain_graph=True))
+    return fns
+
+
+def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps, dtypes, epilogues, compile_subset):
     n = 1
     for s in shape:
         n *= s
     c = shape[1]
     results = []
     for layout, fmt, memory_format in layouts_of(shape):
-        def make():
-            return torch.randn(shape, device=DEV).contiguous(memory_format=memory_format)
+        for dtype_name in dtypes:
+            dtype = DTYPES[dtype_name]
 
-        for op in OPS:
-            per_copy = n * 4 * (2 if op == "backward" else 1)
-            copies = max(1, -(-max(2 * l2_bytes, rotate_bytes) // per_copy))
-            xs = [make() for _ in range(copies)]
-            w = torch.rand(c, device=DEV) + 0.5
-            b = torch.randn(c, device=DEV)
-            rm = torch.zeros(c, device=DEV)
-            rv = torch.ones(c, device=DEV)
-            if op == "train-forward":
-                fns = [lambda x=x: F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5) for x in xs]
-            elif op == "eval-forward":
-                fns = [lambda x=x: F.batch_norm(x, rm, rv, w, b, training=False, eps=1e-5) for x in xs]
-            else:
-                wg = w.detach().requires_grad_(True)
-                bg = b.detach().requires_grad_(True)
-                fns = []
-                for x in xs:
-                    xg = x.detach().requires_grad_(True)
-                    y = F.batch_norm(xg, rm, rv, wg, bg, training=True, momentum=0.1, eps=1e-5)
-                    dy = torch.randn_like(y)
-                    fns.append(lambda y=y, xg=xg, dy=dy: torch.autograd.grad(y, (xg, wg, bg), dy, retain_graph=True))
-            eager_us = time_eager(fns, eager_reps)
-            kernel_us = time_kernels(fns, kernel_reps)
-            gbps = BYTES_PER_ELEMENT[op] * n / kernel_us / 1e3
-            label = f"{op} {'x'.join(map(str, shape))} {fmt}"
-            print(f"{label:34} kernels {kernel_us:9.1f} us  eager {eager_us:9.1f} us  {gbps:8.1f} GB/s", flush=True)
-            results.append({
-                "op": op,
-                "layout": layout,
-                "format": fmt,
-                "shape": list(shape),
-                "elements": n,
-                "copies": copies,
-                "kernel_us": kernel_us,
-                "eager_us": eager_us,
-                "gbps": gbps,
-            })
-            del xs, fns
-            torch.cuda.empty_cache()
+            def make():
+                return torch.randn(shape, device=DEV, dtype=dtype).contiguous(memory_format=memory_format)
+
+            for epilogue in epilogues:
+                compiled = {}
+                for op in OPS:
+                    element_bytes = torch.finfo(dtype).bits // 8
+                    per_copy = n * element_bytes * (1 + (op == "backward") + (epilogue == "add-relu"))
+                    copies = max(1, -(-max(2 * l2_bytes, rotate_bytes) // per_copy))
+                    xs = [make() for _ in range(copies)]
+                    zs = [make() if epilogue == "add-relu" else None for _ in range(copies)]
+                    w = torch.rand(c, device=DEV) + 0.5
+                    b = torch.randn(c, device=DEV)
+                    rm = torch.zeros(c, device=DEV)
+                    rv = torch.ones(c, device=DEV)
+                    f = composition(rm, rv, epilogue, training=op != "eval-forward")
+                    fns = case_fns(f, op, xs, zs, w, b)
+                    eager_us = time_eager(fns, eager_reps)
+                    kernel_us = time_kernels(fns, kernel_reps)
+                    compile_us = None
+                    if compile_subset and tuple(shape) == COMPILE_SHAPE and layout == "channels-last" \
+                            and dtype_name != "f32" and epilogue != "none":
+                        graph = "inference" if op == "eval-forward" else "training"
+                        if graph not in compiled:
+                            compiled[graph] = torch.compile(f, dynamic=False)
+                        compile_us = time_kernels(case_fns(compiled[graph], op, xs, zs, w, b), kernel_reps)
+                    gbps = tensors_moved(op, epilogue) * element_bytes * n / kernel_us / 1e3
+                    label = f"{op} {'x'.join(map(str, shape))} {fmt}"
+                    if dtype_name != "f32":
+                        label += f" {dtype_name}"
+                    if epilogue != "none":
+                        label += f" {epilogue}"
+                    compiled_text = "" if compile_us is None else f"  compiled {compile_us:9.1f} us"
+                    print(f"{label:48} kernels {kernel_us:9.1f} us  eager {eager_us:9.1f} us  {gbps:8.1f} GB/s"
+                          f"{compiled_text}", flush=True)
+                    results.append({
+                        "op": op,
+                        "layout": layout,
+                        "format": fmt,
+                        "shape": list(shape),
+                        "dtype": dtype_name,
+                        "epilogue": epilogue,
+                        "elements": n,
+                        "copies": copies,
+                        "kernel_us": kernel_us,
+                        "eager_us": eager_us,
+                        "compile_kernel_us": compile_us,
+                        "gbps": gbps,
+                    })
+                    del xs, zs, fns
+                    torch.cuda.empty_cache()
     return results
 
 
@@ -264,6 +325,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="bnbench --quick's shapes, 16 MiB rotation")
     parser.add_argument("--shape", type=parse_shape, action="append", help="a shape instead of the suite's; repeatable")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--dtype", choices=list(DTYPES), action="append", help="storage type; repeatable (default f32)")
+    parser.add_argument("--epilogue", choices=list(EPILOGUES), action="append", help="epilogue; repeatable (default none)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile on the fixed subset (see above)")
     parser.add_argument("--chain", choices=["resnet50"], help="time a network's batch norms as one training step instead")
     parser.add_argument("--batch", type=int, default=32, help="the chain's batch size (default 32)")
     parser.add_argument("--steps", type=int, default=20, help="the chain's timed steps (default 20)")
@@ -284,7 +348,8 @@ def main():
         "device": torch.cuda.get_device_name(),
         "l2_bytes": l2_bytes,
         "rotate_bytes": max(2 * l2_bytes, rotate_bytes),
-        "method": "kernel: profiler kernel durations per call; eager: CUDA events around one call (median)",
+        "method": "kernel: profiler kernel durations per call; eager: CUDA events around one call (median); "
+                  "compile_kernel: profiler kernel durations per call of the torch.compile'd function",
     }
     print(f"torch {info['torch']} CUDA {info['cuda']} cuDNN {info['cudnn']} on {info['device']}, L2 {l2_bytes / MIB:.0f} MiB", flush=True)
     if args.chain:
@@ -298,7 +363,9 @@ def main():
     print(f"copy 1 GiB (kernel time): {info['copy_gbps']:.1f} GB/s (read + write)", flush=True)
     cases = []
     for shape in shapes:
-        cases += bench_shape(shape, rotate_bytes, l2_bytes, eager_reps=10 if args.quick else 40, kernel_reps=10 if args.quick else 20)
+        cases += bench_shape(shape, rotate_bytes, l2_bytes, eager_reps=10 if args.quick else 40,
+                             kernel_reps=10 if args.quick else 20, dtypes=args.dtype or ["f32"],
+                             epilogues=args.epilogue or ["none"], compile_subset=args.compile)
     info["cases"] = cases
     if args.json:
         with open(args.json, "w") as f:

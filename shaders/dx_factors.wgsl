@@ -1,7 +1,8 @@
-// What the dx kernels (`backward.wgsl`, `input_gradient_vec4.wgsl`) share: the factors of dx
-// for one channel, and dx itself from them.
+// What the dx kernels (`input_gradient.wgsl`, `input_gradient_vec4.wgsl`,
+// `input_gradient_words.wgsl`, `fused_backward.wgsl`) share: the factors of dx for one channel,
+// and dx itself from them.
 
-// The per-channel factors of dx (the formulas are at the top of backward.wgsl).
+// The per-channel factors of dx (the formulas are at the top of gradient_sums.wgsl).
 struct DxFactors {
     mean: f32,
     invstd: f32,

@@ -1,7 +1,7 @@
-// The `input_gradient` kernel of `backward.wgsl` on four elements at a time, for windows whose
+// The `input_gradient` kernel of `input_gradient.wgsl` on four elements at a time, for windows whose
 // rows split into whole vec4s (the rule of `normalize_vec4.wgsl`): channels-first with the
 // spatial size a multiple of 4 (the lanes share a channel), or channels-last with C a multiple
-// of 4 (the lanes are four consecutive channels).
+// of 4 (the lanes are four consecutive channels). With the add-ReLU epilogue, dz = dy too.
 
 fn lane_factors(c: u32) -> LaneFactors {
     let lanes = channel_lanes(c);
@@ -24,7 +24,11 @@ fn apply(q: u32, f: LaneFactors) {
     if (BATCH_STATS) {
         x = load_x(q);
     }
-    store_dx(q, input_gradient_value4(x, load_dy(q), f));
+    let g = upstream(q);
+    store_dx(q, input_gradient_value4(x, g, f));
+    if (ADD) {
+        store_dz(q, g);
+    }
 }
 
 @compute @workgroup_size(WORKGROUP)

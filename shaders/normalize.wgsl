@@ -6,7 +6,7 @@ fn lane_factors(c: u32) -> ChannelScale {
 }
 
 fn apply(index: u32, f: ChannelScale) {
-    store_y(index, normalized(load_x(index), f.mean, f.scale, f.shift));
+    store_y(index, epilogue(normalized(load_x(index), f.mean, f.scale, f.shift), shortcut(index)));
 }
 
 @compute @workgroup_size(WORKGROUP)

@@ -23,7 +23,7 @@ fn lane_factors(c: u32) -> LaneScale {
 }
 
 fn apply(q: u32, f: LaneScale) {
-    store_y(q, normalized4(load_x(q), f.mean, f.scale, f.shift));
+    store_y(q, epilogue4(normalized4(load_x(q), f.mean, f.scale, f.shift), shortcut(q)));
 }
 
 @compute @workgroup_size(WORKGROUP)

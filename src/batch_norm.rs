@@ -3,7 +3,9 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use crate::dtype::Element;
 use crate::encode::{prepare, record_prepared, Buffers, PassTimestamps};
+use crate::epilogue::{Epilogue, EpilogueGrad};
 use crate::error::{BatchNormError, Result};
 use crate::functional::{
     backward_buffers, describe_backward, describe_forward, forward_buffers, ForwardArgs, Gradients,
@@ -211,15 +213,29 @@ impl BatchNorm {
         Ok(saved)
     }
 
-    /// Records the forward pass into the caller's encoder. In training with running stats,
-    /// `num_batches_tracked` counts the batch now and the running stats change when the caller
-    /// submits. As in PyTorch's module, an empty training batch counts too (it changes the
-    /// weights of later batches when momentum is `None`) but leaves the running stats alone.
+    /// Records the forward pass into the caller's encoder: [`BatchNorm::record_forward_with`]
+    /// without an epilogue.
     pub fn record_forward(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         x: &Tensor,
         y: &Tensor,
+        timestamps: Option<PassTimestamps<'_>>,
+    ) -> Result<SavedStats> {
+        self.record_forward_with(encoder, x, y, Epilogue::None, timestamps)
+    }
+
+    /// Records the forward pass, followed by `epilogue` in the same kernels, into the caller's
+    /// encoder. In training with running stats, `num_batches_tracked` counts the batch now and
+    /// the running stats change when the caller submits. As in PyTorch's module, an empty
+    /// training batch counts too (it changes the weights of later batches when momentum is
+    /// `None`) but leaves the running stats alone.
+    pub fn record_forward_with(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        epilogue: Epilogue<'_>,
         timestamps: Option<PassTimestamps<'_>>,
     ) -> Result<SavedStats> {
         self.check_channels(x)?;
@@ -236,6 +252,7 @@ impl BatchNorm {
             training: self.training || self.running.is_none(),
             momentum: self.config.momentum.unwrap_or(0.0),
             eps: self.config.eps,
+            epilogue,
         };
         let call = describe_forward(x, y, &args, update)?;
         let saved = match &call.dispatches {
@@ -255,13 +272,14 @@ impl BatchNorm {
                     StatsSource::Batch => Kind::TrainingForward,
                     StatsSource::Running => Kind::InferenceForward,
                 };
+                let tensors: Vec<&Tensor> = [x, y].into_iter().chain(epilogue.shortcut()).collect();
+                let key = Key::new(kind, epilogue.kind(), &tensors, &[]);
                 let mut workspace = lock(&self.workspace);
-                let (prepared, stats) =
-                    workspace.entry(Key::new(kind, &[x, y], &[]), &[x, y], || {
-                        let stats = ChannelPair::output(&self.ctx, self.channels)?;
-                        let buffers = forward_buffers(x, y, &args, &stats, self.batches.as_ref());
-                        Ok((prepare(&self.ctx, Some(plan), steps, &buffers)?, stats))
-                    })?;
+                let (prepared, stats) = workspace.entry(key, &tensors, || {
+                    let stats = ChannelPair::output(&self.ctx, self.channels)?;
+                    let buffers = forward_buffers(x, y, &args, &stats, self.batches.as_ref());
+                    Ok((prepare(&self.ctx, Some(plan), steps, &buffers)?, stats))
+                })?;
                 record_prepared(&self.ctx, encoder, FORWARD_LABEL, prepared, timestamps)?;
                 call.saved(stats.clone())
             }
@@ -295,9 +313,8 @@ impl BatchNorm {
         Ok(grads)
     }
 
-    /// Records the backward pass into the caller's encoder. Returns `[dgamma | dbeta]` when
-    /// affine, in the layer's buffer for these tensors (the next backward on them overwrites
-    /// it).
+    /// Records the backward pass into the caller's encoder: [`BatchNorm::record_backward_with`]
+    /// for a forward without an epilogue.
     pub fn record_backward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -307,9 +324,27 @@ impl BatchNorm {
         saved: &SavedStats,
         timestamps: Option<PassTimestamps<'_>>,
     ) -> Result<Option<ChannelPair>> {
+        self.record_backward_with(encoder, x, dy, dx, saved, EpilogueGrad::None, timestamps)
+    }
+
+    /// Records the backward pass of a forward that ran with an epilogue (`epilogue` names its
+    /// output y, and dz for add-ReLU) into the caller's encoder. Returns `[dgamma | dbeta]`
+    /// when affine, in the layer's buffer for these tensors (the next backward on them
+    /// overwrites it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_backward_with(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+        saved: &SavedStats,
+        epilogue: EpilogueGrad<'_>,
+        timestamps: Option<PassTimestamps<'_>>,
+    ) -> Result<Option<ChannelPair>> {
         self.check_channels(x)?;
         let affine = self.affine.as_ref();
-        let Some((plan, steps)) = describe_backward(x, dy, dx, saved, affine)? else {
+        let Some((plan, steps)) = describe_backward(x, dy, dx, saved, affine, &epilogue)? else {
             // Over an empty batch dgamma and dbeta are sums over nothing: zeros.
             return affine
                 .map(|_| ChannelPair::zeros(&self.ctx, self.channels))
@@ -318,11 +353,16 @@ impl BatchNorm {
         let kind = Kind::Backward {
             batch_stats: saved.source() == StatsSource::Batch,
         };
-        let key = Key::new(kind, &[x, dy, dx], &[saved.pair().buffer()]);
+        let tensors: Vec<&Tensor> = [x, dy, dx]
+            .into_iter()
+            .chain(epilogue.forward_output())
+            .chain(epilogue.shortcut_grad())
+            .collect();
+        let key = Key::new(kind, epilogue.kind(), &tensors, &[saved.pair().buffer()]);
         let mut workspace = lock(&self.workspace);
-        let (prepared, grads) = workspace.entry(key, &[x, dy, dx], || {
+        let (prepared, grads) = workspace.entry(key, &tensors, || {
             let grads = ChannelPair::output(&self.ctx, self.channels)?;
-            let buffers = backward_buffers(x, dy, dx, saved, affine, &grads);
+            let buffers = backward_buffers(x, dy, dx, saved, affine, &epilogue, &grads);
             Ok((prepare(&self.ctx, Some(&plan), &steps, &buffers)?, grads))
         })?;
         record_prepared(&self.ctx, encoder, BACKWARD_LABEL, prepared, timestamps)?;
@@ -344,8 +384,9 @@ impl BatchNorm {
         self.affine_pair()?.read()
     }
 
-    /// Uploads gamma and beta (each of `channels` values); nothing is written when refused.
-    pub fn set_parameters(&mut self, gamma: &[f32], beta: &[f32]) -> Result<()> {
+    /// Uploads gamma and beta (each of `channels` values, converted to f32: half-precision
+    /// parameters are kept in f32, as PyTorch keeps them); nothing is written when refused.
+    pub fn set_parameters<T: Element>(&mut self, gamma: &[T], beta: &[T]) -> Result<()> {
         let pair = self.affine_pair()?;
         check_len("gamma", gamma, self.channels)?;
         check_len("beta", beta, self.channels)?;
@@ -358,7 +399,7 @@ impl BatchNorm {
     }
 
     /// Uploads the running mean and variance; nothing is written when refused.
-    pub fn set_running_statistics(&mut self, mean: &[f32], var: &[f32]) -> Result<()> {
+    pub fn set_running_statistics<T: Element>(&mut self, mean: &[T], var: &[T]) -> Result<()> {
         let pair = self.running_pair()?;
         check_len("running_mean", mean, self.channels)?;
         check_len("running_var", var, self.channels)?;
@@ -391,7 +432,7 @@ impl BatchNorm {
     }
 }
 
-fn check_len(what: &'static str, values: &[f32], channels: usize) -> Result<()> {
+fn check_len<T>(what: &'static str, values: &[T], channels: usize) -> Result<()> {
     if values.len() == channels {
         Ok(())
     } else {

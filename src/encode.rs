@@ -31,6 +31,9 @@ pub(crate) struct Buffers<'a> {
     pub y: Option<TensorBuffer<'a>>,
     pub dy: Option<TensorBuffer<'a>>,
     pub dx: Option<TensorBuffer<'a>>,
+    pub z: Option<TensorBuffer<'a>>,
+    pub dz: Option<TensorBuffer<'a>>,
+    pub result: Option<TensorBuffer<'a>>,
     pub affine: Option<&'a wgpu::Buffer>,
     pub running: Option<&'a wgpu::Buffer>,
     pub stats: Option<&'a wgpu::Buffer>,
@@ -47,6 +50,9 @@ impl<'a> Buffers<'a> {
             Role::Y => self.y,
             Role::Dy => self.dy,
             Role::Dx => self.dx,
+            Role::Shortcut => self.z,
+            Role::ShortcutGrad => self.dz,
+            Role::Result => self.result,
             Role::Affine => whole(self.affine),
             Role::Running => whole(self.running),
             Role::Stats => whole(self.stats),
@@ -65,6 +71,7 @@ fn stand_in_key(role: Role) -> &'static str {
         Role::Affine => "unused affine binding",
         Role::Running => "unused running binding",
         Role::Batches => "unused batch count binding",
+        Role::ShortcutGrad => "unused dz binding",
         _ => "unused binding",
     }
 }

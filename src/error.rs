@@ -1,5 +1,7 @@
 //! The crate's error type: every refused call and every GPU failure the crate can catch.
 
+use crate::dtype::DType;
+use crate::epilogue::EpilogueKind;
 use crate::layout::{Layout, ShapeError};
 
 /// Everything that can go wrong in this crate. A call that returns an error changed nothing.
@@ -212,16 +214,42 @@ pub enum BatchNormError {
         needed_for: &'static str,
     },
 
-    /// A view's byte offset is not a multiple of its element size.
+    /// A view's byte offset is not a multiple of its type's alignment.
     #[error(
-        "a view must start at a multiple of {element_bytes} bytes (its element size), but \
-         starts at byte {offset}"
+        "a {dtype} view must start at a multiple of {alignment} bytes (f32: the element size; \
+         f16 and bf16: a whole 32-bit word, which holds two elements), but starts at byte \
+         {offset}"
     )]
     MisalignedView {
         /// The offset given.
         offset: u64,
-        /// Bytes per element.
-        element_bytes: u64,
+        /// The alignment its type needs, bytes.
+        alignment: u64,
+        /// The view's storage type.
+        dtype: DType,
+    },
+
+    /// A backward was called with another epilogue than its forward's.
+    #[error(
+        "the forward ran with the {forward} epilogue but the backward was given {backward}; \
+         pass the matching EpilogueGrad (with the forward's output y, and dz for add-relu)"
+    )]
+    EpilogueMismatch {
+        /// The forward's epilogue.
+        forward: EpilogueKind,
+        /// The backward's.
+        backward: EpilogueKind,
+    },
+
+    /// Tensors of one call are stored in different types.
+    #[error("{what} is {actual} but x is {expected}; every tensor of a call has x's storage type")]
+    DTypeMismatch {
+        /// Which tensor.
+        what: &'static str,
+        /// x's type.
+        expected: DType,
+        /// Its type.
+        actual: DType,
     },
 
     /// A view runs past the end of its buffer.

@@ -7,6 +7,7 @@
 //! refused call changes nothing.
 
 use crate::encode::{record, Buffers, PassTimestamps};
+use crate::epilogue::{Epilogue, EpilogueGrad, EpilogueKind};
 use crate::error::{BatchNormError, Result};
 use crate::layout::Layout;
 use crate::plan::{plan, Operation, Plan};
@@ -28,6 +29,8 @@ pub struct ForwardArgs<'a> {
     /// Added to the variance; finite and >= 0, and > 0 when normalizing with batch
     /// statistics (as PyTorch 2.15).
     pub eps: f64,
+    /// What follows the normalization in the same kernels (`crate::epilogue`).
+    pub epilogue: Epilogue<'a>,
 }
 
 /// Which statistics a forward pass normalized with, and so which backward applies.
@@ -47,6 +50,7 @@ pub struct SavedStats {
     shape: Vec<usize>,
     layout: Layout,
     source: StatsSource,
+    epilogue: EpilogueKind,
 }
 
 impl SavedStats {
@@ -65,7 +69,8 @@ impl SavedStats {
         &self.shape
     }
 
-    /// Statistics of `source` for an input of `shape` and `layout`, in `mean_invstd`.
+    /// Statistics of `source` for an input of `shape` and `layout`, in `mean_invstd`, from a
+    /// forward with no epilogue (a synchronized call's: `crate::sync` takes none).
     pub(crate) fn new(
         mean_invstd: ChannelPair,
         shape: &[usize],
@@ -77,7 +82,13 @@ impl SavedStats {
             shape: shape.to_vec(),
             layout,
             source,
+            epilogue: EpilogueKind::None,
         }
+    }
+
+    /// The epilogue of the forward that saved them (its backward must take the same one).
+    pub fn epilogue(&self) -> EpilogueKind {
+        self.epilogue
     }
 
     /// `[mean | invstd]` on the GPU.
@@ -157,6 +168,7 @@ pub(crate) struct ForwardCall {
     pub source: StatsSource,
     shape: Vec<usize>,
     layout: Layout,
+    epilogue: EpilogueKind,
     pub dispatches: Option<(Plan, Vec<Step>)>,
 }
 
@@ -168,6 +180,7 @@ impl ForwardCall {
             shape: self.shape.clone(),
             layout: self.layout,
             source: self.source,
+            epilogue: self.epilogue,
         }
     }
 }
@@ -186,10 +199,12 @@ pub(crate) fn describe_forward(
     } else {
         StatsSource::Running
     };
+    let epilogue = args.epilogue.kind();
     let mut call = ForwardCall {
         source,
         shape: x.shape().to_vec(),
         layout: x.layout(),
+        epilogue,
         dispatches: None,
     };
     if x.is_empty() {
@@ -201,21 +216,26 @@ pub(crate) fn describe_forward(
             Call::TrainingForward {
                 update,
                 eps: args.eps as f32,
+                epilogue,
             },
         ),
         StatsSource::Running => (
             Operation::InferenceForward,
             Call::InferenceForward {
                 eps: args.eps as f32,
+                epilogue,
             },
         ),
     };
-    let plan = plan(x.view(), x.context().plan_limits(), operation)?;
+    let plan = plan(x.view(), x.dtype(), x.context().plan_limits(), operation)?;
+    let z = args.epilogue.shortcut();
     let operands = Operands {
         affine: args.affine.is_some(),
         x: x.offset(),
         y: y.offset(),
-        inputs_share_output_buffer: x.buffer() == y.buffer(),
+        z: z.map_or(0, Tensor::offset),
+        inputs_share_output_buffer: x.buffer() == y.buffer()
+            || z.is_some_and(|z| z.buffer() == y.buffer()),
         ..Operands::default()
     };
     let steps = steps(&plan, kind, &operands);
@@ -234,6 +254,7 @@ pub(crate) fn forward_buffers<'a>(
     Buffers {
         x: Some((x.buffer(), x.offset())),
         y: Some((y.buffer(), y.offset())),
+        z: args.epilogue.shortcut().map(|z| (z.buffer(), z.offset())),
         stats: Some(saved.buffer()),
         affine: args.affine.map(ChannelPair::buffer),
         running: args.running.map(ChannelPair::buffer),
@@ -242,24 +263,31 @@ pub(crate) fn forward_buffers<'a>(
     }
 }
 
-/// Refuses an input and an output that overlap in one buffer (wgpu would reject the
-/// dispatch, and in-place normalization is not what a kernel that reads x twice computes).
+/// Refuses an input and an output (or two outputs) that overlap in one buffer (wgpu would
+/// reject the dispatch, and in-place normalization is not what a kernel that reads x twice
+/// computes). Ranges are compared in whole words: a half tensor's odd last element shares its
+/// word with what follows it.
 fn check_no_overlap(
     inputs: &[(&'static str, &Tensor)],
-    output: (&'static str, &Tensor),
+    outputs: &[(&'static str, &Tensor)],
 ) -> Result<()> {
-    let (output_name, output) = output;
-    for &(input_name, input) in inputs {
-        let (a, b) = (input.byte_range(), output.byte_range());
-        if input.buffer() == output.buffer() && a.start < b.end && b.start < a.end {
-            return Err(BatchNormError::OverlappingViews {
-                input: input_name,
-                input_start: a.start,
-                input_end: a.end,
-                output: output_name,
-                output_start: b.start,
-                output_end: b.end,
-            });
+    let words = |t: &Tensor| {
+        let range = t.byte_range();
+        range.start..range.end.next_multiple_of(4)
+    };
+    for (k, &(output_name, output)) in outputs.iter().enumerate() {
+        for &(input_name, input) in inputs.iter().chain(&outputs[k + 1..]) {
+            let (a, b) = (words(input), words(output));
+            if input.buffer() == output.buffer() && a.start < b.end && b.start < a.end {
+                return Err(BatchNormError::OverlappingViews {
+                    input: input_name,
+                    input_start: a.start,
+                    input_end: a.end,
+                    output: output_name,
+                    output_start: b.start,
+                    output_end: b.end,
+                });
+            }
         }
     }
     Ok(())
@@ -281,7 +309,12 @@ fn check_forward(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<()> {
 /// call (`crate::sync`) can only judge over every rank's shard.
 pub(crate) fn check_forward_operands(x: &Tensor, y: &Tensor, args: &ForwardArgs<'_>) -> Result<()> {
     x.check_same_shape(y, "the output y")?;
-    check_no_overlap(&[("the input x", x)], ("the output y", y))?;
+    let mut inputs = vec![("the input x", x)];
+    if let Some(z) = args.epilogue.shortcut() {
+        x.check_same_shape(z, "the shortcut z")?;
+        inputs.push(("the shortcut z", z));
+    }
+    check_no_overlap(&inputs, &[("the output y", y)])?;
     if args.training && args.eps.is_finite() && args.eps <= 0.0 {
         return Err(BatchNormError::EpsNotPositiveInTraining(args.eps));
     }
@@ -321,15 +354,17 @@ fn check_pair(x: &Tensor, pair: Option<&ChannelPair>) -> Result<()> {
     }
 }
 
-/// Backward pass; allocates dx and, when `affine` is given, `[dgamma | dbeta]`.
+/// Backward pass; allocates dx and, when `affine` is given, `[dgamma | dbeta]`. `epilogue`
+/// is the forward's (`EpilogueGrad::None` when it had none).
 pub fn batch_norm_backward(
     x: &Tensor,
     dy: &Tensor,
     saved: &SavedStats,
     affine: Option<&ChannelPair>,
+    epilogue: EpilogueGrad<'_>,
 ) -> Result<Gradients> {
     let dx = x.output_like()?;
-    let params = batch_norm_backward_into(x, dy, &dx, saved, affine)?;
+    let params = batch_norm_backward_into(x, dy, &dx, saved, affine, epilogue)?;
     Ok(Gradients { dx, params })
 }
 
@@ -340,19 +375,22 @@ pub fn batch_norm_backward_into(
     dx: &Tensor,
     saved: &SavedStats,
     affine: Option<&ChannelPair>,
+    epilogue: EpilogueGrad<'_>,
 ) -> Result<Option<ChannelPair>> {
     let ctx = x.context();
     let mut encoder = ctx
         .device()
         .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-    let params = record_batch_norm_backward(&mut encoder, x, dy, dx, saved, affine, None)?;
+    let params =
+        record_batch_norm_backward(&mut encoder, x, dy, dx, saved, affine, epilogue, None)?;
     ctx.submit_and_wait(encoder)?;
     Ok(params)
 }
 
 /// Records the backward pass into `encoder` as one compute pass. `saved` is what the forward
 /// returned for this `x`: batch statistics give the training gradient, running statistics the
-/// inference one.
+/// inference one; `epilogue` must be the forward's (its output y, and dz for `AddRelu`).
+#[allow(clippy::too_many_arguments)]
 pub fn record_batch_norm_backward(
     encoder: &mut wgpu::CommandEncoder,
     x: &Tensor,
@@ -360,9 +398,10 @@ pub fn record_batch_norm_backward(
     dx: &Tensor,
     saved: &SavedStats,
     affine: Option<&ChannelPair>,
+    epilogue: EpilogueGrad<'_>,
     timestamps: Option<PassTimestamps<'_>>,
 ) -> Result<Option<ChannelPair>> {
-    let dispatches = describe_backward(x, dy, dx, saved, affine)?;
+    let dispatches = describe_backward(x, dy, dx, saved, affine, &epilogue)?;
     let ctx = x.context();
     // Over an empty batch dgamma and dbeta are sums over nothing: zeros.
     let Some((plan, steps)) = &dispatches else {
@@ -371,7 +410,7 @@ pub fn record_batch_norm_backward(
             .transpose();
     };
     let grads = ChannelPair::output(ctx, x.channels())?;
-    let buffers = backward_buffers(x, dy, dx, saved, affine, &grads);
+    let buffers = backward_buffers(x, dy, dx, saved, affine, &epilogue, &grads);
     record(
         ctx,
         encoder,
@@ -392,13 +431,27 @@ pub(crate) fn describe_backward(
     dx: &Tensor,
     saved: &SavedStats,
     affine: Option<&ChannelPair>,
+    epilogue: &EpilogueGrad<'_>,
 ) -> Result<Option<(Plan, Vec<Step>)>> {
     x.check_same_shape(dy, "the gradient dy")?;
     x.check_same_shape(dx, "the gradient dx")?;
-    check_no_overlap(
-        &[("the input x", x), ("the gradient dy", dy)],
-        ("the gradient dx", dx),
-    )?;
+    if epilogue.kind() != saved.epilogue {
+        return Err(BatchNormError::EpilogueMismatch {
+            forward: saved.epilogue,
+            backward: epilogue.kind(),
+        });
+    }
+    let mut inputs = vec![("the input x", x), ("the gradient dy", dy)];
+    if let Some(y) = epilogue.forward_output() {
+        x.check_same_shape(y, "the forward's output y")?;
+        inputs.push(("the forward's output y", y));
+    }
+    let mut outputs = vec![("the gradient dx", dx)];
+    if let Some(dz) = epilogue.shortcut_grad() {
+        x.check_same_shape(dz, "the gradient dz")?;
+        outputs.push(("the gradient dz", dz));
+    }
+    check_no_overlap(&inputs, &outputs)?;
     if saved.shape != x.shape() || saved.layout != x.layout() {
         return Err(BatchNormError::ShapeMismatch {
             what: "the saved statistics",
@@ -415,16 +468,30 @@ pub(crate) fn describe_backward(
     if x.is_empty() {
         return Ok(None);
     }
-    let plan = plan(x.view(), x.context().plan_limits(), Operation::Backward)?;
+    let plan = plan(
+        x.view(),
+        x.dtype(),
+        x.context().plan_limits(),
+        Operation::Backward,
+    )?;
     let call = Call::Backward {
         batch_stats: saved.source == StatsSource::Batch,
+        epilogue: saved.epilogue,
     };
+    let result = epilogue.forward_output();
+    let dz = epilogue.shortcut_grad();
+    let outputs: Vec<&wgpu::Buffer> = std::iter::once(dx).chain(dz).map(Tensor::buffer).collect();
     let operands = Operands {
         affine: affine.is_some(),
         x: x.offset(),
         dy: dy.offset(),
         dx: dx.offset(),
-        inputs_share_output_buffer: x.buffer() == dx.buffer() || dy.buffer() == dx.buffer(),
+        dz: dz.map_or(0, Tensor::offset),
+        result: result.map_or(0, Tensor::offset),
+        inputs_share_output_buffer: [Some(x), Some(dy), result]
+            .into_iter()
+            .flatten()
+            .any(|input| outputs.contains(&input.buffer())),
         ..Operands::default()
     };
     let steps = steps(&plan, call, &operands);
@@ -438,12 +505,16 @@ pub(crate) fn backward_buffers<'a>(
     dx: &'a Tensor,
     saved: &'a SavedStats,
     affine: Option<&'a ChannelPair>,
+    epilogue: &EpilogueGrad<'a>,
     grads: &'a ChannelPair,
 ) -> Buffers<'a> {
+    let at = |t: &'a Tensor| (t.buffer(), t.offset());
     Buffers {
-        x: Some((x.buffer(), x.offset())),
-        dy: Some((dy.buffer(), dy.offset())),
-        dx: Some((dx.buffer(), dx.offset())),
+        x: Some(at(x)),
+        dy: Some(at(dy)),
+        dx: Some(at(dx)),
+        result: epilogue.forward_output().map(at),
+        dz: epilogue.shortcut_grad().map(at),
         stats: Some(saved.mean_invstd.buffer()),
         affine: affine.map(ChannelPair::buffer),
         grads: Some(grads.buffer()),

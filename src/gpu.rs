@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::dtype::{encode, DType};
 use crate::error::{BatchNormError, Result};
 use crate::plan::{PlanLimits, WORKGROUP_SIZE};
-use crate::shader::{Override, Program, WORKGROUP_STORAGE_BYTES};
+use crate::shader::{Override, Variant, STORAGE_BUFFERS_PER_STAGE, WORKGROUP_STORAGE_BYTES};
 use crate::steps::Step;
 
 /// Which adapter to open. [`AdapterOptions::from_env`] honours `WGPU_BACKEND` and
@@ -123,14 +124,14 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> u8 {
 }
 
 /// Refuses a device whose limits are below what the kernels use: 256-thread workgroups with
-/// [`WORKGROUP_STORAGE_BYTES`] of workgroup memory and 6 storage buffers in one shader (the
-/// backward's dx kernel).
+/// [`WORKGROUP_STORAGE_BYTES`] of workgroup memory and [`STORAGE_BUFFERS_PER_STAGE`] storage
+/// buffers in one shader (the add-ReLU backward's dx kernel).
 fn check_kernel_limits(limits: &wgpu::Limits) -> Result<()> {
     let workgroup = WORKGROUP_SIZE as u64;
     let required = [
         (
             "max_storage_buffers_per_shader_stage",
-            6,
+            u64::from(STORAGE_BUFFERS_PER_STAGE),
             u64::from(limits.max_storage_buffers_per_shader_stage),
         ),
         (
@@ -159,13 +160,10 @@ fn check_kernel_limits(limits: &wgpu::Limits) -> Result<()> {
     }
 }
 
-/// Identifies one shader module: a program, and whether its tensor inputs are read-write.
-type ModuleKey = (Program, bool);
-
 /// Identifies one pipeline: module, entry point, and its override constants.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PipelineKey {
-    module: ModuleKey,
+    module: Variant,
     entry: &'static str,
     overrides: Vec<(Override, bool)>,
 }
@@ -173,7 +171,7 @@ struct PipelineKey {
 /// Compiled shader modules and pipelines of one device. Each is built once, on first use.
 #[derive(Default)]
 struct PipelineCache {
-    modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<Variant, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
@@ -341,7 +339,7 @@ impl GpuContext {
     /// compile: tens of milliseconds on a CPU adapter).
     pub(crate) fn pipeline(&self, step: &Step) -> Result<wgpu::ComputePipeline> {
         let key = PipelineKey {
-            module: (step.program, step.inputs_read_write),
+            module: step.variant(),
             entry: step.entry,
             overrides: step.overrides.clone(),
         };
@@ -374,16 +372,15 @@ impl GpuContext {
         Ok(pipeline)
     }
 
-    fn shader_module(&self, variant: ModuleKey) -> Result<wgpu::ShaderModule> {
+    fn shader_module(&self, variant: Variant) -> Result<wgpu::ShaderModule> {
         let mut modules = lock(&self.inner.pipelines.modules);
         if let Some(module) = modules.get(&variant) {
             return Ok(module.clone());
         }
-        let (program, inputs_read_write) = variant;
-        let source = program.source(inputs_read_write);
+        let source = variant.source();
         let module = self.checked(|device| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&format!("{program:?}")),
+                label: Some(&format!("{:?} {}", variant.program, variant.dtype)),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             })
         })?;
@@ -412,24 +409,26 @@ impl GpuContext {
         (bits != NO_DEBUG_FILL).then(|| f32::from_bits(bits as u32))
     }
 
-    /// Writes the debug fill, when one is set, over the first `bytes` of `buffer`.
-    pub(crate) fn apply_debug_fill(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<()> {
+    /// Writes the debug fill, when one is set, over the first `elements` of `buffer` stored as
+    /// `dtype` (whole words).
+    pub(crate) fn apply_debug_fill(
+        &self,
+        buffer: &wgpu::Buffer,
+        elements: u64,
+        dtype: DType,
+    ) -> Result<()> {
         let Some(value) = self.debug_fill() else {
             return Ok(());
         };
-        let words = vec![value; (bytes / 4) as usize];
-        self.checked(|_| {
-            self.inner
-                .queue
-                .write_buffer(buffer, 0, bytemuck::cast_slice(&words))
-        })
+        let bytes = encode(&vec![value; elements as usize], dtype);
+        self.checked(|_| self.inner.queue.write_buffer(buffer, 0, &bytes))
     }
 
     /// A scratch storage buffer of at least `bytes`, reused between calls. Sharing is safe:
     /// every operation writes its scratch before it reads it, in its own command stream.
     pub(crate) fn scratch(&self, key: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
         let buffer = self.scratch_buffer(key, bytes)?;
-        self.apply_debug_fill(&buffer, bytes)?;
+        self.apply_debug_fill(&buffer, bytes / 4, DType::F32)?;
         Ok(buffer)
     }
 

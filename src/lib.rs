@@ -3,7 +3,9 @@
 
 pub mod batch_norm;
 pub mod checkpoint;
+pub mod dtype;
 mod encode;
+pub mod epilogue;
 pub mod error;
 pub mod fold;
 pub mod functional;
@@ -22,7 +24,9 @@ mod workspace;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig, ForwardOutput};
 pub use checkpoint::{save_state, save_state_file};
+pub use dtype::{DType, Element};
 pub use encode::PassTimestamps;
+pub use epilogue::{Epilogue, EpilogueGrad, EpilogueKind};
 pub use error::{BatchNormError, Result};
 pub use functional::{ForwardArgs, Gradients, SavedStats, StatsSource};
 pub use gpu::{AdapterOptions, AdapterSummary, GpuContext};

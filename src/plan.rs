@@ -20,6 +20,9 @@
 //! - Elementwise kernels load and store vec4s when every window's rows split into whole vec4s
 //!   that hold one channel (channels-first, `inner % 4 == 0`) or four consecutive channels
 //!   (channels-last, `C % 4 == 0`), and every window starts on a vec4; scalars otherwise.
+//! - Half-precision tensors (two elements to a 32-bit word): every window starts at an even
+//!   element, so that each elementwise thread owns whole words, and no operation is fused (the
+//!   fused kernels store single elements from neighbouring threads).
 //! - An operation is fused into one dispatch (a workgroup per channel, or per band of 32
 //!   channels, reads its values, reduces them, then writes its output from the same values)
 //!   when the tensor is one window and each channel is one chunk: small and mid-sized channels,
@@ -27,6 +30,7 @@
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
 
+use crate::dtype::DType;
 use crate::error::BatchNormError;
 use crate::layout::ChannelView;
 
@@ -49,6 +53,11 @@ pub const STATISTICS_PARTIAL_BYTES: u64 = 16;
 /// Bytes of one partial of the backward's reduction: sum dy, sum dy * (x - mean).
 pub const GRADIENT_PARTIAL_BYTES: u64 = 8;
 const F32_BYTES: u64 = 4;
+/// Why a half-precision tensor cannot be split into windows of whole words.
+const HALF_WINDOWS: &str = "a half-precision (f16, bf16) tensor larger than one storage binding \
+    needs windows that start on whole 32-bit words: an even number of elements per outer row, \
+    or, where one row alone exceeds a binding, an even number per channel run; store it as f32 \
+    or pad that dimension";
 /// Most values in one window, whatever the binding limit (Metal's can exceed 4 GiB): the
 /// kernels index a window with u32 arithmetic that may run a few thousand values past its end
 /// before a bounds test.
@@ -203,16 +212,19 @@ pub struct WindowBinding {
 }
 
 impl Window {
-    /// The binding of this window of a tensor that starts `tensor_offset` bytes into its buffer
-    /// (a multiple of 4), on a device whose storage bindings align to `alignment` bytes.
-    pub fn binding(&self, tensor_offset: u64, alignment: u64) -> WindowBinding {
+    /// The binding of this window of a tensor of `dtype` that starts `tensor_offset` bytes into
+    /// its buffer (a multiple of 4), on a device whose storage bindings align to `alignment`
+    /// bytes. The binding ends on a whole word.
+    pub fn binding(&self, tensor_offset: u64, alignment: u64, dtype: DType) -> WindowBinding {
+        let element = dtype.bytes();
         let alignment = alignment.max(F32_BYTES);
-        let start = tensor_offset + self.first as u64 * F32_BYTES;
+        let start = tensor_offset + self.first as u64 * element;
         let offset = start / alignment * alignment;
+        let end = (tensor_offset + self.end as u64 * element).next_multiple_of(F32_BYTES);
         WindowBinding {
             offset,
-            size: tensor_offset + self.end as u64 * F32_BYTES - offset,
-            shift: ((start - offset) / F32_BYTES) as usize,
+            size: end - offset,
+            shift: ((start - offset) / element) as usize,
         }
     }
 
@@ -230,6 +242,8 @@ impl Window {
 pub struct Plan {
     /// The tensor's view.
     pub view: ChannelView,
+    /// How its elements are stored.
+    pub dtype: DType,
     /// Reduction kernel.
     pub kind: ReductionKind,
     /// Windows, in order.
@@ -253,6 +267,7 @@ pub struct Plan {
 /// inference, not under a fused plan).
 pub fn plan(
     view: ChannelView,
+    dtype: DType,
     limits: PlanLimits,
     operation: Operation,
 ) -> Result<Plan, BatchNormError> {
@@ -264,7 +279,7 @@ pub fn plan(
             max: limits.max_binding_bytes,
         });
     }
-    let mut plan = plan_with_chunk(view, limits, None)?;
+    let mut plan = plan_with_chunk(view, dtype, limits, None)?;
     let Some(partial_bytes) = operation.partial_bytes() else {
         return Ok(plan);
     };
@@ -276,7 +291,7 @@ pub fn plan(
         && plan.reduction_items() < limits.min_reduction_items as usize
         && plan.chunk_len / 2 >= min_chunk
     {
-        plan = plan_with_chunk(view, limits, Some(plan.chunk_len / 2))?;
+        plan = plan_with_chunk(view, dtype, limits, Some(plan.chunk_len / 2))?;
     }
     let row_groups = plan.windows.iter().filter(|w| w.c0 == 0).count();
     loop {
@@ -297,18 +312,22 @@ pub fn plan(
                 max: limits.max_binding_bytes,
             });
         }
-        plan = plan_with_chunk(view, limits, Some(plan.chunk_len * 2))?;
+        plan = plan_with_chunk(view, dtype, limits, Some(plan.chunk_len * 2))?;
     }
 }
 
 fn plan_with_chunk(
     view: ChannelView,
+    dtype: DType,
     limits: PlanLimits,
     chunk_len: Option<usize>,
 ) -> Result<Plan, BatchNormError> {
+    let element = dtype.bytes();
     let align = limits.offset_alignment.max(F32_BYTES);
+    // A half window's binding ends on a whole word: room for the padding half.
+    let padding = if dtype.is_half() { element } else { 0 };
     let usable =
-        (limits.max_binding_bytes.saturating_sub(align) / F32_BYTES).min(MAX_WINDOW_VALUES);
+        (limits.max_binding_bytes.saturating_sub(align + padding) / element).min(MAX_WINDOW_VALUES);
     let row = (view.channels * view.inner) as u64;
     let whole_rows = row <= usable;
     let kind = if view.inner == 1 && whole_rows {
@@ -345,8 +364,16 @@ fn plan_with_chunk(
 
     let mut windows = Vec::new();
     let mut chunk_base = 0;
+    // Half types: windows start at even elements (whole words).
+    let odd_row = dtype.is_half() && row % 2 == 1;
     if whole_rows {
-        let rows_per_window = (usable / row.max(1)).max(1) as usize;
+        let mut rows_per_window = (usable / row.max(1)).max(1) as usize;
+        if odd_row && rows_per_window < view.outer {
+            if rows_per_window == 1 {
+                return Err(BatchNormError::Unsupported(HALF_WINDOWS));
+            }
+            rows_per_window -= rows_per_window % 2;
+        }
         let mut o0 = 0;
         while o0 < view.outer {
             let o_count = rows_per_window.min(view.outer - o0);
@@ -356,13 +383,19 @@ fn plan_with_chunk(
             o0 += o_count;
         }
     } else {
-        let run_bytes = view.inner as u64 * F32_BYTES;
-        let channels_per_window = (usable / view.inner as u64) as usize;
+        let run_bytes = view.inner as u64 * element;
+        let mut channels_per_window = (usable / view.inner as u64) as usize;
         if channels_per_window == 0 {
             return Err(BatchNormError::RunTooLarge {
                 bytes: run_bytes,
-                max: usable * F32_BYTES,
+                max: usable * element,
             });
+        }
+        if dtype.is_half() && view.inner % 2 == 1 {
+            if odd_row || channels_per_window == 1 {
+                return Err(BatchNormError::Unsupported(HALF_WINDOWS));
+            }
+            channels_per_window -= channels_per_window % 2;
         }
         for o0 in 0..view.outer {
             let mut c0 = 0;
@@ -388,6 +421,7 @@ fn plan_with_chunk(
             .all(|w| w.first.is_multiple_of(4) && (w.c_count * view.inner).is_multiple_of(4));
     Ok(Plan {
         view,
+        dtype,
         kind,
         windows,
         vec4,
@@ -441,13 +475,18 @@ fn gcd(a: usize, b: usize) -> usize {
 impl Plan {
     /// The binding of window `w` of a tensor that starts `tensor_offset` bytes into its buffer.
     pub fn window_binding(&self, w: usize, tensor_offset: u64) -> WindowBinding {
-        self.windows[w].binding(tensor_offset, self.limits.offset_alignment)
+        self.windows[w].binding(tensor_offset, self.limits.offset_alignment, self.dtype)
     }
 
     /// Whether the elementwise kernels may use vec4s for tensors that start at these byte
-    /// offsets of their buffers: the plan allows it and every tensor starts on a vec4.
+    /// offsets of their buffers: the plan allows it and every tensor starts on a vec4 (f32), or
+    /// on a word (half types, whose vec4 is two words).
     pub fn vec4_at(&self, tensor_offsets: &[u64]) -> bool {
-        self.vec4 && tensor_offsets.iter().all(|o| o.is_multiple_of(16))
+        let alignment = 4 * self.dtype.bytes();
+        self.vec4
+            && tensor_offsets
+                .iter()
+                .all(|o| o.is_multiple_of(alignment.max(F32_BYTES)))
     }
 
     /// Bytes of the reduction partials of all chunks at `partial_bytes` each; 0 under a fused
@@ -473,7 +512,7 @@ impl Plan {
     /// values are one chunk. `None` otherwise.
     pub fn fused_window(&self) -> Option<&Window> {
         match self.windows.as_slice() {
-            [window] if self.chunks_total == 1 => Some(window),
+            [window] if self.chunks_total == 1 && !self.dtype.is_half() => Some(window),
             _ => None,
         }
     }
@@ -553,6 +592,7 @@ mod tests {
     fn small_tensor_is_one_window() {
         let p = plan(
             view(&[8, 3, 5, 5], Layout::ChannelsFirst),
+            DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
@@ -573,7 +613,7 @@ mod tests {
             (vec![4, 16, 16, 64], Layout::ChannelsLast),
         ];
         for (shape, layout) in fused {
-            let p = plan(view(&shape, layout), WEBGPU_DEFAULT, TRAINING).unwrap();
+            let p = plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, TRAINING).unwrap();
             assert!(p.fused_window().is_some(), "{shape:?}");
         }
         let split = [
@@ -585,7 +625,7 @@ mod tests {
             (vec![1, 40, 1 << 20], Layout::ChannelsFirst),
         ];
         for (shape, layout) in split {
-            let p = plan(view(&shape, layout), WEBGPU_DEFAULT, TRAINING).unwrap();
+            let p = plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, TRAINING).unwrap();
             assert!(p.fused_window().is_none(), "{shape:?}");
         }
     }
@@ -599,7 +639,7 @@ mod tests {
         ];
         for (shape, layout) in yes {
             assert!(
-                plan(view(&shape, layout), WEBGPU_DEFAULT, TRAINING)
+                plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, TRAINING)
                     .unwrap()
                     .vec4,
                 "{shape:?}"
@@ -612,7 +652,7 @@ mod tests {
         ];
         for (shape, layout) in no {
             assert!(
-                !plan(view(&shape, layout), WEBGPU_DEFAULT, TRAINING)
+                !plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, TRAINING)
                     .unwrap()
                     .vec4,
                 "{shape:?}"
@@ -624,6 +664,7 @@ mod tests {
     fn channels_with_many_partials_are_merged_by_a_workgroup() {
         let p = plan(
             view(&[64, 8, 112, 112], Layout::ChannelsFirst),
+            DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
@@ -636,6 +677,7 @@ mod tests {
     fn channels_last_and_rank_two_use_the_strided_kernel() {
         let nhwc = plan(
             view(&[2, 4, 4, 70], Layout::ChannelsLast),
+            DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
@@ -644,6 +686,7 @@ mod tests {
         assert_eq!(nhwc.windows[0].reduction_items(nhwc.kind), 3);
         let nc = plan(
             view(&[2100, 7], Layout::ChannelsFirst),
+            DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
@@ -658,6 +701,7 @@ mod tests {
         // 7x7 channels-last: 4 chunks x 64 bands at 1024 rows; 25 x 64 at 128 rows.
         let nhwc = plan(
             view(&[64, 7, 7, 2048], Layout::ChannelsLast),
+            DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
@@ -667,6 +711,7 @@ mod tests {
         // Enough items at the full chunk: unchanged.
         let big = plan(
             view(&[64, 64, 112, 112], Layout::ChannelsFirst),
+            DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
@@ -675,6 +720,7 @@ mod tests {
         // Fused plans keep their one chunk per channel.
         let fused = plan(
             view(&[64, 1024, 14, 14], Layout::ChannelsFirst),
+            DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
@@ -683,6 +729,7 @@ mod tests {
         // Never below eight values per thread.
         let tiny = plan(
             view(&[32, 8, 8, 64], Layout::ChannelsLast),
+            DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
@@ -690,6 +737,7 @@ mod tests {
         assert_eq!(tiny.chunk_len, MIN_STRIDED_CHUNK_ROWS);
         let nchw = plan(
             view(&[2, 2, 300, 300], Layout::ChannelsFirst),
+            DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
@@ -705,7 +753,7 @@ mod tests {
             (vec![9, 5, 7], Layout::ChannelsLast),
             (vec![100, 3], Layout::ChannelsFirst),
         ] {
-            let p = plan(view(&shape, layout), limits, TRAINING).unwrap();
+            let p = plan(view(&shape, layout), DType::F32, limits, TRAINING).unwrap();
             assert!(p.windows.len() > 1, "{shape:?} should need several windows");
             assert_covers(&p, limits);
         }
@@ -714,7 +762,13 @@ mod tests {
     #[test]
     fn a_row_larger_than_a_binding_is_split_by_channel() {
         let limits = binding_limits(1024);
-        let p = plan(view(&[3, 10, 50], Layout::ChannelsFirst), limits, TRAINING).unwrap();
+        let p = plan(
+            view(&[3, 10, 50], Layout::ChannelsFirst),
+            DType::F32,
+            limits,
+            TRAINING,
+        )
+        .unwrap();
         assert!(p.windows.iter().all(|w| w.o_count == 1 && w.c_count < 10));
         assert_covers(&p, limits);
         // Each outer row adds one chunk per channel.
@@ -724,7 +778,13 @@ mod tests {
     #[test]
     fn a_run_larger_than_a_binding_is_refused() {
         let limits = binding_limits(1024);
-        let err = plan(view(&[1, 2, 1000], Layout::ChannelsFirst), limits, TRAINING).unwrap_err();
+        let err = plan(
+            view(&[1, 2, 1000], Layout::ChannelsFirst),
+            DType::F32,
+            limits,
+            TRAINING,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -743,6 +803,7 @@ mod tests {
         let limits = binding_limits(64 << 10);
         let p = plan(
             view(&[40, 3, 30, 30], Layout::ChannelsFirst),
+            DType::F32,
             limits,
             TRAINING,
         )
@@ -759,7 +820,13 @@ mod tests {
     fn chunks_grow_until_the_partials_fit_in_a_binding() {
         let limits = binding_limits(96 << 10);
         // 342 windows of 1536 rows: two chunks each overflow the binding, one fits.
-        let p = plan(view(&[1 << 19, 16], Layout::ChannelsLast), limits, TRAINING).unwrap();
+        let p = plan(
+            view(&[1 << 19, 16], Layout::ChannelsLast),
+            DType::F32,
+            limits,
+            TRAINING,
+        )
+        .unwrap();
         assert!(p.chunk_len > STRIDED_CHUNK_ROWS);
         assert!(16 * p.chunks_total as u64 * STATISTICS_PARTIAL_BYTES <= limits.max_binding_bytes);
         assert_covers(&p, limits);
@@ -770,7 +837,7 @@ mod tests {
         // 54 windows of 138 rows, one chunk each: 118 x 54 partials.
         let limits = binding_limits(64 << 10);
         let nlc = view(&[1241, 6, 118], Layout::ChannelsLast);
-        let err = plan(nlc, limits, TRAINING).unwrap_err();
+        let err = plan(nlc, DType::F32, limits, TRAINING).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -791,9 +858,9 @@ mod tests {
             "{message}"
         );
         // Eight-byte partials fit; inference has none.
-        let backward = plan(nlc, limits, Operation::Backward).unwrap();
+        let backward = plan(nlc, DType::F32, limits, Operation::Backward).unwrap();
         assert_eq!(backward.partials_bytes(GRADIENT_PARTIAL_BYTES), 50_976);
-        plan(nlc, limits, Operation::InferenceForward).unwrap();
+        plan(nlc, DType::F32, limits, Operation::InferenceForward).unwrap();
     }
 
     #[test]
@@ -802,7 +869,7 @@ mod tests {
         let limits = binding_limits(128 << 20);
         let wide = view(&[2, 8_389_632], Layout::ChannelsFirst);
         for operation in [TRAINING, Operation::InferenceForward, Operation::Backward] {
-            let p = plan(wide, limits, operation).unwrap();
+            let p = plan(wide, DType::F32, limits, operation).unwrap();
             assert!(p.fused_window().is_some(), "{operation:?}");
             assert_eq!(p.partials_bytes(STATISTICS_PARTIAL_BYTES), 0);
         }
@@ -813,6 +880,7 @@ mod tests {
         let limits = binding_limits(1024);
         let err = plan(
             view(&[2, 129], Layout::ChannelsFirst),
+            DType::F32,
             limits,
             Operation::InferenceForward,
         )
@@ -839,6 +907,7 @@ mod tests {
         };
         let p = plan(
             view(&[6, 4, 1 << 28], Layout::ChannelsFirst),
+            DType::F32,
             limits,
             TRAINING,
         )
@@ -873,8 +942,8 @@ mod tests {
         assert_eq!(workgroups_for_elements(1 << 24, 12, cpu) * 256 % 12, 0);
         // Reductions take bigger chunks on the CPU adapter, smaller ones on the GPU.
         let nchw = view(&[32, 64, 56, 56], Layout::ChannelsFirst);
-        let on_cpu = plan(nchw, cpu, TRAINING).unwrap();
-        let on_gpu = plan(nchw, gpu, TRAINING).unwrap();
+        let on_cpu = plan(nchw, DType::F32, cpu, TRAINING).unwrap();
+        let on_gpu = plan(nchw, DType::F32, gpu, TRAINING).unwrap();
         assert!(on_gpu.chunk_len < CONTIGUOUS_CHUNK);
         assert!(on_gpu.reduction_items() >= MIN_GPU_REDUCTION_ITEMS as usize);
         assert!(on_cpu.chunk_len > CONTIGUOUS_CHUNK);
@@ -903,6 +972,67 @@ mod tests {
         assert_eq!(
             groups as usize,
             (2 * prime_row).div_ceil(WORKGROUP_SIZE).min(65535)
+        );
+    }
+
+    /// Half tensors: every window starts on a whole word (an even element), rows with an odd
+    /// element count are taken in pairs, nothing is fused, and a tensor whose windows cannot
+    /// start on words is refused.
+    #[test]
+    fn half_windows_start_on_whole_words() {
+        let limits = binding_limits(1024);
+        for (shape, layout) in [
+            (&[9usize, 3, 7, 7][..], Layout::ChannelsFirst),
+            (&[40, 5, 5, 3][..], Layout::ChannelsLast),
+            (&[2, 100, 5][..], Layout::ChannelsFirst),
+            (&[3, 64, 7][..], Layout::ChannelsFirst),
+        ] {
+            for dtype in [DType::F16, DType::BF16] {
+                let v = view(shape, layout);
+                // Inference: no partials to fit in these small bindings.
+                let p = plan(v, dtype, limits, Operation::InferenceForward).unwrap();
+                assert!(p.windows.len() > 1, "{shape:?}: windows");
+                for (k, w) in p.windows.iter().enumerate() {
+                    assert!(w.first.is_multiple_of(2), "{shape:?}: {w:?}");
+                    let binding = p.window_binding(k, 0);
+                    assert!(binding.size.is_multiple_of(4) && binding.size <= 1024);
+                }
+                assert!(p.fused_window().is_none());
+                let covered: usize = p.windows.iter().map(|w| w.end - w.first).sum();
+                assert_eq!(covered, v.len(), "{shape:?}");
+            }
+        }
+        // One odd row per binding: no pair of rows fits, and one row would start the next
+        // window on an odd element.
+        let err = plan(
+            view(&[4, 3, 25, 25], Layout::ChannelsFirst),
+            DType::F16,
+            binding_limits(4096),
+            TRAINING,
+        )
+        .unwrap_err();
+        assert!(matches!(err, BatchNormError::Unsupported(m) if m.contains("whole 32-bit words")));
+        // The same tensor in f32 is planned (a window per row).
+        plan(
+            view(&[4, 3, 25, 25], Layout::ChannelsFirst),
+            DType::F32,
+            binding_limits(8192),
+            TRAINING,
+        )
+        .unwrap();
+        // Small half tensors are one window and not fused.
+        let p = plan(
+            view(&[3, 5, 7, 7], Layout::ChannelsFirst),
+            DType::F16,
+            WEBGPU_DEFAULT,
+            TRAINING,
+        )
+        .unwrap();
+        assert_eq!(p.windows.len(), 1);
+        assert!(p.fused_window().is_none());
+        assert!(
+            p.vec4_at(&[4, 8]) == p.vec4,
+            "half vec4s need word offsets only"
         );
     }
 }

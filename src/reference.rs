@@ -16,6 +16,7 @@
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
+use crate::epilogue::EpilogueKind;
 use crate::layout::{ChannelView, Layout};
 
 /// Per-channel batch statistics.
@@ -339,6 +340,57 @@ where
         dgamma,
         dbeta,
     }
+}
+
+/// The epilogue of a forward, on the batch norm's output `bn`: the identity, `relu(bn)`, or
+/// `relu(bn + z)` (PyTorch's `F.relu(F.batch_norm(x, ...) + z)`), elementwise in `f64`. A NaN
+/// stays NaN through the ReLU.
+///
+/// # Panics
+///
+/// When the shortcut is missing for `AddRelu` or has another shape than `bn`.
+pub fn epilogue<Z: Copy + Into<f64>>(
+    bn: ArrayViewD<'_, f64>,
+    shortcut: Option<ArrayViewD<'_, Z>>,
+    kind: EpilogueKind,
+) -> ArrayD<f64> {
+    let relu = |v: f64| if v < 0.0 { 0.0 } else { v };
+    match kind {
+        EpilogueKind::None => bn.to_owned(),
+        EpilogueKind::Relu => bn.mapv(relu),
+        EpilogueKind::AddRelu => {
+            let z = shortcut.expect("add-relu needs the shortcut z");
+            assert_eq!(z.shape(), bn.shape(), "z must have the shape of the input");
+            let mut out = bn.to_owned();
+            out.zip_mut_with(&z, |v, &z| *v = relu(*v + z.into()));
+            out
+        }
+    }
+}
+
+/// The gradient that reaches the batch norm through an epilogue's ReLU: `dy` where the
+/// forward's output `y` is above 0 (or NaN), 0 where it is <= 0, as PyTorch's
+/// `threshold_backward` takes the mask from the ReLU's result. The identity without an
+/// epilogue. With `AddRelu` this is also the gradient of the shortcut z.
+///
+/// # Panics
+///
+/// When `y` has another shape than `dy`.
+pub fn epilogue_gradient<D: Copy + Into<f64>, Y: Copy + Into<f64>>(
+    dy: ArrayViewD<'_, D>,
+    y: ArrayViewD<'_, Y>,
+    kind: EpilogueKind,
+) -> ArrayD<f64> {
+    assert_eq!(y.shape(), dy.shape(), "y must have the shape of dy");
+    let mut out = dy.mapv(|g| g.into());
+    if kind != EpilogueKind::None {
+        out.zip_mut_with(&y, |g, &y| {
+            if y.into() <= 0.0 {
+                *g = 0.0;
+            }
+        });
+    }
+    out
 }
 
 #[cfg(test)]

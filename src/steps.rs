@@ -4,11 +4,13 @@
 //! plan, and each step's bindings against what its entry point uses (naga); `encode.rs`
 //! records a list of steps into one compute pass.
 
+use crate::dtype::DType;
+use crate::epilogue::EpilogueKind;
 use crate::plan::{
     workgroups_for_elements, workgroups_for_items, FinalizeKind, Plan, ReductionKind, Window,
     GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES,
 };
-use crate::shader::{Override, Params, Program, Role};
+use crate::shader::{Override, Params, Program, Role, Variant};
 
 mod sync;
 pub use sync::{sync_steps, SyncHalf};
@@ -41,6 +43,8 @@ pub struct Binding {
 pub struct Step {
     /// The program.
     pub program: Program,
+    /// The storage type of the call's tensors.
+    pub dtype: DType,
     /// Whether it runs the program's variant with read-write tensor inputs (an input shares a
     /// buffer with the output this step writes).
     pub inputs_read_write: bool,
@@ -68,6 +72,14 @@ pub enum Update {
     Cumulative,
 }
 
+/// The override constants that select `epilogue` in the kernels.
+fn epilogue_overrides(epilogue: EpilogueKind) -> [(Override, bool); 2] {
+    [
+        (Override::Relu, epilogue != EpilogueKind::None),
+        (Override::Add, epilogue == EpilogueKind::AddRelu),
+    ]
+}
+
 /// An operation and what it is called with.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Call {
@@ -77,22 +89,28 @@ pub enum Call {
         update: Update,
         /// Added to the variance.
         eps: f32,
+        /// What follows the normalization.
+        epilogue: EpilogueKind,
     },
     /// y from the running stats, saving `[running_mean | invstd]` for the backward.
     InferenceForward {
         /// Added to the running variance.
         eps: f32,
+        /// What follows the normalization.
+        epilogue: EpilogueKind,
     },
-    /// dgamma, dbeta, then dx.
+    /// dgamma, dbeta, then dx (and dz).
     Backward {
         /// Through the batch statistics (training) or through constant running statistics.
         batch_stats: bool,
+        /// The forward's epilogue, whose gradient comes first.
+        epilogue: EpilogueKind,
     },
 }
 
 /// What a call brings besides the plan: whether gamma and beta take part, where each tensor
 /// starts in its buffer (bytes; 0 for tensors the call does not have), and whether a tensor
-/// input shares a buffer with the output.
+/// input shares a buffer with an output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Operands {
     /// gamma and beta take part.
@@ -105,7 +123,13 @@ pub struct Operands {
     pub dy: u64,
     /// Byte offset of dx.
     pub dx: u64,
-    /// x or dy lies in the buffer of y or dx (in ranges that do not overlap).
+    /// Byte offset of the shortcut z.
+    pub z: u64,
+    /// Byte offset of dz.
+    pub dz: u64,
+    /// Byte offset of the forward's output that an epilogue's backward reads.
+    pub result: u64,
+    /// A tensor input lies in the buffer of an output (in ranges that do not overlap).
     pub inputs_share_output_buffer: bool,
 }
 
@@ -113,9 +137,16 @@ pub struct Operands {
 pub fn steps(plan: &Plan, call: Call, operands: &Operands) -> Vec<Step> {
     let builder = Builder { plan, operands };
     match call {
-        Call::TrainingForward { update, eps } => builder.training_forward(update, eps),
-        Call::InferenceForward { eps } => builder.normalize(Some(eps)),
-        Call::Backward { batch_stats } => builder.backward(batch_stats),
+        Call::TrainingForward {
+            update,
+            eps,
+            epilogue,
+        } => builder.training_forward(update, eps, epilogue),
+        Call::InferenceForward { eps, epilogue } => builder.normalize(Some(eps), epilogue),
+        Call::Backward {
+            batch_stats,
+            epilogue,
+        } => builder.backward(batch_stats, epilogue),
     }
 }
 
@@ -124,6 +155,7 @@ pub fn steps(plan: &Plan, call: Call, operands: &Operands) -> Vec<Step> {
 pub fn count_batch_step() -> Step {
     Step {
         program: Program::BatchStatistics,
+        dtype: DType::F32,
         inputs_read_write: false,
         entry: "count_batch",
         overrides: vec![],
@@ -157,6 +189,9 @@ impl Builder<'_> {
             y_shift: shift(self.operands.y),
             dy_shift: shift(self.operands.dy),
             dx_shift: shift(self.operands.dx),
+            z_shift: shift(self.operands.z),
+            dz_shift: shift(self.operands.dz),
+            result_shift: shift(self.operands.result),
             o_count: window.o_count as u32,
             c0: window.c0 as u32,
             c_count: window.c_count as u32,
@@ -215,34 +250,64 @@ impl Builder<'_> {
         }
     }
 
-    fn training_forward(&self, update: Update, eps: f32) -> Vec<Step> {
+    /// A step of `program` in the call's storage type.
+    fn step(&self, program: Program, inputs_read_write: bool, entry: &'static str) -> Step {
+        Step {
+            program,
+            dtype: self.plan.dtype,
+            inputs_read_write,
+            entry,
+            overrides: vec![],
+            params: None,
+            bindings: vec![],
+            workgroups: 1,
+        }
+    }
+
+    /// The binding of an epilogue's tensor: window `w` where the epilogue has it.
+    fn tensor_or_unused(role: Role, present: bool, w: usize) -> Binding {
+        bind(
+            role,
+            if present {
+                Range::Window(w)
+            } else {
+                Range::Unused
+            },
+        )
+    }
+
+    fn training_forward(&self, update: Update, eps: f32, epilogue: EpilogueKind) -> Vec<Step> {
         let has_running = update != Update::None;
         let cumulative = update == Update::Cumulative;
         let mut steps = Vec::new();
         if cumulative {
             steps.push(count_batch_step());
         }
-        let overrides = vec![
-            (Override::HasRunning, has_running),
-            (Override::HasAffine, self.operands.affine),
-            (Override::Cumulative, cumulative),
-        ];
         if let Some(window) = self.plan.fused_window() {
+            let mut overrides = vec![
+                (Override::HasRunning, has_running),
+                (Override::HasAffine, self.operands.affine),
+                (Override::Cumulative, cumulative),
+            ];
+            overrides.extend(epilogue_overrides(epilogue));
             steps.push(Step {
-                program: Program::BatchStatistics,
-                inputs_read_write: self.operands.inputs_share_output_buffer,
-                entry: self.by_kind("fused_forward_contiguous", "fused_forward_strided"),
                 overrides,
                 params: Some(self.with_statistics_scalars(self.window_params(0), update, eps)),
                 bindings: vec![
                     bind(Role::X, Range::Window(0)),
                     bind(Role::Y, Range::Window(0)),
+                    Self::tensor_or_unused(Role::Shortcut, epilogue == EpilogueKind::AddRelu, 0),
                     bind(Role::Stats, Range::Whole),
                     whole_or_unused(Role::Running, has_running),
                     whole_or_unused(Role::Affine, self.operands.affine),
                     whole_or_unused(Role::Batches, cumulative),
                 ],
                 workgroups: self.fused_workgroups(window),
+                ..self.step(
+                    Program::BatchStatistics,
+                    self.operands.inputs_share_output_buffer,
+                    self.by_kind("fused_forward_contiguous", "fused_forward_strided"),
+                )
             });
             return steps;
         }
@@ -250,16 +315,17 @@ impl Builder<'_> {
         steps.extend(self.windows().map(|(w, _)| {
             let params = self.window_params(w);
             Step {
-                program: Program::BatchStatistics,
-                inputs_read_write: false,
-                entry: self.by_kind("partials_contiguous", "partials_strided"),
-                overrides: vec![],
                 params: Some(params),
                 bindings: vec![
                     bind(Role::X, Range::Window(w)),
                     bind(Role::Partials, partials),
                 ],
                 workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
+                ..self.step(
+                    Program::BatchStatistics,
+                    false,
+                    self.by_kind("partials_contiguous", "partials_strided"),
+                )
             }
         }));
         let finalize_params = Params {
@@ -268,9 +334,6 @@ impl Builder<'_> {
             ..Params::default()
         };
         steps.push(Step {
-            program: Program::BatchStatistics,
-            inputs_read_write: false,
-            entry: self.finalize_entry(),
             overrides: vec![
                 (Override::HasRunning, has_running),
                 (Override::Cumulative, cumulative),
@@ -283,29 +346,37 @@ impl Builder<'_> {
                 whole_or_unused(Role::Batches, cumulative),
             ],
             workgroups: self.plan.finalize_workgroups(),
+            ..self.step(Program::BatchStatistics, false, self.finalize_entry())
         });
-        steps.extend(self.normalize(None));
+        steps.extend(self.normalize(None, epilogue));
         steps
     }
 
     /// One elementwise dispatch per window that writes y: from the batch statistics a
     /// reduction wrote (`from_running_eps` is `None`), or from the running stats with that eps.
-    fn normalize(&self, from_running_eps: Option<f32>) -> Vec<Step> {
-        let vec4 = self.plan.vec4_at(&[self.operands.x, self.operands.y]);
-        let (program, entry) = if vec4 {
+    /// vec4s where the plan and every tensor's offset allow; else one element per step (f32)
+    /// or one word (half types).
+    fn normalize(&self, from_running_eps: Option<f32>, epilogue: EpilogueKind) -> Vec<Step> {
+        let add = epilogue == EpilogueKind::AddRelu;
+        let mut offsets = vec![self.operands.x, self.operands.y];
+        if add {
+            offsets.push(self.operands.z);
+        }
+        let (program, entry) = if self.plan.vec4_at(&offsets) {
             (Program::NormalizeVec4, "normalize_vec4")
+        } else if self.plan.dtype.is_half() {
+            (Program::NormalizeWords, "normalize_words")
         } else {
             (Program::Normalize, "normalize")
         };
+        let mut overrides = vec![
+            (Override::HasAffine, self.operands.affine),
+            (Override::FromRunning, from_running_eps.is_some()),
+        ];
+        overrides.extend(epilogue_overrides(epilogue));
         self.windows()
             .map(|(w, window)| Step {
-                program,
-                inputs_read_write: self.operands.inputs_share_output_buffer,
-                entry,
-                overrides: vec![
-                    (Override::HasAffine, self.operands.affine),
-                    (Override::FromRunning, from_running_eps.is_some()),
-                ],
+                overrides: overrides.clone(),
                 params: Some(Params {
                     eps: from_running_eps.unwrap_or(0.0),
                     ..self.window_params(w)
@@ -313,46 +384,65 @@ impl Builder<'_> {
                 bindings: vec![
                     bind(Role::X, Range::Window(w)),
                     bind(Role::Y, Range::Window(w)),
+                    Self::tensor_or_unused(Role::Shortcut, add, w),
                     bind(Role::Stats, Range::Whole),
                     whole_or_unused(Role::Running, from_running_eps.is_some()),
                     whole_or_unused(Role::Affine, self.operands.affine),
                 ],
                 workgroups: self.elementwise_workgroups(window, program.lanes()),
+                ..self.step(program, self.operands.inputs_share_output_buffer, entry)
             })
             .collect()
     }
 
+    /// Workgroups of an elementwise dispatch on `window`, `lanes` elements per step. Word
+    /// steps (2 lanes) find each element's channel, so their grid need not keep to rows.
     fn elementwise_workgroups(&self, window: &Window, lanes: u32) -> u32 {
         let lanes = lanes as usize;
         let row = window.c_count * self.plan.view.inner;
+        if lanes == 2 {
+            return workgroups_for_elements(
+                (window.o_count * row).div_ceil(2),
+                1,
+                self.plan.limits,
+            );
+        }
         workgroups_for_elements(window.o_count * row / lanes, row / lanes, self.plan.limits)
     }
 
-    fn backward(&self, batch_stats: bool) -> Vec<Step> {
-        let overrides = vec![
+    fn backward(&self, batch_stats: bool, epilogue: EpilogueKind) -> Vec<Step> {
+        let relu = epilogue != EpilogueKind::None;
+        let add = epilogue == EpilogueKind::AddRelu;
+        let mut overrides = vec![
             (Override::HasAffine, self.operands.affine),
             (Override::BatchStats, batch_stats),
         ];
+        overrides.extend(epilogue_overrides(epilogue));
         // What the kernels that write dx bind, fused or not.
         let dx_bindings = |w: usize| {
             vec![
                 bind(Role::X, Range::Window(w)),
                 bind(Role::Dy, Range::Window(w)),
                 bind(Role::Dx, Range::Window(w)),
+                Self::tensor_or_unused(Role::Result, relu, w),
+                Self::tensor_or_unused(Role::ShortcutGrad, add, w),
                 bind(Role::Stats, Range::Whole),
                 whole_or_unused(Role::Affine, self.operands.affine),
                 bind(Role::Grads, Range::Whole),
             ]
         };
+        let inputs_read_write = self.operands.inputs_share_output_buffer;
         if let Some(window) = self.plan.fused_window() {
             return vec![Step {
-                program: Program::Backward,
-                inputs_read_write: self.operands.inputs_share_output_buffer,
-                entry: self.by_kind("fused_backward_contiguous", "fused_backward_strided"),
                 overrides,
                 params: Some(self.window_params(0)),
                 bindings: dx_bindings(0),
                 workgroups: self.fused_workgroups(window),
+                ..self.step(
+                    Program::Backward,
+                    inputs_read_write,
+                    self.by_kind("fused_backward_contiguous", "fused_backward_strided"),
+                )
             }];
         }
         let partials = Range::Partials(self.plan.partials_bytes(GRADIENT_PARTIAL_BYTES));
@@ -361,25 +451,25 @@ impl Builder<'_> {
             .map(|(w, _)| {
                 let params = self.window_params(w);
                 Step {
-                    program: Program::Backward,
-                    inputs_read_write: false,
-                    entry: self.by_kind("grad_partials_contiguous", "grad_partials_strided"),
                     overrides: overrides.clone(),
                     params: Some(params),
                     bindings: vec![
                         bind(Role::X, Range::Window(w)),
                         bind(Role::Dy, Range::Window(w)),
+                        Self::tensor_or_unused(Role::Result, relu, w),
                         bind(Role::Stats, Range::Whole),
                         bind(Role::Partials, partials),
                     ],
                     workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
+                    ..self.step(
+                        Program::Backward,
+                        false,
+                        self.by_kind("grad_partials_contiguous", "grad_partials_strided"),
+                    )
                 }
             })
             .collect();
         steps.push(Step {
-            program: Program::Backward,
-            inputs_read_write: false,
-            entry: self.finalize_entry(),
             overrides: overrides.clone(),
             params: Some(Params {
                 channels: self.plan.view.channels as u32,
@@ -392,23 +482,41 @@ impl Builder<'_> {
                 bind(Role::Grads, Range::Whole),
             ],
             workgroups: self.plan.finalize_workgroups(),
+            ..self.step(Program::Backward, false, self.finalize_entry())
         });
-        let offsets = [self.operands.x, self.operands.dy, self.operands.dx];
+        let mut offsets = vec![self.operands.x, self.operands.dy, self.operands.dx];
+        if relu {
+            offsets.push(self.operands.result);
+        }
+        if add {
+            offsets.push(self.operands.dz);
+        }
         let (program, entry) = if self.plan.vec4_at(&offsets) {
             (Program::InputGradientVec4, "input_gradient_vec4")
+        } else if self.plan.dtype.is_half() {
+            (Program::InputGradientWords, "input_gradient_words")
         } else {
             (Program::Backward, "input_gradient")
         };
         steps.extend(self.windows().map(|(w, window)| Step {
-            program,
-            inputs_read_write: self.operands.inputs_share_output_buffer,
-            entry,
             overrides: overrides.clone(),
             params: Some(self.window_params(w)),
             bindings: dx_bindings(w),
             workgroups: self.elementwise_workgroups(window, program.lanes()),
+            ..self.step(program, inputs_read_write, entry)
         }));
         steps
+    }
+}
+
+impl Step {
+    /// The program variant it runs.
+    pub fn variant(&self) -> Variant {
+        Variant {
+            program: self.program,
+            dtype: self.dtype,
+            inputs_read_write: self.inputs_read_write,
+        }
     }
 }
 
@@ -417,6 +525,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::dtype::DType;
     use crate::layout::{ChannelView, Layout};
     use crate::plan::{plan, Operation, PlanLimits};
 
@@ -432,15 +541,55 @@ mod tests {
     }
 
     fn plan_for(shape: &[usize], layout: Layout, limits: PlanLimits, operation: Operation) -> Plan {
-        plan(ChannelView::new(shape, layout).unwrap(), limits, operation).unwrap()
+        plan_as(shape, layout, DType::F32, limits, operation)
     }
 
+    fn plan_as(
+        shape: &[usize],
+        layout: Layout,
+        dtype: DType,
+        limits: PlanLimits,
+        operation: Operation,
+    ) -> Plan {
+        plan(
+            ChannelView::new(shape, layout).unwrap(),
+            dtype,
+            limits,
+            operation,
+        )
+        .unwrap()
+    }
+
+    const NO_EPILOGUE: EpilogueKind = EpilogueKind::None;
     const TRAINING: Call = Call::TrainingForward {
         update: Update::Momentum(0.1),
         eps: 1e-5,
+        epilogue: NO_EPILOGUE,
     };
-    const INFERENCE: Call = Call::InferenceForward { eps: 1e-5 };
-    const BACKWARD: Call = Call::Backward { batch_stats: true };
+    const INFERENCE: Call = Call::InferenceForward {
+        eps: 1e-5,
+        epilogue: NO_EPILOGUE,
+    };
+    const BACKWARD: Call = Call::Backward {
+        batch_stats: true,
+        epilogue: NO_EPILOGUE,
+    };
+
+    /// `call` with `epilogue`.
+    fn with_epilogue(call: Call, epilogue: EpilogueKind) -> Call {
+        match call {
+            Call::TrainingForward { update, eps, .. } => Call::TrainingForward {
+                update,
+                eps,
+                epilogue,
+            },
+            Call::InferenceForward { eps, .. } => Call::InferenceForward { eps, epilogue },
+            Call::Backward { batch_stats, .. } => Call::Backward {
+                batch_stats,
+                epilogue,
+            },
+        }
+    }
 
     fn operation(call: Call) -> Operation {
         match call {
@@ -578,6 +727,7 @@ mod tests {
         let call = Call::TrainingForward {
             update: Update::None,
             eps: 1e-5,
+            epilogue: NO_EPILOGUE,
         };
         let step = &steps(&plan, call, &with_affine(false))[0];
         assert!(step.bindings.contains(&bind(Role::Running, Range::Unused)));
@@ -644,8 +794,8 @@ mod tests {
 
     /// The storage bindings an entry point uses, and whether it reads the uniform block, from
     /// naga.
-    pub(super) fn used_bindings(program: Program, entry: &str) -> (BTreeSet<u32>, bool) {
-        let source = program.source(false);
+    pub(super) fn used_bindings(variant: Variant, entry: &str) -> (BTreeSet<u32>, bool) {
+        let source = variant.source();
         let module = naga::front::wgsl::parse_str(&source).expect("valid WGSL");
         let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
@@ -657,7 +807,7 @@ mod tests {
             .entry_points
             .iter()
             .position(|e| e.name == entry)
-            .unwrap_or_else(|| panic!("{program:?} has no entry point {entry}"));
+            .unwrap_or_else(|| panic!("{variant:?} has no entry point {entry}"));
         let uses = info.get_entry_point(index);
         let used = |space: fn(&naga::AddressSpace) -> bool| {
             module
@@ -705,33 +855,52 @@ mod tests {
             Call::TrainingForward {
                 update: Update::None,
                 eps: 1e-5,
+                epilogue: NO_EPILOGUE,
             },
             Call::TrainingForward {
                 update: Update::Cumulative,
                 eps: 1e-5,
+                epilogue: NO_EPILOGUE,
             },
             INFERENCE,
             BACKWARD,
-            Call::Backward { batch_stats: false },
+            Call::Backward {
+                batch_stats: false,
+                epilogue: NO_EPILOGUE,
+            },
+        ];
+        let variations = [
+            (true, EpilogueKind::None),
+            (false, EpilogueKind::None),
+            (false, EpilogueKind::Relu),
+            (true, EpilogueKind::AddRelu),
         ];
         let mut seen = BTreeSet::new();
+        let mut sources = std::collections::HashMap::new();
         for (shape, layout, limits) in cases {
-            for call in calls {
-                let plan = plan_for(shape, layout, limits, operation(call));
-                for affine in [true, false] {
-                    for step in steps(&plan, call, &with_affine(affine)) {
-                        let bound: BTreeSet<u32> =
-                            step.bindings.iter().map(|b| b.role.binding()).collect();
-                        assert_eq!(bound.len(), step.bindings.len(), "{step:?}");
-                        let (used, reads_params) = used_bindings(step.program, step.entry);
-                        assert_eq!(bound, used, "{:?} {}", step.program, step.entry);
-                        assert_eq!(step.params.is_some(), reads_params, "{}", step.entry);
-                        seen.insert((format!("{:?}", step.program), step.entry));
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                for call in calls {
+                    let plan = plan_as(shape, layout, dtype, limits, operation(call));
+                    for (affine, epilogue) in variations {
+                        let call = with_epilogue(call, epilogue);
+                        for step in steps(&plan, call, &with_affine(affine)) {
+                            let bound: BTreeSet<u32> =
+                                step.bindings.iter().map(|b| b.role.binding()).collect();
+                            assert_eq!(bound.len(), step.bindings.len(), "{step:?}");
+                            let variant = step.variant();
+                            let (used, reads_params) = sources
+                                .entry((variant, step.entry))
+                                .or_insert_with(|| used_bindings(variant, step.entry))
+                                .clone();
+                            assert_eq!(bound, used, "{variant:?} {}", step.entry);
+                            assert_eq!(step.params.is_some(), reads_params, "{}", step.entry);
+                            seen.insert((format!("{:?}", step.program), step.entry));
+                        }
                     }
                 }
             }
         }
         // Every entry point of every program was reached.
-        assert_eq!(seen.len(), 17, "{seen:?}");
+        assert_eq!(seen.len(), 19, "{seen:?}");
     }
 }

@@ -1,11 +1,13 @@
 //! Data that lives on the GPU between calls: [`Tensor`] (a batch-norm input or output, with
-//! shape and layout) and [`ChannelPair`] (two per-channel vectors packed in one buffer: gamma
-//! and beta, running mean and variance, saved mean and invstd, or dgamma and dbeta).
+//! shape, layout and storage type) and [`ChannelPair`] (two per-channel f32 vectors packed in
+//! one buffer: gamma and beta, running mean and variance, saved mean and invstd, or dgamma and
+//! dbeta).
 
 use std::sync::{Arc, Weak};
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
+use crate::dtype::{decode, encode, DType, Element};
 use crate::error::{BatchNormError, Result};
 use crate::gpu::GpuContext;
 use crate::layout::{ChannelView, Layout};
@@ -15,8 +17,8 @@ const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// An f32 tensor in GPU memory, with its shape in memory order and its layout. Clones share
-/// the tensor (a handle, as `wgpu::Buffer` is).
+/// A tensor in GPU memory, with its shape in memory order, its layout and its storage type
+/// (f32, f16 or bf16). Clones share the tensor (a handle, as `wgpu::Buffer` is).
 #[derive(Clone, Debug)]
 pub struct Tensor {
     inner: Arc<TensorInner>,
@@ -31,18 +33,32 @@ pub(crate) struct TensorInner {
     shape: Vec<usize>,
     layout: Layout,
     view: ChannelView,
+    dtype: DType,
 }
 
 impl Tensor {
-    /// Uploads `data` (in memory order) as a tensor of `shape` in `layout`.
+    /// Uploads `data` (in memory order) as a tensor of `shape` in `layout`, stored as the
+    /// elements' type: `f32`, `half::f16` or `half::bf16`.
     ///
     /// `shape` is in memory order: `[N, C, ...]` for channels-first, `[N, ..., C]` for
     /// channels-last.
-    pub fn from_slice(
+    pub fn from_slice<T: Element>(
+        ctx: &GpuContext,
+        data: &[T],
+        shape: &[usize],
+        layout: Layout,
+    ) -> Result<Self> {
+        let values: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
+        Self::from_f32_as(ctx, &values, shape, layout, T::DTYPE)
+    }
+
+    /// Uploads f32 `data` stored as `dtype` (each value rounded to nearest even).
+    pub fn from_f32_as(
         ctx: &GpuContext,
         data: &[f32],
         shape: &[usize],
         layout: Layout,
+        dtype: DType,
     ) -> Result<Self> {
         let view = ChannelView::new(shape, layout)?;
         if view.len() != data.len() {
@@ -52,20 +68,18 @@ impl Tensor {
                 actual: data.len(),
             });
         }
-        let tensor = Self::zeros(ctx, shape, layout)?;
+        let tensor = Self::zeros_as(ctx, shape, layout, dtype)?;
         if !data.is_empty() {
-            ctx.checked(|_| {
-                ctx.queue()
-                    .write_buffer(tensor.buffer(), 0, bytemuck::cast_slice(data))
-            })?;
+            let bytes = encode(data, dtype);
+            ctx.checked(|_| ctx.queue().write_buffer(tensor.buffer(), 0, &bytes))?;
         }
         Ok(tensor)
     }
 
     /// Uploads an ndarray whose shape is in memory order for `layout` (any strides).
-    pub fn from_array(
+    pub fn from_array<T: Element>(
         ctx: &GpuContext,
-        array: ArrayViewD<'_, f32>,
+        array: ArrayViewD<'_, T>,
         layout: Layout,
     ) -> Result<Self> {
         let standard = array.as_standard_layout();
@@ -75,12 +89,22 @@ impl Tensor {
         Self::from_slice(ctx, data, array.shape(), layout)
     }
 
-    /// A tensor of zeros.
+    /// An f32 tensor of zeros.
     pub fn zeros(ctx: &GpuContext, shape: &[usize], layout: Layout) -> Result<Self> {
+        Self::zeros_as(ctx, shape, layout, DType::F32)
+    }
+
+    /// A tensor of zeros stored as `dtype`.
+    pub fn zeros_as(
+        ctx: &GpuContext,
+        shape: &[usize],
+        layout: Layout,
+        dtype: DType,
+    ) -> Result<Self> {
         let view = ChannelView::new(shape, layout)?;
         let bytes =
-            (view.len() as u64)
-                .checked_mul(F32_BYTES)
+            dtype
+                .buffer_bytes(view.len() as u64)
                 .ok_or(BatchNormError::TooManyElements {
                     shape: shape.to_vec(),
                 })?;
@@ -105,11 +129,12 @@ impl Tensor {
                 shape: shape.to_vec(),
                 layout,
                 view,
+                dtype,
             }),
         })
     }
 
-    /// Wraps a buffer the caller owns, the tensor starting at its first byte: the same as
+    /// Wraps a buffer the caller owns as an f32 tensor starting at its first byte: the same as
     /// [`Tensor::from_buffer_at`] at offset 0.
     pub fn from_buffer(
         ctx: &GpuContext,
@@ -117,18 +142,11 @@ impl Tensor {
         shape: &[usize],
         layout: Layout,
     ) -> Result<Self> {
-        Self::from_buffer_at(ctx, buffer, 0, shape, layout)
+        Self::from_buffer_as(ctx, buffer, 0, shape, layout, DType::F32)
     }
 
-    /// A tensor that lives in a caller's buffer, starting `offset` bytes into it: activations
-    /// inside a training loop's own buffers, no copy. The offset need only be a multiple of
-    /// the element size (4 bytes for f32); the buffer needs `STORAGE` usage (and `COPY_SRC` to
-    /// download, `COPY_DST` to upload or fill) and must have been created on `ctx`'s device:
-    /// wgpu exposes no buffer's device to check, and a buffer of another device has been seen
-    /// accepted without an error on a software adapter.
-    ///
-    /// An input and the output of one call may be views of one buffer when their ranges do not
-    /// overlap; overlapping ranges are refused ([`BatchNormError::OverlappingViews`]).
+    /// An f32 tensor in a caller's buffer, `offset` bytes into it: [`Tensor::from_buffer_as`]
+    /// with [`DType::F32`].
     pub fn from_buffer_at(
         ctx: &GpuContext,
         buffer: wgpu::Buffer,
@@ -136,16 +154,41 @@ impl Tensor {
         shape: &[usize],
         layout: Layout,
     ) -> Result<Self> {
+        Self::from_buffer_as(ctx, buffer, offset, shape, layout, DType::F32)
+    }
+
+    /// A tensor of `dtype` that lives in a caller's buffer, starting `offset` bytes into it:
+    /// activations inside a training loop's own buffers, no copy. The offset must be a
+    /// multiple of 4 bytes: the element size for f32, and for f16 and bf16 a whole 32-bit word
+    /// (the kernels store two half elements to a word, and no two threads may write halves of
+    /// one word). A half tensor with an odd element count spans its last word whole (the
+    /// kernels leave that word's other half as it was), so the buffer must hold it. The buffer
+    /// needs `STORAGE` usage (and `COPY_SRC` to download, `COPY_DST` to upload or fill) and
+    /// must have been created on `ctx`'s device: wgpu exposes no buffer's device to check, and
+    /// a buffer of another device has been seen accepted without an error on a software
+    /// adapter.
+    ///
+    /// An input and the output of one call may be views of one buffer when their ranges do not
+    /// overlap; overlapping ranges are refused ([`BatchNormError::OverlappingViews`]).
+    pub fn from_buffer_as(
+        ctx: &GpuContext,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+        layout: Layout,
+        dtype: DType,
+    ) -> Result<Self> {
         let view = ChannelView::new(shape, layout)?;
-        if !offset.is_multiple_of(F32_BYTES) {
+        if !offset.is_multiple_of(dtype.view_alignment()) {
             return Err(BatchNormError::MisalignedView {
                 offset,
-                element_bytes: F32_BYTES,
+                alignment: dtype.view_alignment(),
+                dtype,
             });
         }
         let bytes =
-            (view.len() as u64)
-                .checked_mul(F32_BYTES)
+            dtype
+                .buffer_bytes(view.len() as u64)
                 .ok_or(BatchNormError::TooManyElements {
                     shape: shape.to_vec(),
                 })?;
@@ -165,46 +208,85 @@ impl Tensor {
                 shape: shape.to_vec(),
                 layout,
                 view,
+                dtype,
             }),
         })
     }
 
-    /// Downloads the tensor in memory order.
+    /// Downloads the tensor in memory order, as f32 (exact for every storage type).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        require_usage(
-            &self.inner.buffer,
-            wgpu::BufferUsages::COPY_SRC,
-            "a download",
-        )?;
-        read_buffer(
-            &self.inner.ctx,
-            &self.inner.buffer,
-            self.inner.offset,
-            self.inner.view.len(),
-        )
+        let bytes = self.download()?;
+        Ok(decode(&bytes, self.inner.dtype, self.len()))
     }
 
-    /// Downloads the tensor as an ndarray of its memory-order shape.
+    /// Downloads the tensor as its own element type: refused unless `T` is its storage type.
+    pub fn to_vec_of<T: Element>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.inner.dtype {
+            return Err(BatchNormError::DTypeMismatch {
+                what: "the requested element type",
+                expected: self.inner.dtype,
+                actual: T::DTYPE,
+            });
+        }
+        let bytes = self.download()?;
+        let used = self.len() * self.inner.dtype.bytes() as usize;
+        Ok(bytemuck::pod_collect_to_vec(&bytes[..used]))
+    }
+
+    /// Downloads the tensor as an f32 ndarray of its memory-order shape.
     pub fn to_array(&self) -> Result<ArrayD<f32>> {
         let data = self.to_vec()?;
         Ok(ArrayD::from_shape_vec(IxDyn(&self.inner.shape), data)
             .expect("the shape was checked against the length at creation"))
     }
 
-    /// Overwrites every element with `value` (tests fill outputs with NaN before a run, so an
-    /// element that no kernel wrote shows up).
+    /// The tensor's bytes, in whole words.
+    fn download(&self) -> Result<Vec<u8>> {
+        require_usage(
+            &self.inner.buffer,
+            wgpu::BufferUsages::COPY_SRC,
+            "a download",
+        )?;
+        read_bytes(
+            &self.inner.ctx,
+            &self.inner.buffer,
+            self.inner.offset,
+            self.word_bytes(),
+        )
+    }
+
+    /// Bytes the tensor spans, rounded up to whole words.
+    fn word_bytes(&self) -> u64 {
+        (self.len() as u64 * self.inner.dtype.bytes()).next_multiple_of(4)
+    }
+
+    /// Overwrites every element with `value`, rounded to the storage type (tests fill outputs
+    /// with NaN before a run, so an element that no kernel wrote shows up). A half tensor with
+    /// an odd element count keeps the other half of its last word.
     pub fn fill(&self, value: f32) -> Result<()> {
         if self.is_empty() {
             return Ok(());
         }
         require_usage(&self.inner.buffer, wgpu::BufferUsages::COPY_DST, "a fill")?;
-        let data = vec![value; self.inner.view.len()];
-        self.inner.ctx.checked(|_| {
-            self.inner.ctx.queue().write_buffer(
+        let dtype = self.inner.dtype;
+        let mut bytes = encode(&vec![value; self.len()], dtype);
+        let used = self.len() * dtype.bytes() as usize;
+        if used < bytes.len() {
+            // The last word's other half is not the tensor's: keep it.
+            let last_word = self.word_bytes() - 4;
+            let kept = read_bytes(
+                &self.inner.ctx,
                 &self.inner.buffer,
-                self.inner.offset,
-                bytemuck::cast_slice(&data),
-            )
+                self.inner.offset + last_word,
+                4,
+            )?;
+            bytes[used..].copy_from_slice(&kept[used - last_word as usize..]);
+        }
+        self.inner.ctx.checked(|_| {
+            self.inner
+                .ctx
+                .queue()
+                .write_buffer(&self.inner.buffer, self.inner.offset, &bytes)
         })?;
         self.inner.ctx.submit_and_wait(
             self.inner
@@ -222,6 +304,11 @@ impl Tensor {
     /// Memory layout.
     pub fn layout(&self) -> Layout {
         self.inner.layout
+    }
+
+    /// Storage type.
+    pub fn dtype(&self) -> DType {
+        self.inner.dtype
     }
 
     /// The `[outer][channels][inner]` view of this tensor.
@@ -254,9 +341,9 @@ impl Tensor {
         self.inner.offset
     }
 
-    /// The bytes of its buffer the tensor spans.
+    /// The bytes of its buffer the tensor's elements span.
     pub fn byte_range(&self) -> std::ops::Range<u64> {
-        self.inner.offset..self.inner.offset + self.inner.view.len() as u64 * F32_BYTES
+        self.inner.offset..self.inner.offset + self.len() as u64 * self.inner.dtype.bytes()
     }
 
     /// The context the tensor lives in.
@@ -269,17 +356,19 @@ impl Tensor {
         Arc::downgrade(&self.inner)
     }
 
-    /// A new tensor with this one's shape and layout for an output: zeros, or the context's
-    /// debug fill.
+    /// A new tensor with this one's shape, layout and storage type for an output: zeros, or
+    /// the context's debug fill.
     pub(crate) fn output_like(&self) -> Result<Self> {
-        let tensor = Self::zeros(&self.inner.ctx, &self.inner.shape, self.inner.layout)?;
-        self.inner
+        let inner = &self.inner;
+        let tensor = Self::zeros_as(&inner.ctx, &inner.shape, inner.layout, inner.dtype)?;
+        inner
             .ctx
-            .apply_debug_fill(tensor.buffer(), self.len() as u64 * F32_BYTES)?;
+            .apply_debug_fill(tensor.buffer(), self.len() as u64, inner.dtype)?;
         Ok(tensor)
     }
 
-    /// Refuses `other` unless it has this tensor's shape and layout and lives on its device.
+    /// Refuses `other` unless it has this tensor's shape, layout and storage type and lives on
+    /// its device.
     pub(crate) fn check_same_shape(&self, other: &Tensor, what: &'static str) -> Result<()> {
         if !self.inner.ctx.same_as(&other.inner.ctx) {
             return Err(BatchNormError::ContextMismatch);
@@ -291,6 +380,13 @@ impl Tensor {
                 expected_layout: self.inner.layout,
                 actual: other.inner.shape.clone(),
                 actual_layout: other.inner.layout,
+            });
+        }
+        if self.inner.dtype != other.inner.dtype {
+            return Err(BatchNormError::DTypeMismatch {
+                what,
+                expected: self.inner.dtype,
+                actual: other.inner.dtype,
             });
         }
         Ok(())
@@ -307,8 +403,9 @@ pub struct ChannelPair {
 }
 
 impl ChannelPair {
-    /// Uploads two vectors of equal length.
-    pub fn new(ctx: &GpuContext, first: &[f32], second: &[f32]) -> Result<Self> {
+    /// Uploads two vectors of equal length, converted to f32 (half-precision parameters are
+    /// kept in f32, as PyTorch keeps them for a half batch norm).
+    pub fn new<T: Element>(ctx: &GpuContext, first: &[T], second: &[T]) -> Result<Self> {
         if first.len() != second.len() {
             return Err(BatchNormError::ParameterLength {
                 what: "the second vector",
@@ -353,7 +450,7 @@ impl ChannelPair {
     /// fill.
     pub(crate) fn output(ctx: &GpuContext, channels: usize) -> Result<Self> {
         let pair = Self::zeros(ctx, channels)?;
-        ctx.apply_debug_fill(&pair.buffer, channels as u64 * 2 * F32_BYTES)?;
+        ctx.apply_debug_fill(&pair.buffer, channels as u64 * 2, DType::F32)?;
         Ok(pair)
     }
 
@@ -364,13 +461,20 @@ impl ChannelPair {
 
     /// Downloads both vectors.
     pub fn read(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let mut both = read_buffer(&self.ctx, &self.buffer, 0, 2 * self.channels)?;
+        let bytes = read_bytes(
+            &self.ctx,
+            &self.buffer,
+            0,
+            2 * self.channels as u64 * F32_BYTES,
+        )?;
+        let mut both = decode(&bytes, DType::F32, 2 * self.channels);
         let second = both.split_off(self.channels);
         Ok((both, second))
     }
 
-    /// Overwrites both vectors; refused (and nothing written) unless each has `channels` values.
-    pub fn write(&self, first: &[f32], second: &[f32]) -> Result<()> {
+    /// Overwrites both vectors (converted to f32); refused (and nothing written) unless each
+    /// has `channels` values.
+    pub fn write<T: Element>(&self, first: &[T], second: &[T]) -> Result<()> {
         for (what, values) in [("the first vector", first), ("the second vector", second)] {
             if values.len() != self.channels {
                 return Err(BatchNormError::ParameterLength {
@@ -383,7 +487,7 @@ impl ChannelPair {
         if self.channels == 0 {
             return Ok(());
         }
-        let both = [first, second].concat();
+        let both = [to_f32(first), to_f32(second)].concat();
         self.ctx.checked(|_| {
             self.ctx
                 .queue()
@@ -421,17 +525,17 @@ fn require_usage(
     }
 }
 
-/// Copies `len` floats of `buffer` from byte `offset` to the host and waits for them.
-fn read_buffer(
-    ctx: &GpuContext,
-    buffer: &wgpu::Buffer,
-    offset: u64,
-    len: usize,
-) -> Result<Vec<f32>> {
-    if len == 0 {
+/// Values as f32.
+fn to_f32<T: Element>(values: &[T]) -> Vec<f32> {
+    values.iter().map(|v| v.to_f32()).collect()
+}
+
+/// Copies `bytes` bytes (a multiple of 4) of `buffer` from byte `offset` to the host and waits
+/// for them.
+fn read_bytes(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+    if bytes == 0 {
         return Ok(Vec::new());
     }
-    let bytes = len as u64 * F32_BYTES;
     let staging = ctx.checked(|device| {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-batchnorm readback"),
@@ -457,7 +561,7 @@ fn read_buffer(
         .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
     let mapped = receiver.recv().ok().and_then(Result::ok).and_then(|()| {
         let range = staging.slice(..).get_mapped_range().ok()?;
-        Some(bytemuck::cast_slice::<u8, f32>(&range).to_vec())
+        Some(range.to_vec())
     });
     let Some(data) = mapped else {
         return Err(ctx.lost_now("a download could not map its buffer"));

@@ -13,7 +13,9 @@
 
 use std::sync::Weak;
 
+use crate::dtype::DType;
 use crate::encode::Prepared;
+use crate::epilogue::EpilogueKind;
 use crate::layout::Layout;
 use crate::tensor::{ChannelPair, Tensor, TensorInner};
 
@@ -25,8 +27,11 @@ pub(crate) const CAPACITY: usize = 16;
 pub(crate) struct Key {
     /// Training forward, inference forward, or backward (through batch statistics or not).
     pub kind: Kind,
+    /// The epilogue the dispatches are specialized for.
+    pub epilogue: EpilogueKind,
     pub shape: Vec<usize>,
     pub layout: Layout,
+    pub dtype: DType,
     /// Each tensor's buffer and offset, then any other buffer the dispatches bind.
     pub buffers: Vec<(wgpu::Buffer, u64)>,
 }
@@ -47,12 +52,20 @@ pub(crate) enum Kind {
 }
 
 impl Key {
-    /// The key of a call of `kind` on `tensors` (their buffers and offsets) and `others`.
-    pub fn new(kind: Kind, tensors: &[&Tensor], others: &[&wgpu::Buffer]) -> Self {
+    /// The key of a call of `kind` with `epilogue` on `tensors` (their buffers and offsets)
+    /// and `others`.
+    pub fn new(
+        kind: Kind,
+        epilogue: EpilogueKind,
+        tensors: &[&Tensor],
+        others: &[&wgpu::Buffer],
+    ) -> Self {
         Key {
             kind,
+            epilogue,
             shape: tensors[0].shape().to_vec(),
             layout: tensors[0].layout(),
+            dtype: tensors[0].dtype(),
             buffers: tensors
                 .iter()
                 .map(|t| (t.buffer().clone(), t.offset()))

@@ -357,6 +357,103 @@ fn the_chain_writes_its_measurements() {
     std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
 }
 
+/// `--dtype` and `--epilogue`: every combination runs, is checked, is labelled with its type
+/// and epilogue, and counts the bytes it must move at its storage size (the backward of
+/// add-ReLU in bf16 reads x, dy and y and writes dx and dz: 10 bytes per element).
+#[test]
+fn storage_types_and_epilogues_are_cases_of_their_own() {
+    let dir = scratch_dir();
+    let json = dir.join("d.json").to_string_lossy().into_owned();
+    let cli = bnbench::cli::Cli::try_parse_from([
+        "bnbench",
+        "--shape",
+        "4,6,5,5",
+        "--layout",
+        "channels-last",
+        "--dtype",
+        "bf16",
+        "--dtype",
+        "f32",
+        "--epilogue",
+        "add-relu",
+        "--epilogue",
+        "relu",
+        "--reps",
+        "2",
+        "--warmup",
+        "1",
+        "--warmup-ms",
+        "0",
+        "--rotate-mib",
+        "1",
+        "--json",
+        &json,
+    ])
+    .expect("a valid command line");
+    let report = bnbench::run(&cli).expect("a run").expect("a report");
+    assert_eq!(report.failures(), 0);
+    let root: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let cases = root["runs"][0]["cases"].as_array().expect("cases");
+    let seen: Vec<(String, String, String)> = cases
+        .iter()
+        .map(|c| {
+            (
+                c["dtype"].as_str().unwrap().to_string(),
+                c["epilogue"].as_str().unwrap().to_string(),
+                c["op"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut want = Vec::new();
+    for dtype in ["bf16", "f32"] {
+        for epilogue in ["add-relu", "relu"] {
+            for op in ["train-forward", "eval-forward", "backward"] {
+                want.push((dtype.to_string(), epilogue.to_string(), op.to_string()));
+            }
+        }
+    }
+    assert_eq!(
+        seen, want,
+        "dtypes, then epilogues, then operations, in the order given"
+    );
+    let elements = 4 * 6 * 5 * 5;
+    for case in cases {
+        let bytes_per_element = match (
+            case["dtype"].as_str().unwrap(),
+            case["epilogue"].as_str().unwrap(),
+            case["op"].as_str().unwrap(),
+        ) {
+            ("bf16", "add-relu", "backward") => 10,
+            ("bf16", "relu", "backward") => 8,
+            ("bf16", "add-relu", _) => 6,
+            ("bf16", "relu", _) => 4,
+            ("f32", "add-relu", "backward") => 20,
+            ("f32", "relu", "backward") => 16,
+            ("f32", "add-relu", _) => 12,
+            _ => 8,
+        };
+        assert_eq!(case["min_bytes"], elements * bytes_per_element, "{case}");
+        assert_eq!(case["check"], "passed");
+    }
+    let label = |c: &Value| {
+        format!(
+            "{} 4x6x5x5 NHWC{}",
+            c["op"].as_str().unwrap(),
+            match (
+                c["dtype"].as_str().unwrap(),
+                c["epilogue"].as_str().unwrap()
+            ) {
+                ("f32", e) => format!(" {e}"),
+                (d, e) => format!(" {d} {e}"),
+            }
+        )
+    };
+    for (case, result) in cases.iter().zip(&report.runs[0].cases) {
+        assert_eq!(result.label(), label(case));
+    }
+    std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
+}
+
 #[test]
 fn bad_shapes_are_refused_with_a_message() {
     for shape in ["64", "0,3", "1,8", "2,x,4"] {

@@ -15,7 +15,7 @@ use common::normal_data;
 use ndarray::ArrayD;
 use wgpu_batchnorm::plan::{plan, Operation, PlanLimits};
 use wgpu_batchnorm::reference::{self, BatchStatistics};
-use wgpu_batchnorm::{ChannelView, Layout};
+use wgpu_batchnorm::{ChannelView, DType, Layout};
 
 const SHAPE: [usize; 4] = [4, 3, 8, 8];
 const LAYOUT: Layout = Layout::ChannelsFirst;
@@ -160,7 +160,7 @@ fn backward_inputs<'a>(
     through: Through,
 ) -> BackwardInputs<'a> {
     let limits = PlanLimits::new(&wgpu::Limits::default(), wgpu::DeviceType::Cpu);
-    let plan = plan(view(), limits, Operation::Backward).unwrap();
+    let plan = plan(view(), DType::F32, limits, Operation::Backward).unwrap();
     BackwardInputs {
         forward: forward.clone(),
         dy: dy.view(),

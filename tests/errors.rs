@@ -205,7 +205,10 @@ fn element_count_overflow_is_refused() {
         (&[1 << 32, 1 << 16, 1 << 16], LAST),
     ];
     for (shape, layout) in cases {
-        let error = refused("overflow", Tensor::from_slice(&ctx, &[], shape, layout));
+        let error = refused(
+            "overflow",
+            Tensor::from_slice::<f32>(&ctx, &[], shape, layout),
+        );
         assert!(
             matches!(&error, BatchNormError::TooManyElements { shape: s } if s == shape),
             "{shape:?} {layout:?}: {error:?}"
@@ -364,6 +367,7 @@ fn channel_count_must_match_the_layer() {
             training: true,
             momentum: 0.1,
             eps: 1e-5,
+            epilogue: wgpu_batchnorm::Epilogue::None,
         };
         let error = refused("functional", functional::batch_norm_into(&x, &y, &args));
         assert!(
@@ -389,6 +393,7 @@ fn channel_count_must_match_the_layer() {
             training: true,
             momentum: 0.1,
             eps: 1e-5,
+            epilogue: wgpu_batchnorm::Epilogue::None,
         },
     )
     .unwrap()
@@ -396,7 +401,14 @@ fn channel_count_must_match_the_layer() {
     let dx = sentinel(&[2, 3, 5], FIRST);
     let error = refused(
         "functional backward",
-        functional::batch_norm_backward_into(&x, &x, &dx, &saved, Some(&four)),
+        functional::batch_norm_backward_into(
+            &x,
+            &x,
+            &dx,
+            &saved,
+            Some(&four),
+            wgpu_batchnorm::EpilogueGrad::None,
+        ),
     );
     assert!(matches!(error, BatchNormError::ChannelMismatch { .. }));
     assert_untouched("dx", &dx);
@@ -433,6 +445,7 @@ fn eps_must_be_finite_non_negative_and_positive_in_training() {
                 training,
                 momentum: 0.1,
                 eps,
+                epilogue: wgpu_batchnorm::Epilogue::None,
             };
             let error = refused("functional", functional::batch_norm_into(&x, &y, &args));
             if training && eps.is_finite() {
@@ -500,6 +513,7 @@ fn eps_zero_is_refused_in_training_and_accepted_in_inference() {
         training: false,
         momentum: 0.1,
         eps: 0.0,
+        epilogue: wgpu_batchnorm::Epilogue::None,
     };
     let y = poisoned(&[2, 2], FIRST);
     functional::batch_norm_into(&x, &y, &args).expect("inference with eps = 0");
@@ -530,6 +544,7 @@ fn momentum_must_lie_in_the_unit_interval() {
             training: true,
             momentum,
             eps: 1e-5,
+            epilogue: wgpu_batchnorm::Epilogue::None,
         };
         let error = refused("functional", functional::batch_norm_into(&x, &y, &args));
         assert!(
@@ -550,6 +565,7 @@ fn momentum_must_lie_in_the_unit_interval() {
             training: true,
             momentum,
             eps: 1e-5,
+            epilogue: wgpu_batchnorm::Epilogue::None,
         };
         functional::batch_norm(&x, &args).expect("momentum at an end of [0, 1]");
         let (mean, var) = running.read().unwrap();
@@ -626,6 +642,7 @@ fn training_needs_more_than_one_value_per_channel() {
             training: true,
             momentum: 0.1,
             eps: 1e-5,
+            epilogue: wgpu_batchnorm::Epilogue::None,
         };
         let error = refused("functional", functional::batch_norm_into(&x, &y, &args));
         assert!(matches!(
@@ -716,7 +733,14 @@ fn saved_statistics_of_another_shape_are_refused_in_backward() {
         assert_untouched("dx", &dx);
         let error = refused(
             "functional saved",
-            functional::batch_norm_backward_into(&x, &dy, &dx, saved, layer.affine()),
+            functional::batch_norm_backward_into(
+                &x,
+                &dy,
+                &dx,
+                saved,
+                layer.affine(),
+                wgpu_batchnorm::EpilogueGrad::None,
+            ),
         );
         assert!(matches!(error, BatchNormError::ShapeMismatch { .. }));
         assert_untouched("dx", &dx);
@@ -842,6 +866,7 @@ fn what_a_layer_does_not_have_is_unsupported() {
             training: false,
             momentum: 0.1,
             eps: 1e-5,
+            epilogue: wgpu_batchnorm::Epilogue::None,
         };
         let error = refused("inference", functional::batch_norm_into(&x, &y, &args));
         assert!(matches!(error, BatchNormError::Unsupported(_)), "{error:?}");
@@ -937,6 +962,7 @@ fn tensors_of_two_contexts_cannot_be_mixed() {
             training: true,
             momentum: 0.1,
             eps: 1e-5,
+            epilogue: wgpu_batchnorm::Epilogue::None,
         };
         is_mismatch(refused(
             "functional",
@@ -947,7 +973,14 @@ fn tensors_of_two_contexts_cannot_be_mixed() {
     assert_eq!(pair_bits(&my_running), running_bits);
     is_mismatch(refused(
         "functional backward",
-        functional::batch_norm_backward_into(&mine, &mine, &dx, &saved, Some(&their_pair)),
+        functional::batch_norm_backward_into(
+            &mine,
+            &mine,
+            &dx,
+            &saved,
+            Some(&their_pair),
+            wgpu_batchnorm::EpilogueGrad::None,
+        ),
     ));
     assert_untouched("dx", &dx);
 }
@@ -971,7 +1004,8 @@ fn empty_batch_gives_empty_outputs_and_counts_only_in_training() {
                 momentum,
                 ..BatchNormConfig::default()
             });
-            let x = Tensor::from_slice(&context(), &[], shape, layout).expect("empty upload");
+            let x =
+                Tensor::from_slice::<f32>(&context(), &[], shape, layout).expect("empty upload");
             assert!(x.is_empty());
             for training in [true, false] {
                 layer.set_training(training);
@@ -1004,7 +1038,7 @@ fn empty_batch_gives_empty_outputs_and_counts_only_in_training() {
         track_running_stats: false,
         ..BatchNormConfig::default()
     });
-    let empty = Tensor::from_slice(&context(), &[], &[0, 3], FIRST).unwrap();
+    let empty = Tensor::from_slice::<f32>(&context(), &[], &[0, 3], FIRST).unwrap();
     untracked.forward(&empty).expect("empty forward");
     assert_eq!(untracked.num_batches_tracked(), 0);
     // Functional, with running stats that must stay as they are.
@@ -1019,6 +1053,7 @@ fn empty_batch_gives_empty_outputs_and_counts_only_in_training() {
             training,
             momentum: 0.5,
             eps: 1e-5,
+            epilogue: wgpu_batchnorm::Epilogue::None,
         };
         let (y, _) = functional::batch_norm(&x, &args).expect("empty functional");
         assert!(y.is_empty());

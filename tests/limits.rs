@@ -200,15 +200,24 @@ fn a_caller_owned_device_buffers_and_encoder() {
         training: true,
         momentum: 0.1,
         eps: 1e-5,
+        epilogue: wgpu_batchnorm::Epilogue::None,
     };
 
     // One encoder, one submission: forward then backward.
     let mut encoder = device.create_command_encoder(&Default::default());
     let saved = record_batch_norm(&mut encoder, &x, &y, &args, None).unwrap();
-    let params =
-        record_batch_norm_backward(&mut encoder, &x, &dy, &dx, &saved, Some(&affine), None)
-            .unwrap()
-            .unwrap();
+    let params = record_batch_norm_backward(
+        &mut encoder,
+        &x,
+        &dy,
+        &dx,
+        &saved,
+        Some(&affine),
+        wgpu_batchnorm::EpilogueGrad::None,
+        None,
+    )
+    .unwrap()
+    .unwrap();
     queue.submit([encoder.finish()]);
 
     let x_host = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), x_data).unwrap();
@@ -272,16 +281,18 @@ fn a_device_below_the_kernels_needs_is_refused() {
         caller_device("a downlevel device", |_| wgpu::Limits::downlevel_defaults());
     let error = GpuContext::from_device(device, queue, adapter.get_info().into())
         .expect_err("4 storage buffers per stage are too few");
+    // 8: the add-ReLU backward's dx kernel binds x, dy, y, dx, dz, the saved statistics,
+    // gamma and beta, and dgamma and dbeta (a naga unit test in src/shader counts them).
     assert!(matches!(
         error,
         wgpu_batchnorm::BatchNormError::InsufficientLimit {
             limit: "max_storage_buffers_per_shader_stage",
-            required: 6,
+            required: 8,
             actual: 4
         }
     ));
     // Workgroup memory: the fused channels-last forward declares 4352 bytes (the naga unit test
-    // in src/kernels/mod.rs measures every entry point).
+    // in src/shader/mod.rs measures every entry point).
     let (adapter, device, queue) =
         caller_device("little workgroup memory", |limits| wgpu::Limits {
             max_compute_workgroup_storage_size: 4096,

@@ -524,6 +524,7 @@ fn what_pytorch_refuses_is_refused() {
             training: refusal.training,
             momentum: 0.1,
             eps: refusal.eps,
+            epilogue: wgpu_batchnorm::Epilogue::None,
         };
         let error = functional::batch_norm_into(&x, &y, &args)
             .expect_err(&format!("{name}: PyTorch refuses it"));
@@ -575,6 +576,7 @@ fn what_pytorch_refuses_is_refused() {
         training: false,
         momentum: 0.1,
         eps: 0.0,
+        epilogue: wgpu_batchnorm::Epilogue::None,
     };
     let (y, _) = functional::batch_norm(&x, &args).expect("eps = 0 in inference");
     assert_eq!(y.to_vec().unwrap(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);

@@ -14,7 +14,7 @@ use common::scenario::{read_saved, require};
 use common::{normal_data, plan_of, planned, PlanClaim, Planned, PlannedCase, SPLIT_CASES};
 use ndarray::{ArrayD, IxDyn};
 use wgpu_batchnorm::plan::{FinalizeKind, Operation};
-use wgpu_batchnorm::{BatchNorm, BatchNormError, ChannelView, GpuContext, Layout, Tensor};
+use wgpu_batchnorm::{BatchNorm, BatchNormError, ChannelView, DType, GpuContext, Layout, Tensor};
 
 /// What the arena holds outside the views.
 const SENTINEL: f32 = 7.25;
@@ -266,7 +266,8 @@ fn views_that_cannot_be_are_refused() {
             error,
             BatchNormError::MisalignedView {
                 offset: 6,
-                element_bytes: 4
+                alignment: 4,
+                dtype: DType::F32
             }
         ),
         "{error:?}"

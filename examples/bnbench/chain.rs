@@ -11,8 +11,9 @@ use wgpu_batchnorm::{
     BatchNorm, ChannelPair, GpuContext, PassTimestamps, Result, SavedStats, Tensor,
 };
 
+use super::case::{Case, DTypeChoice, EpilogueChoice, LayoutChoice, Op};
 use super::check::{self, Check};
-use super::suite::{Case, HostData, LayoutChoice, Normal, Op};
+use super::suite::{HostData, Normal};
 use super::timing::{awaited_calls, back_to_back, host_cost, BenchResult, GpuTimer, TimeSummary};
 
 /// A network whose batch norms make a chain.
@@ -150,6 +151,8 @@ impl ChainWorkload {
                 op: Op::TrainForward,
                 layout,
                 shape: spec.shape(batch),
+                dtype: DTypeChoice::F32,
+                epilogue: EpilogueChoice::None,
             };
             let (shape, lib_layout) = (case.memory_shape(), layout.layout());
             let elements = case.elements();
@@ -229,11 +232,15 @@ impl ChainWorkload {
                     op,
                     layout: self.layout,
                     shape: l.spec.shape(self.batch),
+                    dtype: DTypeChoice::F32,
+                    epilogue: EpilogueChoice::None,
                 };
                 let elements = case.elements();
                 let host = HostData {
                     x: self.x[..elements].to_vec(),
                     dy: (op == Op::Backward).then(|| self.dy[..elements].to_vec()),
+                    z: None,
+                    forward_y: None,
                     gamma: l.gamma.clone(),
                     beta: l.beta.clone(),
                     running_mean: vec![0.0; l.spec.channels],
@@ -242,7 +249,7 @@ impl ChainWorkload {
                 SampleCheck {
                     layer: l.spec.name.clone(),
                     op,
-                    check: check::check(&case, &host, output, params),
+                    check: check::check(&case, &host, output, params, None),
                 }
             };
         Ok(vec![

@@ -6,8 +6,9 @@ use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use wgpu_batchnorm::AdapterOptions;
 
+use super::case::{DTypeChoice, EpilogueChoice, LayoutChoice, Op};
 use super::chain::Chain;
-use super::suite::{LayoutChoice, Op, FULL_SHAPES, QUICK_SHAPES};
+use super::suite::{FULL_SHAPES, QUICK_SHAPES};
 
 const MIB: u64 = 1 << 20;
 
@@ -47,7 +48,7 @@ pub struct Cli {
     /// Reports host CPU time and GPU time per step, and checks a sample against the reference.
     /// Runs in each layout asked for; --reps is the number of steps [default: 20, or 5 on a
     /// CPU adapter].
-    #[arg(long, value_enum, conflicts_with_all = ["quick", "shape", "op", "svg", "max_elements"])]
+    #[arg(long, value_enum, conflicts_with_all = ["quick", "shape", "op", "svg", "max_elements", "dtype", "epilogue"])]
     pub chain: Option<Chain>,
 
     /// The chain's batch size N [default: 32, or 2 on a CPU adapter].
@@ -61,6 +62,16 @@ pub struct Cli {
     /// Only this layout. Repeatable [default: both; 2-D shapes run once].
     #[arg(long, value_enum)]
     pub layout: Vec<LayoutChoice>,
+
+    /// Storage type of x, y, dy, dx and the shortcut (statistics stay f32). Repeatable
+    /// [default: f32].
+    #[arg(long, value_enum)]
+    pub dtype: Vec<DTypeChoice>,
+
+    /// What follows the normalization in the same kernels: none, relu (y = relu(bn(x))),
+    /// add-relu (y = relu(bn(x) + z)). Repeatable [default: none].
+    #[arg(long, value_enum)]
+    pub epilogue: Vec<EpilogueChoice>,
 
     /// Timed runs per case; also the number of calls of each host measurement
     /// [default: 50, or 10 with --quick; with --chain, steps: 20, or 5 on a CPU adapter].
@@ -182,6 +193,10 @@ pub struct Settings {
     pub ops: Vec<Op>,
     /// Layouts.
     pub layouts: Vec<LayoutChoice>,
+    /// Storage types.
+    pub dtypes: Vec<DTypeChoice>,
+    /// Epilogues.
+    pub epilogues: Vec<EpilogueChoice>,
     /// The network whose chain of batch norms runs instead of the suite.
     pub chain: Option<Chain>,
     /// The chain's batch size (`None`: the adapter's default).
@@ -239,10 +254,27 @@ impl Cli {
             shapes,
             ops: chosen_or_all(&self.op, &Op::ALL),
             layouts: chosen_or_all(&self.layout, &LayoutChoice::ALL),
+            dtypes: chosen_or(&self.dtype, DTypeChoice::F32),
+            epilogues: chosen_or(&self.epilogue, EpilogueChoice::None),
             chain: self.chain,
             batch: self.batch.map(|batch| batch as usize),
         }
     }
+}
+
+/// The values chosen on the command line, once each, in the order given; `default` when none
+/// was.
+fn chosen_or<T: Copy + PartialEq>(chosen: &[T], default: T) -> Vec<T> {
+    let mut values: Vec<T> = Vec::new();
+    for &value in chosen {
+        if !values.contains(&value) {
+            values.push(value);
+        }
+    }
+    if values.is_empty() {
+        values.push(default);
+    }
+    values
 }
 
 /// The values chosen on the command line, once each, in the suite's order; all when none was.

@@ -1,5 +1,6 @@
 //! `bnbench`: times this crate's batch norm (training forward, inference forward, backward
-//! through the batch statistics; channels-first and channels-last) on one or more wgpu
+//! through the batch statistics; channels-first and channels-last; f32, f16 and bf16 storage;
+//! with or without a fused ReLU or add-ReLU) on one or more wgpu
 //! adapters, compares each case's bandwidth with a streaming kernel on the same adapter, checks
 //! every timed result against the f64 CPU reference, measures the host's cost of a call, and
 //! writes a terminal table, JSON, CSV, Markdown and an SVG chart. `--chain` times instead the
@@ -9,17 +10,19 @@
 //! cargo run --release --example bnbench -- --quick --json results.json
 //! cargo run --release --example bnbench -- --backend gl --shape 32,64,56,56 --svg chart.svg
 //! cargo run --release --example bnbench -- --all --markdown results.md
+//! cargo run --release --example bnbench -- --dtype f16 --epilogue add-relu --shape 64,256,56,56
 //! cargo run --release --example bnbench -- --chain resnet50 --batch 32
 //! ```
 //!
-//! The modules, in the order a run uses them: [`cli`] (options and settings), [`suite`] (cases
-//! and the GPU state they run on), [`chain`] (a network's batch norms as one training step,
+//! The modules, in the order a run uses them: [`cli`] (options and settings), [`case`] (what
+//! one case is, and the list of them), [`suite`] (the shapes, and the GPU state a case runs on), [`chain`] (a network's batch norms as one training step,
 //! `--chain`), [`runner`] (one adapter's run), [`roofline`] (the stream
 //! kernel), [`timing`] (timestamps, wall clock, host latency), [`check`] (the CPU reference),
 //! [`report`] (the results and their formats). `benches/batch_norm.rs` shares `suite` and
 //! `timing`; `tests/bnbench_outputs.rs` runs [`run`] itself. That test includes this file as a
 //! module, so the modules name each other with `super::` and `self::`, never `crate::`.
 
+pub mod case;
 pub mod chain;
 mod check;
 pub mod cli;
@@ -92,7 +95,13 @@ pub fn run(cli: &Cli) -> BenchResult<Option<Report>> {
     let (cases, items_per_adapter) = match settings.chain {
         Some(_) => (Vec::new(), settings.layouts.len()),
         None => {
-            let cases = suite::cases(&settings.shapes, &settings.ops, &settings.layouts);
+            let cases = case::cases(&case::Selection {
+                shapes: &settings.shapes,
+                layouts: &settings.layouts,
+                dtypes: &settings.dtypes,
+                epilogues: &settings.epilogues,
+                ops: &settings.ops,
+            });
             let count = cases.len();
             (cases, count)
         }

@@ -10,11 +10,12 @@ use plotters::prelude::*;
 use serde::Serialize;
 use wgpu_batchnorm::AdapterSummary;
 
+use super::case::{Case, DTypeChoice, EpilogueChoice, LayoutChoice, Op};
 use super::chain::ChainResult;
 use super::check::Check;
 use super::cli::Settings;
 use super::roofline::Roofline;
-use super::suite::{Case, LayoutChoice, Op, Workload};
+use super::suite::Workload;
 use super::timing::{BenchResult, TimeSummary, TimingMethod};
 
 /// Everything one `bnbench` run measured.
@@ -152,6 +153,10 @@ pub struct CaseResult {
     pub op: Op,
     /// Memory order.
     pub layout: LayoutChoice,
+    /// Storage type.
+    pub dtype: DTypeChoice,
+    /// Epilogue.
+    pub epilogue: EpilogueChoice,
     /// The memory order as NCHW, NHWC, NC...
     pub format: String,
     /// Logical shape `[N, C, ...]`.
@@ -212,6 +217,8 @@ impl CaseResult {
         CaseResult {
             op: case.op,
             layout: case.layout,
+            dtype: case.dtype,
+            epilogue: case.epilogue,
             format: case.format(),
             shape: case.shape.clone(),
             elements: case.elements(),
@@ -246,6 +253,8 @@ impl CaseResult {
             op: self.op,
             layout: self.layout,
             shape: self.shape.clone(),
+            dtype: self.dtype,
+            epilogue: self.epilogue,
         }
         .label()
     }
@@ -260,6 +269,10 @@ pub struct Skipped {
     pub layout: LayoutChoice,
     /// Logical shape.
     pub shape: Vec<usize>,
+    /// Storage type.
+    pub dtype: DTypeChoice,
+    /// Epilogue.
+    pub epilogue: EpilogueChoice,
     /// Why it did not run.
     pub reason: String,
     /// True when this is an error, not a choice (`--max-elements`) or a device too small.
@@ -273,6 +286,8 @@ impl Skipped {
             op: case.op,
             layout: case.layout,
             shape: case.shape.clone(),
+            dtype: case.dtype,
+            epilogue: case.epilogue,
             reason,
             failure,
         }
@@ -486,7 +501,9 @@ fn run_heading(run: &AdapterRun, settings: &Settings) -> Vec<String> {
             rotation
         ),
         stream,
-        "GB/s at the minimum bytes (8 per element forward, 12 backward) over the median GPU time; \
+        "GB/s at the minimum bytes (each tensor read or written once at its storage size: 8 per \
+         element forward, 12 backward in f32; the shortcut, dz and the backward's mask add theirs) \
+         over the median GPU time; \
          host b2b: wall time per call of a layer's calls submitted back to back; host 1 call: \
          one call submitted and awaited (median); record, submit: thread CPU time to record one \
          call of a layer (its dispatches prepared by earlier calls) and to submit it; record \
@@ -557,6 +574,8 @@ fn skipped_lines(run: &AdapterRun) -> Vec<String> {
                 op: s.op,
                 layout: s.layout,
                 shape: s.shape.clone(),
+                dtype: s.dtype,
+                epilogue: s.epilogue,
             };
             let what = if s.failure { "FAILED" } else { "skipped" };
             format!("{what}: {}: {}", case.label(), s.reason)
@@ -628,6 +647,8 @@ struct CsvRow<'a> {
     stream_gbps: f64,
     op: Op,
     layout: LayoutChoice,
+    dtype: DTypeChoice,
+    epilogue: EpilogueChoice,
     format: &'a str,
     shape: String,
     elements: usize,
@@ -694,6 +715,8 @@ pub fn write_csv(report: &Report, path: &Path) -> BenchResult<()> {
                 stream_gbps: run.stream.gbps,
                 op: case.op,
                 layout: case.layout,
+                dtype: case.dtype,
+                epilogue: case.epilogue,
                 format: &case.format,
                 shape: case
                     .shape

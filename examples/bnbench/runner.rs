@@ -4,14 +4,15 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use wgpu_batchnorm::{BatchNormError, GpuContext};
+use wgpu_batchnorm::{BatchNormError, GpuContext, Tensor};
 
+use super::case::Case;
 use super::chain::run_chain;
 use super::check;
 use super::cli::Settings;
 use super::report::{AdapterInfo, AdapterRun, CaseResult, HostTimes, Skipped};
 use super::roofline;
-use super::suite::{Case, Workload, LAYER_COPIES};
+use super::suite::{Workload, LAYER_COPIES};
 use super::timing::{
     awaited_calls, back_to_back, host_cost, warm_up, BenchResult, GpuTimer, TimeSummary,
     TimingMethod,
@@ -205,7 +206,14 @@ fn run_case(
     let gpu = TimeSummary::of(&seconds).ok_or("no timed run")?;
     let output = workload.output().to_vec()?;
     let params = params.map(|pair| pair.read()).transpose()?;
-    let check = check::check(case, workload.host(), &output, params.as_ref());
+    let shortcut_grad = workload.shortcut_grad().map(Tensor::to_vec).transpose()?;
+    let check = check::check(
+        case,
+        workload.host(),
+        &output,
+        params.as_ref(),
+        shortcut_grad.as_deref(),
+    );
     let host = measure_host(ctx, settings.case_reps(), &mut workload)?;
     Ok(CaseResult::new(&workload, gpu, stream_gbps, host, check))
 }

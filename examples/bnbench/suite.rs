@@ -1,17 +1,18 @@
-//! The benchmark suite: which cases run (shapes x layouts x operations), and the GPU state one
-//! case runs on (rotating input copies, an output, parameters and running stats).
+//! The benchmark suite: its shapes, and the GPU state one case runs on (rotating input copies,
+//! the outputs, parameters and running stats). The cases themselves are `case.rs`'s.
 //!
 //! Shared by the `bnbench` program and the criterion benches (`benches/batch_norm.rs`), so both
 //! time exactly the same work.
 
-use serde::Serialize;
 use wgpu_batchnorm::functional::{
     batch_norm_backward_into, batch_norm_into, record_batch_norm, record_batch_norm_backward,
 };
 use wgpu_batchnorm::{
-    BatchNorm, BatchNormConfig, ChannelPair, ForwardArgs, GpuContext, Layout, PassTimestamps,
-    Result, SavedStats, Tensor,
+    BatchNorm, BatchNormConfig, ChannelPair, DType, Epilogue, EpilogueGrad, ForwardArgs,
+    GpuContext, PassTimestamps, Result, SavedStats, Tensor,
 };
+
+use super::case::{Case, EpilogueChoice, Op};
 
 /// The full suite's shapes (logical order, `[N, C, ...]`): ResNet's batch norms at batch 64,
 /// two 2-D ones, a tiny one, and 1x3x100x101, whose rows (3 x 10100 values) are too long for
@@ -42,169 +43,19 @@ pub const MAX_COPIES: usize = 4096;
 /// prepared, so that its calls are the steady state of a training loop.
 pub const LAYER_COPIES: usize = 8;
 
-/// One batch-norm operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Op {
-    /// Training forward: batch statistics, normalize, running-stat update.
-    TrainForward,
-    /// Inference forward from the running stats.
-    EvalForward,
-    /// Backward through the batch statistics: dx, dgamma, dbeta.
-    Backward,
-}
-
-impl Op {
-    /// Every operation, in the order the suite runs them.
-    pub const ALL: [Op; 3] = [Op::TrainForward, Op::EvalForward, Op::Backward];
-
-    /// The name used in every report (and by `scripts/torch_bench.py`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::TrainForward => "train-forward",
-            Op::EvalForward => "eval-forward",
-            Op::Backward => "backward",
-        }
-    }
-
-    /// The least traffic the operation needs: each input read once, each output written once
-    /// (x and y forward; x, dy and dx backward).
-    pub fn bytes_per_element(self) -> u64 {
-        match self {
-            Op::TrainForward | Op::EvalForward => 8,
-            Op::Backward => 12,
-        }
-    }
-}
-
-/// Memory order of a case's tensors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LayoutChoice {
-    /// `[N, C, d1, ...]` (NCHW).
-    ChannelsFirst,
-    /// `[N, d1, ..., C]` (NHWC).
-    ChannelsLast,
-}
-
-impl LayoutChoice {
-    /// Both layouts, channels-first first.
-    pub const ALL: [LayoutChoice; 2] = [LayoutChoice::ChannelsFirst, LayoutChoice::ChannelsLast];
-
-    /// The library's layout.
-    pub fn layout(self) -> Layout {
-        match self {
-            LayoutChoice::ChannelsFirst => Layout::ChannelsFirst,
-            LayoutChoice::ChannelsLast => Layout::ChannelsLast,
-        }
-    }
-
-    /// The name used in every report (and by `scripts/torch_bench.py`).
-    pub fn name(self) -> &'static str {
-        match self {
-            LayoutChoice::ChannelsFirst => "channels-first",
-            LayoutChoice::ChannelsLast => "channels-last",
-        }
-    }
-}
-
-/// One timed case: an operation on a shape in a layout.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Case {
-    /// The operation.
-    pub op: Op,
-    /// Memory order.
-    pub layout: LayoutChoice,
-    /// Logical shape `[N, C, d1, ...]`, as PyTorch gives it whatever the memory order.
-    pub shape: Vec<usize>,
-}
-
-impl Case {
-    /// The shape in memory order (channels-last moves C to the end), as the library takes it.
-    pub fn memory_shape(&self) -> Vec<usize> {
-        let mut shape = self.shape.clone();
-        if self.layout == LayoutChoice::ChannelsLast {
-            let channels = shape.remove(1);
-            shape.push(channels);
-        }
-        shape
-    }
-
-    /// Number of channels C.
-    pub fn channels(&self) -> usize {
-        self.shape[1]
-    }
-
-    /// Number of elements.
-    pub fn elements(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// The least bytes the operation moves (see [`Op::bytes_per_element`]).
-    pub fn min_bytes(&self) -> u64 {
-        self.elements() as u64 * self.op.bytes_per_element()
-    }
-
-    /// The shape as `64x64x112x112`.
-    pub fn shape_text(&self) -> String {
-        self.shape
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join("x")
-    }
-
-    /// The memory order as PyTorch users name it: NC, NCL/NLC, NCHW/NHWC, NCDHW/NDHWC.
-    pub fn format(&self) -> String {
-        let first = match self.shape.len() {
-            2 => "NC",
-            3 => "NCL",
-            4 => "NCHW",
-            5 => "NCDHW",
-            _ => return self.layout.name().to_string(),
-        };
-        match self.layout {
-            LayoutChoice::ChannelsFirst => first.to_string(),
-            LayoutChoice::ChannelsLast => format!("N{}C", &first[2..]),
-        }
-    }
-
-    /// `train-forward 64x64x112x112 NCHW`.
-    pub fn label(&self) -> String {
-        format!("{} {} {}", self.op.name(), self.shape_text(), self.format())
-    }
-}
-
-/// The cases of a suite, shape by shape, then layout, then operation. A 2-D shape `[N, C]` is
-/// the same memory in both layouts, so it runs once (as channels-first) when either is asked for.
-pub fn cases(shapes: &[Vec<usize>], ops: &[Op], layouts: &[LayoutChoice]) -> Vec<Case> {
-    let mut cases = Vec::new();
-    for shape in shapes {
-        let shape_layouts: Vec<LayoutChoice> = if shape.len() == 2 {
-            vec![LayoutChoice::ChannelsFirst]
-        } else {
-            layouts.to_vec()
-        };
-        for &layout in &shape_layouts {
-            for &op in ops {
-                cases.push(Case {
-                    op,
-                    layout,
-                    shape: shape.clone(),
-                });
-            }
-        }
-    }
-    cases
-}
-
-/// The host copies of a case's data, in memory order, for the CPU reference.
+/// The host copies of a case's data, in memory order and as stored (rounded to the case's
+/// storage type), for the CPU reference.
 #[derive(Clone, Debug)]
 pub struct HostData {
     /// The input (every GPU copy holds these values).
     pub x: Vec<f32>,
     /// The upstream gradient (backward only; every GPU copy holds these values).
     pub dy: Option<Vec<f32>>,
+    /// The shortcut z (add-ReLU only; every GPU copy holds these values).
+    pub z: Option<Vec<f32>>,
+    /// The output of the forward whose backward is timed, which the ReLU's mask reads
+    /// (backward with an epilogue only).
+    pub forward_y: Option<Vec<f32>>,
     /// Per-channel scale, in [0.5, 1.5).
     pub gamma: Vec<f32>,
     /// Per-channel shift.
@@ -215,14 +66,35 @@ pub struct HostData {
     pub running_var: Vec<f32>,
 }
 
-/// Everything one case runs on: `copies` identical copies of the input (and of dy for the
-/// backward), so that consecutive runs read different memory and no timing is of cached data,
-/// one shared output, and the parameters.
+/// `values` rounded to `dtype`, as an upload stores them.
+pub fn stored(dtype: DType, values: Vec<f32>) -> Vec<f32> {
+    match dtype {
+        DType::F32 => values,
+        DType::F16 => values
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect(),
+        DType::BF16 => values
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect(),
+    }
+}
+
+/// Everything one case runs on: `copies` identical copies of the inputs (x, and dy for the
+/// backward, z for add-ReLU), so that consecutive runs read different memory and no timing is
+/// of cached data, one shared output, and the parameters.
 pub struct Workload {
     case: Case,
     inputs: Vec<Tensor>,
     upstream: Vec<Tensor>,
+    shortcuts: Vec<Tensor>,
+    /// y for the forwards, dx for the backward.
     output: Tensor,
+    /// Backward with an epilogue: the forward's output (the ReLU's mask).
+    forward_output: Option<Tensor>,
+    /// Backward with add-ReLU: dz.
+    shortcut_grad: Option<Tensor>,
     affine: ChannelPair,
     running: ChannelPair,
     /// The statistics the backward differentiates through; `None` for the forwards.
@@ -232,39 +104,69 @@ pub struct Workload {
     host: HostData,
 }
 
+/// The forward epilogue of `case` on shortcut `z` (used with add-ReLU only).
+fn epilogue_of<'a>(case: &Case, z: Option<&'a Tensor>) -> Epilogue<'a> {
+    match (case.epilogue, z) {
+        (EpilogueChoice::Relu, _) => Epilogue::Relu,
+        (EpilogueChoice::AddRelu, Some(z)) => Epilogue::AddRelu(z),
+        _ => Epilogue::None,
+    }
+}
+
+/// The backward epilogue of a forward whose output was `y` (with an epilogue), writing `dz`
+/// (add-ReLU).
+fn epilogue_grad_of<'a>(y: Option<&'a Tensor>, dz: Option<&'a Tensor>) -> EpilogueGrad<'a> {
+    match (y, dz) {
+        (Some(y), Some(dz)) => EpilogueGrad::AddRelu { y, dz },
+        (Some(y), None) => EpilogueGrad::Relu { y },
+        _ => EpilogueGrad::None,
+    }
+}
+
 impl Workload {
     /// Uploads the case's data: enough copies that together they hold at least `rotate_bytes`
-    /// (at most [`MAX_COPIES`]). The backward case also runs one training forward, for the
-    /// statistics it saves.
+    /// (at most [`MAX_COPIES`]). The backward case also runs one training forward (with the
+    /// case's epilogue), for the statistics it saves and the output its mask reads.
     pub fn new(ctx: &GpuContext, case: &Case, rotate_bytes: u64) -> Result<Self> {
         let channels = case.channels();
         let elements = case.elements();
         let shape = case.memory_shape();
         let layout = case.layout.layout();
+        let dtype = case.dtype.dtype();
+        let backward = case.op == Op::Backward;
+        let add = case.epilogue == EpilogueChoice::AddRelu;
         let mut random = Normal::new(0x5eed ^ elements as u64);
         let host = HostData {
-            x: random.take(elements),
-            dy: (case.op == Op::Backward).then(|| random.take(elements)),
+            x: stored(dtype, random.take(elements)),
+            dy: backward.then(|| stored(dtype, random.take(elements))),
+            z: add.then(|| stored(dtype, random.take(elements))),
+            forward_y: None,
             gamma: random.uniform(channels, 0.5, 1.5),
             beta: random.take(channels),
             running_mean: random.take(channels),
             running_var: random.uniform(channels, 0.5, 1.5),
         };
-        let copy_bytes = 4 * elements as u64 * if host.dy.is_some() { 2 } else { 1 };
+        let per_copy = 1 + u64::from(backward) + u64::from(add);
+        let copy_bytes = dtype.bytes() * elements as u64 * per_copy;
         let copies = rotate_bytes
             .div_ceil(copy_bytes.max(1))
             .clamp(1, MAX_COPIES as u64) as usize;
-        let upload = |data: &[f32]| -> Result<Vec<Tensor>> {
+        let upload = |data: Option<&Vec<f32>>| -> Result<Vec<Tensor>> {
+            let Some(data) = data else {
+                return Ok(Vec::new());
+            };
             (0..copies)
-                .map(|_| Tensor::from_slice(ctx, data, &shape, layout))
+                .map(|_| Tensor::from_f32_as(ctx, data, &shape, layout, dtype))
                 .collect()
         };
-        let inputs = upload(&host.x)?;
-        let upstream = match &host.dy {
-            Some(dy) => upload(dy)?,
-            None => Vec::new(),
-        };
-        let output = Tensor::zeros(ctx, &shape, layout)?;
+        let inputs = upload(Some(&host.x))?;
+        let upstream = upload(host.dy.as_ref())?;
+        let shortcuts = upload(host.z.as_ref())?;
+        let new_output = || Tensor::zeros_as(ctx, &shape, layout, dtype);
+        let output = new_output()?;
+        let with_epilogue = case.epilogue != EpilogueChoice::None;
+        let forward_output = (backward && with_epilogue).then(new_output).transpose()?;
+        let shortcut_grad = (backward && add).then(new_output).transpose()?;
         let affine = ChannelPair::new(ctx, &host.gamma, &host.beta)?;
         let running = ChannelPair::new(ctx, &host.running_mean, &host.running_var)?;
         let config = BatchNormConfig {
@@ -280,29 +182,43 @@ impl Workload {
             case: case.clone(),
             inputs,
             upstream,
+            shortcuts,
             output,
+            forward_output,
+            shortcut_grad,
             affine,
             running,
             saved: None,
             layer,
             host,
         };
-        if case.op == Op::Backward {
-            let args = workload.forward_args(true);
-            let saved = batch_norm_into(&workload.inputs[0], &workload.output, &args)?;
+        if backward {
+            let args = workload.forward_args(true, 0);
+            let y = workload.forward_output.as_ref().unwrap_or(&workload.output);
+            let saved = batch_norm_into(&workload.inputs[0], y, &args)?;
+            if let Some(y) = &workload.forward_output {
+                workload.host.forward_y = Some(y.to_vec()?);
+            }
             workload.saved = Some(saved);
         }
         Ok(workload)
     }
 
-    fn forward_args(&self, training: bool) -> ForwardArgs<'_> {
+    /// The forward's arguments on input copy `copy`.
+    fn forward_args(&self, training: bool, copy: usize) -> ForwardArgs<'_> {
         ForwardArgs {
             affine: Some(&self.affine),
             running: Some(&self.running),
             training,
             momentum: MOMENTUM,
             eps: EPS,
+            epilogue: epilogue_of(&self.case, self.shortcuts.get(copy)),
         }
+    }
+
+    /// The backward's epilogue: the forward's output, and dz with add-ReLU.
+    fn epilogue_grad(&self) -> EpilogueGrad<'_> {
+        epilogue_grad_of(self.forward_output.as_ref(), self.shortcut_grad.as_ref())
     }
 
     /// The case this workload runs.
@@ -310,15 +226,16 @@ impl Workload {
         &self.case
     }
 
-    /// How many copies of the input rotate.
+    /// How many copies of the inputs rotate.
     pub fn copies(&self) -> usize {
         self.inputs.len()
     }
 
-    /// Bytes of input the copies hold together (x, and dy for the backward).
+    /// Bytes of input the copies hold together (x, and dy for the backward, z for add-ReLU).
     pub fn rotation_bytes(&self) -> u64 {
-        let per_copy = if self.upstream.is_empty() { 1 } else { 2 };
-        (self.copies() * per_copy * self.case.elements() * 4) as u64
+        let per_copy =
+            1 + usize::from(!self.upstream.is_empty()) + usize::from(!self.shortcuts.is_empty());
+        (self.copies() * per_copy * self.case.elements()) as u64 * self.case.dtype.dtype().bytes()
     }
 
     /// The host data, for the reference.
@@ -329,6 +246,11 @@ impl Workload {
     /// The output every run writes: y for the forwards, dx for the backward.
     pub fn output(&self) -> &Tensor {
         &self.output
+    }
+
+    /// dz, which the add-ReLU backward writes besides dx.
+    pub fn shortcut_grad(&self) -> Option<&Tensor> {
+        self.shortcut_grad.as_ref()
     }
 
     /// Records run `run` (on input copy `run % copies`) into `encoder` as one compute pass,
@@ -348,36 +270,46 @@ impl Workload {
                 &self.output,
                 saved,
                 Some(&self.affine),
+                self.epilogue_grad(),
                 timestamps,
             ),
             None => {
-                let args = self.forward_args(self.case.op == Op::TrainForward);
+                let args = self.forward_args(self.case.op == Op::TrainForward, copy);
                 record_batch_norm(encoder, &self.inputs[copy], &self.output, &args, timestamps)
                     .map(|_| None)
             }
         }
     }
 
-    /// Records run `run` through the case's layer (`BatchNorm::record_forward` or
-    /// `record_backward`), which prepares its dispatches on the first call on an input and
-    /// reuses them after: the host cost of a call inside a training loop.
+    /// Records run `run` through the case's layer (`BatchNorm::record_forward_with` or
+    /// `record_backward_with`), which prepares its dispatches on the first call on an input
+    /// and reuses them after: the host cost of a call inside a training loop.
     pub fn record_layer(&mut self, encoder: &mut wgpu::CommandEncoder, run: usize) -> Result<()> {
         let copy = run % self.copies().min(LAYER_COPIES);
+        let epilogue_grad =
+            epilogue_grad_of(self.forward_output.as_ref(), self.shortcut_grad.as_ref());
         match &self.saved {
             Some(saved) => self
                 .layer
-                .record_backward(
+                .record_backward_with(
                     encoder,
                     &self.inputs[copy],
                     &self.upstream[copy],
                     &self.output,
                     saved,
+                    epilogue_grad,
                     None,
                 )
                 .map(|_| ()),
             None => self
                 .layer
-                .record_forward(encoder, &self.inputs[copy], &self.output, None)
+                .record_forward_with(
+                    encoder,
+                    &self.inputs[copy],
+                    &self.output,
+                    epilogue_of(&self.case, self.shortcuts.get(copy)),
+                    None,
+                )
                 .map(|_| ()),
         }
     }
@@ -392,9 +324,10 @@ impl Workload {
                 &self.output,
                 saved,
                 Some(&self.affine),
+                self.epilogue_grad(),
             ),
             None => {
-                let args = self.forward_args(self.case.op == Op::TrainForward);
+                let args = self.forward_args(self.case.op == Op::TrainForward, copy);
                 batch_norm_into(&self.inputs[copy], &self.output, &args).map(|_| None)
             }
         }

@@ -110,6 +110,7 @@ impl Norm<f32> for GpuNorm {
                     training: true,
                     momentum: MOMENTUM,
                     eps: EPS,
+                    epilogue: wgpu_batchnorm::Epilogue::None,
                 };
                 let (y, stats) = batch_norm(&x, &args)?;
                 (y, stats, pair)
@@ -129,7 +130,13 @@ impl Norm<f32> for GpuNorm {
         dy: &Array2<f32>,
     ) -> ExperimentResult<NormGradients<f32>> {
         let dy = upload(&self.ctx, dy)?;
-        let gradients = batch_norm_backward(&saved.x, &dy, &saved.stats, saved.affine.as_ref())?;
+        let gradients = batch_norm_backward(
+            &saved.x,
+            &dy,
+            &saved.stats,
+            saved.affine.as_ref(),
+            wgpu_batchnorm::EpilogueGrad::None,
+        )?;
         let params = gradients
             .params
             .map(|pair| pair.read())

@@ -5,8 +5,7 @@
 /// The uniform block `p` (`Params`), in every program.
 pub const PARAMS_BINDING: u32 = 0;
 
-/// What a storage binding holds. Binding 5 is kept free for the shortcut input of fused
-/// epilogues (`relu(bn(x) + z)`), which comes with them.
+/// What a storage binding holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     /// The input x (one window of it).
@@ -17,6 +16,12 @@ pub enum Role {
     Dy,
     /// The input gradient dx.
     Dx,
+    /// The shortcut z of the add-ReLU epilogue, y = relu(bn(x) + z).
+    Shortcut,
+    /// Its gradient dz (the add-ReLU backward).
+    ShortcutGrad,
+    /// The forward's output y, which an epilogue's backward reads for the ReLU's mask.
+    Result,
     /// `[gamma (C) | beta (C)]`.
     Affine,
     /// `[running_mean (C) | running_var (C)]`.
@@ -42,11 +47,14 @@ pub enum Access {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 10] = [
+    pub const ALL: [Role; 13] = [
         Role::X,
         Role::Y,
         Role::Dy,
         Role::Dx,
+        Role::Shortcut,
+        Role::ShortcutGrad,
+        Role::Result,
         Role::Affine,
         Role::Running,
         Role::Stats,
@@ -62,6 +70,9 @@ impl Role {
             Role::Y => (2, "y", Access::ReadWrite),
             Role::Dy => (3, "dy", Access::Read),
             Role::Dx => (4, "dx", Access::ReadWrite),
+            Role::Shortcut => (5, "z", Access::Read),
+            Role::ShortcutGrad => (12, "dz", Access::ReadWrite),
+            Role::Result => (13, "result", Access::Read),
             Role::Affine => (6, "affine", Access::Read),
             // Written by the statistics' finalize, read by inference's normalize.
             Role::Running => (7, "running", Access::ReadWrite),
@@ -91,20 +102,31 @@ impl Role {
     /// A batch-sized tensor, stored in the program's element type (the others are per-channel
     /// f32 vectors and partials).
     pub const fn is_tensor(self) -> bool {
-        matches!(self, Role::X | Role::Y | Role::Dy | Role::Dx)
+        matches!(
+            self,
+            Role::X
+                | Role::Y
+                | Role::Dy
+                | Role::Dx
+                | Role::Shortcut
+                | Role::ShortcutGrad
+                | Role::Result
+        )
     }
 
     /// A tensor the kernels write.
     pub const fn is_output(self) -> bool {
-        matches!(self, Role::Y | Role::Dx)
+        matches!(self, Role::Y | Role::Dx | Role::ShortcutGrad)
     }
 
-    /// The access mode in a program variant whose tensor inputs share a buffer with its output
-    /// (`inputs_read_write`): then x and dy are read-write too, since wgpu refuses one buffer
-    /// bound read-only and read-write in one dispatch.
+    /// The access mode in a program variant whose tensor inputs share a buffer with an output
+    /// (`inputs_read_write`): then every tensor input is read-write too, since wgpu refuses one
+    /// buffer bound read-only and read-write in one dispatch.
     pub const fn access_in(self, inputs_read_write: bool) -> Access {
         match self {
-            Role::X | Role::Dy if inputs_read_write => Access::ReadWrite,
+            Role::X | Role::Dy | Role::Shortcut | Role::Result if inputs_read_write => {
+                Access::ReadWrite
+            }
             _ => self.access(),
         }
     }

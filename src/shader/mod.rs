@@ -1,15 +1,19 @@
 //! The WGSL programs as data: which roles each binds, its element width, its override
-//! constants, and its source, assembled in one order:
+//! constants, the storage types it comes in, and its source, assembled in one order:
 //!
 //! 1. the prelude generated from Rust (`prelude.rs`): constants, the uniform block, override
-//!    constants, the program's bindings (one number per role, `bindings.rs`) and its element
+//!    constants, the program's bindings (one number per role, `bindings.rs`) and its storage
 //!    type's load and store functions;
-//! 2. `shaders/common.wgsl`: the index walks and the elementwise cursor;
+//! 2. `shaders/half.wgsl` (half types only: rounding stores) and `shaders/common.wgsl` (the
+//!    index walks and the elementwise cursor);
 //! 3. the shared pieces the program needs, in this order: `epilogue.wgsl` (the output
 //!    y = epilogue((x - mean) scale + shift)), `reduction.wgsl` (the workgroup merge and the
 //!    finalize, over the program's accumulator), `elementwise.wgsl` (the grid-stride loop),
 //!    `channel_statistics.wgsl` or `dx_factors.wgsl` (per-channel factors);
-//! 4. the program's own file, with its entry points.
+//! 4. the program's own files, with its entry points. Entry points that store single elements
+//!    from neighbouring threads (the fused kernels, the scalar elementwise ones) exist only for
+//!    f32: two threads may not write halves of one word, so half types store through the vec4
+//!    and word programs.
 //!
 //! WGSL declarations are order-independent, so a shared piece may call what the program's own
 //! file defines (`acc_merge`, `finalize_channel`, `lane_factors`, `apply`).
@@ -23,14 +27,18 @@ pub use bindings::{Access, Role, PARAMS_BINDING};
 use params::PARAMS_OFFSETS;
 pub use params::{Params, PARAMS_FIELDS};
 
+use crate::dtype::DType;
 use crate::plan::{STATISTICS_PARTIAL_BYTES, STRIDED_BAND, WORKGROUP_SIZE};
 
+const HALF: &str = include_str!("../../shaders/half.wgsl");
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const EPILOGUE: &str = include_str!("../../shaders/epilogue.wgsl");
 const REDUCTION: &str = include_str!("../../shaders/reduction.wgsl");
 const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 const CHANNEL_STATISTICS: &str = include_str!("../../shaders/channel_statistics.wgsl");
 const DX_FACTORS: &str = include_str!("../../shaders/dx_factors.wgsl");
+const STATISTICS: &str = include_str!("../../shaders/statistics.wgsl");
+const GRADIENT_SUMS: &str = include_str!("../../shaders/gradient_sums.wgsl");
 
 /// Workgroup memory the kernels need: the most any entry point declares, which is the fused
 /// channels-last training forward's (an accumulator per thread for the reduction, and a
@@ -39,23 +47,48 @@ const DX_FACTORS: &str = include_str!("../../shaders/dx_factors.wgsl");
 pub const WORKGROUP_STORAGE_BYTES: u64 =
     WORKGROUP_SIZE as u64 * STATISTICS_PARTIAL_BYTES + STRIDED_BAND as u64 * 8;
 
+/// Storage buffers the kernels bind at most in one dispatch: the dx kernels of the add-ReLU
+/// backward (x, dy, the forward's output, dx, dz, the saved statistics, gamma and beta, dgamma
+/// and dbeta). WebGPU guarantees 8 per shader stage. A unit test counts every entry point's
+/// with naga.
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 8;
+
 /// The benchmark's roofline kernel: read one vec4, write one vec4 (`shaders/stream.wgsl`).
 pub const STREAM_WGSL: &str = include_str!("../../shaders/stream.wgsl");
 
 /// A WGSL program: one shader module with several entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Program {
-    /// Per-channel mean and variance, and the fused training forward
-    /// (`shaders/batch_statistics.wgsl`).
+    /// Per-channel mean and variance (`shaders/statistics.wgsl`), and for f32 the fused
+    /// training forward (`shaders/fused_forward.wgsl`).
     BatchStatistics,
-    /// The normalize-scale-shift (`shaders/normalize.wgsl`).
+    /// The normalize-scale-shift, one element per step (`shaders/normalize.wgsl`; f32).
     Normalize,
     /// The same on vec4s, for rows that split into whole vec4s (`shaders/normalize_vec4.wgsl`).
     NormalizeVec4,
-    /// dx, dgamma, dbeta (`shaders/backward.wgsl`).
+    /// The same on whole words of a half type, two elements per step
+    /// (`shaders/normalize_words.wgsl`).
+    NormalizeWords,
+    /// dgamma and dbeta (`shaders/gradient_sums.wgsl`), and for f32 dx one element per step and
+    /// the fused backward (`shaders/input_gradient.wgsl`, `shaders/fused_backward.wgsl`).
     Backward,
     /// dx on vec4s, for rows that split into whole vec4s (`shaders/input_gradient_vec4.wgsl`).
     InputGradientVec4,
+    /// dx on whole words of a half type (`shaders/input_gradient_words.wgsl`).
+    InputGradientWords,
+}
+
+/// One compiled form of a program: its storage type, and whether its tensor inputs are
+/// declared read-write (for calls whose input shares a buffer with an output: wgpu refuses one
+/// buffer bound read-only and read-write in one dispatch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// The program.
+    pub program: Program,
+    /// The storage type of its tensors.
+    pub dtype: DType,
+    /// Tensor inputs declared read-write.
+    pub inputs_read_write: bool,
 }
 
 /// A pipeline-overridable boolean of the shaders.
@@ -76,6 +109,10 @@ pub enum Override {
     /// `[mean | invstd]` and leaves the running stats alone: one rank's part of a
     /// synchronized batch norm (`crate::sync`), which merges every rank's on the host.
     Moments,
+    /// The epilogue ends with a ReLU (forward), or its mask applies to dy (backward).
+    Relu,
+    /// The epilogue adds the shortcut z before the ReLU (forward), or writes dz (backward).
+    Add,
 }
 
 impl Override {
@@ -88,6 +125,8 @@ impl Override {
             Override::BatchStats => "BATCH_STATS",
             Override::Cumulative => "CUMULATIVE",
             Override::Moments => "MOMENTS",
+            Override::Relu => "RELU",
+            Override::Add => "ADD",
         }
     }
 
@@ -99,30 +138,59 @@ impl Override {
 
 impl Program {
     /// Every program, for tests that validate them all.
-    pub const ALL: [Program; 5] = [
+    pub const ALL: [Program; 7] = [
         Program::BatchStatistics,
         Program::Normalize,
         Program::NormalizeVec4,
+        Program::NormalizeWords,
         Program::Backward,
         Program::InputGradientVec4,
+        Program::InputGradientWords,
     ];
 
     /// The roles the program declares bindings for.
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Program::BatchStatistics => &[X, Y, Affine, Running, Stats, Partials, Batches],
-            Program::Normalize | Program::NormalizeVec4 => &[X, Y, Affine, Running, Stats],
-            Program::Backward => &[X, Dy, Dx, Affine, Stats, Partials, Grads],
-            Program::InputGradientVec4 => &[X, Dy, Dx, Affine, Stats, Grads],
+            Program::BatchStatistics => {
+                &[X, Y, Shortcut, Affine, Running, Stats, Partials, Batches]
+            }
+            Program::Normalize | Program::NormalizeVec4 | Program::NormalizeWords => {
+                &[X, Y, Shortcut, Affine, Running, Stats]
+            }
+            Program::Backward => &[
+                X,
+                Dy,
+                Dx,
+                Result,
+                ShortcutGrad,
+                Affine,
+                Stats,
+                Partials,
+                Grads,
+            ],
+            Program::InputGradientVec4 | Program::InputGradientWords => {
+                &[X, Dy, Dx, Result, ShortcutGrad, Affine, Stats, Grads]
+            }
         }
     }
 
-    /// Elements per load and store of its tensors: 4 for the vec4 programs.
+    /// Elements per load and store of its tensors: 4 for the vec4 programs, 2 for the word
+    /// programs.
     pub fn lanes(self) -> u32 {
         match self {
             Program::NormalizeVec4 | Program::InputGradientVec4 => 4,
+            Program::NormalizeWords | Program::InputGradientWords => 2,
             _ => 1,
+        }
+    }
+
+    /// Whether the program comes in storage type `dtype`.
+    pub fn supports(self, dtype: DType) -> bool {
+        match self {
+            Program::Normalize => dtype == DType::F32,
+            Program::NormalizeWords | Program::InputGradientWords => dtype.is_half(),
+            _ => true,
         }
     }
 
@@ -134,60 +202,110 @@ impl Program {
                 Override::HasAffine,
                 Override::Cumulative,
                 Override::Moments,
+                Override::Relu,
+                Override::Add,
             ],
-            Program::Normalize | Program::NormalizeVec4 => {
-                &[Override::HasAffine, Override::FromRunning]
-            }
-            Program::Backward | Program::InputGradientVec4 => {
-                &[Override::HasAffine, Override::BatchStats]
-            }
-        }
-    }
-
-    /// The WGSL files after the prelude, in the documented order.
-    fn files(self) -> &'static [&'static str] {
-        match self {
-            Program::BatchStatistics => &[
-                COMMON,
-                EPILOGUE,
-                REDUCTION,
-                include_str!("../../shaders/batch_statistics.wgsl"),
+            Program::Normalize | Program::NormalizeVec4 | Program::NormalizeWords => &[
+                Override::HasAffine,
+                Override::FromRunning,
+                Override::Relu,
+                Override::Add,
             ],
-            Program::Normalize => &[
-                COMMON,
-                EPILOGUE,
-                ELEMENTWISE,
-                CHANNEL_STATISTICS,
-                include_str!("../../shaders/normalize.wgsl"),
-            ],
-            Program::NormalizeVec4 => &[
-                COMMON,
-                EPILOGUE,
-                ELEMENTWISE,
-                CHANNEL_STATISTICS,
-                include_str!("../../shaders/normalize_vec4.wgsl"),
-            ],
-            Program::Backward => &[
-                COMMON,
-                REDUCTION,
-                ELEMENTWISE,
-                DX_FACTORS,
-                include_str!("../../shaders/backward.wgsl"),
-            ],
-            Program::InputGradientVec4 => &[
-                COMMON,
-                ELEMENTWISE,
-                DX_FACTORS,
-                include_str!("../../shaders/input_gradient_vec4.wgsl"),
+            Program::Backward | Program::InputGradientVec4 | Program::InputGradientWords => &[
+                Override::HasAffine,
+                Override::BatchStats,
+                Override::Relu,
+                Override::Add,
             ],
         }
     }
 
-    /// The full WGSL source; with `inputs_read_write`, the variant whose tensor inputs are
-    /// declared read-write (`Role::access_in`).
-    pub fn source(self, inputs_read_write: bool) -> String {
-        std::iter::once(prelude::prelude(self, inputs_read_write))
-            .chain(self.files().iter().map(|file| file.to_string()))
+    /// The WGSL files after the prelude, in the documented order, for storage type `dtype`.
+    fn files(self, dtype: DType) -> Vec<&'static str> {
+        let f32_only = |file: &'static str| (dtype == DType::F32).then_some(file);
+        let files: Vec<Option<&'static str>> = match self {
+            Program::BatchStatistics => vec![
+                Some(COMMON),
+                f32_only(EPILOGUE),
+                Some(REDUCTION),
+                Some(STATISTICS),
+                f32_only(include_str!("../../shaders/fused_forward.wgsl")),
+            ],
+            Program::Normalize => vec![
+                Some(COMMON),
+                Some(EPILOGUE),
+                Some(ELEMENTWISE),
+                Some(CHANNEL_STATISTICS),
+                Some(include_str!("../../shaders/normalize.wgsl")),
+            ],
+            Program::NormalizeVec4 => vec![
+                Some(COMMON),
+                Some(EPILOGUE),
+                Some(ELEMENTWISE),
+                Some(CHANNEL_STATISTICS),
+                Some(include_str!("../../shaders/normalize_vec4.wgsl")),
+            ],
+            Program::NormalizeWords => vec![
+                Some(COMMON),
+                Some(EPILOGUE),
+                Some(CHANNEL_STATISTICS),
+                Some(include_str!("../../shaders/normalize_words.wgsl")),
+            ],
+            Program::Backward => vec![
+                Some(COMMON),
+                Some(REDUCTION),
+                f32_only(ELEMENTWISE),
+                f32_only(DX_FACTORS),
+                Some(GRADIENT_SUMS),
+                f32_only(include_str!("../../shaders/input_gradient.wgsl")),
+                f32_only(include_str!("../../shaders/fused_backward.wgsl")),
+            ],
+            Program::InputGradientVec4 => vec![
+                Some(COMMON),
+                Some(ELEMENTWISE),
+                Some(DX_FACTORS),
+                Some(include_str!("../../shaders/input_gradient_vec4.wgsl")),
+            ],
+            Program::InputGradientWords => vec![
+                Some(COMMON),
+                Some(DX_FACTORS),
+                Some(include_str!("../../shaders/input_gradient_words.wgsl")),
+            ],
+        };
+        let half = dtype.is_half().then_some(HALF);
+        std::iter::once(half).chain(files).flatten().collect()
+    }
+}
+
+impl Variant {
+    /// Every variant a program comes in, for tests that validate them all.
+    pub fn all() -> Vec<Variant> {
+        let mut variants = Vec::new();
+        for program in Program::ALL {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                for inputs_read_write in [false, true] {
+                    if program.supports(dtype) {
+                        variants.push(Variant {
+                            program,
+                            dtype,
+                            inputs_read_write,
+                        });
+                    }
+                }
+            }
+        }
+        variants
+    }
+
+    /// The full WGSL source.
+    pub fn source(self) -> String {
+        std::iter::once(prelude::prelude(self))
+            .chain(
+                self.program
+                    .files(self.dtype)
+                    .into_iter()
+                    .map(str::to_string),
+            )
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -215,10 +333,8 @@ mod tests {
 
     #[test]
     fn every_program_is_valid_wgsl() {
-        for program in Program::ALL {
-            for inputs_read_write in [false, true] {
-                validate(&program.source(inputs_read_write));
-            }
+        for variant in Variant::all() {
+            validate(&variant.source());
         }
         validate(STREAM_WGSL);
     }
@@ -228,11 +344,9 @@ mod tests {
     /// output's buffer); the uniform block is at `PARAMS_BINDING`.
     #[test]
     fn every_entry_point_binds_by_the_role_table() {
-        for (program, inputs_read_write) in Program::ALL
-            .into_iter()
-            .flat_map(|program| [(program, false), (program, true)])
-        {
-            let (module, info) = validate(&program.source(inputs_read_write));
+        for variant in Variant::all() {
+            let (program, inputs_read_write) = (variant.program, variant.inputs_read_write);
+            let (module, info) = validate(&variant.source());
             for (index, entry) in module.entry_points.iter().enumerate() {
                 let uses = info.get_entry_point(index);
                 for (handle, var) in module.global_variables.iter() {
@@ -240,7 +354,7 @@ mod tests {
                         continue;
                     }
                     let name = var.name.as_deref().unwrap_or_default();
-                    let what = format!("{program:?}::{}: {name}", entry.name);
+                    let what = format!("{variant:?}::{}: {name}", entry.name);
                     let binding = var.binding.as_ref().map(|b| (b.group, b.binding));
                     match var.space {
                         naga::AddressSpace::Uniform => {
@@ -277,7 +391,7 @@ mod tests {
 
     #[test]
     fn the_params_block_has_the_same_fields_in_rust_and_wgsl() {
-        let module = parse(&Program::Normalize.source(false));
+        let module = parse(&f32_variant(Program::Normalize).source());
         let (members, span) = module
             .types
             .iter()
@@ -323,11 +437,19 @@ mod tests {
             .collect()
     }
 
+    fn f32_variant(program: Program) -> Variant {
+        Variant {
+            program,
+            dtype: DType::F32,
+            inputs_read_write: false,
+        }
+    }
+
     #[test]
     fn the_workgroup_storage_requirement_is_what_the_shaders_declare() {
-        let per_entry: Vec<(String, u64)> = Program::ALL
+        let per_entry: Vec<(String, u64)> = Variant::all()
             .into_iter()
-            .flat_map(|program| workgroup_bytes_per_entry_point(&program.source(false)))
+            .flat_map(|variant| workgroup_bytes_per_entry_point(&variant.source()))
             .collect();
         let (largest, bytes) = per_entry
             .iter()
@@ -337,5 +459,28 @@ mod tests {
             *bytes, WORKGROUP_STORAGE_BYTES,
             "{largest} uses the most workgroup memory; every entry point: {per_entry:?}"
         );
+    }
+
+    #[test]
+    fn the_storage_buffer_requirement_is_what_the_shaders_bind() {
+        let mut most = (String::new(), 0);
+        for variant in Variant::all() {
+            let (module, info) = validate(&variant.source());
+            for (index, entry) in module.entry_points.iter().enumerate() {
+                let uses = info.get_entry_point(index);
+                let storage = module
+                    .global_variables
+                    .iter()
+                    .filter(|(handle, var)| {
+                        matches!(var.space, naga::AddressSpace::Storage { .. })
+                            && !uses[*handle].is_empty()
+                    })
+                    .count();
+                if storage > most.1 {
+                    most = (format!("{variant:?}::{}", entry.name), storage);
+                }
+            }
+        }
+        assert_eq!(most.1 as u32, STORAGE_BUFFERS_PER_STAGE, "{}", most.0);
     }
 }

@@ -31,6 +31,12 @@ uniform_block! {
     dy_shift: u32 => "u32",
     /// The same in dx's binding.
     dx_shift: u32 => "u32",
+    /// The same in the shortcut z's binding (add-ReLU epilogue).
+    z_shift: u32 => "u32",
+    /// The same in dz's binding (add-ReLU backward).
+    dz_shift: u32 => "u32",
+    /// The same in the binding of the forward's output, read by an epilogue's backward.
+    result_shift: u32 => "u32",
     /// Outer rows of the window.
     o_count: u32 => "u32",
     /// First channel of the window.
@@ -59,8 +65,6 @@ uniform_block! {
     momentum: f32 => "f32",
     /// M / (M - 1): the biased variance to the unbiased one, for the running stats.
     var_correction: f32 => "f32",
-    /// Pads the block to 80 bytes (a multiple of 16).
+    /// Pads the block to 96 bytes (a multiple of 16).
     _pad0: u32 => "u32",
-    /// See `_pad0`.
-    _pad1: u32 => "u32",
 }

@@ -19,6 +19,7 @@ use super::protocol::{
 };
 use crate::batch_norm::BatchNorm;
 use crate::encode::{prepare, record_prepared, Buffers};
+use crate::epilogue::{Epilogue, EpilogueGrad, EpilogueKind};
 use crate::error::BatchNormError;
 use crate::functional::{
     check_forward_operands, describe_backward, ForwardArgs, Gradients, SavedStats, StatsSource,
@@ -209,7 +210,7 @@ impl SyncBatchNorm {
             Some(plan) => {
                 let mut workspace = lock(&self.workspace);
                 let (prepared, saved) = workspace.entry(
-                    Key::new(Kind::SyncNormalize, &[x, y], &[]),
+                    Key::new(Kind::SyncNormalize, EpilogueKind::None, &[x, y], &[]),
                     &[x, y],
                     || {
                         let saved = ChannelPair::output(ctx, self.layer.channels())?;
@@ -307,7 +308,7 @@ impl SyncBatchNorm {
         let checked = self
             .layer
             .check_channels(x)
-            .and_then(|()| describe_backward(x, dy, dx, &saved.stats, affine))
+            .and_then(|()| describe_backward(x, dy, dx, &saved.stats, affine, &EpilogueGrad::None))
             .map(|described| described.map(|(plan, _)| plan));
         let count = x.view().values_per_channel() as u64;
         let counts = self.exchange_headers(
@@ -327,6 +328,7 @@ impl SyncBatchNorm {
             let mut workspace = lock(&self.workspace);
             let key = Key::new(
                 Kind::SyncInputGradient,
+                EpilogueKind::None,
                 &[x, dy, dx],
                 &[saved.stats.pair().buffer()],
             );
@@ -370,6 +372,7 @@ impl SyncBatchNorm {
             training: true,
             momentum: config.momentum.unwrap_or(0.0),
             eps: config.eps,
+            epilogue: Epilogue::None,
         };
         check_forward_operands(x, y, &args)?;
         if x.is_empty() {
@@ -377,6 +380,7 @@ impl SyncBatchNorm {
         }
         Ok(Some(plan(
             x.view(),
+            x.dtype(),
             x.context().plan_limits(),
             PlanOperation::TrainingForward,
         )?))
@@ -422,8 +426,10 @@ impl SyncBatchNorm {
         let moments = match plan {
             Some(plan) => {
                 let mut workspace = lock(&self.workspace);
-                let (prepared, moments) =
-                    workspace.entry(Key::new(Kind::SyncStatistics, &[x], &[]), &[x], || {
+                let (prepared, moments) = workspace.entry(
+                    Key::new(Kind::SyncStatistics, EpilogueKind::None, &[x], &[]),
+                    &[x],
+                    || {
                         let moments = ChannelPair::output(ctx, channels)?;
                         let operands = Operands {
                             x: x.offset(),
@@ -436,7 +442,8 @@ impl SyncBatchNorm {
                             ..Buffers::default()
                         };
                         Ok((prepare(ctx, Some(plan), &steps, &buffers)?, moments))
-                    })?;
+                    },
+                )?;
                 record_prepared(ctx, encoder, LABEL, prepared, None)?;
                 Some(moments.clone())
             }
@@ -468,7 +475,12 @@ impl SyncBatchNorm {
         let grads = match plan {
             Some(plan) => {
                 let mut workspace = lock(&self.workspace);
-                let key = Key::new(Kind::SyncGradientSums, &[x, dy], &[saved.pair().buffer()]);
+                let key = Key::new(
+                    Kind::SyncGradientSums,
+                    EpilogueKind::None,
+                    &[x, dy],
+                    &[saved.pair().buffer()],
+                );
                 let (prepared, grads) = workspace.entry(key, &[x, dy], || {
                     let grads = ChannelPair::output(ctx, channels)?;
                     let operands = Operands {

@@ -6,6 +6,7 @@
 
 pub mod checks;
 pub mod scenario;
+pub mod storage;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use ndarray::{ArrayD, IxDyn};
 use wgpu_batchnorm::gpu::list_adapters;
 use wgpu_batchnorm::plan::{plan, FinalizeKind, Operation, Plan};
 use wgpu_batchnorm::{AdapterOptions, AdapterSummary, BatchNormError, ChannelView, GpuContext};
-use wgpu_batchnorm::{Layout, Tensor};
+use wgpu_batchnorm::{DType, Layout, Tensor};
 
 /// The context of this test binary on the adapter as it is (its own limits and device type).
 /// Fails (never skips) when there is no adapter. Everything the crate allocates for an output
@@ -128,7 +129,7 @@ pub fn planned(kind: Planned) -> GpuContext {
 /// The plan `ctx` makes for `operation` on `shape`.
 pub fn plan_of(ctx: &GpuContext, shape: &[usize], layout: Layout, operation: Operation) -> Plan {
     let view = ChannelView::new(shape, layout).expect("rank >= 2");
-    plan(view, ctx.plan_limits(), operation).expect("a plan")
+    plan(view, DType::F32, ctx.plan_limits(), operation).expect("a plan")
 }
 
 /// The parts of a plan a test can claim.

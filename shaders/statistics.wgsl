@@ -8,8 +8,8 @@
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    when channels have few partials), from reduction.wgsl, merges each channel's partials in a
 //    fixed order; `finalize_channel` writes mean and invstd and updates the running stats.
-// Where each channel is one chunk, `fused_forward_*` does both steps and the output in one
-// dispatch.
+// Where each channel is one chunk, `fused_forward_*` (fused_forward.wgsl, f32) does both steps
+// and the output in one dispatch.
 //
 // Why the shift travels with each partial: at an offset of 1e4 a float32 mean carries an error
 // of ~5e-4, and Chan's merge squares the difference of two means. Merging shifted means, with
@@ -213,114 +213,5 @@ fn finalize_channel(c: u32, total: Partial) {
         running[c] = keep * running[c] + momentum * mean;
         running[p.channels + c] = keep * running[p.channels + c]
             + momentum * variance * p.var_correction;
-    }
-}
-
-// Single pass, for windows that hold every value of their channels in one chunk (the plan's
-// `fused`): each workgroup reduces its channel (or band of channels) exactly as
-// partials_* and the finalize would, writes the statistics, then normalizes the same values,
-// which it has just read and so mostly finds in cache. One dispatch instead of three, and the
-// second read of x comes from cache.
-
-var<workgroup> band_statistics: array<vec2<f32>, BAND>;
-
-// (scale, shift) of channel c: y = (x - mean) * scale + shift.
-fn scale_shift(c: u32, statistics: vec2<f32>) -> vec2<f32> {
-    if (HAS_AFFINE) {
-        return vec2<f32>(statistics.y * affine[c], affine[p.channels + c]);
-    }
-    return vec2<f32>(statistics.y, 0.0);
-}
-
-fn normalize_eight(at: Eight, mean: f32, scale_shift: vec2<f32>) {
-    let v = load_eight(at);
-    let mean4 = vec4<f32>(mean);
-    let scale4 = vec4<f32>(scale_shift.x);
-    let shift4 = vec4<f32>(scale_shift.y);
-    let lo = normalized4(v.lo, mean4, scale4, shift4);
-    let hi = normalized4(v.hi, mean4, scale4, shift4);
-    store_y(at.lo.x, lo.x);
-    store_y(at.lo.y, lo.y);
-    store_y(at.lo.z, lo.z);
-    store_y(at.lo.w, lo.w);
-    store_y(at.hi.x, hi.x);
-    store_y(at.hi.y, hi.y);
-    store_y(at.hi.z, hi.z);
-    store_y(at.hi.w, hi.w);
-}
-
-@compute @workgroup_size(WORKGROUP)
-fn fused_forward_contiguous(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let values = p.o_count * p.inner;
-    for (var c_rel = wid.x; c_rel < p.c_count; c_rel += nwg.x) {
-        shared_acc[lid] = thread_partial_contiguous(c_rel, 0u, values, lid);
-        reduce_workgroup(lid);
-        let total = shared_acc[0];
-        let c = p.c0 + c_rel;
-        if (lid == 0u) {
-            finalize_channel(c, total);
-        }
-        let statistics = mean_invstd(total);
-        let affine_c = scale_shift(c, statistics);
-        var walk = walk_values(c_rel, lid);
-        var m = lid;
-        while (m + 7u * WORKGROUP < values) {
-            normalize_eight(walk_eight(&walk), statistics.x, affine_c);
-            m += 8u * WORKGROUP;
-        }
-        while (m < values) {
-            store_y(walk.index, normalized(load_x(walk.index), statistics.x, affine_c.x, affine_c.y));
-            walk = walk_next(walk);
-            m += WORKGROUP;
-        }
-        workgroupBarrier();
-    }
-}
-
-@compute @workgroup_size(WORKGROUP)
-fn fused_forward_strided(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let lane_c = lid % BAND;
-    let lane_r = lid / BAND;
-    for (var band = wid.x; band < p.items; band += nwg.x) {
-        let c_rel = band * BAND + lane_c;
-        let c = p.c0 + c_rel;
-        var acc = acc_empty();
-        if (c_rel < p.c_count) {
-            acc = thread_partial_strided(c_rel, 0u, p.o_count, lane_r);
-        }
-        shared_acc[lid] = acc;
-        workgroupBarrier();
-        if (lane_r == 0u && c_rel < p.c_count) {
-            let total = merge_row_lanes(lid);
-            finalize_channel(c, total);
-            band_statistics[lane_c] = mean_invstd(total);
-        }
-        workgroupBarrier();
-        if (c_rel < p.c_count) {
-            let statistics = band_statistics[lane_c];
-            let affine_c = scale_shift(c, statistics);
-            let row_step = ROW_LANES * p.channels;
-            var row = lane_r;
-            var index = row * p.channels + c_rel;
-            while (row + 7u * ROW_LANES < p.o_count) {
-                normalize_eight(stride_eight(index, row_step), statistics.x, affine_c);
-                row += 8u * ROW_LANES;
-                index += 8u * row_step;
-            }
-            while (row < p.o_count) {
-                store_y(index, normalized(load_x(index), statistics.x, affine_c.x, affine_c.y));
-                row += ROW_LANES;
-                index += row_step;
-            }
-        }
-        workgroupBarrier();
     }
 }
