@@ -13,12 +13,11 @@ use common::checks::{check_inference_statistics, check_output, ForwardInputs};
 use common::scenario::{read_saved, require};
 use common::sync::{check_group, gather_runs, rank_context, run_rank, Shard, StepResult, SyncCase};
 use common::{context, filled_on, normal_data, upload_to, Planned};
-use wgpu_batchnorm::sync::protocol::{Header, HEADER_WORDS};
 use wgpu_batchnorm::sync::{
     in_process_group, Exchange, HeaderField, InProcessExchange, SyncBatchNorm, SyncError,
 };
 use wgpu_batchnorm::{
-    AdapterOptions, BatchNorm, BatchNormConfig, BatchNormError, GpuContext, Layout,
+    AdapterOptions, BatchNorm, BatchNormConfig, BatchNormError, DType, GpuContext, Layout, Tensor,
 };
 
 const CF: Layout = Layout::ChannelsFirst;
@@ -218,8 +217,8 @@ type State = (Option<(Vec<f32>, Vec<f32>)>, u64);
 /// A rank's layer and tensors for the refusal tests.
 struct Rank {
     layer: SyncBatchNorm,
-    x: wgpu_batchnorm::Tensor,
-    y: wgpu_batchnorm::Tensor,
+    x: Tensor,
+    y: Tensor,
 }
 
 impl Rank {
@@ -348,67 +347,44 @@ fn ranks_that_disagree_on_the_layer_are_refused_on_every_rank() {
     }
 }
 
-/// An exchange that rewrites this rank's headers' dtype, as a rank with half-precision
-/// tensors would send them.
-struct OtherDtype(InProcessExchange);
-
-impl Exchange for OtherDtype {
-    fn rank(&self) -> usize {
-        self.0.rank()
-    }
-    fn ranks(&self) -> usize {
-        self.0.ranks()
-    }
-    fn all_gather(&self, local: &[u32]) -> Result<Vec<u32>, SyncError> {
-        let words: [u32; HEADER_WORDS] = local.try_into().expect("only headers get this far");
-        let header = Header {
-            dtype: 1,
-            ..Header::decode(&words)
-        };
-        self.0.all_gather(&header.encode())
-    }
-}
-
+/// A rank whose tensors are f16 among f32 ranks: every rank refuses, forward and backward,
+/// naming each rank's dtype, and no layer's state changes.
 #[test]
 fn a_rank_with_another_dtype_is_refused_on_every_rank() {
     let mut ranks = [
         Rank::new(0, 4, BatchNormConfig::default(), &[3, 4, 5]),
         Rank::new(1, 4, BatchNormConfig::default(), &[3, 4, 5]),
     ];
-    let before: Vec<_> = ranks.iter().map(Rank::state).collect();
-    let results = {
-        let group = in_process_group(2);
-        let mut group = group.into_iter();
-        let (honest, other) = (group.next().unwrap(), OtherDtype(group.next().unwrap()));
-        let (first, second) = ranks.split_at_mut(1);
-        std::thread::scope(|scope| {
-            let a = scope.spawn(|| {
-                first[0]
-                    .layer
-                    .forward_into(&first[0].x, &first[0].y, &honest)
-                    .map(|_| ())
-            });
-            let b = scope.spawn(|| {
-                second[0]
-                    .layer
-                    .forward_into(&second[0].x, &second[0].y, &other)
-                    .map(|_| ())
-            });
-            [a.join().unwrap(), b.join().unwrap()]
-        })
+    let half = |data: &[f32]| {
+        let ctx = rank_context(1, Planned::Cpu);
+        Tensor::from_f32_as(&ctx, data, &[3, 4, 5], CF, DType::F16).expect("f16 tensor")
     };
-    for result in results {
-        match result {
-            Err(SyncError::Disagreement {
-                field: HeaderField::DType,
-                values,
-            }) => {
-                assert_eq!(values, ["f32", "f16"]);
-            }
-            other => panic!("{other:?}"),
-        }
+    let f32_x = std::mem::replace(&mut ranks[1].x, half(&normal_data(60, 1, 1.0, 2.0)));
+    let f32_y = std::mem::replace(&mut ranks[1].y, half(&[f32::NAN; 60]));
+    let f32_and_f16 = |error: &SyncError| {
+        matches!(error, SyncError::Disagreement { field: HeaderField::DType, values }
+            if values == &["f32", "f16"])
+    };
+    assert_refused_everywhere(&mut ranks, |_, error| f32_and_f16(error));
+    // A synchronized forward in f32 on both ranks, then rank 1's backward on f16 tensors.
+    (ranks[1].x, ranks[1].y) = (f32_x, f32_y);
+    let saved = on_every_rank(&mut ranks, |_, rank, endpoint| {
+        rank.layer
+            .forward_into(&rank.x, &rank.y, endpoint)
+            .expect("forward")
+    });
+    let results = on_every_rank(&mut ranks, |r, rank, endpoint| {
+        let (x, dy) = match r {
+            0 => (rank.x.clone(), rank.y.clone()),
+            _ => (half(&[1.0; 60]), half(&[0.5; 60])),
+        };
+        rank.layer
+            .backward(&x, &dy, &saved[r], endpoint)
+            .map(|_| ())
+    });
+    for result in &results {
+        assert!(matches!(result, Err(e) if f32_and_f16(e)), "{result:?}");
     }
-    assert_eq!(before, ranks.iter().map(Rank::state).collect::<Vec<_>>());
 }
 
 #[test]

@@ -73,6 +73,9 @@ pub struct SyncForwardOutput {
 /// parameter gradients over the ranks anyway. Inference, and the backward of an inference
 /// forward, are each rank's own (running statistics), as in PyTorch.
 ///
+/// Tensors may be f32, f16 or bf16, the same type on every rank; the calls take no epilogue
+/// (`crate::epilogue`), unlike [`BatchNorm::record_forward_with`].
+///
 /// Every rank calls the same methods in the same order with the same [`Exchange`] group; a
 /// rank with an empty shard calls them too. A call that one rank refuses, every rank refuses,
 /// and no layer changes its state.
@@ -185,11 +188,10 @@ impl SyncBatchNorm {
             });
         }
         let checked = self.check_forward(x, y);
-        let count = x.view().values_per_channel() as u64;
         let counts = self.exchange_headers(
             exchange,
             Operation::ForwardStatistics,
-            count,
+            x,
             checked.as_ref().err(),
         );
         let plan = checked?;
@@ -310,13 +312,8 @@ impl SyncBatchNorm {
             .check_channels(x)
             .and_then(|()| describe_backward(x, dy, dx, &saved.stats, affine, &EpilogueGrad::None))
             .map(|described| described.map(|(plan, _)| plan));
-        let count = x.view().values_per_channel() as u64;
-        let counts = self.exchange_headers(
-            exchange,
-            Operation::BackwardSums,
-            count,
-            checked.as_ref().err(),
-        );
+        let counts =
+            self.exchange_headers(exchange, Operation::BackwardSums, x, checked.as_ref().err());
         let plan = checked?;
         let counts = counts?;
         let ctx = x.context();
@@ -386,13 +383,13 @@ impl SyncBatchNorm {
         )?))
     }
 
-    /// Exchanges headers (this rank's says whether it refused its arguments) and returns each
-    /// rank's count once every rank agrees.
+    /// Exchanges headers (this rank's carries x's values per channel and dtype, and whether it
+    /// refused its arguments) and returns each rank's count once every rank agrees.
     fn exchange_headers(
         &self,
         exchange: &dyn Exchange,
         operation: Operation,
-        count: u64,
+        x: &Tensor,
         refused: Option<&BatchNormError>,
     ) -> Result<Vec<u64>, SyncError> {
         let status = match refused {
@@ -404,9 +401,10 @@ impl SyncBatchNorm {
             operation,
             status,
             self.layer.channels(),
+            x.dtype(),
             config.eps,
             running_update(&self.layer),
-            count,
+            x.view().values_per_channel() as u64,
         );
         let gathered = exchange.all_gather(&header.encode())?;
         agree(&gathered, exchange.ranks())

@@ -10,6 +10,10 @@
 //! backward gathers every rank's (sum dy x_hat, sum dy) and adds them in rank order the same
 //! way, then each rank computes its dx; dgamma and dbeta stay each rank's own, as in PyTorch.
 //!
+//! Shards may be stored as f32, f16 or bf16, the same type on every rank (the header carries
+//! it). Synchronized calls take no epilogue: a ReLU or residual add that follows runs as its
+//! own operation.
+//!
 //! Transports implement [`Exchange`]: [`InProcessExchange`] for several `GpuContext`s in one
 //! process (a thread each), and `MpiExchange` over MPI with the `mpi` feature.
 

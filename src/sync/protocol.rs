@@ -10,14 +10,20 @@
 //! so no rank waits for one that gave up.
 
 use super::error::{HeaderField, SyncError};
+use crate::dtype::DType;
 
 /// The first word of every header: "SBN" and the format's version, 1.
 pub const PROTOCOL_VERSION: u32 = 0x5342_4e01;
 /// Words of a header.
 pub const HEADER_WORDS: usize = 13;
-/// The `dtype` code of f32 tensors, the only element type this crate stores today. Codes 1
-/// (f16) and 2 (bf16) are set aside for half-precision storage.
-pub const DTYPE_F32: u32 = 0;
+/// The header's code of a storage type: 0 for f32, 1 for f16, 2 for bf16.
+pub fn dtype_code(dtype: DType) -> u32 {
+    match dtype {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+    }
+}
 
 /// Which exchange of a training step a header opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +77,7 @@ pub struct Header {
     pub status: u32,
     /// The layer's channels.
     pub channels: u64,
-    /// The element type of the rank's tensors ([`DTYPE_F32`]).
+    /// The storage type of the rank's tensors ([`dtype_code`]).
     pub dtype: u32,
     /// The layer's eps.
     pub eps: f64,
@@ -95,6 +101,7 @@ impl Header {
         operation: Operation,
         status: Status,
         channels: usize,
+        dtype: DType,
         eps: f64,
         update: RunningUpdate,
         count: u64,
@@ -104,7 +111,7 @@ impl Header {
             operation: operation as u32,
             status: status as u32,
             channels: channels as u64,
-            dtype: DTYPE_F32,
+            dtype: dtype_code(dtype),
             eps,
             update,
             count,
@@ -170,12 +177,10 @@ impl Header {
                 other => format!("unknown ({other})"),
             },
             HeaderField::Channels => self.channels.to_string(),
-            HeaderField::DType => match self.dtype {
-                0 => "f32".into(),
-                1 => "f16".into(),
-                2 => "bf16".into(),
-                other => format!("unknown ({other})"),
-            },
+            HeaderField::DType => [DType::F32, DType::F16, DType::BF16]
+                .into_iter()
+                .find(|&dtype| dtype_code(dtype) == self.dtype)
+                .map_or_else(|| format!("unknown ({})", self.dtype), |d| d.name().into()),
             HeaderField::Eps => self.eps.to_string(),
             HeaderField::Momentum => match self.update {
                 RunningUpdate::Untracked => "no running statistics".into(),
@@ -305,6 +310,7 @@ mod tests {
             Operation::ForwardStatistics,
             Status::Ready,
             channels,
+            DType::F32,
             eps,
             update,
             count,
@@ -324,7 +330,7 @@ mod tests {
         ] {
             let h = Header {
                 status: Status::GpuFailed as u32,
-                dtype: 2,
+                dtype: dtype_code(DType::BF16),
                 ..header(70_000, 1e-3, update, (1 << 40) + 7)
             };
             assert_eq!(Header::decode(&h.encode()), h);
@@ -358,7 +364,13 @@ mod tests {
                 HeaderField::Operation,
             ),
             (header(5, 1e-5, m, 4), HeaderField::Channels),
-            (Header { dtype: 1, ..base }, HeaderField::DType),
+            (
+                Header {
+                    dtype: dtype_code(DType::F16),
+                    ..base
+                },
+                HeaderField::DType,
+            ),
             (header(6, 1e-3, m, 4), HeaderField::Eps),
             (
                 header(6, 1e-5, RunningUpdate::Cumulative, 4),
@@ -385,9 +397,11 @@ mod tests {
                 other => panic!("{want:?}: {other:?}"),
             }
         }
-        let message = agree(&gather(&[base, Header { dtype: 1, ..base }]), 2)
-            .unwrap_err()
-            .to_string();
+        let f16 = Header {
+            dtype: dtype_code(DType::F16),
+            ..base
+        };
+        let message = agree(&gather(&[base, f16]), 2).unwrap_err().to_string();
         assert!(message.contains("dtype: f32, f16"), "{message}");
     }
 
