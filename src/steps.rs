@@ -312,42 +312,15 @@ impl Builder<'_> {
             return steps;
         }
         let partials = Range::Partials(self.plan.partials_bytes(STATISTICS_PARTIAL_BYTES));
-        steps.extend(self.windows().map(|(w, _)| {
-            let params = self.window_params(w);
-            Step {
-                params: Some(params),
-                bindings: vec![
-                    bind(Role::X, Range::Window(w)),
-                    bind(Role::Partials, partials),
-                ],
-                workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
-                ..self.step(
-                    Program::BatchStatistics,
-                    false,
-                    self.by_kind("partials_contiguous", "partials_strided"),
-                )
-            }
-        }));
-        let finalize_params = Params {
-            channels: self.plan.view.channels as u32,
-            chunks_total: self.plan.chunks_total as u32,
-            ..Params::default()
-        };
-        steps.push(Step {
-            overrides: vec![
+        steps.extend(self.statistics_steps(
+            partials,
+            vec![
                 (Override::HasRunning, has_running),
                 (Override::Cumulative, cumulative),
             ],
-            params: Some(self.with_statistics_scalars(finalize_params, update, eps)),
-            bindings: vec![
-                bind(Role::Partials, partials),
-                bind(Role::Stats, Range::Whole),
-                whole_or_unused(Role::Running, has_running),
-                whole_or_unused(Role::Batches, cumulative),
-            ],
-            workgroups: self.plan.finalize_workgroups(),
-            ..self.step(Program::BatchStatistics, false, self.finalize_entry())
-        });
+            self.with_statistics_scalars(self.finalize_params(), update, eps),
+            (has_running, cumulative),
+        ));
         steps.extend(self.normalize(None, epilogue));
         steps
     }
@@ -411,71 +384,114 @@ impl Builder<'_> {
     }
 
     fn backward(&self, batch_stats: bool, epilogue: EpilogueKind) -> Vec<Step> {
-        let relu = epilogue != EpilogueKind::None;
-        let add = epilogue == EpilogueKind::AddRelu;
         let mut overrides = vec![
             (Override::HasAffine, self.operands.affine),
             (Override::BatchStats, batch_stats),
         ];
         overrides.extend(epilogue_overrides(epilogue));
-        // What the kernels that write dx bind, fused or not.
-        let dx_bindings = |w: usize| {
-            vec![
-                bind(Role::X, Range::Window(w)),
-                bind(Role::Dy, Range::Window(w)),
-                bind(Role::Dx, Range::Window(w)),
-                Self::tensor_or_unused(Role::Result, relu, w),
-                Self::tensor_or_unused(Role::ShortcutGrad, add, w),
-                bind(Role::Stats, Range::Whole),
-                whole_or_unused(Role::Affine, self.operands.affine),
-                bind(Role::Grads, Range::Whole),
-            ]
-        };
-        let inputs_read_write = self.operands.inputs_share_output_buffer;
         if let Some(window) = self.plan.fused_window() {
             return vec![Step {
                 overrides,
                 params: Some(self.window_params(0)),
-                bindings: dx_bindings(0),
+                bindings: self.dx_bindings(0, epilogue),
                 workgroups: self.fused_workgroups(window),
                 ..self.step(
                     Program::Backward,
-                    inputs_read_write,
+                    self.operands.inputs_share_output_buffer,
                     self.by_kind("fused_backward_contiguous", "fused_backward_strided"),
                 )
             }];
         }
         let partials = Range::Partials(self.plan.partials_bytes(GRADIENT_PARTIAL_BYTES));
-        let mut steps: Vec<Step> = self
-            .windows()
+        let relu = epilogue != EpilogueKind::None;
+        let mut steps = self.gradient_sum_steps(partials, &overrides, relu);
+        steps.extend(self.input_gradient_steps(&overrides, epilogue, None));
+        steps
+    }
+
+    /// One reduction step per window of `program`'s `entry`, writing `partials`: over x for the
+    /// statistics; over x, dy (masked by the forward's output where `relu`) and the saved
+    /// statistics for the gradient sums.
+    fn reduction_steps(
+        &self,
+        program: Program,
+        entry: &'static str,
+        overrides: &[(Override, bool)],
+        partials: Range,
+        relu: bool,
+    ) -> Vec<Step> {
+        self.windows()
             .map(|(w, _)| {
                 let params = self.window_params(w);
-                Step {
-                    overrides: overrides.clone(),
-                    params: Some(params),
-                    bindings: vec![
-                        bind(Role::X, Range::Window(w)),
+                let mut bindings = vec![bind(Role::X, Range::Window(w))];
+                if program == Program::Backward {
+                    bindings.extend([
                         bind(Role::Dy, Range::Window(w)),
                         Self::tensor_or_unused(Role::Result, relu, w),
                         bind(Role::Stats, Range::Whole),
-                        bind(Role::Partials, partials),
-                    ],
+                    ]);
+                }
+                bindings.push(bind(Role::Partials, partials));
+                Step {
+                    overrides: overrides.to_vec(),
+                    params: Some(params),
+                    bindings,
                     workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
-                    ..self.step(
-                        Program::Backward,
-                        false,
-                        self.by_kind("grad_partials_contiguous", "grad_partials_strided"),
-                    )
+                    ..self.step(program, false, entry)
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The uniform block of a finalize: channels and partials per channel.
+    fn finalize_params(&self) -> Params {
+        Params {
+            channels: self.plan.view.channels as u32,
+            chunks_total: self.plan.chunks_total as u32,
+            ..Params::default()
+        }
+    }
+
+    /// The batch statistics, split: partials per window, then a finalize with
+    /// `finalize_overrides` and `finalize_params` that writes `Stats`, and the running stats
+    /// and batch count where `(running, batches)` say the call has them.
+    fn statistics_steps(
+        &self,
+        partials: Range,
+        finalize_overrides: Vec<(Override, bool)>,
+        finalize_params: Params,
+        (running, batches): (bool, bool),
+    ) -> Vec<Step> {
+        let entry = self.by_kind("partials_contiguous", "partials_strided");
+        let mut steps = self.reduction_steps(Program::BatchStatistics, entry, &[], partials, false);
         steps.push(Step {
-            overrides: overrides.clone(),
-            params: Some(Params {
-                channels: self.plan.view.channels as u32,
-                chunks_total: self.plan.chunks_total as u32,
-                ..Params::default()
-            }),
+            overrides: finalize_overrides,
+            params: Some(finalize_params),
+            bindings: vec![
+                bind(Role::Partials, partials),
+                bind(Role::Stats, Range::Whole),
+                whole_or_unused(Role::Running, running),
+                whole_or_unused(Role::Batches, batches),
+            ],
+            workgroups: self.plan.finalize_workgroups(),
+            ..self.step(Program::BatchStatistics, false, self.finalize_entry())
+        });
+        steps
+    }
+
+    /// The gradient sums, split: partials per window, then a finalize that writes
+    /// `[dgamma | dbeta]` into `Grads`.
+    fn gradient_sum_steps(
+        &self,
+        partials: Range,
+        overrides: &[(Override, bool)],
+        relu: bool,
+    ) -> Vec<Step> {
+        let entry = self.by_kind("grad_partials_contiguous", "grad_partials_strided");
+        let mut steps = self.reduction_steps(Program::Backward, entry, overrides, partials, relu);
+        steps.push(Step {
+            overrides: overrides.to_vec(),
+            params: Some(self.finalize_params()),
             bindings: vec![
                 bind(Role::Partials, partials),
                 bind(Role::Stats, Range::Whole),
@@ -484,11 +500,39 @@ impl Builder<'_> {
             workgroups: self.plan.finalize_workgroups(),
             ..self.step(Program::Backward, false, self.finalize_entry())
         });
+        steps
+    }
+
+    /// What the kernels that write dx bind, fused or not: the epilogue's mask source (the
+    /// forward's output) and dz where `epilogue` has them.
+    fn dx_bindings(&self, w: usize, epilogue: EpilogueKind) -> Vec<Binding> {
+        vec![
+            bind(Role::X, Range::Window(w)),
+            bind(Role::Dy, Range::Window(w)),
+            bind(Role::Dx, Range::Window(w)),
+            Self::tensor_or_unused(Role::Result, epilogue != EpilogueKind::None, w),
+            Self::tensor_or_unused(Role::ShortcutGrad, epilogue == EpilogueKind::AddRelu, w),
+            bind(Role::Stats, Range::Whole),
+            whole_or_unused(Role::Affine, self.operands.affine),
+            bind(Role::Grads, Range::Whole),
+        ]
+    }
+
+    /// dx (and dz) per window: vec4s where the plan and every tensor's offset allow; else whole
+    /// words for half types and single elements for f32. `values_per_channel` replaces the
+    /// plan's M in the uniform block where given (a synchronized backward's means are final:
+    /// 1).
+    fn input_gradient_steps(
+        &self,
+        overrides: &[(Override, bool)],
+        epilogue: EpilogueKind,
+        values_per_channel: Option<f32>,
+    ) -> Vec<Step> {
         let mut offsets = vec![self.operands.x, self.operands.dy, self.operands.dx];
-        if relu {
+        if epilogue != EpilogueKind::None {
             offsets.push(self.operands.result);
         }
-        if add {
+        if epilogue == EpilogueKind::AddRelu {
             offsets.push(self.operands.dz);
         }
         let (program, entry) = if self.plan.vec4_at(&offsets) {
@@ -498,14 +542,21 @@ impl Builder<'_> {
         } else {
             (Program::Backward, "input_gradient")
         };
-        steps.extend(self.windows().map(|(w, window)| Step {
-            overrides: overrides.clone(),
-            params: Some(self.window_params(w)),
-            bindings: dx_bindings(w),
-            workgroups: self.elementwise_workgroups(window, program.lanes()),
-            ..self.step(program, inputs_read_write, entry)
-        }));
-        steps
+        self.windows()
+            .map(|(w, window)| {
+                let params = self.window_params(w);
+                Step {
+                    overrides: overrides.to_vec(),
+                    params: Some(Params {
+                        values_per_channel: values_per_channel.unwrap_or(params.values_per_channel),
+                        ..params
+                    }),
+                    bindings: self.dx_bindings(w, epilogue),
+                    workgroups: self.elementwise_workgroups(window, program.lanes()),
+                    ..self.step(program, self.operands.inputs_share_output_buffer, entry)
+                }
+            })
+            .collect()
     }
 }
 

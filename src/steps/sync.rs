@@ -11,10 +11,10 @@
 //! overrides off. Steps come in the plan's storage type, with the single-device choice of
 //! elementwise program for it (vec4s where they apply, else words for half types).
 
-use super::{bind, epilogue_overrides, whole_or_unused, Builder, Operands, Range, Step};
+use super::{epilogue_overrides, Builder, Operands, Range, Step};
 use crate::epilogue::EpilogueKind;
-use crate::plan::{workgroups_for_items, Plan, GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES};
-use crate::shader::{Override, Params, Program, Role};
+use crate::plan::{Plan, GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES};
+use crate::shader::Override;
 
 /// A half of a synchronized operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,68 +50,17 @@ impl Builder<'_> {
         Range::Partials(plan.view.channels as u64 * plan.chunks_total as u64 * partial_bytes)
     }
 
-    /// One reduction step per window: `entry` on x (and dy), writing `partials`.
-    fn reduction_steps(
-        &self,
-        program: Program,
-        entry: &'static str,
-        overrides: &[(Override, bool)],
-        partials: Range,
-    ) -> Vec<Step> {
-        self.windows()
-            .map(|(w, _)| {
-                let params = self.window_params(w);
-                let mut bindings = vec![bind(Role::X, Range::Window(w))];
-                if program == Program::Backward {
-                    bindings.extend([
-                        bind(Role::Dy, Range::Window(w)),
-                        // The ReLU epilogue's mask source, off here.
-                        bind(Role::Result, Range::Unused),
-                        bind(Role::Stats, Range::Whole),
-                    ]);
-                }
-                bindings.push(bind(Role::Partials, partials));
-                Step {
-                    overrides: overrides.to_vec(),
-                    params: Some(params),
-                    bindings,
-                    workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
-                    ..self.step(program, false, entry)
-                }
-            })
-            .collect()
-    }
-
-    /// The uniform block of a finalize: channels and partials per channel.
-    fn finalize_params(&self) -> Params {
-        Params {
-            channels: self.plan.view.channels as u32,
-            chunks_total: self.plan.chunks_total as u32,
-            ..Params::default()
-        }
-    }
-
     fn moments(&self) -> Vec<Step> {
-        let partials = self.all_partials(STATISTICS_PARTIAL_BYTES);
-        let entry = self.by_kind("partials_contiguous", "partials_strided");
-        let mut steps = self.reduction_steps(Program::BatchStatistics, entry, &[], partials);
-        steps.push(Step {
-            overrides: vec![
+        self.statistics_steps(
+            self.all_partials(STATISTICS_PARTIAL_BYTES),
+            vec![
                 (Override::HasRunning, false),
                 (Override::Cumulative, false),
                 (Override::Moments, true),
             ],
-            params: Some(self.finalize_params()),
-            bindings: vec![
-                bind(Role::Partials, partials),
-                bind(Role::Stats, Range::Whole),
-                bind(Role::Running, Range::Unused),
-                bind(Role::Batches, Range::Unused),
-            ],
-            workgroups: self.plan.finalize_workgroups(),
-            ..self.step(Program::BatchStatistics, false, self.finalize_entry())
-        });
-        steps
+            self.finalize_params(),
+            (false, false),
+        )
     }
 
     fn gradient_overrides(&self) -> Vec<(Override, bool)> {
@@ -125,57 +74,13 @@ impl Builder<'_> {
 
     fn gradient_sums(&self) -> Vec<Step> {
         let partials = self.all_partials(GRADIENT_PARTIAL_BYTES);
-        let overrides = self.gradient_overrides();
-        let entry = self.by_kind("grad_partials_contiguous", "grad_partials_strided");
-        let mut steps = self.reduction_steps(Program::Backward, entry, &overrides, partials);
-        steps.push(Step {
-            overrides,
-            params: Some(self.finalize_params()),
-            bindings: vec![
-                bind(Role::Partials, partials),
-                bind(Role::Stats, Range::Whole),
-                bind(Role::Grads, Range::Whole),
-            ],
-            workgroups: self.plan.finalize_workgroups(),
-            ..self.step(Program::Backward, false, self.finalize_entry())
-        });
-        steps
+        self.gradient_sum_steps(partials, &self.gradient_overrides(), false)
     }
 
-    /// dx per window: vec4s where the plan and the offsets allow, else whole words for half
-    /// types and single elements for f32 (`Program::Backward` has no scalar dx for half
-    /// types), as the single-device backward chooses.
+    /// dx per window from the means over every rank (M = 1 in the uniform block), as the
+    /// single-device backward chooses its kernels.
     fn input_gradient_from_means(&self) -> Vec<Step> {
-        let offsets = [self.operands.x, self.operands.dy, self.operands.dx];
-        let (program, entry) = if self.plan.vec4_at(&offsets) {
-            (Program::InputGradientVec4, "input_gradient_vec4")
-        } else if self.plan.dtype.is_half() {
-            (Program::InputGradientWords, "input_gradient_words")
-        } else {
-            (Program::Backward, "input_gradient")
-        };
-        self.windows()
-            .map(|(w, window)| Step {
-                overrides: self.gradient_overrides(),
-                params: Some(Params {
-                    values_per_channel: 1.0,
-                    ..self.window_params(w)
-                }),
-                bindings: vec![
-                    bind(Role::X, Range::Window(w)),
-                    bind(Role::Dy, Range::Window(w)),
-                    bind(Role::Dx, Range::Window(w)),
-                    // The epilogue's mask source and dz, off here.
-                    bind(Role::Result, Range::Unused),
-                    bind(Role::ShortcutGrad, Range::Unused),
-                    bind(Role::Stats, Range::Whole),
-                    whole_or_unused(Role::Affine, self.operands.affine),
-                    bind(Role::Grads, Range::Whole),
-                ],
-                workgroups: self.elementwise_workgroups(window, program.lanes()),
-                ..self.step(program, self.operands.inputs_share_output_buffer, entry)
-            })
-            .collect()
+        self.input_gradient_steps(&self.gradient_overrides(), EpilogueKind::None, Some(1.0))
     }
 }
 
@@ -187,6 +92,8 @@ mod tests {
     use crate::dtype::DType;
     use crate::layout::{ChannelView, Layout};
     use crate::plan::{plan, Operation, PlanLimits};
+    use crate::shader::Role;
+    use crate::steps::bind;
     use crate::steps::tests::used_bindings;
 
     fn plan_for(shape: &[usize], layout: Layout, max_binding_bytes: u64, gpu: bool) -> Plan {
