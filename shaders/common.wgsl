@@ -8,9 +8,10 @@
 // element sits in the tensor's binding. Windows exist so that tensors larger than one storage
 // binding can be processed; a small tensor is one window.
 
-// Walks the values of one window channel that a thread reads in a contiguous reduction: the
-// m-th value (m < o_count * inner), then every WORKGROUP-th one. One division to start, none per
-// step: integer division is dear on GPUs and dearer on CPU adapters.
+// Walks the values of one window channel that a thread reads in a reduction: the m-th value
+// (m < o_count * inner), then every `step`-th one (WORKGROUP when a workgroup shares a chunk, 1
+// when one thread reads a chunk alone). One division to start, none per step: integer division
+// is dear on GPUs and dearer on CPU adapters.
 struct ValueWalk {
     index: u32,
     i: u32,
@@ -18,16 +19,16 @@ struct ValueWalk {
     step_index: u32,
 }
 
-fn walk_values(c_rel: u32, m: u32) -> ValueWalk {
+fn walk_values(c_rel: u32, m: u32, step: u32) -> ValueWalk {
     let o = m / p.inner;
     let i = m - o * p.inner;
-    let step_o = WORKGROUP / p.inner;
+    let step_o = step / p.inner;
     let row = p.channels * p.inner;
     return ValueWalk(
         o * row + c_rel * p.inner + i,
         i,
-        WORKGROUP - step_o * p.inner,
-        step_o * row + (WORKGROUP - step_o * p.inner),
+        step - step_o * p.inner,
+        step_o * row + (step - step_o * p.inner),
     );
 }
 

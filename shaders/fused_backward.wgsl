@@ -53,7 +53,7 @@ fn fused_backward_contiguous(
         }
         let f = dx_factors(c, gradients(c, sums));
         let lanes = splat_factors(f);
-        var walk = walk_values(c_rel, lid);
+        var walk = walk_values(c_rel, lid, WORKGROUP);
         var m = lid;
         while (m + 7u * WORKGROUP < values) {
             input_gradient_eight(walk_eight(&walk), lanes);

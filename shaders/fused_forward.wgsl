@@ -60,7 +60,7 @@ fn fused_forward_contiguous(
         }
         let statistics = mean_invstd(total);
         let affine_c = scale_shift(c, statistics);
-        var walk = walk_values(c_rel, lid);
+        var walk = walk_values(c_rel, lid, WORKGROUP);
         var m = lid;
         while (m + 7u * WORKGROUP < values) {
             normalize_eight(walk_eight(&walk), statistics.x, affine_c);

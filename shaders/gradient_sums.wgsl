@@ -2,7 +2,8 @@
 // where the forward's output is <= 0):
 // 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
 //    dy * (x - mean) over one chunk of one channel (or a band of 32 channels) into a partials
-//    buffer, in a fixed tree order (reduction.wgsl).
+//    buffer, in a fixed tree order (reduction.wgsl); on CPU adapters `grad_partials_per_thread`,
+//    one thread per chunk (see `run_partial` in statistics.wgsl for why).
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    for few partials), from reduction.wgsl, adds each channel's partials in a fixed order;
 //    `finalize_channel` writes dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) =
@@ -40,7 +41,7 @@ fn eight_sums(at: Eight, mean: f32) -> vec2<f32> {
 // One thread's sums over the window channel c_rel's values [start, end) (contiguous kernels).
 fn thread_sums_contiguous(c_rel: u32, start: u32, end: u32, lid: u32, mean: f32) -> vec2<f32> {
     var acc = acc_empty();
-    var walk = walk_values(c_rel, start + lid);
+    var walk = walk_values(c_rel, start + lid, WORKGROUP);
     var m = start + lid;
     while (m + 7u * WORKGROUP < end) {
         acc += eight_sums(walk_eight(&walk), mean);
@@ -73,6 +74,31 @@ fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32)
         index += row_step;
     }
     return acc;
+}
+
+// One thread's sums over the window channel c_rel's values [start, end), read in order, in
+// blocks of RUN_BLOCK values added to the total one block at a time: a chain of additions as
+// long as a block plus the number of blocks, not as the whole run (per-thread kernels).
+fn run_sums(c_rel: u32, start: u32, end: u32, mean: f32) -> vec2<f32> {
+    var total = acc_empty();
+    var walk = walk_values(c_rel, start, 1u);
+    var m = start;
+    while (m + 8u <= end) {
+        var block = acc_empty();
+        let block_end = min(m + RUN_BLOCK, end);
+        while (m + 8u <= block_end) {
+            block += eight_sums(walk_eight(&walk), mean);
+            m += 8u;
+        }
+        total += block;
+    }
+    while (m < end) {
+        let g = upstream(walk.index);
+        total += vec2<f32>(g, g * (load_x(walk.index) - mean));
+        walk = walk_next(walk);
+        m += 1u;
+    }
+    return total;
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -121,6 +147,23 @@ fn grad_partials_strided(
             partials[partial_slot(c_rel, chunk)] = merge_row_lanes(lid);
         }
         workgroupBarrier();
+    }
+}
+
+// CPU adapters: one thread per chunk of one channel, chunk-major (as `partials_per_thread`).
+@compute @workgroup_size(RUN_WORKGROUP)
+fn grad_partials_per_thread(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let values = p.o_count * p.inner;
+    for (var item = gid.x; item < p.items; item += nwg.x * RUN_WORKGROUP) {
+        let chunk = item / p.c_count;
+        let c_rel = item - chunk * p.c_count;
+        let start = chunk * p.chunk_len;
+        let end = min(start + p.chunk_len, values);
+        let mean = stats[p.c0 + c_rel];
+        partials[partial_slot(c_rel, chunk)] = run_sums(c_rel, start, end, mean);
     }
 }
 

@@ -4,7 +4,8 @@
 //    thread loads its values eight at a time (see `Eight` in common.wgsl), takes their mean and
 //    M2 about the first of them (the shift) in registers and merges them into its partial with
 //    Chan's formula; the workgroup merges its threads the same way in a fixed tree order
-//    (reduction.wgsl).
+//    (reduction.wgsl). On CPU adapters, `partials_per_thread`: one thread per chunk, which it
+//    reads in order, with no workgroup memory and no barrier (see `run_partial`).
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    when channels have few partials), from reduction.wgsl, merges each channel's partials in a
 //    fixed order; `finalize_channel` writes mean and invstd and updates the running stats.
@@ -86,7 +87,7 @@ fn eight_partial(v: Values8) -> Partial {
 // One thread's partial of the window channel c_rel's values [start, end) (contiguous kernels).
 fn thread_partial_contiguous(c_rel: u32, start: u32, end: u32, lid: u32) -> Partial {
     var acc = acc_empty();
-    var walk = walk_values(c_rel, start + lid);
+    var walk = walk_values(c_rel, start + lid, WORKGROUP);
     var m = start + lid;
     while (m + 7u * WORKGROUP < end) {
         acc = merge(acc, eight_partial(load_eight(walk_eight(&walk))));
@@ -118,6 +119,32 @@ fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Part
         index += row_step;
     }
     return acc;
+}
+
+// One thread's partial of the window channel c_rel's values [start, end), read in order, in
+// blocks of RUN_BLOCK values merged into the total one block at a time (per-thread kernels).
+// Why a kernel of its own for CPU adapters: there (lavapipe, llvmpipe) a workgroup barrier turns
+// every invocation into a coroutine whose registers live in memory, and a load under a
+// divergent loop tests each lane's mask; one thread per chunk needs neither.
+fn run_partial(c_rel: u32, start: u32, end: u32) -> Partial {
+    var total = acc_empty();
+    var walk = walk_values(c_rel, start, 1u);
+    var m = start;
+    while (m + 8u <= end) {
+        var block = acc_empty();
+        let block_end = min(m + RUN_BLOCK, end);
+        while (m + 8u <= block_end) {
+            block = merge(block, eight_partial(load_eight(walk_eight(&walk))));
+            m += 8u;
+        }
+        total = merge(total, block);
+    }
+    while (m < end) {
+        total = merge(total, Partial(1.0, load_x(walk.index), 0.0, 0.0));
+        walk = walk_next(walk);
+        m += 1u;
+    }
+    return total;
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -167,6 +194,23 @@ fn partials_strided(
             partials[partial_slot(c_rel, chunk)] = merge_row_lanes(lid);
         }
         workgroupBarrier();
+    }
+}
+
+// CPU adapters: one thread per chunk of one channel. Work items go chunk-major, so that the
+// lanes of a SIMD vector read neighbouring channels (channels-last: neighbouring addresses).
+@compute @workgroup_size(RUN_WORKGROUP)
+fn partials_per_thread(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let values = p.o_count * p.inner;
+    for (var item = gid.x; item < p.items; item += nwg.x * RUN_WORKGROUP) {
+        let chunk = item / p.c_count;
+        let c_rel = item - chunk * p.c_count;
+        let start = chunk * p.chunk_len;
+        let end = min(start + p.chunk_len, values);
+        partials[partial_slot(c_rel, chunk)] = run_partial(c_rel, start, end);
     }
 }
 

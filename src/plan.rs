@@ -6,14 +6,16 @@
 //!   (`max_storage_buffer_binding_size`), with binding offsets aligned to
 //!   `min_storage_buffer_offset_alignment`. A window holds whole outer rows (all channels) when a
 //!   row fits; otherwise it holds one outer row and a range of channels.
-//! - Reductions use the strided kernel (32 consecutive channels per workgroup, coalesced) when a
-//!   channel's values are not contiguous (`inner == 1`) and windows hold whole rows; otherwise the
-//!   contiguous kernel (one workgroup per chunk of one channel).
+//! - On GPUs, reductions use the strided kernel (32 consecutive channels per workgroup,
+//!   coalesced) when a channel's values are not contiguous (`inner == 1`) and windows hold whole
+//!   rows; otherwise the contiguous kernel (one workgroup per chunk of one channel). On CPU
+//!   adapters, the per-thread kernel (one thread per chunk of one channel, no barriers), in
+//!   every layout.
 //! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows). On GPUs, a plan
 //!   that is not fused halves it (not below eight values per thread) until the reduction has
-//!   `MIN_GPU_REDUCTION_ITEMS` work items. Then it is doubled until the partials of all chunks
-//!   fit in one storage binding and, on CPU adapters, until the reduction has at most
-//!   `CPU_REDUCTION_WORKGROUPS` work items.
+//!   `MIN_GPU_REDUCTION_ITEMS` work items. A per-thread chunk starts at `MIN_RUN_CHUNK` values.
+//!   Then a chunk is doubled until the partials of all chunks fit in one storage binding and, on
+//!   CPU adapters, until the reduction has at most `CPU_REDUCTION_THREADS` work items.
 //! - Each channel's partials are merged by one thread when there are at most
 //!   `PER_THREAD_FINALIZE_MAX_PARTIALS` of them (no barriers, no idle threads), by a whole
 //!   workgroup otherwise.
@@ -26,7 +28,8 @@
 //! - An operation is fused into one dispatch (a workgroup per channel, or per band of 32
 //!   channels, reads its values, reduces them, then writes its output from the same values)
 //!   when the tensor is one window and each channel is one chunk: small and mid-sized channels,
-//!   where the separate dispatches' fixed costs weigh most.
+//!   where the separate dispatches' fixed costs weigh most. Never on CPU adapters: the fused
+//!   kernels merge in workgroup memory, behind barriers.
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
 
@@ -46,6 +49,15 @@ pub const STRIDED_BAND: usize = 32;
 pub const WORKGROUP_SIZE: usize = 256;
 /// Threads that share a channel in the strided reduction (`ROW_LANES` in the shaders).
 pub const STRIDED_ROW_LANES: usize = WORKGROUP_SIZE / STRIDED_BAND;
+/// Threads per workgroup of the per-thread reduction (`RUN_WORKGROUP` in the shaders): small, so
+/// that a CPU adapter's threads share the workgroups evenly.
+pub const RUN_WORKGROUP_SIZE: usize = 64;
+/// Values a per-thread reduction merges into a block before it merges the block into its total
+/// (`RUN_BLOCK` in the shaders), so that no chain of additions runs the whole chunk.
+pub const RUN_BLOCK: usize = 256;
+/// The smallest per-thread chunk, in values: below it, each thread's fixed cost (its position,
+/// its partial's write) weighs on its loads.
+pub const MIN_RUN_CHUNK: usize = 1024;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of one partial of the statistics reduction: count, shift, mean - shift, M2.
@@ -75,7 +87,9 @@ pub struct PlanLimits {
     /// Most workgroups an elementwise dispatch uses (its threads then loop).
     pub elementwise_workgroups: u32,
     /// Reduction chunks grow until a reduction has at most this many work items.
-    pub reduction_workgroups: u32,
+    pub max_reduction_items: u32,
+    /// Reductions run one thread per chunk, without barriers (CPU adapters).
+    pub per_thread_reductions: bool,
     /// Reduction chunks of plans that are not fused shrink, down to `MIN_CONTIGUOUS_CHUNK` or
     /// `MIN_STRIDED_CHUNK_ROWS`, until a reduction has at least this many work items.
     pub min_reduction_items: u32,
@@ -89,9 +103,9 @@ pub const MIN_CONTIGUOUS_CHUNK: usize = 8 * WORKGROUP_SIZE;
 /// The smallest strided chunk: eight rows per row lane.
 pub const MIN_STRIDED_CHUNK_ROWS: usize = 8 * 8;
 
-/// Work items of a reduction on a CPU adapter, for the same reason as
-/// `CPU_ELEMENTWISE_WORKGROUPS`.
-pub const CPU_REDUCTION_WORKGROUPS: u32 = 256;
+/// Work items (threads) of a per-thread reduction on a CPU adapter: 32 workgroups, enough to
+/// share among a CPU's cores, and each thread's fixed cost stays small beside its loads.
+pub const CPU_REDUCTION_THREADS: u32 = 2048;
 
 /// Workgroups of an elementwise dispatch on a GPU. The stream kernel on an H200 reached 3.56,
 /// 3.81, 3.90 and 3.12 TB/s with 1024, 4096, 16384 and 65535 workgroups; and a thread that
@@ -117,10 +131,11 @@ impl PlanLimits {
                 _ => GPU_ELEMENTWISE_WORKGROUPS,
             }
             .min(max_workgroups),
-            reduction_workgroups: match device_type {
-                wgpu::DeviceType::Cpu => CPU_REDUCTION_WORKGROUPS,
+            max_reduction_items: match device_type {
+                wgpu::DeviceType::Cpu => CPU_REDUCTION_THREADS,
                 _ => u32::MAX,
             },
+            per_thread_reductions: device_type == wgpu::DeviceType::Cpu,
             min_reduction_items: match device_type {
                 wgpu::DeviceType::Cpu => 0,
                 _ => MIN_GPU_REDUCTION_ITEMS,
@@ -167,6 +182,9 @@ pub enum ReductionKind {
     Contiguous,
     /// One workgroup per chunk of rows of 32 consecutive channels (`inner == 1`).
     Strided,
+    /// One thread per chunk of one channel, read in order (CPU adapters): no workgroup memory
+    /// and no barrier, which on a CPU adapter turns each invocation into a coroutine.
+    PerThread,
 }
 
 /// How each channel's partials are merged.
@@ -231,7 +249,7 @@ impl Window {
     /// Work items of this window's reduction dispatch.
     pub fn reduction_items(&self, kind: ReductionKind) -> usize {
         match kind {
-            ReductionKind::Contiguous => self.chunks * self.c_count,
+            ReductionKind::Contiguous | ReductionKind::PerThread => self.chunks * self.c_count,
             ReductionKind::Strided => self.chunks * self.c_count.div_ceil(STRIDED_BAND),
         }
     }
@@ -250,7 +268,7 @@ pub struct Plan {
     pub windows: Vec<Window>,
     /// Partial slots per channel over all windows.
     pub chunks_total: usize,
-    /// Values (contiguous) or rows (strided) per chunk.
+    /// Values (contiguous, per-thread) or rows (strided) per chunk.
     pub chunk_len: usize,
     /// How partials are merged.
     pub finalize: FinalizeKind,
@@ -264,8 +282,28 @@ pub struct Plan {
 /// Plans `operation` on a non-empty tensor. Refuses, with what does not fit and by how much,
 /// a tensor whose per-channel vectors, contiguous runs or reduction partials exceed one
 /// storage binding; partials only count where the operation allocates them (not in
-/// inference, not under a fused plan).
+/// inference, not under a fused plan). Where a CPU adapter's per-thread partials do not fit
+/// (a chunk per channel and window, and many channels), the GPU kernels' plan, which may be
+/// fused and need none.
 pub fn plan(
+    view: ChannelView,
+    dtype: DType,
+    limits: PlanLimits,
+    operation: Operation,
+) -> Result<Plan, BatchNormError> {
+    match plan_reductions(view, dtype, limits, operation) {
+        Err(BatchNormError::PartialsTooLarge { .. }) if limits.per_thread_reductions => {
+            let workgroup_kernels = PlanLimits {
+                per_thread_reductions: false,
+                ..limits
+            };
+            plan_reductions(view, dtype, workgroup_kernels, operation)
+        }
+        planned => planned,
+    }
+}
+
+fn plan_reductions(
     view: ChannelView,
     dtype: DType,
     limits: PlanLimits,
@@ -286,6 +324,7 @@ pub fn plan(
     let min_chunk = match plan.kind {
         ReductionKind::Contiguous => MIN_CONTIGUOUS_CHUNK,
         ReductionKind::Strided => MIN_STRIDED_CHUNK_ROWS,
+        ReductionKind::PerThread => MIN_RUN_CHUNK,
     };
     while plan.fused_window().is_none()
         && plan.reduction_items() < limits.min_reduction_items as usize
@@ -297,7 +336,7 @@ pub fn plan(
     loop {
         let partials_bytes = plan.partials_bytes(partial_bytes);
         let partials_fit = partials_bytes <= limits.max_binding_bytes;
-        let within_budget = plan.reduction_items() <= limits.reduction_workgroups as usize;
+        let within_budget = plan.reduction_items() <= limits.max_reduction_items as usize;
         let can_grow = plan.chunks_total > row_groups;
         if partials_fit && (within_budget || !can_grow) {
             return Ok(plan);
@@ -330,7 +369,9 @@ fn plan_with_chunk(
         (limits.max_binding_bytes.saturating_sub(align + padding) / element).min(MAX_WINDOW_VALUES);
     let row = (view.channels * view.inner) as u64;
     let whole_rows = row <= usable;
-    let kind = if view.inner == 1 && whole_rows {
+    let kind = if limits.per_thread_reductions {
+        ReductionKind::PerThread
+    } else if view.inner == 1 && whole_rows {
         ReductionKind::Strided
     } else {
         ReductionKind::Contiguous
@@ -338,9 +379,12 @@ fn plan_with_chunk(
     let chunk_len = chunk_len.unwrap_or(match kind {
         ReductionKind::Contiguous => CONTIGUOUS_CHUNK,
         ReductionKind::Strided => STRIDED_CHUNK_ROWS,
+        ReductionKind::PerThread => MIN_RUN_CHUNK,
     });
     let chunks_for = |o_count: usize| match kind {
-        ReductionKind::Contiguous => (o_count * view.inner).div_ceil(chunk_len),
+        ReductionKind::Contiguous | ReductionKind::PerThread => {
+            (o_count * view.inner).div_ceil(chunk_len)
+        }
         ReductionKind::Strided => o_count.div_ceil(chunk_len),
     };
     let window_at = |o0: usize, o_count: usize, c0: usize, c_count: usize, chunk_base: usize| {
@@ -509,11 +553,31 @@ impl Plan {
 
     /// The window of a fused plan, where one dispatch does a whole operation (statistics, then
     /// the output from the values just read): the tensor is one window and each channel's
-    /// values are one chunk. `None` otherwise.
+    /// values are one chunk, and the reduction is not per-thread (the fused kernels merge in
+    /// workgroup memory). `None` otherwise.
     pub fn fused_window(&self) -> Option<&Window> {
         match self.windows.as_slice() {
-            [window] if self.chunks_total == 1 && !self.dtype.is_half() => Some(window),
+            [window]
+                if self.chunks_total == 1
+                    && !self.dtype.is_half()
+                    && self.kind != ReductionKind::PerThread =>
+            {
+                Some(window)
+            }
             _ => None,
+        }
+    }
+
+    /// Workgroups of a reduction dispatch of `items` work items: a workgroup each, or a thread
+    /// each in workgroups of `RUN_WORKGROUP_SIZE` (per-thread).
+    pub fn reduction_workgroups(&self, items: usize) -> u32 {
+        match self.kind {
+            ReductionKind::Contiguous | ReductionKind::Strided => {
+                workgroups_for_items(items, self.limits)
+            }
+            ReductionKind::PerThread => {
+                workgroups_for_items(items.div_ceil(RUN_WORKGROUP_SIZE), self.limits)
+            }
         }
     }
 
@@ -538,7 +602,8 @@ mod tests {
         offset_alignment: 256,
         max_workgroups: 65535,
         elementwise_workgroups: 65535,
-        reduction_workgroups: u32::MAX,
+        max_reduction_items: u32::MAX,
+        per_thread_reductions: false,
         min_reduction_items: MIN_GPU_REDUCTION_ITEMS,
     };
 
@@ -940,16 +1005,83 @@ mod tests {
         );
         // Still a whole number of rows per grid step.
         assert_eq!(workgroups_for_elements(1 << 24, 12, cpu) * 256 % 12, 0);
-        // Reductions take bigger chunks on the CPU adapter, smaller ones on the GPU.
+        // Reductions run per thread on the CPU adapter, with at most CPU_REDUCTION_THREADS
+        // threads; the GPU's chunks shrink until there are MIN_GPU_REDUCTION_ITEMS workgroups.
         let nchw = view(&[32, 64, 56, 56], Layout::ChannelsFirst);
         let on_cpu = plan(nchw, DType::F32, cpu, TRAINING).unwrap();
         let on_gpu = plan(nchw, DType::F32, gpu, TRAINING).unwrap();
+        assert_eq!(on_gpu.kind, ReductionKind::Contiguous);
         assert!(on_gpu.chunk_len < CONTIGUOUS_CHUNK);
         assert!(on_gpu.reduction_items() >= MIN_GPU_REDUCTION_ITEMS as usize);
-        assert!(on_cpu.chunk_len > CONTIGUOUS_CHUNK);
-        assert!(
-            on_cpu.windows[0].reduction_items(on_cpu.kind) <= CPU_REDUCTION_WORKGROUPS as usize
+        assert_eq!(on_cpu.kind, ReductionKind::PerThread);
+        assert!(on_cpu.reduction_items() <= CPU_REDUCTION_THREADS as usize);
+        assert!(on_cpu.reduction_items() > CPU_REDUCTION_THREADS as usize / 2);
+        assert_eq!(
+            on_cpu.reduction_workgroups(on_cpu.reduction_items()) as usize,
+            on_cpu.reduction_items().div_ceil(RUN_WORKGROUP_SIZE)
         );
+    }
+
+    /// Where a CPU adapter's per-thread partials would not fit in a binding, the plan falls back
+    /// to the GPU kernels' (here fused: no partials); where those do not fit either, the refusal
+    /// is theirs.
+    #[test]
+    fn cpu_plans_fall_back_where_per_thread_partials_do_not_fit() {
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 20,
+            ..wgpu::Limits::default()
+        };
+        let cpu = PlanLimits::new(&limits, wgpu::DeviceType::Cpu);
+        let wide = view(&[2, 100_000], Layout::ChannelsFirst);
+        // 1.6 MB of 16-byte statistics partials: the fused GPU plan instead.
+        let p = plan(wide, DType::F32, cpu, TRAINING).unwrap();
+        assert!(p.fused_window().is_some());
+        assert!(!p.limits.per_thread_reductions);
+        // 800 kB of 8-byte gradient partials fit; inference has none.
+        for operation in [Operation::Backward, Operation::InferenceForward] {
+            let p = plan(wide, DType::F32, cpu, operation).unwrap();
+            assert_eq!(p.kind, ReductionKind::PerThread);
+        }
+        let err = plan(
+            view(&[1241, 6, 118], Layout::ChannelsLast),
+            DType::F32,
+            PlanLimits::new(
+                &wgpu::Limits {
+                    max_storage_buffer_binding_size: 64 << 10,
+                    ..wgpu::Limits::default()
+                },
+                wgpu::DeviceType::Cpu,
+            ),
+            TRAINING,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            BatchNormError::PartialsTooLarge { bytes: 101_952, .. }
+        ));
+    }
+
+    /// On CPU adapters every layout reduces per thread, in chunks of at least MIN_RUN_CHUNK
+    /// values that are whole blocks of eight, and nothing is fused, however small.
+    #[test]
+    fn cpu_adapters_reduce_per_thread_and_never_fuse() {
+        let cpu = PlanLimits::new(&wgpu::Limits::default(), wgpu::DeviceType::Cpu);
+        for (shape, layout) in [
+            (&[32usize, 64, 8, 8][..], Layout::ChannelsFirst),
+            (&[32, 64, 8, 8][..], Layout::ChannelsLast),
+            (&[256, 1024][..], Layout::ChannelsFirst),
+            (&[1, 3, 100, 101][..], Layout::ChannelsFirst),
+            (&[64, 2048, 7, 7][..], Layout::ChannelsLast),
+        ] {
+            let v = view(shape, layout);
+            for operation in [TRAINING, Operation::Backward] {
+                let p = plan(v, DType::F32, cpu, operation).unwrap();
+                assert_eq!(p.kind, ReductionKind::PerThread, "{shape:?}");
+                assert!(p.fused_window().is_none(), "{shape:?}");
+                assert!(p.chunk_len >= MIN_RUN_CHUNK && p.chunk_len.is_multiple_of(8));
+                assert!(p.reduction_items() <= CPU_REDUCTION_THREADS as usize);
+            }
+        }
     }
 
     #[test]

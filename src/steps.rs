@@ -229,17 +229,30 @@ impl Builder<'_> {
     /// The workgroups of a fused dispatch on `window`: one per channel, or per band.
     fn fused_workgroups(&self, window: &Window) -> u32 {
         let items = match self.plan.kind {
-            ReductionKind::Contiguous => window.c_count,
             ReductionKind::Strided => window.reduction_items(self.plan.kind),
+            // Per-thread plans are never fused (`Plan::fused_window`).
+            ReductionKind::Contiguous | ReductionKind::PerThread => window.c_count,
         };
         workgroups_for_items(items, self.plan.limits)
     }
 
-    /// Entry points of the two reduction shapes, contiguous then strided.
-    fn by_kind(&self, contiguous: &'static str, strided: &'static str) -> &'static str {
+    /// The fused entry point of the plan's reduction shape, contiguous or strided.
+    fn fused_entry(&self, contiguous: &'static str, strided: &'static str) -> &'static str {
+        match self.plan.kind {
+            ReductionKind::Strided => strided,
+            // Per-thread plans are never fused (`Plan::fused_window`).
+            ReductionKind::Contiguous | ReductionKind::PerThread => contiguous,
+        }
+    }
+
+    /// The partials entry point of the plan's reduction kind, from those of the contiguous,
+    /// strided and per-thread kernels.
+    fn partials_entry(&self, entries: [&'static str; 3]) -> &'static str {
+        let [contiguous, strided, per_thread] = entries;
         match self.plan.kind {
             ReductionKind::Contiguous => contiguous,
             ReductionKind::Strided => strided,
+            ReductionKind::PerThread => per_thread,
         }
     }
 
@@ -306,7 +319,7 @@ impl Builder<'_> {
                 ..self.step(
                     Program::BatchStatistics,
                     self.operands.inputs_share_output_buffer,
-                    self.by_kind("fused_forward_contiguous", "fused_forward_strided"),
+                    self.fused_entry("fused_forward_contiguous", "fused_forward_strided"),
                 )
             });
             return steps;
@@ -398,7 +411,7 @@ impl Builder<'_> {
                 ..self.step(
                     Program::Backward,
                     self.operands.inputs_share_output_buffer,
-                    self.by_kind("fused_backward_contiguous", "fused_backward_strided"),
+                    self.fused_entry("fused_backward_contiguous", "fused_backward_strided"),
                 )
             }];
         }
@@ -436,7 +449,7 @@ impl Builder<'_> {
                     overrides: overrides.to_vec(),
                     params: Some(params),
                     bindings,
-                    workgroups: workgroups_for_items(params.items as usize, self.plan.limits),
+                    workgroups: self.plan.reduction_workgroups(params.items as usize),
                     ..self.step(program, false, entry)
                 }
             })
@@ -462,7 +475,11 @@ impl Builder<'_> {
         finalize_params: Params,
         (running, batches): (bool, bool),
     ) -> Vec<Step> {
-        let entry = self.by_kind("partials_contiguous", "partials_strided");
+        let entry = self.partials_entry([
+            "partials_contiguous",
+            "partials_strided",
+            "partials_per_thread",
+        ]);
         let mut steps = self.reduction_steps(Program::BatchStatistics, entry, &[], partials, false);
         steps.push(Step {
             overrides: finalize_overrides,
@@ -487,7 +504,11 @@ impl Builder<'_> {
         overrides: &[(Override, bool)],
         relu: bool,
     ) -> Vec<Step> {
-        let entry = self.by_kind("grad_partials_contiguous", "grad_partials_strided");
+        let entry = self.partials_entry([
+            "grad_partials_contiguous",
+            "grad_partials_strided",
+            "grad_partials_per_thread",
+        ]);
         let mut steps = self.reduction_steps(Program::Backward, entry, overrides, partials, relu);
         steps.push(Step {
             overrides: overrides.to_vec(),
@@ -664,7 +685,7 @@ mod tests {
 
     #[test]
     fn fused_plans_are_one_dispatch() {
-        let limits = limits(128 << 20, CPU);
+        let limits = limits(128 << 20, GPU);
         for (shape, layout, forward, backward) in [
             (
                 &[3usize, 5, 67, 61][..],
@@ -696,7 +717,7 @@ mod tests {
 
     #[test]
     fn split_plans_reduce_finalize_then_write_per_window() {
-        // 8 windows of one chunk each under 64 KiB bindings.
+        // 8 windows under 64 KiB bindings, of four per-thread chunks each (CPU adapter).
         let small = limits(64 << 10, CPU);
         let plan = plan_for(
             &[8, 3, 64, 64],
@@ -704,9 +725,12 @@ mod tests {
             small,
             Operation::TrainingForward,
         );
-        assert_eq!((plan.windows.len(), plan.chunks_total), (8, 8));
+        assert_eq!((plan.windows.len(), plan.chunks_total), (8, 32));
         let training = steps(&plan, TRAINING, &with_affine(true));
-        let mut want = vec!["partials_contiguous"; 8];
+        // 4 chunks x 3 channels: 12 threads, one workgroup.
+        assert_eq!(training[0].params.unwrap().items, 12);
+        assert_eq!(training[0].workgroups, 1);
+        let mut want = vec!["partials_per_thread"; 8];
         want.push("finalize_per_thread");
         want.extend(["normalize_vec4"; 8]);
         assert_eq!(entries(&training), want);
@@ -720,14 +744,14 @@ mod tests {
         }
         assert_eq!(
             training[0].bindings[1],
-            bind(Role::Partials, Range::Partials(3 * 8 * 16))
+            bind(Role::Partials, Range::Partials(3 * 32 * 16))
         );
         let backward = steps(&plan, BACKWARD, &with_affine(true));
         assert_eq!(backward.len(), 17);
         assert_eq!(backward[8].entry, "finalize_per_thread");
         assert_eq!(
             backward[8].bindings[0],
-            bind(Role::Partials, Range::Partials(3 * 8 * 8))
+            bind(Role::Partials, Range::Partials(3 * 32 * 8))
         );
         assert_eq!(backward[16].entry, "input_gradient_vec4");
     }
@@ -772,7 +796,7 @@ mod tests {
         let plan = plan_for(
             &[3, 5, 67, 61],
             Layout::ChannelsFirst,
-            limits(128 << 20, CPU),
+            limits(128 << 20, GPU),
             Operation::TrainingForward,
         );
         let call = Call::TrainingForward {
@@ -878,11 +902,21 @@ mod tests {
     /// group can miss or add a binding on any adapter.
     #[test]
     fn every_step_binds_what_its_entry_point_uses() {
-        let cases: [(&[usize], Layout, PlanLimits); 5] = [
+        let cases: [(&[usize], Layout, PlanLimits); 7] = [
             (
                 &[3, 5, 67, 61],
                 Layout::ChannelsFirst,
-                limits(128 << 20, CPU),
+                limits(128 << 20, GPU),
+            ),
+            (
+                &[4, 16, 16, 40],
+                Layout::ChannelsLast,
+                limits(128 << 20, GPU),
+            ),
+            (
+                &[8, 3, 64, 64],
+                Layout::ChannelsFirst,
+                limits(64 << 10, GPU),
             ),
             (
                 &[4, 16, 16, 40],
@@ -952,6 +986,6 @@ mod tests {
             }
         }
         // Every entry point of every program was reached.
-        assert_eq!(seen.len(), 19, "{seen:?}");
+        assert_eq!(seen.len(), 21, "{seen:?}");
     }
 }

@@ -85,7 +85,7 @@ const OFFSET_CASES: [PlannedCase; 6] = [
         shape: &[8, 3, 64, 64],
         layout: FIRST,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(2, FinalizeKind::PerThread),
+        claim: PlanClaim::split(32, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[36, 2, 128, 128],
@@ -108,13 +108,13 @@ const OFFSET_CASES: [PlannedCase; 6] = [
     PlannedCase {
         shape: &[5, 3, 7],
         layout: FIRST,
-        planned: Planned::Cpu,
+        planned: Planned::DiscreteGpu,
         claim: PlanClaim::FUSED,
     },
     PlannedCase {
         shape: &[6, 5, 3],
         layout: LAST,
-        planned: Planned::Cpu,
+        planned: Planned::DiscreteGpu,
         claim: PlanClaim::FUSED,
     },
 ];
@@ -125,7 +125,7 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 5] = [
         shape: &[8, 4, 64, 64],
         layout: FIRST,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(2, FinalizeKind::PerThread),
+        claim: PlanClaim::split(32, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[2, 48, 48, 4],
@@ -142,13 +142,13 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 5] = [
     PlannedCase {
         shape: &[3, 4, 5, 6],
         layout: FIRST,
-        planned: Planned::Cpu,
+        planned: Planned::DiscreteGpu,
         claim: PlanClaim::FUSED,
     },
     PlannedCase {
         shape: &[3, 5, 6, 4],
         layout: LAST,
-        planned: Planned::Cpu,
+        planned: Planned::DiscreteGpu,
         claim: PlanClaim::FUSED,
     },
 ];

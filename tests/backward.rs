@@ -237,7 +237,7 @@ fn backward_over_several_chunks() {
 /// The fused plans (one dispatch per backward) against the reference, in every mode.
 #[test]
 fn fused_plans_match_the_reference() {
-    let ctx = planned(Planned::Cpu);
+    let ctx = planned(Planned::DiscreteGpu);
     for (k, (shape, layout)) in FUSED_SHAPES.into_iter().enumerate() {
         assert_plan(&ctx, shape, layout, PlanClaim::FUSED);
         for mode in [Mode::Training, Mode::Running, Mode::Untracked] {

@@ -36,13 +36,13 @@ const CASES: [PlannedCase; 10] = [
         shape: &[8, 3, 64, 64],
         layout: FIRST,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(2, FinalizeKind::PerThread),
+        claim: PlanClaim::split(32, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[2, 2, 300, 300],
         layout: FIRST,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(11, FinalizeKind::PerThread),
+        claim: PlanClaim::split(176, FinalizeKind::PerWorkgroup),
     },
     PlannedCase {
         shape: &[9000, 3],
@@ -75,7 +75,7 @@ const CASES: [PlannedCase; 10] = [
         claim: PlanClaim {
             fused: false,
             windows: 8,
-            chunks: 8,
+            chunks: 32,
             finalize: FinalizeKind::PerThread,
         },
     },
@@ -97,14 +97,14 @@ const CASES: [PlannedCase; 10] = [
         claim: PlanClaim {
             fused: false,
             windows: 6,
-            chunks: 2,
+            chunks: 20,
             finalize: FinalizeKind::PerThread,
         },
     },
     PlannedCase {
         shape: &[3, 5, 67, 61],
         layout: FIRST,
-        planned: Planned::Cpu,
+        planned: Planned::DiscreteGpu,
         claim: PlanClaim::FUSED,
     },
 ];
@@ -120,7 +120,9 @@ fn chunk_edges(plan: &Plan, c: usize) -> Vec<(usize, usize)> {
         }
         // Values of the channel in the window, and the number of the first one.
         let (values, first) = match plan.kind {
-            ReductionKind::Contiguous => (window.o_count * view.inner, window.o0 * view.inner),
+            ReductionKind::Contiguous | ReductionKind::PerThread => {
+                (window.o_count * view.inner, window.o0 * view.inner)
+            }
             ReductionKind::Strided => (window.o_count, window.o0),
         };
         let chunk = if plan.fused_window().is_some() {

@@ -132,7 +132,7 @@ proptest! {
 /// The fused plans (one dispatch per training forward) against the reference.
 #[test]
 fn fused_plans_match_the_reference() {
-    let ctx = planned(Planned::Cpu);
+    let ctx = planned(Planned::DiscreteGpu);
     for (k, (shape, layout)) in FUSED_SHAPES.into_iter().enumerate() {
         assert_plan(&ctx, shape, layout, PlanClaim::FUSED);
         let view = ChannelView::new(shape, layout).unwrap();

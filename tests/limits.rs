@@ -14,7 +14,7 @@ use common::{
     Planned, SPLIT_CASES,
 };
 use wgpu_batchnorm::functional::{record_batch_norm, record_batch_norm_backward, ForwardArgs};
-use wgpu_batchnorm::plan::Operation;
+use wgpu_batchnorm::plan::{Operation, ReductionKind, RUN_WORKGROUP_SIZE};
 use wgpu_batchnorm::{reference, BatchNorm, ChannelPair, GpuContext, Layout, Tensor};
 
 const CPU: wgpu::DeviceType = wgpu::DeviceType::Cpu;
@@ -44,9 +44,9 @@ fn tensors_larger_than_a_binding_are_processed_in_windows() {
 
 #[test]
 fn fused_kernels_loop_over_more_channels_than_workgroups() {
-    // 64 KiB bindings hold these tensors in one window, so their plans are fused: one
+    // 64 KiB bindings hold these tensors in one window, so a GPU's plans are fused: one
     // workgroup per channel, or per band of 32 channels, and only 3 workgroups to go round.
-    let ctx = limited_context(1 << 16, 3, CPU);
+    let ctx = limited_context(1 << 16, 3, wgpu::DeviceType::DiscreteGpu);
     let cases: [(&[usize], Layout); 3] = [
         (&[4, 200], Layout::ChannelsFirst),
         (&[3, 3, 3, 100], Layout::ChannelsLast),
@@ -55,6 +55,31 @@ fn fused_kernels_loop_over_more_channels_than_workgroups() {
     for (k, (shape, layout)) in cases.into_iter().enumerate() {
         assert_plan(&ctx, shape, layout, PlanClaim::FUSED);
         check_round_trip(&ctx, shape, layout, 200 + k as u64);
+    }
+}
+
+#[test]
+fn per_thread_reductions_loop_over_more_chunks_than_threads() {
+    // A CPU adapter's per-thread reductions with 3 workgroups of RUN_WORKGROUP_SIZE threads:
+    // more work items (channels x chunks) than threads, in one chunk or two per channel.
+    let ctx = limited_context(1 << 20, 3, CPU);
+    let threads = 3 * RUN_WORKGROUP_SIZE;
+    for (k, (shape, layout, chunks)) in [
+        (&[4usize, 200][..], Layout::ChannelsFirst, 1),
+        (&[2, 3, 3, 400][..], Layout::ChannelsLast, 1),
+        (&[8, 100, 16, 16][..], Layout::ChannelsFirst, 2),
+        (&[8, 16, 16, 100][..], Layout::ChannelsLast, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for operation in [Operation::TrainingForward, Operation::Backward] {
+            let plan = plan_of(&ctx, shape, layout, operation);
+            assert_eq!(plan.kind, ReductionKind::PerThread);
+            assert_eq!(plan.chunks_total, chunks, "{shape:?}");
+            assert!(plan.reduction_items() > threads, "{shape:?}");
+        }
+        check_round_trip(&ctx, shape, layout, 250 + k as u64);
     }
 }
 
@@ -467,8 +492,9 @@ fn partials_are_checked_only_where_an_operation_needs_them() {
     // partials for dgamma and dbeta).
     check_inference_round_trip(&ctx, &shape, Layout::ChannelsLast, 41);
 
-    // 1 MiB bindings: [2, 100_000] is 800 kB, its per-channel pairs 800 kB each, and its plan
-    // fused (one chunk per channel): no partials at all, where 16-byte ones would take 1.6 MB.
+    // 1 MiB bindings: [2, 100_000] is 800 kB, its per-channel pairs 800 kB each, and its
+    // training plan fused (one chunk per channel): no partials at all, where 16-byte ones would
+    // take 1.6 MB (the CPU adapter's per-thread plan falls back to it).
     // (The same as [2, 8_389_632] under 128 MiB bindings, 84 times cheaper to check.)
     let ctx = limited_context(1 << 20, 65535, CPU);
     check_round_trip(&ctx, &[2, 100_000], Layout::ChannelsFirst, 42);

@@ -192,13 +192,13 @@ fn views_at_any_element_offset_of_one_buffer() {
     let fused = PlannedCase {
         shape: &[3, 5, 67, 61],
         layout: Layout::ChannelsFirst,
-        planned: Planned::Cpu,
+        planned: Planned::DiscreteGpu,
         claim: PlanClaim::FUSED,
     };
     let strided = PlannedCase {
         shape: &[4, 16, 16, 40],
         layout: Layout::ChannelsLast,
-        planned: Planned::Cpu,
+        planned: Planned::DiscreteGpu,
         claim: PlanClaim::FUSED,
     };
     let windowed = SPLIT_CASES[7];

@@ -22,7 +22,7 @@ use std::fmt::Write;
 
 use super::{Access, Variant, PARAMS_BINDING, PARAMS_FIELDS};
 use crate::dtype::DType;
-use crate::plan::{STRIDED_BAND, STRIDED_ROW_LANES, WORKGROUP_SIZE};
+use crate::plan::{RUN_BLOCK, RUN_WORKGROUP_SIZE, STRIDED_BAND, STRIDED_ROW_LANES, WORKGROUP_SIZE};
 use crate::shader::Role;
 
 /// The prelude of a program variant.
@@ -35,6 +35,9 @@ pub fn prelude(variant: Variant) -> String {
          // Strided kernels (channels-last): consecutive channels per workgroup, and row lanes.\n\
          const BAND: u32 = {STRIDED_BAND}u;\n\
          const ROW_LANES: u32 = {STRIDED_ROW_LANES}u;\n\
+         // Per-thread reductions (CPU adapters): threads per workgroup, values per block.\n\
+         const RUN_WORKGROUP: u32 = {RUN_WORKGROUP_SIZE}u;\n\
+         const RUN_BLOCK: u32 = {RUN_BLOCK}u;\n\
          // Elements per load and store of a tensor.\n\
          const LANES: u32 = {lanes}u;\n\n\
          struct Params {{\n",

@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn fused_plans_are_split_around_the_exchange() {
-        let plan = plan_for(&[3, 5, 67, 61], Layout::ChannelsFirst, 128 << 20, false);
+        let plan = plan_for(&[3, 5, 67, 61], Layout::ChannelsFirst, 128 << 20, true);
         assert!(plan.fused_window().is_some());
         let operands = Operands {
             affine: true,
@@ -171,7 +171,7 @@ mod tests {
         let plan = plan_for(&[8, 3, 64, 64], Layout::ChannelsFirst, 64 << 10, false);
         assert_eq!(plan.windows.len(), 8);
         let operands = Operands::default();
-        let mut want = vec!["partials_contiguous"; 8];
+        let mut want = vec!["partials_per_thread"; 8];
         want.push("finalize_per_thread");
         assert_eq!(
             entries(&sync_steps(&plan, SyncHalf::Statistics, &operands)),

@@ -24,7 +24,7 @@
 //!   crate documents it). A finite reference never accepts a non-finite value.
 
 use ndarray::ArrayViewD;
-use wgpu_batchnorm::plan::{FinalizeKind, Plan, ReductionKind, WORKGROUP_SIZE};
+use wgpu_batchnorm::plan::{FinalizeKind, Plan, ReductionKind, RUN_BLOCK, WORKGROUP_SIZE};
 use wgpu_batchnorm::reference::{self, BatchStatistics};
 use wgpu_batchnorm::{ChannelView, Layout};
 
@@ -296,9 +296,10 @@ pub fn check_running_statistics(
 }
 
 /// The longest chain of float32 additions a term goes through in the plan's reductions: a
-/// thread's sequential run (its share of a chunk, or of the whole channel when fused), the
-/// eight-value dot products, the workgroup's merge (three levels of eight contiguous, seven row
-/// lanes strided), then the finalize's merge of the chunks.
+/// thread's sequential run (its share of a chunk, or of the whole channel when fused; a
+/// per-thread kernel's block of eight-value steps, then its blocks), the eight-value dot
+/// products, the workgroup's merge (three levels of eight contiguous, seven row lanes strided,
+/// none per-thread), then the finalize's merge of the chunks.
 pub fn sum_depth(plan: &Plan) -> f64 {
     let fused = plan.fused_window().is_some();
     let values = plan.view.values_per_channel();
@@ -315,6 +316,7 @@ pub fn sum_depth(plan: &Plan) -> f64 {
             };
             (rows.div_ceil(ROW_LANES), 7)
         }
+        ReductionKind::PerThread => (RUN_BLOCK / 8 + plan.chunk_len.div_ceil(RUN_BLOCK), 0),
     };
     let finalize = match (fused, plan.finalize) {
         (true, _) => 0,

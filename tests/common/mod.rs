@@ -188,7 +188,7 @@ pub fn assert_plan(ctx: &GpuContext, shape: &[usize], layout: Layout, claim: Pla
     }
 }
 
-/// Shapes that a context planned as [`Planned::Cpu`] fuses (one dispatch per training forward
+/// Shapes that a context planned as [`Planned::DiscreteGpu`] fuses (one dispatch per training forward
 /// or backward), each with enough values per thread for the eight-at-a-time loads and a
 /// remainder: channels-first with odd spatial runs, channels-last and 2-D with a last band of
 /// fewer than 32 channels; N = 1 with a spatial extent; one channel.
@@ -232,13 +232,13 @@ pub const SPLIT_CASES: [PlannedCase; 9] = [
         shape: &[8, 3, 64, 64],
         layout: Layout::ChannelsFirst,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(2, FinalizeKind::PerThread),
+        claim: PlanClaim::split(32, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[2, 2, 300, 300],
         layout: Layout::ChannelsFirst,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(11, FinalizeKind::PerThread),
+        claim: PlanClaim::split(176, FinalizeKind::PerWorkgroup),
     },
     PlannedCase {
         shape: &[36, 2, 128, 128],
@@ -277,7 +277,7 @@ pub const SPLIT_CASES: [PlannedCase; 9] = [
         claim: PlanClaim {
             fused: false,
             windows: 8,
-            chunks: 8,
+            chunks: 32,
             finalize: FinalizeKind::PerThread,
         },
     },
