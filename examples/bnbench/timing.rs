@@ -122,6 +122,7 @@ impl GpuTimer {
                     query_set: &self.query_set,
                     begin: Some(2 * slot),
                     end: Some(2 * slot + 1),
+                    after_each_dispatch: None,
                 };
                 record(&mut encoder, done + slot as usize, timestamps)?;
                 queue.submit([encoder.finish()]);
