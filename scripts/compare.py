@@ -8,6 +8,9 @@ the last two are f32 without an epilogue). Comparisons per case:
 
   GPU time   bnbench's median GPU time (timestamps around the operation's compute pass) against
              PyTorch's summed kernel time per call (profiler); ratio < 1 means we are faster;
+  back to back  bnbench's GPU time per call of 100 identical calls in one submission against
+             PyTorch's of the same 100 calls captured in one CUDA graph and replayed: kernel
+             speed without per-call floors (each side's column is absent from older files: "-");
   host time  bnbench's calls submitted back to back (wall time per call) against PyTorch's
              eager call between CUDA events (median);
   compile    PyTorch's kernel time under torch.compile (Inductor), where torch_bench ran it
@@ -94,6 +97,9 @@ def build_rows(run, torch_cases):
             "compile_us": t and t.get("compile_kernel_us"),
             "compile_ratio": ratio(case["gpu_median_us"], t and t.get("compile_kernel_us")),
             "gpu_ratio": ratio(case["gpu_median_us"], t and t["kernel_us"]),
+            "ours_b2b_us": case.get("gpu_back_to_back_us"),
+            "torch_graph_us": t and t.get("graph_back_to_back_us"),
+            "b2b_ratio": ratio(case.get("gpu_back_to_back_us"), t and t.get("graph_back_to_back_us")),
             "ours_host_us": case["host_back_to_back_us"],
             "torch_eager_us": t and t["eager_us"],
             "host_ratio": ratio(case["host_back_to_back_us"], t and t["eager_us"]),
@@ -106,14 +112,16 @@ def build_rows(run, torch_cases):
                 "case": label(t), "elements": t["elements"], "roofline_us": None,
                 "percent_of_roofline": None, "ours_us": None, "torch_us": t["kernel_us"], "gpu_ratio": None,
                 "compile_us": t.get("compile_kernel_us"), "compile_ratio": None,
+                "ours_b2b_us": None, "torch_graph_us": t.get("graph_back_to_back_us"), "b2b_ratio": None,
                 "ours_host_us": None, "torch_eager_us": t["eager_us"], "host_ratio": None,
                 "ours_gbps": None, "torch_gbps": t["gbps"],
             })
     return rows
 
 
-HEADER = ["case", "ours GPU us", "PyTorch kernel us", "ours/PyTorch", "compiled us", "ours/compiled",
-          "roofline us", "ours % of roofline", "ours b2b us", "PyTorch eager us", "ours/PyTorch (host)"]
+HEADER = ["case", "ours GPU us", "PyTorch kernel us", "ours/PyTorch", "ours GPU b2b us", "PyTorch graph us",
+          "ours/PyTorch (b2b)", "compiled us", "ours/compiled", "roofline us", "ours % of roofline",
+          "ours host b2b us", "PyTorch eager us", "ours/PyTorch (host)"]
 
 
 def cells(row):
@@ -122,6 +130,9 @@ def cells(row):
         number(row["ours_us"]),
         number(row["torch_us"]),
         number(row["gpu_ratio"], 2),
+        number(row["ours_b2b_us"]),
+        number(row["torch_graph_us"]),
+        number(row["b2b_ratio"], 2),
         number(row["compile_us"]),
         number(row["compile_ratio"], 2),
         number(row["roofline_us"]),
@@ -176,12 +187,14 @@ def main():
     run = runs[args.run]
     rows = build_rows(run, torch_info["cases"])
     gpu_mean = geometric_mean([r["gpu_ratio"] for r in rows])
+    b2b_mean = geometric_mean([r["b2b_ratio"] for r in rows])
     host_mean = geometric_mean([r["host_ratio"] for r in rows])
     big = [r for r in rows if r["elements"] > 10_000_000 and r["percent_of_roofline"] is not None]
     at_85 = sum(1 for r in big if r["percent_of_roofline"] >= 85.0)
     as_fast = sum(1 for r in rows if r["gpu_ratio"] is not None and r["gpu_ratio"] <= 1.0)
     compared = sum(1 for r in rows if r["gpu_ratio"] is not None)
     summary = (f"geometric mean of ours/PyTorch: GPU time {number(gpu_mean, 2)}, "
+               f"back to back {number(b2b_mean, 2)}, "
                f"host time {number(host_mean, 2)} (below 1: ours is faster); "
                f"at least as fast as PyTorch in {as_fast} of {compared} cases; "
                f"at 85% of the roofline or more in {at_85} of {len(big)} cases over 10 M elements")

@@ -4,7 +4,11 @@ Follows the method of the reference numbers the project started from (torch_anch
 
   kernel  the summed durations of the GPU kernels of one call, from the profiler: GPU time
           alone, the figure to compare with bnbench's GPU timestamps around an operation;
-  eager   CUDA events around one eager call, host launch cost included (median).
+  eager   CUDA events around one eager call, host launch cost included (median);
+  graph   the same call 100 times captured in one CUDA graph, the graph replayed between CUDA
+          events, over 100 (median of the replays): GPU time per call without launch gaps or
+          per-call floors, beside bnbench's GPU back-to-back column (100 identical calls in one
+          submission); null where capture failed (the reason is printed).
 
 Inputs rotate among enough copies to hold at least twice the L2 cache and at least 128 MiB
 (16 MiB with --quick, as bnbench), so no timing is of cached data. GB/s is counted at the
@@ -93,6 +97,43 @@ def time_eager(fns, reps):
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3)
+    return median(times)
+
+
+GRAPH_CALLS = 100
+
+
+def time_graph(fn, replays):
+    """GPU time per call in microseconds of GRAPH_CALLS identical calls of `fn` captured in one
+    CUDA graph: the graph replayed between CUDA events, over GRAPH_CALLS (median of `replays`).
+    None, with the reason printed, where capture fails."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    # Capture needs its first calls (allocator, cuDNN and autograd state) made on a side stream.
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(GRAPH_CALLS):
+                fn()
+    except RuntimeError as error:
+        print(f"  CUDA graph capture failed: {error}", flush=True)
+        return None
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / GRAPH_CALLS)
+    del graph
     return median(times)
 
 
@@ -196,6 +237,7 @@ def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps, dtypes, 
                     fns = case_fns(f, op, xs, zs, w, b)
                     eager_us = time_eager(fns, eager_reps)
                     kernel_us = time_kernels(fns, kernel_reps)
+                    graph_us = time_graph(fns[0], replays=5)
                     compile_us = None
                     if compile_subset and tuple(shape) == COMPILE_SHAPE and layout == "channels-last" \
                             and dtype_name != "f32" and epilogue != "none":
@@ -210,8 +252,9 @@ def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps, dtypes, 
                     if epilogue != "none":
                         label += f" {epilogue}"
                     compiled_text = "" if compile_us is None else f"  compiled {compile_us:9.1f} us"
-                    print(f"{label:48} kernels {kernel_us:9.1f} us  eager {eager_us:9.1f} us  {gbps:8.1f} GB/s"
-                          f"{compiled_text}", flush=True)
+                    graph_text = "-" if graph_us is None else f"{graph_us:9.1f}"
+                    print(f"{label:48} kernels {kernel_us:9.1f} us  eager {eager_us:9.1f} us  "
+                          f"graph {graph_text} us  {gbps:8.1f} GB/s{compiled_text}", flush=True)
                     results.append({
                         "op": op,
                         "layout": layout,
@@ -223,6 +266,7 @@ def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps, dtypes, 
                         "copies": copies,
                         "kernel_us": kernel_us,
                         "eager_us": eager_us,
+                        "graph_back_to_back_us": graph_us,
                         "compile_kernel_us": compile_us,
                         "gbps": gbps,
                     })
@@ -349,6 +393,8 @@ def main():
         "l2_bytes": l2_bytes,
         "rotate_bytes": max(2 * l2_bytes, rotate_bytes),
         "method": "kernel: profiler kernel durations per call; eager: CUDA events around one call (median); "
+                  f"graph_back_to_back: {GRAPH_CALLS} identical calls in one CUDA graph, replayed between CUDA "
+                  f"events, over {GRAPH_CALLS} (median of 5 replays); "
                   "compile_kernel: profiler kernel durations per call of the torch.compile'd function",
     }
     print(f"torch {info['torch']} CUDA {info['cuda']} cuDNN {info['cudnn']} on {info['device']}, L2 {l2_bytes / MIB:.0f} MiB", flush=True)

@@ -6,7 +6,7 @@ use crate::error::{BatchNormError, Result};
 use crate::gpu::GpuContext;
 use crate::plan::Plan;
 use crate::shader::{Params, Role, PARAMS_BINDING};
-use crate::steps::{Range, Step};
+use crate::steps::{DispatchPart, Range, Step};
 
 /// Where to write GPU timestamps around an operation's compute pass (the benchmark's timer).
 /// Either may be left out: a chain of operations is timed whole by giving its first operation
@@ -19,6 +19,29 @@ pub struct PassTimestamps<'a> {
     pub begin: Option<u32>,
     /// Query written when the pass ends.
     pub end: Option<u32>,
+    /// Asked after each dispatch for a query to write there, inside the pass (the benchmark's
+    /// per-dispatch breakdown). Needs [`wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES`]
+    /// ([`GpuContext::has_timestamps_inside_passes`]); without it the call is refused.
+    pub after_each_dispatch: Option<&'a dyn DispatchTimestamps>,
+}
+
+/// One dispatch of an operation's compute pass, as [`DispatchTimestamps`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DispatchInfo {
+    /// What it computes.
+    pub part: DispatchPart,
+    /// The kernel's entry point.
+    pub entry: &'static str,
+    /// Workgroups dispatched.
+    pub workgroups: u32,
+}
+
+/// Chooses the timestamp query written after each dispatch of a pass
+/// ([`PassTimestamps::after_each_dispatch`]).
+pub trait DispatchTimestamps: std::fmt::Debug {
+    /// The query of [`PassTimestamps::query_set`] to write once `dispatch` is recorded; `None`
+    /// writes none.
+    fn query_after(&self, dispatch: &DispatchInfo) -> Option<u32>;
 }
 
 /// A tensor's buffer and the byte offset where the tensor starts in it.
@@ -82,7 +105,7 @@ fn stand_in_key(role: Role) -> &'static str {
 /// encoders (`BatchNorm` keeps these per input it sees: no allocation in a training loop's
 /// steady state).
 pub(crate) struct Prepared {
-    dispatches: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
+    dispatches: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, DispatchInfo)>,
     _uniforms: wgpu::Buffer,
 }
 
@@ -172,7 +195,12 @@ pub(crate) fn prepare(
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-            dispatches.push((pipeline, bind_group, step.workgroups));
+            let info = DispatchInfo {
+                part: step.part(),
+                entry: step.entry,
+                workgroups: step.workgroups,
+            };
+            dispatches.push((pipeline, bind_group, info));
         }
         Ok(Prepared {
             dispatches,
@@ -190,6 +218,12 @@ pub(crate) fn record_prepared(
     prepared: &Prepared,
     timestamps: Option<PassTimestamps<'_>>,
 ) -> Result<()> {
+    let inner = timestamps.and_then(|t| t.after_each_dispatch);
+    if inner.is_some() && !ctx.has_timestamps_inside_passes() {
+        return Err(BatchNormError::Unsupported(
+            "timestamps between dispatches need the device feature TIMESTAMP_QUERY_INSIDE_PASSES",
+        ));
+    }
     ctx.checked(|_| {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(label),
@@ -199,10 +233,15 @@ pub(crate) fn record_prepared(
                 end_of_pass_write_index: t.end,
             }),
         });
-        for (pipeline, bind_group, workgroups) in &prepared.dispatches {
+        for (pipeline, bind_group, info) in &prepared.dispatches {
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, bind_group, &[]);
-            pass.dispatch_workgroups(*workgroups, 1, 1);
+            pass.dispatch_workgroups(info.workgroups, 1, 1);
+            if let (Some(t), Some(hook)) = (timestamps, inner) {
+                if let Some(query) = hook.query_after(info) {
+                    pass.write_timestamp(t.query_set, query);
+                }
+            }
         }
     })
 }

@@ -330,6 +330,14 @@ impl GpuContext {
             .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
+    /// True when the device can write timestamps between the dispatches of a compute pass
+    /// ([`crate::PassTimestamps::after_each_dispatch`]).
+    pub fn has_timestamps_inside_passes(&self) -> bool {
+        self.inner.device.features().contains(
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+        )
+    }
+
     /// The limits that `plan::plan` plans this context's dispatches with.
     pub fn plan_limits(&self) -> PlanLimits {
         PlanLimits::new(&self.limits(), self.inner.summary.device_type)

@@ -581,7 +581,69 @@ impl Builder<'_> {
     }
 }
 
+/// What a dispatch computes, for reports (`bnbench --breakdown` names each dispatch by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DispatchPart {
+    /// Per-window partial sums of the batch statistics.
+    StatisticsPartials,
+    /// The merge of the statistics partials into mean and variance (and the running stats).
+    StatisticsFinalize,
+    /// Statistics and normalize in one dispatch.
+    FusedForward,
+    /// y from x and the statistics.
+    Normalize,
+    /// Per-window partial sums of dgamma and dbeta.
+    GradientSumsPartials,
+    /// The merge of the gradient partials into dgamma and dbeta.
+    GradientSumsFinalize,
+    /// Gradient sums and dx in one dispatch.
+    FusedBackward,
+    /// dx from the gradient sums.
+    InputGradient,
+    /// The batch count of a training call on an empty batch.
+    CountBatch,
+}
+
+impl DispatchPart {
+    /// The name reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            DispatchPart::StatisticsPartials => "statistics partials",
+            DispatchPart::StatisticsFinalize => "statistics finalize",
+            DispatchPart::FusedForward => "fused statistics and normalize",
+            DispatchPart::Normalize => "normalize",
+            DispatchPart::GradientSumsPartials => "gradient sums partials",
+            DispatchPart::GradientSumsFinalize => "gradient sums finalize",
+            DispatchPart::FusedBackward => "fused gradient sums and dx",
+            DispatchPart::InputGradient => "dx",
+            DispatchPart::CountBatch => "count batch",
+        }
+    }
+}
+
 impl Step {
+    /// What it computes, from its program and entry point (each program's entry points share
+    /// these prefixes; the unit tests below check every kind of plan).
+    pub fn part(&self) -> DispatchPart {
+        use DispatchPart as Part;
+        let entry = self.entry;
+        match self.program {
+            Program::BatchStatistics if entry == "count_batch" => Part::CountBatch,
+            Program::BatchStatistics if entry.starts_with("fused") => Part::FusedForward,
+            Program::BatchStatistics if entry.starts_with("finalize") => Part::StatisticsFinalize,
+            Program::BatchStatistics => Part::StatisticsPartials,
+            Program::Normalize | Program::NormalizeVec4 | Program::NormalizeWords => {
+                Part::Normalize
+            }
+            Program::Backward if entry.starts_with("fused") => Part::FusedBackward,
+            Program::Backward if entry.starts_with("finalize") => Part::GradientSumsFinalize,
+            Program::Backward if entry.starts_with("grad_partials") => Part::GradientSumsPartials,
+            Program::Backward | Program::InputGradientVec4 | Program::InputGradientWords => {
+                Part::InputGradient
+            }
+        }
+    }
+
     /// The program variant it runs.
     pub fn variant(&self) -> Variant {
         Variant {
@@ -754,6 +816,59 @@ mod tests {
             bind(Role::Partials, Range::Partials(3 * 32 * 8))
         );
         assert_eq!(backward[16].entry, "input_gradient_vec4");
+    }
+
+    #[test]
+    fn every_dispatch_names_its_part() {
+        use DispatchPart as Part;
+        let parts = |steps: &[Step]| -> Vec<Part> { steps.iter().map(Step::part).collect() };
+        let cpu = limits(128 << 20, CPU);
+        let fused = plan_for(
+            &[4, 16, 16, 40],
+            Layout::ChannelsLast,
+            cpu,
+            Operation::Backward,
+        );
+        assert_eq!(
+            parts(&steps(&fused, TRAINING, &with_affine(true))),
+            [Part::FusedForward]
+        );
+        assert_eq!(
+            parts(&steps(&fused, BACKWARD, &with_affine(true))),
+            [Part::FusedBackward]
+        );
+        // Two windows under 64 KiB bindings: partials per window, one finalize, then per window.
+        let small = limits(64 << 10, CPU);
+        let split = plan_for(
+            &[2, 3, 64, 64],
+            Layout::ChannelsFirst,
+            small,
+            Operation::Backward,
+        );
+        assert_eq!(split.windows.len(), 2);
+        let training = parts(&steps(&split, TRAINING, &with_affine(true)));
+        assert_eq!(
+            training,
+            [
+                Part::StatisticsPartials,
+                Part::StatisticsPartials,
+                Part::StatisticsFinalize,
+                Part::Normalize,
+                Part::Normalize
+            ]
+        );
+        let backward = parts(&steps(&split, BACKWARD, &with_affine(true)));
+        assert_eq!(
+            backward,
+            [
+                Part::GradientSumsPartials,
+                Part::GradientSumsPartials,
+                Part::GradientSumsFinalize,
+                Part::InputGradient,
+                Part::InputGradient
+            ]
+        );
+        assert_eq!(count_batch_step().part(), Part::CountBatch);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Runs `bnbench --quick` for real on a GPU adapter (the software one in CI) and checks every
-//! output it writes: JSON, CSV, Markdown and SVG.
+//! output it writes: JSON, CSV, Markdown and SVG; and `--breakdown`'s per-dispatch times.
 //!
 //! The program's own code is included as a module and its `run` is called with a command line:
 //! the same code path as `cargo run --example bnbench -- ...`, without building the example a
@@ -149,7 +149,12 @@ fn quick_suite_writes_every_format() {
         let median = positive(case, "gpu_median_us");
         let min = positive(case, "gpu_min_us");
         assert!(min <= median, "minimum above median in {case}");
+        assert!(
+            case.get("breakdown").is_none(),
+            "a breakdown without --breakdown in {case}"
+        );
         for key in [
+            "gpu_back_to_back_us",
             "gbps",
             "percent_of_stream",
             "host_back_to_back_us",
@@ -188,6 +193,7 @@ fn quick_suite_writes_every_format() {
         "layout",
         "shape",
         "gpu_median_us",
+        "gpu_back_to_back_us",
         "max_abs_error",
         "check",
     ] {
@@ -200,14 +206,21 @@ fn quick_suite_writes_every_format() {
     assert_eq!(rows.len(), expected.len(), "one CSV row per case");
     let column = |name: &str| header.iter().position(|h| h == name).expect("column");
     for row in &rows {
-        let median: f64 = row[column("gpu_median_us")].parse().expect("a number");
-        assert!(median.is_finite() && median > 0.0);
+        for name in ["gpu_median_us", "gpu_back_to_back_us"] {
+            let value: f64 = row[column(name)].parse().expect("a number");
+            assert!(value.is_finite() && value > 0.0, "{name} = {value}");
+        }
         assert_eq!(&row[column("check")], "passed");
     }
 
     // Markdown: a table with a row per case.
     let markdown = std::fs::read_to_string(&markdown).expect("the Markdown file was written");
     assert!(markdown.contains("| case |"), "no table header");
+    assert!(markdown.contains("GPU b2b us"), "no back-to-back column");
+    assert!(
+        !markdown.contains("Per dispatch"),
+        "a breakdown without --breakdown"
+    );
     assert!(markdown.contains("| --- |"), "no table rule");
     for label in &labels {
         assert!(
@@ -452,6 +465,132 @@ fn storage_types_and_epilogues_are_cases_of_their_own() {
         assert_eq!(result.label(), label(case));
     }
     std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
+}
+
+/// What each operation's dispatches may compute (`DispatchPart::name`): fused, or split into
+/// reductions, a finalize and an elementwise pass.
+fn allowed_parts(op: &str) -> &'static [&'static str] {
+    match op {
+        "train-forward" => &[
+            "fused statistics and normalize",
+            "statistics partials",
+            "statistics finalize",
+            "normalize",
+        ],
+        "eval-forward" => &["normalize"],
+        _ => &[
+            "fused gradient sums and dx",
+            "gradient sums partials",
+            "gradient sums finalize",
+            "dx",
+        ],
+    }
+}
+
+/// A short run of `shape` in both layouts, all three operations, with `extra` options; returns
+/// the JSON's one run and the Markdown.
+fn short_run(shape: &str, extra: &[&str]) -> (Value, String) {
+    let dir = scratch_dir();
+    let json = dir.join("b.json").to_string_lossy().into_owned();
+    let markdown = dir.join("b.md").to_string_lossy().into_owned();
+    let mut args = vec![
+        "bnbench",
+        "--shape",
+        shape,
+        "--reps",
+        "3",
+        "--warmup",
+        "1",
+        "--warmup-ms",
+        "0",
+        "--rotate-mib",
+        "1",
+        "--json",
+        &json,
+        "--markdown",
+        &markdown,
+    ];
+    args.extend(extra);
+    let cli = bnbench::cli::Cli::try_parse_from(args).expect("a valid command line");
+    let report = bnbench::run(&cli).expect("a run").expect("a report");
+    assert_eq!(report.failures(), 0);
+    let root: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let markdown = std::fs::read_to_string(&markdown).unwrap();
+    std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
+    (root["runs"][0].clone(), markdown)
+}
+
+#[test]
+fn breakdown_times_each_dispatch_by_name() {
+    // A tiny shape (one fused dispatch where the plan allows) and one with more values per
+    // channel.
+    for shape in ["4,6,5,5", "16,8,64,64"] {
+        let (run, markdown) = short_run(shape, &["--breakdown"]);
+        let cases = run["cases"].as_array().expect("cases");
+        assert_eq!(cases.len(), 6, "three operations in two layouts");
+        if run["breakdown"] != "measured" {
+            // Not measured: the run says why, and no case has numbers.
+            let reason = run["breakdown"]["unavailable"]["reason"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a status: {}", run["breakdown"]));
+            assert!(
+                reason.contains("TIMESTAMP_QUERY_INSIDE_PASSES")
+                    || reason.contains("no GPU timestamps")
+            );
+            assert!(cases.iter().all(|c| c.get("breakdown").is_none()));
+            assert!(markdown.contains("NOT MEASURED"), "{markdown}");
+            continue;
+        }
+        assert!(markdown.contains("### Per dispatch"), "{markdown}");
+        assert!(markdown.contains("need not sum"), "{markdown}");
+        for case in cases {
+            positive(case, "gpu_back_to_back_us");
+            let breakdown = &case["breakdown"];
+            positive(breakdown, "pass_median_us");
+            let dispatches = breakdown["dispatches"].as_array().expect("dispatches");
+            assert!(!dispatches.is_empty(), "no dispatch in {case}");
+            let op = case["op"].as_str().unwrap();
+            for dispatch in dispatches {
+                let part = dispatch["part"].as_str().expect("a part");
+                assert!(allowed_parts(op).contains(&part), "{part} in {op}");
+                assert!(!dispatch["entry"].as_str().unwrap_or("").is_empty());
+                assert!(dispatch["workgroups"].as_u64().unwrap_or(0) > 0);
+                positive(dispatch, "gpu_median_us");
+                assert!(
+                    markdown.contains(&format!("| {} |", dispatch["entry"].as_str().unwrap())),
+                    "the Markdown does not name {dispatch}"
+                );
+            }
+            // Whatever the plan, a training forward computes statistics and writes y, a
+            // backward computes the gradient sums and writes dx.
+            let parts: Vec<&str> = dispatches
+                .iter()
+                .map(|d| d["part"].as_str().unwrap())
+                .collect();
+            let writes_output = parts
+                .iter()
+                .any(|p| p.starts_with("fused") || *p == "normalize" || *p == "dx");
+            assert!(writes_output, "{op}: {parts:?}");
+        }
+    }
+}
+
+#[test]
+fn breakdown_without_timestamps_says_so() {
+    let (run, markdown) = short_run(
+        "4,6,5,5",
+        &["--breakdown", "--wall-clock", "--op", "backward"],
+    );
+    let reason = run["breakdown"]["unavailable"]["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a status: {}", run["breakdown"]));
+    assert!(reason.contains("no GPU timestamps"), "{reason}");
+    for case in run["cases"].as_array().expect("cases") {
+        assert!(case.get("breakdown").is_none(), "numbers in {case}");
+        positive(case, "gpu_back_to_back_us");
+    }
+    assert!(markdown.contains("NOT MEASURED"), "{markdown}");
+    assert!(markdown.contains("WALL time"), "{markdown}");
 }
 
 #[test]

@@ -48,7 +48,7 @@ pub struct Cli {
     /// Reports host CPU time and GPU time per step, and checks a sample against the reference.
     /// Runs in each layout asked for; --reps is the number of steps [default: 20, or 5 on a
     /// CPU adapter].
-    #[arg(long, value_enum, conflicts_with_all = ["quick", "shape", "op", "svg", "max_elements", "dtype", "epilogue"])]
+    #[arg(long, value_enum, conflicts_with_all = ["quick", "shape", "op", "svg", "max_elements", "dtype", "epilogue", "breakdown"])]
     pub chain: Option<Chain>,
 
     /// The chain's batch size N [default: 32, or 2 on a CPU adapter].
@@ -96,6 +96,13 @@ pub struct Cli {
     /// Time with the wall clock of awaited calls even where the adapter has GPU timestamps.
     #[arg(long)]
     pub wall_clock: bool,
+
+    /// Also time each dispatch of every case, with timestamps between the dispatches of its
+    /// compute pass (where the adapter has TIMESTAMP_QUERY_INSIDE_PASSES; elsewhere the run says
+    /// so and measures none). Those timestamps add waits of their own: the parts need not sum
+    /// to the whole pass's time.
+    #[arg(long)]
+    pub breakdown: bool,
 
     /// Skip cases with more elements than this (each skip is printed and recorded).
     #[arg(long, value_name = "COUNT")]
@@ -187,6 +194,8 @@ pub struct Settings {
     pub max_elements: Option<usize>,
     /// Wall clock even where GPU timestamps exist.
     pub wall_clock: bool,
+    /// Time each dispatch too, with timestamps inside the pass.
+    pub breakdown: bool,
     /// Logical shapes.
     pub shapes: Vec<Vec<usize>>,
     /// Operations.
@@ -251,6 +260,7 @@ impl Cli {
             rotate_bytes: self.rotate_mib.unwrap_or(rotate_mib) * MIB,
             max_elements: self.max_elements,
             wall_clock: self.wall_clock,
+            breakdown: self.breakdown,
             shapes,
             ops: chosen_or_all(&self.op, &Op::ALL),
             layouts: chosen_or_all(&self.layout, &LayoutChoice::ALL),

@@ -17,11 +17,13 @@
 //! The modules, in the order a run uses them: [`cli`] (options and settings), [`case`] (what
 //! one case is, and the list of them), [`suite`] (the shapes, and the GPU state a case runs on), [`chain`] (a network's batch norms as one training step,
 //! `--chain`), [`runner`] (one adapter's run), [`roofline`] (the stream
-//! kernel), [`timing`] (timestamps, wall clock, host latency), [`check`] (the CPU reference),
+//! kernel), [`timing`] (timestamps, wall clock, host latency), [`breakdown`] (each dispatch's
+//! time, `--breakdown`), [`check`] (the CPU reference),
 //! [`report`] (the results and their formats). `benches/batch_norm.rs` shares `suite` and
 //! `timing`; `tests/bnbench_outputs.rs` runs [`run`] itself. That test includes this file as a
 //! module, so the modules name each other with `super::` and `self::`, never `crate::`.
 
+mod breakdown;
 pub mod case;
 pub mod chain;
 mod check;
@@ -70,16 +72,23 @@ pub fn run(cli: &Cli) -> BenchResult<Option<Report>> {
     let chosen = if cli.all { adapters.len() } else { 1 };
     println!("Adapters (best first; * runs):");
     for (index, adapter) in adapters.iter().enumerate() {
-        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let features = adapter.features();
+        let timestamps = features.contains(wgpu::Features::TIMESTAMP_QUERY);
+        let inside_passes = features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         println!(
-            "  {} {}  timestamps: {}",
+            "  {} {}  timestamps: {}, inside passes: {}",
             if index < chosen && !cli.list {
                 "*"
             } else {
                 " "
             },
             AdapterSummary::from(adapter.get_info()),
-            if timestamps { "yes" } else { "no" }
+            if timestamps { "yes" } else { "no" },
+            if timestamps && inside_passes {
+                "yes"
+            } else {
+                "no"
+            }
         );
     }
     if cli.list {

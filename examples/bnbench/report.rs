@@ -10,11 +10,13 @@ use plotters::prelude::*;
 use serde::Serialize;
 use wgpu_batchnorm::AdapterSummary;
 
+use super::breakdown::{Breakdown, BreakdownStatus};
 use super::case::{Case, DTypeChoice, EpilogueChoice, LayoutChoice, Op};
 use super::chain::ChainResult;
 use super::check::Check;
 use super::cli::Settings;
 use super::roofline::Roofline;
+use super::runner::{BACK_TO_BACK_CALLS, BACK_TO_BACK_SUBMISSIONS};
 use super::suite::Workload;
 use super::timing::{BenchResult, TimeSummary, TimingMethod};
 
@@ -96,6 +98,8 @@ pub struct AdapterRun {
     pub adapter: AdapterInfo,
     /// How GPU times were measured.
     pub timing_method: TimingMethod,
+    /// Whether each case's dispatches were timed too (`--breakdown`).
+    pub breakdown: BreakdownStatus,
     /// The streaming kernel's bandwidth (the roofline).
     pub stream: Roofline,
     /// The cases that ran, in suite order.
@@ -130,6 +134,16 @@ impl std::fmt::Display for CheckStatus {
             CheckStatus::Failed => "FAILED",
         })
     }
+}
+
+/// A case's GPU measurements (see the fields of [`CaseResult`]).
+pub struct GpuTimes {
+    /// One call per submission, in seconds.
+    pub single: TimeSummary,
+    /// Per call of calls recorded into one submission, in seconds.
+    pub back_to_back: f64,
+    /// Each dispatch's time (`--breakdown`).
+    pub breakdown: Option<Breakdown>,
 }
 
 /// A case's host measurements, in seconds (see the fields of [`CaseResult`]).
@@ -173,6 +187,11 @@ pub struct CaseResult {
     pub gpu_median_us: f64,
     /// Minimum GPU time, microseconds.
     pub gpu_min_us: f64,
+    /// GPU time of `BACK_TO_BACK_CALLS` identical calls recorded into one submission (from the
+    /// beginning of the first call's pass to the end of the last's) over their number,
+    /// microseconds (median of a few submissions): the kernels' time without the per-call
+    /// floor of a submission of its own.
+    pub gpu_back_to_back_us: f64,
     /// `min_bytes` over the median GPU time, GB/s.
     pub gbps: f64,
     /// `gbps` as a percentage of the stream kernel's.
@@ -201,18 +220,26 @@ pub struct CaseResult {
     pub params_error_bound: Option<f64>,
     /// Whether the result matched the reference.
     pub check: CheckStatus,
+    /// Each dispatch's GPU time (`--breakdown`, where the adapter can).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Breakdown>,
 }
 
 impl CaseResult {
-    /// Gathers one case's measurements (`gpu` and host times in seconds).
+    /// Gathers one case's measurements.
     pub fn new(
         workload: &Workload,
-        gpu: TimeSummary,
+        gpu: GpuTimes,
         stream_gbps: f64,
         host: HostTimes,
         check: Check,
     ) -> Self {
         let case = workload.case();
+        let GpuTimes {
+            single: gpu,
+            back_to_back,
+            breakdown,
+        } = gpu;
         let gbps = case.min_bytes() as f64 / gpu.median / 1e9;
         CaseResult {
             op: case.op,
@@ -227,6 +254,7 @@ impl CaseResult {
             rotation_mib: workload.rotation_bytes() as f64 / (1 << 20) as f64,
             gpu_median_us: gpu.median * 1e6,
             gpu_min_us: gpu.min * 1e6,
+            gpu_back_to_back_us: back_to_back * 1e6,
             gbps,
             percent_of_stream: 100.0 * gbps / stream_gbps,
             host_back_to_back_us: host.back_to_back * 1e6,
@@ -244,6 +272,7 @@ impl CaseResult {
             } else {
                 CheckStatus::Failed
             },
+            breakdown,
         }
     }
 
@@ -357,6 +386,7 @@ fn case_table(run: &AdapterRun) -> Table {
         "case",
         "GPU median us",
         "GPU min us",
+        "GPU b2b us",
         "GB/s",
         "% stream",
         "host b2b us",
@@ -380,6 +410,7 @@ fn case_table(run: &AdapterRun) -> Table {
                 case.label(),
                 digits3(case.gpu_median_us),
                 digits3(case.gpu_min_us),
+                digits3(case.gpu_back_to_back_us),
                 digits3(case.gbps),
                 format!("{:.0}%", case.percent_of_stream),
                 digits3(case.host_back_to_back_us),
@@ -501,6 +532,17 @@ fn run_heading(run: &AdapterRun, settings: &Settings) -> Vec<String> {
             rotation
         ),
         stream,
+        format!(
+            "GPU b2b: {BACK_TO_BACK_CALLS} identical calls recorded into one submission, {}, \
+             divided by {BACK_TO_BACK_CALLS} (median of {BACK_TO_BACK_SUBMISSIONS} submissions): \
+             the kernels without the per-call floor of a submission of their own",
+            match run.timing_method {
+                TimingMethod::GpuTimestamps => {
+                    "GPU time from the beginning of the first call's pass to the end of the last's"
+                }
+                TimingMethod::WallClock => "WALL time of the awaited submission",
+            }
+        ),
         "GB/s at the minimum bytes (each tensor read or written once at its storage size: 8 per \
          element forward, 12 backward in f32; the shortcut, dz and the backward's mask add theirs) \
          over the median GPU time; \
@@ -511,6 +553,68 @@ fn run_heading(run: &AdapterRun, settings: &Settings) -> Vec<String> {
          (medians); max error: against the f64 CPU reference"
             .to_string(),
     ]
+}
+
+/// The `--breakdown` section of one adapter: what it measured, and a table with each case's
+/// whole pass and its dispatches; `None` when not asked for.
+fn breakdown_section(run: &AdapterRun, settings: &Settings) -> Option<(String, Option<Table>)> {
+    let note = match &run.breakdown {
+        BreakdownStatus::NotAsked => return None,
+        BreakdownStatus::Unavailable { reason } => {
+            return Some((
+                format!("Per-dispatch GPU time (--breakdown): NOT MEASURED: {reason}"),
+                None,
+            ));
+        }
+        BreakdownStatus::Measured => format!(
+            "Per-dispatch GPU time (--breakdown): timestamps written between the dispatches of \
+             each case's pass; a dispatch's time runs from the end of the previous one (or the \
+             pass's beginning) to its own end; medians of {} runs, each its own submission. The \
+             timestamps between dispatches add waits of their own: the parts need not sum to \
+             the whole pass, with or without them",
+            settings.case_reps()
+        ),
+    };
+    let mut rows = Vec::new();
+    for case in &run.cases {
+        let Some(breakdown) = &case.breakdown else {
+            continue;
+        };
+        let whole = |what: &str, us: f64| {
+            vec![
+                String::new(),
+                what.to_string(),
+                String::new(),
+                String::new(),
+                digits3(us),
+            ]
+        };
+        let mut first = whole("whole pass, no inner timestamps", case.gpu_median_us);
+        first[0] = case.label();
+        rows.push(first);
+        rows.push(whole("whole pass, with them", breakdown.pass_median_us));
+        for (k, dispatch) in breakdown.dispatches.iter().enumerate() {
+            rows.push(vec![
+                String::new(),
+                format!("{k}: {}", dispatch.part),
+                dispatch.entry.to_string(),
+                dispatch.workgroups.to_string(),
+                digits3(dispatch.gpu_median_us),
+            ]);
+        }
+    }
+    let header = [
+        "case",
+        "dispatch",
+        "entry point",
+        "workgroups",
+        "GPU median us",
+    ];
+    let table = Table {
+        header: header.iter().map(|h| h.to_string()).collect(),
+        rows,
+    };
+    Some((note, Some(table)))
 }
 
 /// The chain's table of one adapter: a row per layout.
@@ -598,6 +702,13 @@ pub fn terminal(report: &Report) -> String {
             out += &line;
             out.push('\n');
         }
+        if let Some((note, table)) = breakdown_section(run, &report.settings) {
+            out += &format!("\n{note}\n");
+            if let Some(table) = table {
+                out.push('\n');
+                out += &table.text();
+            }
+        }
     }
     if report.runs.len() > 1 && report.settings.chain.is_none() {
         out += "\nSide by side (GPU median time):\n";
@@ -621,6 +732,13 @@ pub fn markdown(report: &Report) -> String {
             out.push('\n');
             for line in skipped {
                 out += &format!("- {line}\n");
+            }
+        }
+        if let Some((note, table)) = breakdown_section(run, &report.settings) {
+            out += &format!("\n### Per dispatch\n\n{note}\n");
+            if let Some(table) = table {
+                out.push('\n');
+                out += &table.markdown();
             }
         }
     }
@@ -654,6 +772,7 @@ struct CsvRow<'a> {
     elements: usize,
     gpu_median_us: f64,
     gpu_min_us: f64,
+    gpu_back_to_back_us: f64,
     gbps: f64,
     percent_of_stream: f64,
     host_back_to_back_us: f64,
@@ -727,6 +846,7 @@ pub fn write_csv(report: &Report, path: &Path) -> BenchResult<()> {
                 elements: case.elements,
                 gpu_median_us: case.gpu_median_us,
                 gpu_min_us: case.gpu_min_us,
+                gpu_back_to_back_us: case.gpu_back_to_back_us,
                 gbps: case.gbps,
                 percent_of_stream: case.percent_of_stream,
                 host_back_to_back_us: case.host_back_to_back_us,

@@ -6,17 +6,24 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use wgpu_batchnorm::{BatchNormError, GpuContext, Tensor};
 
+use super::breakdown::{self, BreakdownStatus};
 use super::case::Case;
 use super::chain::run_chain;
 use super::check;
 use super::cli::Settings;
-use super::report::{AdapterInfo, AdapterRun, CaseResult, HostTimes, Skipped};
+use super::report::{AdapterInfo, AdapterRun, CaseResult, GpuTimes, HostTimes, Skipped};
 use super::roofline;
 use super::suite::{Workload, LAYER_COPIES};
 use super::timing::{
-    awaited_calls, back_to_back, host_cost, warm_up, BenchResult, GpuTimer, TimeSummary,
-    TimingMethod,
+    awaited_calls, back_to_back, host_cost, one_submission_wall, warm_up, BenchResult, GpuTimer,
+    TimeSummary, TimingMethod,
 };
+
+/// Identical calls recorded into one submission for the GPU back-to-back column (as many as
+/// `scripts/torch_bench.py` captures in its CUDA graph).
+pub const BACK_TO_BACK_CALLS: usize = 100;
+/// Submissions of [`BACK_TO_BACK_CALLS`] calls per case; the column is their median.
+pub const BACK_TO_BACK_SUBMISSIONS: usize = 3;
 
 /// A progress bar over every case of the run. Where stderr is no terminal the bar is hidden and
 /// its notes go to stderr as plain lines, so logs still show progress.
@@ -65,7 +72,11 @@ pub fn run_adapter(
         Some(_) => TimingMethod::GpuTimestamps,
         None => TimingMethod::WallClock,
     };
+    let breakdown = BreakdownStatus::on(ctx, timer.as_ref(), settings.breakdown);
     progress.note(&format!("Running on {adapter}"));
+    if let BreakdownStatus::Unavailable { reason } = &breakdown {
+        progress.note(&format!("  --breakdown: not measured: {reason}"));
+    }
     if timing_method == TimingMethod::WallClock {
         progress.note(if settings.wall_clock {
             "  --wall-clock: GPU times are wall clock"
@@ -125,13 +136,15 @@ pub fn run_adapter(
                 format!("more than --max-elements {max} elements"),
                 false,
             )),
-            _ => run_case(ctx, timer.as_ref(), settings, case, stream.gbps).map_err(|error| {
-                let too_large = matches!(
-                    error.downcast_ref::<BatchNormError>(),
-                    Some(BatchNormError::TensorTooLarge { .. })
-                );
-                Skipped::new(case, error.to_string(), !too_large)
-            }),
+            _ => run_case(ctx, timer.as_ref(), settings, &breakdown, case, stream.gbps).map_err(
+                |error| {
+                    let too_large = matches!(
+                        error.downcast_ref::<BatchNormError>(),
+                        Some(BatchNormError::TensorTooLarge { .. })
+                    );
+                    Skipped::new(case, error.to_string(), !too_large)
+                },
+            ),
         };
         match outcome {
             Ok(result) => {
@@ -161,6 +174,7 @@ pub fn run_adapter(
     Ok(AdapterRun {
         adapter: AdapterInfo::from(adapter),
         timing_method,
+        breakdown,
         stream,
         cases: results,
         skipped,
@@ -168,11 +182,13 @@ pub fn run_adapter(
     })
 }
 
-/// Sets up, warms up, times, checks and measures the host latency of one case.
+/// Sets up, warms up, times (one call per submission, then many in one, then each dispatch
+/// where `breakdown` says so), checks and measures the host latency of one case.
 fn run_case(
     ctx: &GpuContext,
     timer: Option<&GpuTimer>,
     settings: &Settings,
+    breakdown: &BreakdownStatus,
     case: &Case,
     stream_gbps: f64,
 ) -> BenchResult<CaseResult> {
@@ -214,8 +230,51 @@ fn run_case(
         params.as_ref(),
         shortcut_grad.as_deref(),
     );
+    let gpu_back_to_back = one_submission(ctx, timer, &workload)?;
+    let breakdown = match (breakdown, timer) {
+        (BreakdownStatus::Measured, Some(timer)) => Some(breakdown::measure(
+            ctx,
+            timer,
+            settings.case_reps(),
+            |encoder, run, timestamps| {
+                workload.record(encoder, run, Some(timestamps))?;
+                Ok(())
+            },
+        )?),
+        _ => None,
+    };
     let host = measure_host(ctx, settings.case_reps(), &mut workload)?;
+    let gpu = GpuTimes {
+        single: gpu,
+        back_to_back: gpu_back_to_back,
+        breakdown,
+    };
     Ok(CaseResult::new(&workload, gpu, stream_gbps, host, check))
+}
+
+/// The GPU back-to-back column: the median over [`BACK_TO_BACK_SUBMISSIONS`] of the GPU time
+/// of [`BACK_TO_BACK_CALLS`] identical calls (the same input copy) in one submission, per
+/// call; wall time of the awaited submission where there are no timestamps.
+fn one_submission(
+    ctx: &GpuContext,
+    timer: Option<&GpuTimer>,
+    workload: &Workload,
+) -> BenchResult<f64> {
+    let seconds = (0..BACK_TO_BACK_SUBMISSIONS)
+        .map(|_| match timer {
+            Some(timer) => {
+                timer.time_one_submission(ctx, BACK_TO_BACK_CALLS, |encoder, timestamps| {
+                    workload.record(encoder, 0, timestamps)?;
+                    Ok(())
+                })
+            }
+            None => one_submission_wall(ctx, BACK_TO_BACK_CALLS, |encoder| {
+                workload.record(encoder, 0, None)?;
+                Ok(())
+            }),
+        })
+        .collect::<BenchResult<Vec<f64>>>()?;
+    Ok(TimeSummary::of(&seconds).ok_or("no submission")?.median)
 }
 
 /// The host columns of a case, each over `calls` calls: the layer's calls (prepared on their

@@ -1,6 +1,7 @@
 //! How the benchmark measures time: GPU timestamp queries written at the beginning and end of an
-//! operation's compute pass (so every dispatch of the operation is inside), wall-clock time of
-//! awaited calls where the adapter has no timestamps, and host latency.
+//! operation's compute pass (so every dispatch of the operation is inside), or around many calls
+//! recorded into one submission; wall-clock time of awaited calls where the adapter has no
+//! timestamps; and host latency. `breakdown.rs` times the dispatches inside a pass.
 //!
 //! Shared by the `bnbench` program and the criterion benches.
 
@@ -118,32 +119,93 @@ impl GpuTimer {
             let batch = (runs - done).min(RUNS_PER_QUERY_SET);
             for slot in 0..batch as u32 {
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let timestamps = PassTimestamps {
-                    query_set: &self.query_set,
-                    begin: Some(2 * slot),
-                    end: Some(2 * slot + 1),
-                };
+                let timestamps = self.pass(Some(2 * slot), Some(2 * slot + 1));
                 record(&mut encoder, done + slot as usize, timestamps)?;
                 queue.submit([encoder.finish()]);
             }
-            let queries = 2 * batch as u32;
-            let bytes = u64::from(queries) * 8;
-            let mut encoder = device.create_command_encoder(&Default::default());
-            encoder.resolve_query_set(&self.query_set, 0..queries, &self.resolve, 0);
-            encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.readback, 0, bytes);
-            queue.submit([encoder.finish()]);
-            let ticks: Vec<u64> = read_mapped(ctx, &self.readback, bytes)?;
+            let ticks = self.read_ticks(ctx, 2 * batch as u32)?;
             for pair in ticks.chunks_exact(2) {
-                let elapsed = pair[1].checked_sub(pair[0]).filter(|&t| t > 0).ok_or(
-                    "the adapter's timestamps did not advance over an operation: \
-                     they cannot time it",
-                )?;
-                seconds.push(elapsed as f64 * self.nanoseconds_per_tick * 1e-9);
+                seconds.push(self.elapsed(pair[0], pair[1])?);
             }
             done += batch;
         }
         Ok(seconds)
     }
+
+    /// GPU seconds per call of `calls` calls recorded into one encoder and submitted once,
+    /// from the beginning of the first call's pass to the end of the last's.
+    /// `record(encoder, timestamps)` records one call, with `timestamps` on its pass where
+    /// given.
+    pub fn time_one_submission(
+        &self,
+        ctx: &GpuContext,
+        calls: usize,
+        mut record: impl FnMut(&mut wgpu::CommandEncoder, Option<PassTimestamps<'_>>) -> BenchResult<()>,
+    ) -> BenchResult<f64> {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        for call in 0..calls {
+            let (first, last) = (call == 0, call + 1 == calls);
+            let timestamps =
+                (first || last).then(|| self.pass(first.then_some(0), last.then_some(1)));
+            record(&mut encoder, timestamps)?;
+        }
+        ctx.queue().submit([encoder.finish()]);
+        let ticks = self.read_ticks(ctx, 2)?;
+        Ok(self.elapsed(ticks[0], ticks[1])? / calls.max(1) as f64)
+    }
+
+    /// Timestamps of this timer's query set at `begin` and `end`.
+    pub fn pass(&self, begin: Option<u32>, end: Option<u32>) -> PassTimestamps<'_> {
+        PassTimestamps {
+            query_set: &self.query_set,
+            begin,
+            end,
+            after_each_dispatch: None,
+        }
+    }
+
+    /// Queries this timer's set holds.
+    pub fn queries(&self) -> u32 {
+        2 * RUNS_PER_QUERY_SET as u32
+    }
+
+    /// The first `queries` timestamps of the set, once the GPU has written them.
+    pub fn read_ticks(&self, ctx: &GpuContext, queries: u32) -> BenchResult<Vec<u64>> {
+        let bytes = u64::from(queries) * 8;
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        encoder.resolve_query_set(&self.query_set, 0..queries, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.readback, 0, bytes);
+        ctx.queue().submit([encoder.finish()]);
+        read_mapped(ctx, &self.readback, bytes)
+    }
+
+    /// Seconds from timestamp `begin` to `end`; an error where they did not advance.
+    pub fn elapsed(&self, begin: u64, end: u64) -> BenchResult<f64> {
+        let ticks = end.checked_sub(begin).filter(|&t| t > 0).ok_or(
+            "the adapter's timestamps did not advance over an operation: they cannot time it",
+        )?;
+        Ok(ticks as f64 * self.nanoseconds_per_tick * 1e-9)
+    }
+}
+
+/// Wall seconds per call of `calls` calls recorded into one encoder, submitted once and
+/// awaited: [`GpuTimer::time_one_submission`] where the adapter has no timestamps.
+pub fn one_submission_wall(
+    ctx: &GpuContext,
+    calls: usize,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder) -> BenchResult<()>,
+) -> BenchResult<f64> {
+    let start = Instant::now();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    for _ in 0..calls {
+        record(&mut encoder)?;
+    }
+    let index = ctx.queue().submit([encoder.finish()]);
+    ctx.device().poll(wgpu::PollType::Wait {
+        submission_index: Some(index),
+        timeout: None,
+    })?;
+    Ok(start.elapsed().as_secs_f64() / calls.max(1) as f64)
 }
 
 /// Wall seconds of each of `calls` calls, each submitted and awaited by `call(index)`.
