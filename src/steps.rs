@@ -822,11 +822,11 @@ mod tests {
     fn every_dispatch_names_its_part() {
         use DispatchPart as Part;
         let parts = |steps: &[Step]| -> Vec<Part> { steps.iter().map(Step::part).collect() };
-        let cpu = limits(128 << 20, CPU);
+        let gpu = limits(128 << 20, GPU);
         let fused = plan_for(
             &[4, 16, 16, 40],
             Layout::ChannelsLast,
-            cpu,
+            gpu,
             Operation::Backward,
         );
         assert_eq!(
