@@ -138,6 +138,7 @@ fn partials_contiguous(
             partials[partial_slot(c_rel, chunk)] = shared_acc[0];
         }
         workgroupBarrier();
+        channel_partial_written(c_rel, lid);
     }
 }
 
@@ -167,6 +168,7 @@ fn partials_strided(
             partials[partial_slot(c_rel, chunk)] = merge_row_lanes(lid);
         }
         workgroupBarrier();
+        band_partial_written(band, lid);
     }
 }
 
