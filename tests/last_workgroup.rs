@@ -26,12 +26,18 @@ const GPU: wgpu::DeviceType = wgpu::DeviceType::DiscreteGpu;
 
 /// One window each: both kernels, both finalize kinds, a last band of fewer than 32 channels,
 /// and a half tensor's single chunk aside, the plans a discrete GPU makes (many small chunks).
-const CASES: [Case; 6] = [
+const CASES: [Case; 7] = [
     (
         &[8, 3, 64, 64],
         FIRST,
         CPU,
         PlanClaim::split(2, FinalizeKind::PerThread),
+    ),
+    (
+        &[2, 2, 300, 300],
+        FIRST,
+        CPU,
+        PlanClaim::split(11, FinalizeKind::PerThread),
     ),
     (
         &[36, 2, 128, 128],
@@ -65,7 +71,7 @@ const CASES: [Case; 6] = [
     ),
 ];
 
-/// Calls per case and path: forwards and backwards, 60 of each over the cases.
+/// Calls per case and path: forwards and backwards, 70 of each over the cases.
 const REPS: u64 = 10;
 
 /// Contexts planned as `device_type` with WebGPU's default limits: with `@coherent` storage
