@@ -120,6 +120,7 @@ fn grad_partials_contiguous(
             partials[partial_slot(c_rel, chunk)] = shared_acc[0];
         }
         workgroupBarrier();
+        channel_partial_written(c_rel, lid);
     }
 }
 
@@ -147,6 +148,7 @@ fn grad_partials_strided(
             partials[partial_slot(c_rel, chunk)] = merge_row_lanes(lid);
         }
         workgroupBarrier();
+        band_partial_written(band, lid);
     }
 }
 

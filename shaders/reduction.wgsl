@@ -6,7 +6,8 @@
 // - the finalize entry points: each channel's partials from the `partials` buffer merged in a
 //   fixed order, by a workgroup (`finalize`, for channels with many partials) or by one thread
 //   (`finalize_per_thread`, for few: no barriers, no idle threads), then handed to the
-//   program's `finalize_channel`.
+//   program's `finalize_channel`; `last_workgroup.wgsl` merges with the same two functions
+//   (`merge_channel_by_workgroup`, `merge_channel_by_thread`) inside the partials dispatch.
 // Fixed orders make results bitwise the same from run to run.
 
 var<workgroup> shared_acc: array<Acc, WORKGROUP>;
@@ -48,6 +49,31 @@ fn partial_slot(c_rel: u32, chunk: u32) -> u32 {
     return (p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk;
 }
 
+// Merges channel c's partials with the whole workgroup, in a fixed order, and hands the result
+// to `finalize_channel` (thread 0). Called in uniform control flow (it has barriers).
+fn merge_channel_by_workgroup(c: u32, lid: u32) {
+    var acc = acc_empty();
+    for (var k = lid; k < p.chunks_total; k += WORKGROUP) {
+        acc = acc_merge(acc, partials[c * p.chunks_total + k]);
+    }
+    shared_acc[lid] = acc;
+    reduce_workgroup(lid);
+    if (lid == 0u) {
+        finalize_channel(c, shared_acc[0]);
+    }
+    workgroupBarrier();
+}
+
+// Merges channel c's partials in one thread, in partial-index order, and hands the result to
+// `finalize_channel`.
+fn merge_channel_by_thread(c: u32) {
+    var acc = acc_empty();
+    for (var k = 0u; k < p.chunks_total; k += 1u) {
+        acc = acc_merge(acc, partials[c * p.chunks_total + k]);
+    }
+    finalize_channel(c, acc);
+}
+
 // One workgroup per channel: for channels with many partials.
 @compute @workgroup_size(WORKGROUP)
 fn finalize(
@@ -56,16 +82,7 @@ fn finalize(
     @builtin(local_invocation_index) lid: u32,
 ) {
     for (var c = wid.x; c < p.channels; c += nwg.x) {
-        var acc = acc_empty();
-        for (var k = lid; k < p.chunks_total; k += WORKGROUP) {
-            acc = acc_merge(acc, partials[c * p.chunks_total + k]);
-        }
-        shared_acc[lid] = acc;
-        reduce_workgroup(lid);
-        if (lid == 0u) {
-            finalize_channel(c, shared_acc[0]);
-        }
-        workgroupBarrier();
+        merge_channel_by_workgroup(c, lid);
     }
 }
 
@@ -76,10 +93,6 @@ fn finalize_per_thread(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     for (var c = gid.x; c < p.channels; c += nwg.x * WORKGROUP) {
-        var acc = acc_empty();
-        for (var k = 0u; k < p.chunks_total; k += 1u) {
-            acc = acc_merge(acc, partials[c * p.chunks_total + k]);
-        }
-        finalize_channel(c, acc);
+        merge_channel_by_thread(c);
     }
 }

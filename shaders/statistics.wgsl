@@ -165,6 +165,7 @@ fn partials_contiguous(
             partials[partial_slot(c_rel, chunk)] = shared_acc[0];
         }
         workgroupBarrier();
+        channel_partial_written(c_rel, lid);
     }
 }
 
@@ -194,6 +195,7 @@ fn partials_strided(
             partials[partial_slot(c_rel, chunk)] = merge_row_lanes(lid);
         }
         workgroupBarrier();
+        band_partial_written(band, lid);
     }
 }
 

@@ -47,7 +47,8 @@ pub trait DispatchTimestamps: std::fmt::Debug {
 /// A tensor's buffer and the byte offset where the tensor starts in it.
 pub(crate) type TensorBuffer<'a> = (&'a wgpu::Buffer, u64);
 
-/// The buffers of one call, by role (partials come from the context's scratch).
+/// The buffers of one call, by role (partials and merge counters come from the context's
+/// scratch).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Buffers<'a> {
     pub x: Option<TensorBuffer<'a>>,
@@ -81,7 +82,7 @@ impl<'a> Buffers<'a> {
             Role::Stats => whole(self.stats),
             Role::Grads => whole(self.grads),
             Role::Batches => whole(self.batches),
-            Role::Partials => None,
+            Role::Partials | Role::Counters => None,
         }
     }
 }
@@ -165,6 +166,7 @@ pub(crate) fn prepare(
                         let scratch = partials.as_ref().ok_or_else(|| internal("partials"))?;
                         (scratch.clone(), 0, Some(bytes))
                     }
+                    Range::Counters(bytes) => (ctx.merge_counters(bytes)?, 0, Some(bytes)),
                     Range::Unused => (ctx.scratch(stand_in_key(binding.role), 16)?, 0, None),
                 });
             }

@@ -201,6 +201,9 @@ struct ContextInner {
     debug_fill: AtomicU64,
 }
 
+/// The scratch key of the counters of merges in the last workgroup.
+const MERGE_COUNTERS: &str = "last-workgroup merge counters";
+
 /// `ContextInner::debug_fill` when no fill is set (no f32's bits are this large).
 const NO_DEBUG_FILL: u64 = u64::MAX;
 
@@ -231,13 +234,16 @@ impl GpuContext {
         Self::from_adapter(&adapter)
     }
 
-    /// Creates a device on `adapter` with the adapter's own limits (the kernels plan from them)
-    /// and timestamp queries where the adapter has them (the benchmark uses them).
+    /// Creates a device on `adapter` with the adapter's own limits (the kernels plan from them),
+    /// timestamp queries where the adapter has them (the benchmark uses them), and `@coherent`
+    /// storage where the adapter has it (reductions then merge their partials without a
+    /// finalize dispatch: `plan::Merge::LastWorkgroup`).
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
         let summary = AdapterSummary::from(adapter.get_info());
         let wanted = wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+            | wgpu::Features::MEMORY_DECORATION_COHERENT;
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("wgpu-batchnorm"),
             required_features: adapter.features() & wanted,
@@ -269,7 +275,9 @@ impl GpuContext {
 
     /// Wraps a device and queue the caller already owns. Plans read `device.limits()`, so a
     /// device with smaller limits than its adapter is respected; a device below what the
-    /// kernels need (WebGPU's defaults suffice) is refused.
+    /// kernels need (WebGPU's defaults suffice) is refused. Reductions merge their partials in
+    /// their last workgroup only where the device has `Features::MEMORY_DECORATION_COHERENT`
+    /// enabled; otherwise a finalize dispatch merges them.
     ///
     /// The caller's error handler and device-lost callback are left alone (wgpu keeps one
     /// callback per device, and setting one drops the previous): this crate's calls catch
@@ -340,7 +348,11 @@ impl GpuContext {
 
     /// The limits that `plan::plan` plans this context's dispatches with.
     pub fn plan_limits(&self) -> PlanLimits {
-        PlanLimits::new(&self.limits(), self.inner.summary.device_type)
+        PlanLimits::new(
+            &self.limits(),
+            self.inner.summary.device_type,
+            self.inner.device.features(),
+        )
     }
 
     /// The compute pipeline a step runs, compiled on first use (each new one is a shader
@@ -438,6 +450,25 @@ impl GpuContext {
         let buffer = self.scratch_buffer(key, bytes)?;
         self.apply_debug_fill(&buffer, bytes / 4, DType::F32)?;
         Ok(buffer)
+    }
+
+    /// The counters of merges in the last workgroup, at least `bytes` of them. Never
+    /// debug-filled: each merge's dispatch expects them zero, as wgpu creates them, and leaves
+    /// them zero. Shared by every call of the context, as the partials are: dispatches that
+    /// bind them are ordered by wgpu, and each finds them zero.
+    pub(crate) fn merge_counters(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        self.scratch_buffer(MERGE_COUNTERS, bytes)
+    }
+
+    /// Downloads the counters of merges in the last workgroup: all zero between calls unless a
+    /// dispatch was cut short. A debugging aid (the tests check that every call leaves them
+    /// zero); empty before the first merge.
+    pub fn read_merge_counters(&self) -> Result<Vec<u32>> {
+        let Some(buffer) = lock(&self.inner.scratch).get(MERGE_COUNTERS).cloned() else {
+            return Ok(Vec::new());
+        };
+        let bytes = crate::tensor::read_bytes(self, &buffer, 0, buffer.size())?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     fn scratch_buffer(&self, key: &'static str, bytes: u64) -> Result<wgpu::Buffer> {

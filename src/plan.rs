@@ -32,6 +32,13 @@
 //!   kernels merge in workgroup memory, behind barriers.
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
+//! - A reduction that is not fused and is one window merges each channel's partials (contiguous)
+//!   or each band's (strided) in the workgroup that finishes the channel or band last, counted by
+//!   an atomic counter per channel or band, instead of in a separate finalize dispatch, where the
+//!   device has `@coherent` storage (`MEMORY_DECORATION_COHERENT`): without it other
+//!   workgroups' partials are not guaranteed visible. The merge keeps the finalize kind's order,
+//!   so results are bitwise those of the finalize dispatch. Several windows keep the dispatch:
+//!   a channel's partials then come from several dispatches.
 
 use crate::dtype::DType;
 use crate::error::BatchNormError;
@@ -93,6 +100,9 @@ pub struct PlanLimits {
     /// Reduction chunks of plans that are not fused shrink, down to `MIN_CONTIGUOUS_CHUNK` or
     /// `MIN_STRIDED_CHUNK_ROWS`, until a reduction has at least this many work items.
     pub min_reduction_items: u32,
+    /// The device has `Features::MEMORY_DECORATION_COHERENT` enabled, so one workgroup can read
+    /// the partials others wrote in the same dispatch (`Merge::LastWorkgroup`).
+    pub coherent_storage: bool,
 }
 
 /// Work items a GPU's reduction should have at least: a few workgroups per compute unit, so
@@ -119,8 +129,12 @@ pub const GPU_ELEMENTWISE_WORKGROUPS: u32 = 16384;
 pub const CPU_ELEMENTWISE_WORKGROUPS: u32 = 64;
 
 impl PlanLimits {
-    /// Reads the limits of a device of the given type.
-    pub fn new(limits: &wgpu::Limits, device_type: wgpu::DeviceType) -> Self {
+    /// Reads the limits of a device of the given type with the given features enabled.
+    pub fn new(
+        limits: &wgpu::Limits,
+        device_type: wgpu::DeviceType,
+        features: wgpu::Features,
+    ) -> Self {
         let max_workgroups = limits.max_compute_workgroups_per_dimension;
         PlanLimits {
             max_binding_bytes: limits.max_storage_buffer_binding_size,
@@ -140,6 +154,7 @@ impl PlanLimits {
                 wgpu::DeviceType::Cpu => 0,
                 _ => MIN_GPU_REDUCTION_ITEMS,
             },
+            coherent_storage: features.contains(wgpu::Features::MEMORY_DECORATION_COHERENT),
         }
     }
 }
@@ -194,6 +209,17 @@ pub enum FinalizeKind {
     PerThread,
     /// One workgroup per channel.
     PerWorkgroup,
+}
+
+/// Where each channel's partials are merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// A finalize dispatch after the partials (and inference, which reduces nothing).
+    Dispatch,
+    /// The partials dispatch itself: the workgroup that writes the last partial of a channel
+    /// (contiguous) or of a band of 32 channels (strided) merges them, found through an atomic
+    /// counter per channel or band that it resets to zero.
+    LastWorkgroup,
 }
 
 /// One binding-sized piece of a tensor.
@@ -270,8 +296,10 @@ pub struct Plan {
     pub chunks_total: usize,
     /// Values (contiguous, per-thread) or rows (strided) per chunk.
     pub chunk_len: usize,
-    /// How partials are merged.
+    /// How partials are merged: by a thread or by a workgroup per channel.
     pub finalize: FinalizeKind,
+    /// Where partials are merged.
+    pub merge: Merge,
     /// Elementwise kernels may use vec4 loads and stores, where every tensor of the call starts
     /// on a vec4 of its buffer (`Plan::vec4_at`).
     pub vec4: bool,
@@ -321,6 +349,22 @@ fn plan_reductions(
     let Some(partial_bytes) = operation.partial_bytes() else {
         return Ok(plan);
     };
+    let merged_where = |plan: Plan| {
+        // Per-thread plans (CPU adapters) keep the dispatch: the last workgroup's handshake
+        // needs the barriers those kernels exist to avoid.
+        let last_workgroup = limits.coherent_storage
+            && plan.windows.len() == 1
+            && plan.fused_window().is_none()
+            && plan.kind != ReductionKind::PerThread;
+        Plan {
+            merge: if last_workgroup {
+                Merge::LastWorkgroup
+            } else {
+                Merge::Dispatch
+            },
+            ..plan
+        }
+    };
     let min_chunk = match plan.kind {
         ReductionKind::Contiguous => MIN_CONTIGUOUS_CHUNK,
         ReductionKind::Strided => MIN_STRIDED_CHUNK_ROWS,
@@ -339,7 +383,7 @@ fn plan_reductions(
         let within_budget = plan.reduction_items() <= limits.max_reduction_items as usize;
         let can_grow = plan.chunks_total > row_groups;
         if partials_fit && (within_budget || !can_grow) {
-            return Ok(plan);
+            return Ok(merged_where(plan));
         }
         if !can_grow {
             return Err(BatchNormError::PartialsTooLarge {
@@ -477,6 +521,7 @@ fn plan_with_chunk(
         } else {
             FinalizeKind::PerWorkgroup
         },
+        merge: Merge::Dispatch,
     })
 }
 
@@ -581,6 +626,19 @@ impl Plan {
         }
     }
 
+    /// Counters of a `Merge::LastWorkgroup` plan: one per channel (contiguous) or per band of
+    /// `STRIDED_BAND` channels (strided); none otherwise (per-thread plans always merge in a
+    /// dispatch).
+    pub fn merge_counters(&self) -> usize {
+        match (self.merge, self.kind) {
+            (Merge::Dispatch, _) | (_, ReductionKind::PerThread) => 0,
+            (Merge::LastWorkgroup, ReductionKind::Contiguous) => self.view.channels,
+            (Merge::LastWorkgroup, ReductionKind::Strided) => {
+                self.view.channels.div_ceil(STRIDED_BAND)
+            }
+        }
+    }
+
     /// Workgroups of the finalize dispatch: a thread or a workgroup per channel.
     pub fn finalize_workgroups(&self) -> u32 {
         match self.finalize {
@@ -605,6 +663,7 @@ mod tests {
         max_reduction_items: u32::MAX,
         per_thread_reductions: false,
         min_reduction_items: MIN_GPU_REDUCTION_ITEMS,
+        coherent_storage: false,
     };
 
     /// WebGPU's defaults with another binding limit, and no GPU chunk shrinking, so the window
@@ -993,8 +1052,12 @@ mod tests {
     #[test]
     fn cpu_adapters_use_few_elementwise_workgroups() {
         let limits = wgpu::Limits::default();
-        let cpu = PlanLimits::new(&limits, wgpu::DeviceType::Cpu);
-        let gpu = PlanLimits::new(&limits, wgpu::DeviceType::DiscreteGpu);
+        let cpu = PlanLimits::new(&limits, wgpu::DeviceType::Cpu, wgpu::Features::empty());
+        let gpu = PlanLimits::new(
+            &limits,
+            wgpu::DeviceType::DiscreteGpu,
+            wgpu::Features::empty(),
+        );
         assert_eq!(
             workgroups_for_elements(1 << 24, 64, cpu),
             CPU_ELEMENTWISE_WORKGROUPS
@@ -1031,7 +1094,7 @@ mod tests {
             max_storage_buffer_binding_size: 1 << 20,
             ..wgpu::Limits::default()
         };
-        let cpu = PlanLimits::new(&limits, wgpu::DeviceType::Cpu);
+        let cpu = PlanLimits::new(&limits, wgpu::DeviceType::Cpu, wgpu::Features::empty());
         let wide = view(&[2, 100_000], Layout::ChannelsFirst);
         // 1.6 MB of 16-byte statistics partials: the fused GPU plan instead.
         let p = plan(wide, DType::F32, cpu, TRAINING).unwrap();
@@ -1051,6 +1114,7 @@ mod tests {
                     ..wgpu::Limits::default()
                 },
                 wgpu::DeviceType::Cpu,
+                wgpu::Features::empty(),
             ),
             TRAINING,
         )
@@ -1061,11 +1125,36 @@ mod tests {
         ));
     }
 
+    /// Per-thread plans keep the finalize dispatch, even where the device has `@coherent`
+    /// storage: the last workgroup's handshake needs barriers.
+    #[test]
+    fn per_thread_plans_merge_in_a_dispatch() {
+        let coherent_cpu = PlanLimits::new(
+            &wgpu::Limits::default(),
+            wgpu::DeviceType::Cpu,
+            wgpu::Features::MEMORY_DECORATION_COHERENT,
+        );
+        let p = plan(
+            view(&[8, 3, 64, 64], Layout::ChannelsFirst),
+            DType::F32,
+            coherent_cpu,
+            TRAINING,
+        )
+        .unwrap();
+        assert_eq!(p.kind, ReductionKind::PerThread);
+        assert_eq!(p.merge, Merge::Dispatch);
+        assert_eq!(p.merge_counters(), 0);
+    }
+
     /// On CPU adapters every layout reduces per thread, in chunks of at least MIN_RUN_CHUNK
     /// values that are whole blocks of eight, and nothing is fused, however small.
     #[test]
     fn cpu_adapters_reduce_per_thread_and_never_fuse() {
-        let cpu = PlanLimits::new(&wgpu::Limits::default(), wgpu::DeviceType::Cpu);
+        let cpu = PlanLimits::new(
+            &wgpu::Limits::default(),
+            wgpu::DeviceType::Cpu,
+            wgpu::Features::empty(),
+        );
         for (shape, layout) in [
             (&[32usize, 64, 8, 8][..], Layout::ChannelsFirst),
             (&[32, 64, 8, 8][..], Layout::ChannelsLast),
@@ -1093,7 +1182,11 @@ mod tests {
         }
         // A row whose unit exceeds the count wanted falls back to the plain count, on every
         // device type: 30 vec4 workgroups for 1x3x100x101, not 7575.
-        let cpu = PlanLimits::new(&wgpu::Limits::default(), wgpu::DeviceType::Cpu);
+        let cpu = PlanLimits::new(
+            &wgpu::Limits::default(),
+            wgpu::DeviceType::Cpu,
+            wgpu::Features::empty(),
+        );
         for limits in [cpu, WEBGPU_DEFAULT] {
             assert_eq!(workgroups_for_elements(30_300 / 4, 7575, limits), 30);
             assert_eq!(workgroups_for_elements(10, 7, limits), 1);
@@ -1166,5 +1259,108 @@ mod tests {
             p.vec4_at(&[4, 8]) == p.vec4,
             "half vec4s need word offsets only"
         );
+    }
+
+    /// WebGPU's defaults on a device with `@coherent` storage.
+    const COHERENT: PlanLimits = PlanLimits {
+        coherent_storage: true,
+        ..WEBGPU_DEFAULT
+    };
+
+    #[test]
+    fn one_window_reductions_merge_in_the_last_workgroup_where_storage_is_coherent() {
+        for (shape, layout, counters) in [
+            // Contiguous: a counter per channel, merged by a workgroup (over 32 partials).
+            (vec![64, 8, 112, 112], Layout::ChannelsFirst, 8),
+            // Strided: a counter per band of 32 channels (1024 / 32).
+            (vec![64, 14, 14, 1024], Layout::ChannelsLast, 32),
+            // A last band of 8 channels still has its counter.
+            (vec![64, 14, 14, 40], Layout::ChannelsLast, 2),
+        ] {
+            for operation in [TRAINING, Operation::Backward] {
+                let p = plan(view(&shape, layout), DType::F32, COHERENT, operation).unwrap();
+                assert_eq!(p.merge, Merge::LastWorkgroup, "{shape:?} {operation:?}");
+                assert_eq!(p.merge_counters(), counters, "{shape:?}");
+                // The same plan otherwise: the finalize kind and the chunks do not change.
+                let split = plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, operation);
+                let split = split.unwrap();
+                assert_eq!(split.merge, Merge::Dispatch);
+                assert_eq!(split.merge_counters(), 0);
+                assert_eq!(
+                    Plan {
+                        merge: Merge::Dispatch,
+                        limits: WEBGPU_DEFAULT,
+                        ..p
+                    },
+                    split
+                );
+            }
+        }
+        // Half tensors are never fused: one chunk per channel is merged where it is written.
+        let half = plan(
+            view(&[3, 5, 7, 7], Layout::ChannelsFirst),
+            DType::F16,
+            COHERENT,
+            TRAINING,
+        )
+        .unwrap();
+        assert_eq!((half.chunks_total, half.merge), (1, Merge::LastWorkgroup));
+    }
+
+    #[test]
+    fn the_finalize_dispatch_stays_for_fused_plans_several_windows_and_inference() {
+        let small_coherent = PlanLimits {
+            max_binding_bytes: 64 << 10,
+            min_reduction_items: 0,
+            ..COHERENT
+        };
+        for (shape, layout, limits, operation) in [
+            // Fused: no partials at all.
+            (
+                vec![64, 1024, 14, 14],
+                Layout::ChannelsFirst,
+                COHERENT,
+                TRAINING,
+            ),
+            (
+                vec![4, 16, 16, 64],
+                Layout::ChannelsLast,
+                COHERENT,
+                Operation::Backward,
+            ),
+            // Several windows: a channel's partials come from several dispatches.
+            (
+                vec![8, 3, 64, 64],
+                Layout::ChannelsFirst,
+                small_coherent,
+                TRAINING,
+            ),
+            (
+                vec![10, 64, 63, 8],
+                Layout::ChannelsLast,
+                small_coherent,
+                TRAINING,
+            ),
+            // No reduction.
+            (
+                vec![64, 64, 112, 112],
+                Layout::ChannelsFirst,
+                COHERENT,
+                Operation::InferenceForward,
+            ),
+        ] {
+            let p = plan(view(&shape, layout), DType::F32, limits, operation).unwrap();
+            assert_eq!(p.merge, Merge::Dispatch, "{shape:?} {operation:?}");
+            assert_eq!(p.merge_counters(), 0);
+        }
+    }
+
+    #[test]
+    fn coherent_storage_is_read_from_the_device_features() {
+        let limits = wgpu::Limits::default();
+        let gpu = wgpu::DeviceType::DiscreteGpu;
+        let with = PlanLimits::new(&limits, gpu, wgpu::Features::MEMORY_DECORATION_COHERENT);
+        let without = PlanLimits::new(&limits, gpu, wgpu::Features::MEMORY_DECORATION_VOLATILE);
+        assert!(with.coherent_storage && !without.coherent_storage);
     }
 }

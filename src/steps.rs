@@ -7,8 +7,8 @@
 use crate::dtype::DType;
 use crate::epilogue::EpilogueKind;
 use crate::plan::{
-    workgroups_for_elements, workgroups_for_items, FinalizeKind, Plan, ReductionKind, Window,
-    GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES,
+    workgroups_for_elements, workgroups_for_items, FinalizeKind, Merge, Plan, ReductionKind,
+    Window, GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES,
 };
 use crate::shader::{Override, Params, Program, Role, Variant};
 
@@ -24,6 +24,9 @@ pub enum Range {
     Window(usize),
     /// The first bytes of the context's scratch buffer for reduction partials.
     Partials(u64),
+    /// The first bytes of the context's counters of merges in the last workgroup (zero
+    /// between dispatches: never filled, and every dispatch leaves them as it found them).
+    Counters(u64),
     /// A stand-in: the entry point declares the binding, the call has no such buffer (no affine
     /// parameters, no running stats), and an override keeps the kernel from touching it.
     Unused,
@@ -331,7 +334,7 @@ impl Builder<'_> {
                 (Override::HasRunning, has_running),
                 (Override::Cumulative, cumulative),
             ],
-            self.with_statistics_scalars(self.finalize_params(), update, eps),
+            |params| self.with_statistics_scalars(params, update, eps),
             (has_running, cumulative),
         ));
         steps.extend(self.normalize(None, epilogue));
@@ -466,13 +469,14 @@ impl Builder<'_> {
     }
 
     /// The batch statistics, split: partials per window, then a finalize with
-    /// `finalize_overrides` and `finalize_params` that writes `Stats`, and the running stats
-    /// and batch count where `(running, batches)` say the call has them.
+    /// `finalize_overrides` and the uniform block `scalars` completes, that writes `Stats`, and
+    /// the running stats and batch count where `(running, batches)` say the call has them. Under
+    /// `Merge::LastWorkgroup` the partials' one step merges and writes them itself.
     fn statistics_steps(
         &self,
         partials: Range,
         finalize_overrides: Vec<(Override, bool)>,
-        finalize_params: Params,
+        scalars: impl Fn(Params) -> Params,
         (running, batches): (bool, bool),
     ) -> Vec<Step> {
         let entry = self.partials_entry([
@@ -480,16 +484,28 @@ impl Builder<'_> {
             "partials_strided",
             "partials_per_thread",
         ]);
-        let mut steps = self.reduction_steps(Program::BatchStatistics, entry, &[], partials, false);
+        let reduction = self.reduction_steps(Program::BatchStatistics, entry, &[], partials, false);
+        let outputs = [
+            bind(Role::Stats, Range::Whole),
+            whole_or_unused(Role::Running, running),
+            whole_or_unused(Role::Batches, batches),
+        ];
+        if self.plan.merge == Merge::LastWorkgroup {
+            return self.merged_in_last_workgroup(
+                reduction,
+                Program::LastWorkgroupStatistics,
+                finalize_overrides,
+                scalars,
+                &outputs,
+            );
+        }
+        let mut steps = reduction;
+        let mut bindings = vec![bind(Role::Partials, partials)];
+        bindings.extend(outputs);
         steps.push(Step {
             overrides: finalize_overrides,
-            params: Some(finalize_params),
-            bindings: vec![
-                bind(Role::Partials, partials),
-                bind(Role::Stats, Range::Whole),
-                whole_or_unused(Role::Running, running),
-                whole_or_unused(Role::Batches, batches),
-            ],
+            params: Some(scalars(self.finalize_params())),
+            bindings,
             workgroups: self.plan.finalize_workgroups(),
             ..self.step(Program::BatchStatistics, false, self.finalize_entry())
         });
@@ -497,7 +513,8 @@ impl Builder<'_> {
     }
 
     /// The gradient sums, split: partials per window, then a finalize that writes
-    /// `[dgamma | dbeta]` into `Grads`.
+    /// `[dgamma | dbeta]` into `Grads`; under `Merge::LastWorkgroup` the partials' one step
+    /// writes them itself.
     fn gradient_sum_steps(
         &self,
         partials: Range,
@@ -509,7 +526,17 @@ impl Builder<'_> {
             "grad_partials_strided",
             "grad_partials_per_thread",
         ]);
-        let mut steps = self.reduction_steps(Program::Backward, entry, overrides, partials, relu);
+        let reduction = self.reduction_steps(Program::Backward, entry, overrides, partials, relu);
+        if self.plan.merge == Merge::LastWorkgroup {
+            return self.merged_in_last_workgroup(
+                reduction,
+                Program::LastWorkgroupGradientSums,
+                overrides.to_vec(),
+                |params| params,
+                &[bind(Role::Grads, Range::Whole)],
+            );
+        }
+        let mut steps = reduction;
         steps.push(Step {
             overrides: overrides.to_vec(),
             params: Some(self.finalize_params()),
@@ -522,6 +549,38 @@ impl Builder<'_> {
             ..self.step(Program::Backward, false, self.finalize_entry())
         });
         steps
+    }
+
+    /// The reduction steps (one: the plan is one window) turned into `program`, which also
+    /// merges each channel's or band's partials in its last workgroup and writes `outputs`:
+    /// with the finalize's `overrides` and the finalize kind, and the uniform block
+    /// `scalars` completes.
+    fn merged_in_last_workgroup(
+        &self,
+        reduction: Vec<Step>,
+        program: Program,
+        mut overrides: Vec<(Override, bool)>,
+        scalars: impl Fn(Params) -> Params,
+        outputs: &[Binding],
+    ) -> Vec<Step> {
+        let per_thread = self.plan.finalize == FinalizeKind::PerThread;
+        overrides.push((Override::PerThreadMerge, per_thread));
+        let counters = Range::Counters(self.plan.merge_counters() as u64 * 4);
+        reduction
+            .into_iter()
+            .map(|step| {
+                let mut bindings = step.bindings;
+                bindings.extend_from_slice(outputs);
+                bindings.push(bind(Role::Counters, counters));
+                Step {
+                    program,
+                    overrides: overrides.clone(),
+                    params: step.params.map(&scalars),
+                    bindings,
+                    ..step
+                }
+            })
+            .collect()
     }
 
     /// What the kernels that write dx bind, fused or not: the epilogue's mask source (the
@@ -588,6 +647,8 @@ pub enum DispatchPart {
     StatisticsPartials,
     /// The merge of the statistics partials into mean and variance (and the running stats).
     StatisticsFinalize,
+    /// Statistics partials, merged by the last workgroup to finish each channel or band.
+    StatisticsPartialsMerged,
     /// Statistics and normalize in one dispatch.
     FusedForward,
     /// y from x and the statistics.
@@ -596,6 +657,8 @@ pub enum DispatchPart {
     GradientSumsPartials,
     /// The merge of the gradient partials into dgamma and dbeta.
     GradientSumsFinalize,
+    /// Gradient partials, merged by the last workgroup to finish each channel or band.
+    GradientSumsPartialsMerged,
     /// Gradient sums and dx in one dispatch.
     FusedBackward,
     /// dx from the gradient sums.
@@ -610,10 +673,16 @@ impl DispatchPart {
         match self {
             DispatchPart::StatisticsPartials => "statistics partials",
             DispatchPart::StatisticsFinalize => "statistics finalize",
+            DispatchPart::StatisticsPartialsMerged => {
+                "statistics partials, merged in the last workgroup"
+            }
             DispatchPart::FusedForward => "fused statistics and normalize",
             DispatchPart::Normalize => "normalize",
             DispatchPart::GradientSumsPartials => "gradient sums partials",
             DispatchPart::GradientSumsFinalize => "gradient sums finalize",
+            DispatchPart::GradientSumsPartialsMerged => {
+                "gradient sums partials, merged in the last workgroup"
+            }
             DispatchPart::FusedBackward => "fused gradient sums and dx",
             DispatchPart::InputGradient => "dx",
             DispatchPart::CountBatch => "count batch",
@@ -632,6 +701,8 @@ impl Step {
             Program::BatchStatistics if entry.starts_with("fused") => Part::FusedForward,
             Program::BatchStatistics if entry.starts_with("finalize") => Part::StatisticsFinalize,
             Program::BatchStatistics => Part::StatisticsPartials,
+            Program::LastWorkgroupStatistics => Part::StatisticsPartialsMerged,
+            Program::LastWorkgroupGradientSums => Part::GradientSumsPartialsMerged,
             Program::Normalize | Program::NormalizeVec4 | Program::NormalizeWords => {
                 Part::Normalize
             }
@@ -671,7 +742,15 @@ mod tests {
             max_storage_buffer_binding_size: max_binding_bytes,
             ..wgpu::Limits::default()
         };
-        PlanLimits::new(&limits, device_type)
+        PlanLimits::new(&limits, device_type, wgpu::Features::empty())
+    }
+
+    /// `limits` on a device with `@coherent` storage.
+    fn coherent(limits: PlanLimits) -> PlanLimits {
+        PlanLimits {
+            coherent_storage: true,
+            ..limits
+        }
     }
 
     fn plan_for(shape: &[usize], layout: Layout, limits: PlanLimits, operation: Operation) -> Plan {
@@ -891,6 +970,60 @@ mod tests {
     }
 
     #[test]
+    fn one_window_plans_on_coherent_devices_merge_in_the_partials_step() {
+        for (shape, layout, per_thread, counters) in [
+            (&[8usize, 3, 64, 64][..], Layout::ChannelsFirst, true, 3),
+            (&[10, 64, 63, 40], Layout::ChannelsLast, false, 2),
+        ] {
+            let limits = coherent(limits(128 << 20, GPU));
+            for (call, program, output) in [
+                (TRAINING, Program::LastWorkgroupStatistics, Role::Stats),
+                (BACKWARD, Program::LastWorkgroupGradientSums, Role::Grads),
+            ] {
+                let plan = plan_for(shape, layout, limits, operation(call));
+                assert_eq!(plan.merge, Merge::LastWorkgroup);
+                let steps = steps(&plan, call, &with_affine(true));
+                // The partials, then the elementwise pass: no finalize.
+                assert_eq!(steps.len(), 2, "{:?}", entries(&steps));
+                let merged = &steps[0];
+                assert_eq!(merged.program, program);
+                assert!(merged.entry.contains("partials"), "{}", merged.entry);
+                assert!(merged
+                    .overrides
+                    .contains(&(Override::PerThreadMerge, per_thread)));
+                assert!(merged
+                    .bindings
+                    .contains(&bind(Role::Counters, Range::Counters(counters * 4))));
+                assert!(merged.bindings.contains(&bind(output, Range::Whole)));
+                // The same workgroups and uniform block as the split path's partials, but for
+                // the finalize's scalars.
+                let split = Plan {
+                    merge: Merge::Dispatch,
+                    ..plan.clone()
+                };
+                let split_steps = self::steps(&split, call, &with_affine(true));
+                assert_eq!(split_steps.len(), 3);
+                assert_eq!(merged.workgroups, split_steps[0].workgroups);
+                let params = merged.params.unwrap();
+                let finalize = split_steps[1].params.unwrap();
+                assert_eq!(
+                    (params.eps, params.momentum, params.var_correction),
+                    (finalize.eps, finalize.momentum, finalize.var_correction)
+                );
+                assert_eq!(
+                    Params {
+                        eps: 0.0,
+                        momentum: 0.0,
+                        var_correction: 0.0,
+                        ..params
+                    },
+                    split_steps[0].params.unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn inference_is_one_elementwise_dispatch_per_window_from_the_running_stats() {
         let plan = plan_for(
             &[5, 7, 3],
@@ -989,7 +1122,7 @@ mod tests {
         let module = naga::front::wgsl::parse_str(&source).expect("valid WGSL");
         let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default(),
+            crate::shader::CAPABILITIES,
         )
         .validate(&module)
         .expect("valid WGSL");
@@ -1017,7 +1150,7 @@ mod tests {
     /// group can miss or add a binding on any adapter.
     #[test]
     fn every_step_binds_what_its_entry_point_uses() {
-        let cases: [(&[usize], Layout, PlanLimits); 7] = [
+        let cases: [(&[usize], Layout, PlanLimits); 10] = [
             (
                 &[3, 5, 67, 61],
                 Layout::ChannelsFirst,
@@ -1049,6 +1182,23 @@ mod tests {
                 limits(128 << 20, GPU),
             ),
             (&[2, 3, 7, 7], Layout::ChannelsFirst, limits(1024, CPU)),
+            // Merged in the last workgroup: contiguous per thread, strided per workgroup, and
+            // a half tensor of one chunk per channel.
+            (
+                &[8, 3, 64, 64],
+                Layout::ChannelsFirst,
+                coherent(limits(128 << 20, GPU)),
+            ),
+            (
+                &[10, 64, 63, 8],
+                Layout::ChannelsLast,
+                coherent(limits(128 << 20, GPU)),
+            ),
+            (
+                &[3, 5, 7, 7],
+                Layout::ChannelsFirst,
+                coherent(limits(128 << 20, GPU)),
+            ),
         ];
         let calls = [
             TRAINING,
@@ -1101,6 +1251,6 @@ mod tests {
             }
         }
         // Every entry point of every program was reached.
-        assert_eq!(seen.len(), 21, "{seen:?}");
+        assert_eq!(seen.len(), 25, "{seen:?}");
     }
 }

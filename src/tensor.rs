@@ -532,7 +532,12 @@ fn to_f32<T: Element>(values: &[T]) -> Vec<f32> {
 
 /// Copies `bytes` bytes (a multiple of 4) of `buffer` from byte `offset` to the host and waits
 /// for them.
-fn read_bytes(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_bytes(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+) -> Result<Vec<u8>> {
     if bytes == 0 {
         return Ok(Vec::new());
     }

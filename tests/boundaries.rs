@@ -77,6 +77,7 @@ const CASES: [PlannedCase; 10] = [
             windows: 8,
             chunks: 32,
             finalize: FinalizeKind::PerThread,
+            last_workgroup: false,
         },
     },
     PlannedCase {
@@ -88,6 +89,7 @@ const CASES: [PlannedCase; 10] = [
             windows: 20,
             chunks: 40,
             finalize: FinalizeKind::PerWorkgroup,
+            last_workgroup: false,
         },
     },
     PlannedCase {
@@ -99,6 +101,7 @@ const CASES: [PlannedCase; 10] = [
             windows: 6,
             chunks: 20,
             finalize: FinalizeKind::PerThread,
+            last_workgroup: false,
         },
     },
     PlannedCase {

@@ -159,7 +159,11 @@ fn backward_inputs<'a>(
     saved: &'a Saved,
     through: Through,
 ) -> BackwardInputs<'a> {
-    let limits = PlanLimits::new(&wgpu::Limits::default(), wgpu::DeviceType::Cpu);
+    let limits = PlanLimits::new(
+        &wgpu::Limits::default(),
+        wgpu::DeviceType::Cpu,
+        wgpu::Features::empty(),
+    );
     let plan = plan(view(), DType::F32, limits, Operation::Backward).unwrap();
     BackwardInputs {
         forward: forward.clone(),

@@ -34,6 +34,9 @@ pub enum Role {
     Grads,
     /// A layer's count of training batches (one u32), for momentum `None`.
     Batches,
+    /// The atomic counters of a merge in the last workgroup, one per channel or band
+    /// (scratch, zero between dispatches).
+    Counters,
 }
 
 /// How a program may use a binding.
@@ -47,7 +50,7 @@ pub enum Access {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 13] = [
+    pub const ALL: [Role; 14] = [
         Role::X,
         Role::Y,
         Role::Dy,
@@ -61,6 +64,7 @@ impl Role {
         Role::Partials,
         Role::Grads,
         Role::Batches,
+        Role::Counters,
     ];
 
     /// The binding number, the WGSL variable's name and its access, the table itself.
@@ -81,6 +85,7 @@ impl Role {
             Role::Partials => (9, "partials", Access::ReadWrite),
             Role::Grads => (10, "grads", Access::ReadWrite),
             Role::Batches => (11, "batches", Access::ReadWrite),
+            Role::Counters => (14, "counters", Access::ReadWrite),
         }
     }
 

@@ -8,7 +8,10 @@
 //!    index walks and the elementwise cursor);
 //! 3. the shared pieces the program needs, in this order: `epilogue.wgsl` (the output
 //!    y = epilogue((x - mean) scale + shift)), `reduction.wgsl` (the workgroup merge and the
-//!    finalize, over the program's accumulator), `elementwise.wgsl` (the grid-stride loop),
+//!    finalize, over the program's accumulator), `merge_by_dispatch.wgsl` or
+//!    `last_workgroup.wgsl` (what a reduction workgroup does once its partial is written:
+//!    nothing, or count it and merge where it was the last), `elementwise.wgsl` (the
+//!    grid-stride loop),
 //!    `channel_statistics.wgsl` or `dx_factors.wgsl` (per-channel factors);
 //! 4. the program's own files, with its entry points. Entry points that store single elements
 //!    from neighbouring threads (the fused kernels, the scalar elementwise ones) exist only for
@@ -34,6 +37,8 @@ const HALF: &str = include_str!("../../shaders/half.wgsl");
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const EPILOGUE: &str = include_str!("../../shaders/epilogue.wgsl");
 const REDUCTION: &str = include_str!("../../shaders/reduction.wgsl");
+const MERGE_BY_DISPATCH: &str = include_str!("../../shaders/merge_by_dispatch.wgsl");
+const LAST_WORKGROUP: &str = include_str!("../../shaders/last_workgroup.wgsl");
 const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 const CHANNEL_STATISTICS: &str = include_str!("../../shaders/channel_statistics.wgsl");
 const DX_FACTORS: &str = include_str!("../../shaders/dx_factors.wgsl");
@@ -76,6 +81,13 @@ pub enum Program {
     InputGradientVec4,
     /// dx on whole words of a half type (`shaders/input_gradient_words.wgsl`).
     InputGradientWords,
+    /// The statistics' partials merged by the last workgroup of each channel or band
+    /// (`shaders/statistics.wgsl` with `shaders/last_workgroup.wgsl`); needs
+    /// `Features::MEMORY_DECORATION_COHERENT`.
+    LastWorkgroupStatistics,
+    /// The gradient sums' partials merged the same way (`shaders/gradient_sums.wgsl` with
+    /// `shaders/last_workgroup.wgsl`); needs `Features::MEMORY_DECORATION_COHERENT`.
+    LastWorkgroupGradientSums,
 }
 
 /// One compiled form of a program: its storage type, and whether its tensor inputs are
@@ -113,6 +125,9 @@ pub enum Override {
     Relu,
     /// The epilogue adds the shortcut z before the ReLU (forward), or writes dz (backward).
     Add,
+    /// A merge in the last workgroup runs on one thread per channel (`FinalizeKind::PerThread`),
+    /// else on the whole workgroup, as the finalize dispatch would.
+    PerThreadMerge,
 }
 
 impl Override {
@@ -127,6 +142,7 @@ impl Override {
             Override::Moments => "MOMENTS",
             Override::Relu => "RELU",
             Override::Add => "ADD",
+            Override::PerThreadMerge => "PER_THREAD_MERGE",
         }
     }
 
@@ -138,7 +154,7 @@ impl Override {
 
 impl Program {
     /// Every program, for tests that validate them all.
-    pub const ALL: [Program; 7] = [
+    pub const ALL: [Program; 9] = [
         Program::BatchStatistics,
         Program::Normalize,
         Program::NormalizeVec4,
@@ -146,6 +162,8 @@ impl Program {
         Program::Backward,
         Program::InputGradientVec4,
         Program::InputGradientWords,
+        Program::LastWorkgroupStatistics,
+        Program::LastWorkgroupGradientSums,
     ];
 
     /// The roles the program declares bindings for.
@@ -172,7 +190,20 @@ impl Program {
             Program::InputGradientVec4 | Program::InputGradientWords => {
                 &[X, Dy, Dx, Result, ShortcutGrad, Affine, Stats, Grads]
             }
+            Program::LastWorkgroupStatistics => &[X, Running, Stats, Partials, Batches, Counters],
+            Program::LastWorkgroupGradientSums => {
+                &[X, Dy, Result, Stats, Partials, Grads, Counters]
+            }
         }
+    }
+
+    /// Whether its reductions merge their partials in the last workgroup (its partials are
+    /// `@coherent`, which a device must enable).
+    pub fn merges_in_last_workgroup(self) -> bool {
+        matches!(
+            self,
+            Program::LastWorkgroupStatistics | Program::LastWorkgroupGradientSums
+        )
     }
 
     /// Elements per load and store of its tensors: 4 for the vec4 programs, 2 for the word
@@ -217,6 +248,19 @@ impl Program {
                 Override::Relu,
                 Override::Add,
             ],
+            Program::LastWorkgroupStatistics => &[
+                Override::HasRunning,
+                Override::Cumulative,
+                Override::Moments,
+                Override::PerThreadMerge,
+            ],
+            Program::LastWorkgroupGradientSums => &[
+                Override::HasAffine,
+                Override::BatchStats,
+                Override::Relu,
+                Override::Add,
+                Override::PerThreadMerge,
+            ],
         }
     }
 
@@ -228,6 +272,7 @@ impl Program {
                 Some(COMMON),
                 f32_only(EPILOGUE),
                 Some(REDUCTION),
+                Some(MERGE_BY_DISPATCH),
                 Some(STATISTICS),
                 f32_only(include_str!("../../shaders/fused_forward.wgsl")),
             ],
@@ -254,6 +299,7 @@ impl Program {
             Program::Backward => vec![
                 Some(COMMON),
                 Some(REDUCTION),
+                Some(MERGE_BY_DISPATCH),
                 f32_only(ELEMENTWISE),
                 f32_only(DX_FACTORS),
                 Some(GRADIENT_SUMS),
@@ -270,6 +316,18 @@ impl Program {
                 Some(COMMON),
                 Some(DX_FACTORS),
                 Some(include_str!("../../shaders/input_gradient_words.wgsl")),
+            ],
+            Program::LastWorkgroupStatistics => vec![
+                Some(COMMON),
+                Some(REDUCTION),
+                Some(LAST_WORKGROUP),
+                Some(STATISTICS),
+            ],
+            Program::LastWorkgroupGradientSums => vec![
+                Some(COMMON),
+                Some(REDUCTION),
+                Some(LAST_WORKGROUP),
+                Some(GRADIENT_SUMS),
             ],
         };
         let half = dtype.is_half().then_some(HALF);
@@ -311,6 +369,14 @@ impl Variant {
     }
 }
 
+/// What naga validates the programs with in tests: WebGPU's defaults and `@coherent` (which
+/// only the last-workgroup programs use, on devices that enable it).
+#[cfg(test)]
+pub(crate) const CAPABILITIES: naga::valid::Capabilities =
+    naga::valid::Capabilities::MULTISAMPLED_SHADING
+        .union(naga::valid::Capabilities::CUBE_ARRAY_TEXTURES)
+        .union(naga::valid::Capabilities::MEMORY_DECORATION_COHERENT);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,12 +388,9 @@ mod tests {
 
     fn validate(source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
         let module = parse(source);
-        let info = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|error| panic!("{}", error.emit_to_string(source)));
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), CAPABILITIES)
+            .validate(&module)
+            .unwrap_or_else(|error| panic!("{}", error.emit_to_string(source)));
         (module, info)
     }
 
@@ -337,6 +400,24 @@ mod tests {
             validate(&variant.source());
         }
         validate(STREAM_WGSL);
+    }
+
+    /// Devices without `@coherent` storage create every other program.
+    #[test]
+    fn only_the_last_workgroup_programs_need_coherent_storage() {
+        for variant in Variant::all() {
+            let module = parse(&variant.source());
+            let without = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::default(),
+            )
+            .validate(&module);
+            assert_eq!(
+                without.is_err(),
+                variant.program.merges_in_last_workgroup(),
+                "{variant:?}"
+            );
+        }
     }
 
     /// Every global every entry point uses is bound where the role table says, with the

@@ -69,9 +69,14 @@ pub fn prelude(variant: Variant) -> String {
         let access = role.access_in(variant.inputs_read_write);
         let declaration = if role.is_tensor() {
             tensor_binding(role, program.lanes(), variant.dtype, access)
+        } else if role == Role::Partials && program.merges_in_last_workgroup() {
+            // Read by the workgroup that merges them, written by others in the same dispatch.
+            format!("@coherent {}", binding(role, access, "array<Acc>"))
         } else if role == Role::Partials {
             // `Acc`: the accumulator of the program's reduction.
             binding(role, access, "array<Acc>")
+        } else if role == Role::Counters {
+            binding(role, access, "array<atomic<u32>>")
         } else if role == Role::Batches {
             binding(role, access, "array<u32>")
         } else {

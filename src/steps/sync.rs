@@ -58,7 +58,7 @@ impl Builder<'_> {
                 (Override::Cumulative, false),
                 (Override::Moments, true),
             ],
-            self.finalize_params(),
+            |params| params,
             (false, false),
         )
     }
@@ -120,7 +120,7 @@ mod tests {
         plan(
             view,
             dtype,
-            PlanLimits::new(&limits, device_type),
+            PlanLimits::new(&limits, device_type, wgpu::Features::empty()),
             Operation::TrainingForward,
         )
         .unwrap()

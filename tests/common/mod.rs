@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 use ndarray::{ArrayD, IxDyn};
 use wgpu_batchnorm::gpu::list_adapters;
-use wgpu_batchnorm::plan::{plan, FinalizeKind, Operation, Plan};
+use wgpu_batchnorm::plan::{plan, FinalizeKind, Merge, Operation, Plan};
 use wgpu_batchnorm::{AdapterOptions, AdapterSummary, BatchNormError, ChannelView, GpuContext};
 use wgpu_batchnorm::{DType, Layout, Tensor};
 
@@ -40,11 +40,20 @@ pub fn context() -> GpuContext {
         .clone()
 }
 
-/// The test adapter, and a device on it with the limits `choose` picks from the adapter's,
-/// owned by the test as a caller would own it.
+/// The test adapter, and a device on it with the limits `choose` picks from the adapter's and
+/// no optional feature, owned by the test as a caller would own it.
 pub fn caller_device(
     label: &str,
     choose: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
+) -> (wgpu::Adapter, wgpu::Device, wgpu::Queue) {
+    caller_device_with(label, choose, wgpu::Features::empty())
+}
+
+/// `caller_device` with the `features` the adapter offers among those given.
+pub fn caller_device_with(
+    label: &str,
+    choose: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
+    features: wgpu::Features,
 ) -> (wgpu::Adapter, wgpu::Device, wgpu::Queue) {
     let adapter = list_adapters(&AdapterOptions::from_env())
         .into_iter()
@@ -52,7 +61,7 @@ pub fn caller_device(
         .expect("an adapter (see `context` for how to install one)");
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some(label),
-        required_features: wgpu::Features::empty(),
+        required_features: adapter.features() & features,
         required_limits: choose(adapter.limits()),
         experimental_features: wgpu::ExperimentalFeatures::disabled(),
         memory_hints: wgpu::MemoryHints::Performance,
@@ -63,19 +72,36 @@ pub fn caller_device(
 }
 
 /// A context on the test adapter with WebGPU's default limits but `max_binding_bytes` and
-/// `max_workgroups`, planned as a device of `device_type`, outputs NaN-filled.
+/// `max_workgroups`, planned as a device of `device_type`, outputs NaN-filled, with `@coherent`
+/// storage where the adapter offers it (reductions of one window then merge in their last
+/// workgroup).
 pub fn limited_context(
     max_binding_bytes: u64,
     max_workgroups: u32,
     device_type: wgpu::DeviceType,
 ) -> GpuContext {
-    let (adapter, device, queue) = caller_device("a test device with explicit limits", |limits| {
-        wgpu::Limits {
-            max_storage_buffer_binding_size: max_binding_bytes,
-            max_compute_workgroups_per_dimension: max_workgroups,
-            ..wgpu::Limits::default().using_resolution(limits)
-        }
-    });
+    limited_context_with(
+        max_binding_bytes,
+        max_workgroups,
+        device_type,
+        wgpu::Features::MEMORY_DECORATION_COHERENT,
+    )
+}
+
+/// `limited_context` with the `features` the adapter offers among those given.
+pub fn limited_context_with(
+    max_binding_bytes: u64,
+    max_workgroups: u32,
+    device_type: wgpu::DeviceType,
+    features: wgpu::Features,
+) -> GpuContext {
+    let choose = |limits| wgpu::Limits {
+        max_storage_buffer_binding_size: max_binding_bytes,
+        max_compute_workgroups_per_dimension: max_workgroups,
+        ..wgpu::Limits::default().using_resolution(limits)
+    };
+    let (adapter, device, queue) =
+        caller_device_with("a test device with explicit limits", choose, features);
     let summary = AdapterSummary {
         device_type,
         ..AdapterSummary::from(adapter.get_info())
@@ -143,6 +169,9 @@ pub struct PlanClaim {
     pub chunks: usize,
     /// How the partials are merged (meaningless, and `PerThread`, when fused).
     pub finalize: FinalizeKind,
+    /// The partials are merged by the last workgroup to finish a channel or band, on devices
+    /// with `@coherent` storage (elsewhere by a finalize dispatch).
+    pub last_workgroup: bool,
 }
 
 impl PlanClaim {
@@ -152,15 +181,18 @@ impl PlanClaim {
         windows: 1,
         chunks: 1,
         finalize: FinalizeKind::PerThread,
+        last_workgroup: false,
     };
 
-    /// One window, `chunks` chunks per channel, merged by `finalize`.
+    /// One window, `chunks` chunks per channel, merged by `finalize` (in the last workgroup
+    /// where the device allows and the plan is not per-thread).
     pub const fn split(chunks: usize, finalize: FinalizeKind) -> Self {
         PlanClaim {
             fused: false,
             windows: 1,
             chunks,
             finalize,
+            last_workgroup: true,
         }
     }
 
@@ -171,14 +203,28 @@ impl PlanClaim {
             windows: plan.windows.len(),
             chunks: plan.chunks_total,
             finalize: plan.finalize,
+            last_workgroup: plan.merge == Merge::LastWorkgroup,
         }
     }
+}
+
+/// Whether `ctx`'s device has `@coherent` storage, which merges in the last workgroup need.
+pub fn has_coherent_storage(ctx: &GpuContext) -> bool {
+    ctx.device()
+        .features()
+        .contains(wgpu::Features::MEMORY_DECORATION_COHERENT)
 }
 
 /// Panics unless `ctx` plans the training forward and the backward of `shape` as `claim` says
 /// (the two operations plan alike at these sizes). Tests call it first, so that one whose name
 /// claims a plan fails when a change of the planner takes that plan away.
 pub fn assert_plan(ctx: &GpuContext, shape: &[usize], layout: Layout, claim: PlanClaim) {
+    let claim = PlanClaim {
+        last_workgroup: claim.last_workgroup
+            && has_coherent_storage(ctx)
+            && !ctx.plan_limits().per_thread_reductions,
+        ..claim
+    };
     for operation in [Operation::TrainingForward, Operation::Backward] {
         let got = PlanClaim::of(&plan_of(ctx, shape, layout, operation));
         assert_eq!(
@@ -279,6 +325,7 @@ pub const SPLIT_CASES: [PlannedCase; 9] = [
             windows: 8,
             chunks: 32,
             finalize: FinalizeKind::PerThread,
+            last_workgroup: false,
         },
     },
     PlannedCase {
@@ -290,6 +337,7 @@ pub const SPLIT_CASES: [PlannedCase; 9] = [
             windows: 20,
             chunks: 40,
             finalize: FinalizeKind::PerWorkgroup,
+            last_workgroup: false,
         },
     },
 ];
