@@ -541,13 +541,21 @@ pub fn workgroups_for_threads(threads: usize, limits: PlanLimits) -> u32 {
 /// multiple of `row / gcd(row, WORKGROUP_SIZE)` where that leaves at least one such multiple,
 /// so the grid stride is a whole number of rows and each thread stays on one channel (the
 /// kernels then load a channel's parameters once per thread and do no index arithmetic per
-/// element). Where the multiple is larger than the count wanted, the plain count: rounding up
-/// would launch thousands of idle workgroups (7575 for a 1x3x100x101 tensor that wants 30).
+/// element). Where the multiple is larger than the count wanted, one multiple if every thread
+/// of it still has an element and the device allows that many workgroups (a CPU adapter's 64
+/// wanted against 784 for 64x64x112x112 channels-first: without whole rows, each element
+/// finds its channel with two integer divisions, which took the inference forward from 48 to
+/// 237 ms on lavapipe); else the plain count, since rounding up would launch thousands of idle
+/// workgroups (7575 for a 1x3x100x101 tensor that wants 30).
 pub fn workgroups_for_elements(elements: usize, row: usize, limits: PlanLimits) -> u32 {
     let wanted = (workgroups_for_threads(elements, limits) as usize)
         .min(limits.elementwise_workgroups as usize);
     let unit = row / gcd(row.max(1), WORKGROUP_SIZE);
     if unit > wanted {
+        let fills_its_threads = unit * WORKGROUP_SIZE <= elements;
+        if fills_its_threads && unit <= limits.max_workgroups as usize {
+            return unit as u32;
+        }
         return wanted as u32;
     }
     (wanted / unit).max(1) as u32 * unit as u32
@@ -1068,6 +1076,13 @@ mod tests {
         );
         // Still a whole number of rows per grid step.
         assert_eq!(workgroups_for_elements(1 << 24, 12, cpu) * 256 % 12, 0);
+        // A row unit above the 64 wanted, whose threads all have elements: one unit (784
+        // workgroups of vec4s for 64x64x112x112 channels-first), not 64 that would find each
+        // element's channel by division.
+        assert_eq!(
+            workgroups_for_elements(64 * 64 * 12544 / 4, 64 * 12544 / 4, cpu),
+            784
+        );
         // Reductions run per thread on the CPU adapter, with at most CPU_REDUCTION_THREADS
         // threads; the GPU's chunks shrink until there are MIN_GPU_REDUCTION_ITEMS workgroups.
         let nchw = view(&[32, 64, 56, 56], Layout::ChannelsFirst);
