@@ -3,7 +3,7 @@
 // 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
 //    dy * (x - mean) over one chunk of one channel (or a band of 32 channels) into a partials
 //    buffer, in a fixed tree order (reduction.wgsl); on CPU adapters `grad_partials_per_thread`,
-//    one thread per chunk (see `run_partial` in statistics.wgsl for why).
+//    one thread per chunk (see `run_accumulate` in reduction.wgsl for why).
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    for few partials), from reduction.wgsl, adds each channel's partials in a fixed order;
 //    `finalize_channel` writes dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) =
@@ -76,29 +76,19 @@ fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32)
     return acc;
 }
 
-// One thread's sums over the window channel c_rel's values [start, end), read in order, in
-// blocks of RUN_BLOCK values added to the total one block at a time: a chain of additions as
-// long as a block plus the number of blocks, not as the whole run (per-thread kernels).
-fn run_sums(c_rel: u32, start: u32, end: u32, mean: f32) -> vec2<f32> {
-    var total = acc_empty();
-    var walk = walk_values(c_rel, start, 1u);
-    var m = start;
-    while (m + 8u <= end) {
-        var block = acc_empty();
-        let block_end = min(m + RUN_BLOCK, end);
-        while (m + 8u <= block_end) {
-            block += eight_sums(walk_eight(&walk), mean);
-            m += 8u;
-        }
-        total += block;
-    }
-    while (m < end) {
-        let g = upstream(walk.index);
-        total += vec2<f32>(g, g * (load_x(walk.index) - mean));
-        walk = walk_next(walk);
-        m += 1u;
-    }
-    return total;
+// The per-thread reduction's hooks (reduction.wgsl's `run_accumulate`): the channel's mean, and
+// the sums of eight values and of one.
+fn run_context(c_rel: u32) -> f32 {
+    return stats[p.c0 + c_rel];
+}
+
+fn acc_eight(at: Eight, mean: f32) -> vec2<f32> {
+    return eight_sums(at, mean);
+}
+
+fn acc_one(index: u32, mean: f32) -> vec2<f32> {
+    let g = upstream(index);
+    return vec2<f32>(g, g * (load_x(index) - mean));
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -152,21 +142,13 @@ fn grad_partials_strided(
     }
 }
 
-// CPU adapters: one thread per chunk of one channel, chunk-major (as `partials_per_thread`).
+// CPU adapters: one thread per chunk of one channel (reduction.wgsl's `reduce_per_thread`).
 @compute @workgroup_size(RUN_WORKGROUP)
 fn grad_partials_per_thread(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let values = p.o_count * p.inner;
-    for (var item = gid.x; item < p.items; item += nwg.x * RUN_WORKGROUP) {
-        let chunk = item / p.c_count;
-        let c_rel = item - chunk * p.c_count;
-        let start = chunk * p.chunk_len;
-        let end = min(start + p.chunk_len, values);
-        let mean = stats[p.c0 + c_rel];
-        partials[partial_slot(c_rel, chunk)] = run_sums(c_rel, start, end, mean);
-    }
+    reduce_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
 }
 
 // (dgamma, dbeta) of channel c from its (sum dy, sum dy * (x - mean)).

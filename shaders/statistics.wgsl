@@ -5,7 +5,7 @@
 //    M2 about the first of them (the shift) in registers and merges them into its partial with
 //    Chan's formula; the workgroup merges its threads the same way in a fixed tree order
 //    (reduction.wgsl). On CPU adapters, `partials_per_thread`: one thread per chunk, which it
-//    reads in order, with no workgroup memory and no barrier (see `run_partial`).
+//    reads in order, with no workgroup memory and no barrier (see `run_accumulate`).
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    when channels have few partials), from reduction.wgsl, merges each channel's partials in a
 //    fixed order; `finalize_channel` writes mean and invstd and updates the running stats.
@@ -121,30 +121,18 @@ fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Part
     return acc;
 }
 
-// One thread's partial of the window channel c_rel's values [start, end), read in order, in
-// blocks of RUN_BLOCK values merged into the total one block at a time (per-thread kernels).
-// Why a kernel of its own for CPU adapters: there (lavapipe, llvmpipe) a workgroup barrier turns
-// every invocation into a coroutine whose registers live in memory, and a load under a
-// divergent loop tests each lane's mask; one thread per chunk needs neither.
-fn run_partial(c_rel: u32, start: u32, end: u32) -> Partial {
-    var total = acc_empty();
-    var walk = walk_values(c_rel, start, 1u);
-    var m = start;
-    while (m + 8u <= end) {
-        var block = acc_empty();
-        let block_end = min(m + RUN_BLOCK, end);
-        while (m + 8u <= block_end) {
-            block = merge(block, eight_partial(load_eight(walk_eight(&walk))));
-            m += 8u;
-        }
-        total = merge(total, block);
-    }
-    while (m < end) {
-        total = merge(total, Partial(1.0, load_x(walk.index), 0.0, 0.0));
-        walk = walk_next(walk);
-        m += 1u;
-    }
-    return total;
+// The per-thread reduction's hooks (reduction.wgsl's `run_accumulate`): the partial of eight
+// values, and of one. The statistics need no per-channel input.
+fn run_context(c_rel: u32) -> f32 {
+    return 0.0;
+}
+
+fn acc_eight(at: Eight, unused: f32) -> Partial {
+    return eight_partial(load_eight(at));
+}
+
+fn acc_one(index: u32, unused: f32) -> Partial {
+    return Partial(1.0, load_x(index), 0.0, 0.0);
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -199,21 +187,13 @@ fn partials_strided(
     }
 }
 
-// CPU adapters: one thread per chunk of one channel. Work items go chunk-major, so that the
-// lanes of a SIMD vector read neighbouring channels (channels-last: neighbouring addresses).
+// CPU adapters: one thread per chunk of one channel (reduction.wgsl's `reduce_per_thread`).
 @compute @workgroup_size(RUN_WORKGROUP)
 fn partials_per_thread(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let values = p.o_count * p.inner;
-    for (var item = gid.x; item < p.items; item += nwg.x * RUN_WORKGROUP) {
-        let chunk = item / p.c_count;
-        let c_rel = item - chunk * p.c_count;
-        let start = chunk * p.chunk_len;
-        let end = min(start + p.chunk_len, values);
-        partials[partial_slot(c_rel, chunk)] = run_partial(c_rel, start, end);
-    }
+    reduce_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
 }
 
 // (mean, invstd) of a channel's merged partial.
