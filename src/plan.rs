@@ -93,6 +93,9 @@ pub struct PlanLimits {
     pub max_workgroups: u32,
     /// Most workgroups an elementwise dispatch uses (its threads then loop).
     pub elementwise_workgroups: u32,
+    /// Steps of the elementwise loop each thread is given, where the tensor is large enough
+    /// (fewer workgroups, each thread looping more).
+    pub elementwise_steps: u32,
     /// Reduction chunks grow until a reduction has at most this many work items.
     pub max_reduction_items: u32,
     /// Reductions run one thread per chunk, without barriers (CPU adapters).
@@ -123,10 +126,14 @@ pub const CPU_REDUCTION_THREADS: u32 = 2048;
 /// them (channels-last vec4s touch four channels' parameters per element).
 pub const GPU_ELEMENTWISE_WORKGROUPS: u32 = 16384;
 
-/// Workgroups of an elementwise dispatch on a CPU adapter (lavapipe, llvmpipe, WARP). Each
-/// workgroup there has a fixed cost far above its share of the work: on lavapipe, normalizing
-/// 3.2 M elements took 30 ms with 3136 workgroups and 7.5 ms with 64 (docs/performance.md).
-pub const CPU_ELEMENTWISE_WORKGROUPS: u32 = 64;
+/// Steps of the elementwise loop per thread on a CPU adapter (lavapipe, llvmpipe, WARP). Such an
+/// adapter runs a workgroup's SIMD vectors one after another, each through its whole loop, and
+/// a vector reads only its lanes' 128 bytes of each 4 KiB grid step of its workgroup: the range a
+/// workgroup sweeps should be small enough that the CPU's prefetchers follow it and the vectors
+/// after the first find it in cache, and large enough that each workgroup's fixed cost is
+/// amortized. 64x64x112x112 channels-last inference on lavapipe: 126 ms with 64 workgroups (about
+/// 500 steps), 85 ms at 32 steps, 84 at 64, 103 at 128 (docs/performance.md, section 22).
+pub const CPU_ELEMENTWISE_STEPS: u32 = 32;
 
 impl PlanLimits {
     /// Reads the limits of a device of the given type with the given features enabled.
@@ -141,10 +148,14 @@ impl PlanLimits {
             offset_alignment: u64::from(limits.min_storage_buffer_offset_alignment),
             max_workgroups,
             elementwise_workgroups: match device_type {
-                wgpu::DeviceType::Cpu => CPU_ELEMENTWISE_WORKGROUPS,
+                wgpu::DeviceType::Cpu => max_workgroups,
                 _ => GPU_ELEMENTWISE_WORKGROUPS,
             }
             .min(max_workgroups),
+            elementwise_steps: match device_type {
+                wgpu::DeviceType::Cpu => CPU_ELEMENTWISE_STEPS,
+                _ => 1,
+            },
             max_reduction_items: match device_type {
                 wgpu::DeviceType::Cpu => CPU_REDUCTION_THREADS,
                 _ => u32::MAX,
@@ -537,19 +548,20 @@ pub fn workgroups_for_threads(threads: usize, limits: PlanLimits) -> u32 {
 }
 
 /// Workgroups for an elementwise dispatch over a window of `elements` in rows of `row`
-/// elements: one thread per element up to the adapter's elementwise budget, rounded down to a
-/// multiple of `row / gcd(row, WORKGROUP_SIZE)` where that leaves at least one such multiple,
-/// so the grid stride is a whole number of rows and each thread stays on one channel (the
-/// kernels then load a channel's parameters once per thread and do no index arithmetic per
-/// element). Where the multiple is larger than the count wanted, one multiple if every thread
-/// of it still has an element and the device allows that many workgroups (a CPU adapter's 64
-/// wanted against 784 for 64x64x112x112 channels-first: without whole rows, each element
-/// finds its channel with two integer divisions, which took the inference forward from 48 to
-/// 237 ms on lavapipe); else the plain count, since rounding up would launch thousands of idle
-/// workgroups (7575 for a 1x3x100x101 tensor that wants 30).
+/// elements: a thread per `elementwise_steps` elements, at most the adapter's elementwise
+/// budget, rounded down to a multiple of `row / gcd(row, WORKGROUP_SIZE)` where that leaves at
+/// least one such multiple, so the grid stride is a whole number of rows and each thread stays
+/// on one channel (the kernels then load a channel's parameters once per thread and do no index
+/// arithmetic per element). Where the multiple is larger than the count wanted, one multiple if
+/// every thread of it still has an element and the device allows that many workgroups (a
+/// channels-first row of 12544 values asks for a multiple of 784: without whole rows, each
+/// element finds its channel with two integer divisions, which took a CPU adapter's inference
+/// forward of 64x64x112x112 from 48 to 237 ms); else the plain count, since rounding up would
+/// launch thousands of idle workgroups (7575 for a 1x3x100x101 tensor that wants 30).
 pub fn workgroups_for_elements(elements: usize, row: usize, limits: PlanLimits) -> u32 {
-    let wanted = (workgroups_for_threads(elements, limits) as usize)
-        .min(limits.elementwise_workgroups as usize);
+    let steps = limits.elementwise_steps.max(1) as usize;
+    let wanted = workgroups_for_items(elements.div_ceil(WORKGROUP_SIZE * steps), limits)
+        .min(limits.elementwise_workgroups) as usize;
     let unit = row / gcd(row.max(1), WORKGROUP_SIZE);
     if unit > wanted {
         let fills_its_threads = unit * WORKGROUP_SIZE <= elements;
@@ -668,6 +680,7 @@ mod tests {
         offset_alignment: 256,
         max_workgroups: 65535,
         elementwise_workgroups: 65535,
+        elementwise_steps: 1,
         max_reduction_items: u32::MAX,
         per_thread_reductions: false,
         min_reduction_items: MIN_GPU_REDUCTION_ITEMS,
@@ -1058,7 +1071,7 @@ mod tests {
     }
 
     #[test]
-    fn cpu_adapters_use_few_elementwise_workgroups() {
+    fn cpu_adapters_give_each_elementwise_thread_several_steps() {
         let limits = wgpu::Limits::default();
         let cpu = PlanLimits::new(&limits, wgpu::DeviceType::Cpu, wgpu::Features::empty());
         let gpu = PlanLimits::new(
@@ -1066,21 +1079,25 @@ mod tests {
             wgpu::DeviceType::DiscreteGpu,
             wgpu::Features::empty(),
         );
+        // 2^24 steps: a GPU takes its budget of workgroups, a CPU adapter one workgroup per
+        // CPU_ELEMENTWISE_STEPS steps of each of its threads.
         assert_eq!(
-            workgroups_for_elements(1 << 24, 64, cpu),
-            CPU_ELEMENTWISE_WORKGROUPS
+            workgroups_for_elements(1 << 24, 64, cpu) as usize,
+            (1 << 24) / (WORKGROUP_SIZE * CPU_ELEMENTWISE_STEPS as usize)
         );
         assert_eq!(
             workgroups_for_elements(1 << 24, 64, gpu),
             GPU_ELEMENTWISE_WORKGROUPS
         );
+        // A small tensor: one workgroup, whose threads take fewer steps.
+        assert_eq!(workgroups_for_elements(4096, 64, cpu), 1);
         // Still a whole number of rows per grid step.
         assert_eq!(workgroups_for_elements(1 << 24, 12, cpu) * 256 % 12, 0);
-        // A row unit above the 64 wanted, whose threads all have elements: one unit (784
-        // workgroups of vec4s for 64x64x112x112 channels-first), not 64 that would find each
-        // element's channel by division.
+        // A row unit above the count wanted, whose threads all have elements: one unit (784
+        // workgroups of vec4s for 8 rows of 64x12544 channels-first, where 196 are wanted),
+        // not 196 that would find each element's channel by division.
         assert_eq!(
-            workgroups_for_elements(64 * 64 * 12544 / 4, 64 * 12544 / 4, cpu),
+            workgroups_for_elements(64 * 64 * 12544 / 4 / 8, 64 * 12544 / 4, cpu),
             784
         );
         // Reductions run per thread on the CPU adapter, with at most CPU_REDUCTION_THREADS
@@ -1196,14 +1213,15 @@ mod tests {
             assert!(groups <= 65535);
         }
         // A row whose unit exceeds the count wanted falls back to the plain count, on every
-        // device type: 30 vec4 workgroups for 1x3x100x101, not 7575.
+        // device type: for 1x3x100x101's vec4s, 30 workgroups on a GPU (a thread each) and one
+        // on a CPU adapter (32 steps a thread), not 7575.
         let cpu = PlanLimits::new(
             &wgpu::Limits::default(),
             wgpu::DeviceType::Cpu,
             wgpu::Features::empty(),
         );
-        for limits in [cpu, WEBGPU_DEFAULT] {
-            assert_eq!(workgroups_for_elements(30_300 / 4, 7575, limits), 30);
+        for (limits, wanted) in [(cpu, 1), (WEBGPU_DEFAULT, 30)] {
+            assert_eq!(workgroups_for_elements(30_300 / 4, 7575, limits), wanted);
             assert_eq!(workgroups_for_elements(10, 7, limits), 1);
         }
         // A row whose unit exceeds the cap falls back to the plain count.
