@@ -3,7 +3,9 @@
 // 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
 //    dy * (x - mean) over one chunk of one channel (or a band of 32 channels) into a partials
 //    buffer, in a fixed tree order (reduction.wgsl); on CPU adapters `grad_partials_per_thread`,
-//    one thread per chunk (see `run_accumulate` in reduction.wgsl for why).
+//    one thread per chunk (see `run_accumulate` in reduction.wgsl for why), or
+//    `grad_partials_per_thread_quads`, one per chunk of rows of four channels (channels-last,
+//    a multiple of four channels).
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    for few partials), from reduction.wgsl, adds each channel's partials in a fixed order;
 //    `finalize_channel` writes dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) =
@@ -149,6 +151,16 @@ fn grad_partials_per_thread(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     reduce_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
+}
+
+// CPU adapters, channels-last with a multiple of four channels: one thread per chunk of rows
+// of four consecutive channels (reduction.wgsl's `reduce_quads_per_thread`).
+@compute @workgroup_size(RUN_WORKGROUP)
+fn grad_partials_per_thread_quads(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    reduce_quads_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
 }
 
 // (dgamma, dbeta) of channel c from its (sum dy, sum dy * (x - mean)).

@@ -5,7 +5,9 @@
 //    M2 about the first of them (the shift) in registers and merges them into its partial with
 //    Chan's formula; the workgroup merges its threads the same way in a fixed tree order
 //    (reduction.wgsl). On CPU adapters, `partials_per_thread`: one thread per chunk, which it
-//    reads in order, with no workgroup memory and no barrier (see `run_accumulate`).
+//    reads in order, with no workgroup memory and no barrier (see `run_accumulate`); or, for
+//    channels-last with a multiple of four channels, `partials_per_thread_quads`: one thread
+//    per chunk of rows of four channels (`reduce_quads_per_thread`).
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    when channels have few partials), from reduction.wgsl, merges each channel's partials in a
 //    fixed order; `finalize_channel` writes mean and invstd and updates the running stats.
@@ -194,6 +196,16 @@ fn partials_per_thread(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     reduce_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
+}
+
+// CPU adapters, channels-last with a multiple of four channels: one thread per chunk of rows
+// of four consecutive channels (reduction.wgsl's `reduce_quads_per_thread`).
+@compute @workgroup_size(RUN_WORKGROUP)
+fn partials_per_thread_quads(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    reduce_quads_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
 }
 
 // (mean, invstd) of a channel's merged partial.

@@ -9,8 +9,9 @@
 //! - On GPUs, reductions use the strided kernel (32 consecutive channels per workgroup,
 //!   coalesced) when a channel's values are not contiguous (`inner == 1`) and windows hold whole
 //!   rows; otherwise the contiguous kernel (one workgroup per chunk of one channel). On CPU
-//!   adapters, the per-thread kernel (one thread per chunk of one channel, no barriers), in
-//!   every layout.
+//!   adapters, the per-thread kernels (no barriers), in every layout: one thread per chunk of
+//!   four consecutive channels where channels are innermost (`inner == 1`) and a multiple of
+//!   four, one thread per chunk of one channel otherwise.
 //! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows). On GPUs, a plan
 //!   that is not fused halves it (not below eight values per thread) until the reduction has
 //!   `MIN_GPU_REDUCTION_ITEMS` work items. A per-thread chunk starts at `MIN_RUN_CHUNK` values.
@@ -211,6 +212,19 @@ pub enum ReductionKind {
     /// One thread per chunk of one channel, read in order (CPU adapters): no workgroup memory
     /// and no barrier, which on a CPU adapter turns each invocation into a coroutine.
     PerThread,
+    /// One thread per chunk of rows of four consecutive channels (CPU adapters, `inner == 1`
+    /// and a multiple of four channels): each row step reads 16 contiguous bytes.
+    PerThreadQuads,
+}
+
+impl ReductionKind {
+    /// One thread per work item, without barriers (the CPU adapters' kernels).
+    pub fn is_per_thread(self) -> bool {
+        matches!(
+            self,
+            ReductionKind::PerThread | ReductionKind::PerThreadQuads
+        )
+    }
 }
 
 /// How each channel's partials are merged.
@@ -288,6 +302,7 @@ impl Window {
         match kind {
             ReductionKind::Contiguous | ReductionKind::PerThread => self.chunks * self.c_count,
             ReductionKind::Strided => self.chunks * self.c_count.div_ceil(STRIDED_BAND),
+            ReductionKind::PerThreadQuads => self.chunks * self.c_count / 4,
         }
     }
 }
@@ -366,7 +381,7 @@ fn plan_reductions(
         let last_workgroup = limits.coherent_storage
             && plan.windows.len() == 1
             && plan.fused_window().is_none()
-            && plan.kind != ReductionKind::PerThread;
+            && !plan.kind.is_per_thread();
         Plan {
             merge: if last_workgroup {
                 Merge::LastWorkgroup
@@ -379,7 +394,7 @@ fn plan_reductions(
     let min_chunk = match plan.kind {
         ReductionKind::Contiguous => MIN_CONTIGUOUS_CHUNK,
         ReductionKind::Strided => MIN_STRIDED_CHUNK_ROWS,
-        ReductionKind::PerThread => MIN_RUN_CHUNK,
+        ReductionKind::PerThread | ReductionKind::PerThreadQuads => MIN_RUN_CHUNK,
     };
     while plan.fused_window().is_none()
         && plan.reduction_items() < limits.min_reduction_items as usize
@@ -424,7 +439,13 @@ fn plan_with_chunk(
         (limits.max_binding_bytes.saturating_sub(align + padding) / element).min(MAX_WINDOW_VALUES);
     let row = (view.channels * view.inner) as u64;
     let whole_rows = row <= usable;
-    let kind = if limits.per_thread_reductions {
+    let kind = if limits.per_thread_reductions && view.inner == 1 && whole_rows {
+        if view.channels.is_multiple_of(4) {
+            ReductionKind::PerThreadQuads
+        } else {
+            ReductionKind::PerThread
+        }
+    } else if limits.per_thread_reductions {
         ReductionKind::PerThread
     } else if view.inner == 1 && whole_rows {
         ReductionKind::Strided
@@ -434,10 +455,10 @@ fn plan_with_chunk(
     let chunk_len = chunk_len.unwrap_or(match kind {
         ReductionKind::Contiguous => CONTIGUOUS_CHUNK,
         ReductionKind::Strided => STRIDED_CHUNK_ROWS,
-        ReductionKind::PerThread => MIN_RUN_CHUNK,
+        ReductionKind::PerThread | ReductionKind::PerThreadQuads => MIN_RUN_CHUNK,
     });
     let chunks_for = |o_count: usize| match kind {
-        ReductionKind::Contiguous | ReductionKind::PerThread => {
+        ReductionKind::Contiguous | ReductionKind::PerThread | ReductionKind::PerThreadQuads => {
             (o_count * view.inner).div_ceil(chunk_len)
         }
         ReductionKind::Strided => o_count.div_ceil(chunk_len),
@@ -625,7 +646,7 @@ impl Plan {
             [window]
                 if self.chunks_total == 1
                     && !self.dtype.is_half()
-                    && self.kind != ReductionKind::PerThread =>
+                    && !self.kind.is_per_thread() =>
             {
                 Some(window)
             }
@@ -640,7 +661,7 @@ impl Plan {
             ReductionKind::Contiguous | ReductionKind::Strided => {
                 workgroups_for_items(items, self.limits)
             }
-            ReductionKind::PerThread => {
+            ReductionKind::PerThread | ReductionKind::PerThreadQuads => {
                 workgroups_for_items(items.div_ceil(RUN_WORKGROUP_SIZE), self.limits)
             }
         }
@@ -651,7 +672,8 @@ impl Plan {
     /// dispatch).
     pub fn merge_counters(&self) -> usize {
         match (self.merge, self.kind) {
-            (Merge::Dispatch, _) | (_, ReductionKind::PerThread) => 0,
+            (Merge::Dispatch, _)
+            | (_, ReductionKind::PerThread | ReductionKind::PerThreadQuads) => 0,
             (Merge::LastWorkgroup, ReductionKind::Contiguous) => self.view.channels,
             (Merge::LastWorkgroup, ReductionKind::Strided) => {
                 self.view.channels.div_ceil(STRIDED_BAND)
@@ -1132,10 +1154,11 @@ mod tests {
         let p = plan(wide, DType::F32, cpu, TRAINING).unwrap();
         assert!(p.fused_window().is_some());
         assert!(!p.limits.per_thread_reductions);
-        // 800 kB of 8-byte gradient partials fit; inference has none.
+        // 800 kB of 8-byte gradient partials fit (a 2-D tensor: four channels a thread);
+        // inference has none.
         for operation in [Operation::Backward, Operation::InferenceForward] {
             let p = plan(wide, DType::F32, cpu, operation).unwrap();
-            assert_eq!(p.kind, ReductionKind::PerThread);
+            assert_eq!(p.kind, ReductionKind::PerThreadQuads);
         }
         let err = plan(
             view(&[1241, 6, 118], Layout::ChannelsLast),
@@ -1178,8 +1201,9 @@ mod tests {
         assert_eq!(p.merge_counters(), 0);
     }
 
-    /// On CPU adapters every layout reduces per thread, in chunks of at least MIN_RUN_CHUNK
-    /// values that are whole blocks of eight, and nothing is fused, however small.
+    /// On CPU adapters every layout reduces per thread (four channels a thread where channels
+    /// are innermost and a multiple of four), in chunks of at least MIN_RUN_CHUNK values that
+    /// are whole blocks of eight, and nothing is fused, however small.
     #[test]
     fn cpu_adapters_reduce_per_thread_and_never_fuse() {
         let cpu = PlanLimits::new(
@@ -1187,17 +1211,41 @@ mod tests {
             wgpu::DeviceType::Cpu,
             wgpu::Features::empty(),
         );
-        for (shape, layout) in [
-            (&[32usize, 64, 8, 8][..], Layout::ChannelsFirst),
-            (&[32, 64, 8, 8][..], Layout::ChannelsLast),
-            (&[256, 1024][..], Layout::ChannelsFirst),
-            (&[1, 3, 100, 101][..], Layout::ChannelsFirst),
-            (&[64, 2048, 7, 7][..], Layout::ChannelsLast),
+        let quads = ReductionKind::PerThreadQuads;
+        for (shape, layout, kind) in [
+            (
+                &[32usize, 64, 8, 8][..],
+                Layout::ChannelsFirst,
+                ReductionKind::PerThread,
+            ),
+            (&[32, 8, 8, 64][..], Layout::ChannelsLast, quads),
+            (&[256, 1024][..], Layout::ChannelsFirst, quads),
+            (
+                &[1, 3, 100, 101][..],
+                Layout::ChannelsFirst,
+                ReductionKind::PerThread,
+            ),
+            (&[64, 7, 7, 2048][..], Layout::ChannelsLast, quads),
+            (
+                &[8, 10, 10, 6][..],
+                Layout::ChannelsLast,
+                ReductionKind::PerThread,
+            ),
+            (
+                &[256, 1022][..],
+                Layout::ChannelsFirst,
+                ReductionKind::PerThread,
+            ),
         ] {
             let v = view(shape, layout);
             for operation in [TRAINING, Operation::Backward] {
                 let p = plan(v, DType::F32, cpu, operation).unwrap();
-                assert_eq!(p.kind, ReductionKind::PerThread, "{shape:?}");
+                assert_eq!(p.kind, kind, "{shape:?}");
+                assert!(p.kind.is_per_thread());
+                assert_eq!(
+                    p.reduction_items(),
+                    p.chunks_total * v.channels / if kind == quads { 4 } else { 1 }
+                );
                 assert!(p.fused_window().is_none(), "{shape:?}");
                 assert!(p.chunk_len >= MIN_RUN_CHUNK && p.chunk_len.is_multiple_of(8));
                 assert!(p.reduction_items() <= CPU_REDUCTION_THREADS as usize);

@@ -234,7 +234,9 @@ impl Builder<'_> {
         let items = match self.plan.kind {
             ReductionKind::Strided => window.reduction_items(self.plan.kind),
             // Per-thread plans are never fused (`Plan::fused_window`).
-            ReductionKind::Contiguous | ReductionKind::PerThread => window.c_count,
+            ReductionKind::Contiguous
+            | ReductionKind::PerThread
+            | ReductionKind::PerThreadQuads => window.c_count,
         };
         workgroups_for_items(items, self.plan.limits)
     }
@@ -244,18 +246,21 @@ impl Builder<'_> {
         match self.plan.kind {
             ReductionKind::Strided => strided,
             // Per-thread plans are never fused (`Plan::fused_window`).
-            ReductionKind::Contiguous | ReductionKind::PerThread => contiguous,
+            ReductionKind::Contiguous
+            | ReductionKind::PerThread
+            | ReductionKind::PerThreadQuads => contiguous,
         }
     }
 
     /// The partials entry point of the plan's reduction kind, from those of the contiguous,
-    /// strided and per-thread kernels.
-    fn partials_entry(&self, entries: [&'static str; 3]) -> &'static str {
-        let [contiguous, strided, per_thread] = entries;
+    /// strided, per-thread and per-thread quad kernels.
+    fn partials_entry(&self, entries: [&'static str; 4]) -> &'static str {
+        let [contiguous, strided, per_thread, per_thread_quads] = entries;
         match self.plan.kind {
             ReductionKind::Contiguous => contiguous,
             ReductionKind::Strided => strided,
             ReductionKind::PerThread => per_thread,
+            ReductionKind::PerThreadQuads => per_thread_quads,
         }
     }
 
@@ -483,6 +488,7 @@ impl Builder<'_> {
             "partials_contiguous",
             "partials_strided",
             "partials_per_thread",
+            "partials_per_thread_quads",
         ]);
         let reduction = self.reduction_steps(Program::BatchStatistics, entry, &[], partials, false);
         let outputs = [
@@ -525,6 +531,7 @@ impl Builder<'_> {
             "grad_partials_contiguous",
             "grad_partials_strided",
             "grad_partials_per_thread",
+            "grad_partials_per_thread_quads",
         ]);
         let reduction = self.reduction_steps(Program::Backward, entry, overrides, partials, relu);
         if self.plan.merge == Merge::LastWorkgroup {
@@ -1252,6 +1259,6 @@ mod tests {
             }
         }
         // Every entry point of every program was reached.
-        assert_eq!(seen.len(), 25, "{seen:?}");
+        assert_eq!(seen.len(), 27, "{seen:?}");
     }
 }

@@ -123,7 +123,9 @@ fn chunk_edges(plan: &Plan, c: usize) -> Vec<(usize, usize)> {
         }
         // Values of the channel in the window, and the number of the first one.
         let (values, first) = match plan.kind {
-            ReductionKind::Contiguous | ReductionKind::PerThread => {
+            ReductionKind::Contiguous
+            | ReductionKind::PerThread
+            | ReductionKind::PerThreadQuads => {
                 (window.o_count * view.inner, window.o0 * view.inner)
             }
             ReductionKind::Strided => (window.o_count, window.o0),

@@ -61,21 +61,26 @@ fn fused_kernels_loop_over_more_channels_than_workgroups() {
 #[test]
 fn per_thread_reductions_loop_over_more_chunks_than_threads() {
     // A CPU adapter's per-thread reductions with 3 workgroups of RUN_WORKGROUP_SIZE threads:
-    // more work items (channels x chunks) than threads, in one chunk or two per channel.
+    // more work items (channels, or quads of channels, x chunks) than threads, in one chunk or
+    // two per channel.
     let ctx = limited_context(1 << 20, 3, CPU);
     let threads = 3 * RUN_WORKGROUP_SIZE;
-    for (k, (shape, layout, chunks)) in [
-        (&[4usize, 200][..], Layout::ChannelsFirst, 1),
-        (&[2, 3, 3, 400][..], Layout::ChannelsLast, 1),
-        (&[8, 100, 16, 16][..], Layout::ChannelsFirst, 2),
-        (&[8, 16, 16, 100][..], Layout::ChannelsLast, 2),
+    let (scalar, quads) = (ReductionKind::PerThread, ReductionKind::PerThreadQuads);
+    for (k, (shape, layout, kind, chunks)) in [
+        (&[4usize, 201][..], Layout::ChannelsFirst, scalar, 1),
+        (&[2, 3, 3, 401][..], Layout::ChannelsLast, scalar, 1),
+        (&[2, 3, 3, 1600][..], Layout::ChannelsLast, quads, 1),
+        (&[8, 100, 16, 16][..], Layout::ChannelsFirst, scalar, 2),
+        // Two windows of 262 and 138 rows: a chunk of 250 quads in each.
+        (&[4, 10, 10, 1000][..], Layout::ChannelsLast, quads, 2),
+        (&[8, 16, 16, 102][..], Layout::ChannelsLast, scalar, 2),
     ]
     .into_iter()
     .enumerate()
     {
         for operation in [Operation::TrainingForward, Operation::Backward] {
             let plan = plan_of(&ctx, shape, layout, operation);
-            assert_eq!(plan.kind, ReductionKind::PerThread);
+            assert_eq!(plan.kind, kind, "{shape:?}");
             assert_eq!(plan.chunks_total, chunks, "{shape:?}");
             assert!(plan.reduction_items() > threads, "{shape:?}");
         }

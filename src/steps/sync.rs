@@ -264,7 +264,8 @@ mod tests {
                 }
             }
         }
-        // Both reductions, both finalizes, and the scalar, vec4 and word elementwise kernels.
-        assert_eq!(seen.len(), 12, "{seen:?}");
+        // Both reductions in their per-thread (scalar and quad) and strided kernels, both
+        // finalizes, and the scalar, vec4 and word elementwise kernels.
+        assert_eq!(seen.len(), 14, "{seen:?}");
     }
 }

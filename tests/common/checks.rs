@@ -316,7 +316,9 @@ pub fn sum_depth(plan: &Plan) -> f64 {
             };
             (rows.div_ceil(ROW_LANES), 7)
         }
-        ReductionKind::PerThread => (RUN_BLOCK / 8 + plan.chunk_len.div_ceil(RUN_BLOCK), 0),
+        ReductionKind::PerThread | ReductionKind::PerThreadQuads => {
+            (RUN_BLOCK / 8 + plan.chunk_len.div_ceil(RUN_BLOCK), 0)
+        }
     };
     let finalize = match (fused, plan.finalize) {
         (true, _) => 0,
