@@ -3,7 +3,7 @@
 // dbeta, then writes dx from the values it has just read and so mostly finds in cache. One
 // dispatch instead of three.
 
-var<workgroup> band_sums: array<vec2<f32>, BAND>;
+var<workgroup> band_sums: array<vec2<f32>, MAX_BAND>;
 
 fn input_gradient_eight(at: Eight, f: LaneFactors) {
     let g_lo = vec4<f32>(upstream(at.lo.x), upstream(at.lo.y), upstream(at.lo.z), upstream(at.lo.w));
@@ -74,10 +74,10 @@ fn fused_backward_strided(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let lane_c = lid % BAND;
-    let lane_r = lid / BAND;
+    let lane_c = lid % p.band;
+    let lane_r = lid / p.band;
     for (var band = wid.x; band < p.items; band += nwg.x) {
-        let c_rel = band * BAND + lane_c;
+        let c_rel = band * p.band + lane_c;
         let c = p.c0 + c_rel;
         var acc = acc_empty();
         if (c_rel < p.c_count) {
@@ -94,17 +94,18 @@ fn fused_backward_strided(
         if (c_rel < p.c_count) {
             let f = dx_factors(c, gradients(c, band_sums[lane_c]));
             let lanes = splat_factors(f);
-            let row_step = ROW_LANES * p.channels;
+            let row_lanes = WORKGROUP / p.band;
+            let row_step = row_lanes * p.channels;
             var row = lane_r;
             var index = row * p.channels + c_rel;
-            while (row + 7u * ROW_LANES < p.o_count) {
+            while (row + 7u * row_lanes < p.o_count) {
                 input_gradient_eight(stride_eight(index, row_step), lanes);
-                row += 8u * ROW_LANES;
+                row += 8u * row_lanes;
                 index += 8u * row_step;
             }
             while (row < p.o_count) {
                 apply(index, f);
-                row += ROW_LANES;
+                row += row_lanes;
                 index += row_step;
             }
         }

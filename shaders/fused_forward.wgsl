@@ -4,7 +4,7 @@
 // (statistics.wgsl), writes the statistics, then normalizes the same values, which it has just
 // read and so mostly finds in cache. One dispatch instead of three.
 
-var<workgroup> band_statistics: array<vec2<f32>, BAND>;
+var<workgroup> band_statistics: array<vec2<f32>, MAX_BAND>;
 
 // (scale, shift) of channel c: y = (x - mean) * scale + shift.
 fn scale_shift(c: u32, statistics: vec2<f32>) -> vec2<f32> {
@@ -81,10 +81,10 @@ fn fused_forward_strided(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let lane_c = lid % BAND;
-    let lane_r = lid / BAND;
+    let lane_c = lid % p.band;
+    let lane_r = lid / p.band;
     for (var band = wid.x; band < p.items; band += nwg.x) {
-        let c_rel = band * BAND + lane_c;
+        let c_rel = band * p.band + lane_c;
         let c = p.c0 + c_rel;
         var acc = acc_empty();
         if (c_rel < p.c_count) {
@@ -101,17 +101,18 @@ fn fused_forward_strided(
         if (c_rel < p.c_count) {
             let statistics = band_statistics[lane_c];
             let affine_c = scale_shift(c, statistics);
-            let row_step = ROW_LANES * p.channels;
+            let row_lanes = WORKGROUP / p.band;
+            let row_step = row_lanes * p.channels;
             var row = lane_r;
             var index = row * p.channels + c_rel;
-            while (row + 7u * ROW_LANES < p.o_count) {
+            while (row + 7u * row_lanes < p.o_count) {
                 normalize_eight(stride_eight(index, row_step), statistics.x, affine_c);
-                row += 8u * ROW_LANES;
+                row += 8u * row_lanes;
                 index += 8u * row_step;
             }
             while (row < p.o_count) {
                 normalize_one(index, statistics.x, affine_c);
-                row += ROW_LANES;
+                row += row_lanes;
                 index += row_step;
             }
         }

@@ -1,8 +1,8 @@
 // Batch-norm gradients, in three steps (dy here is `upstream`: with a ReLU epilogue, dy masked
 // where the forward's output is <= 0):
 // 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
-//    dy * (x - mean) over one chunk of one channel (or a band of 32 channels) into a partials
-//    buffer, in a fixed tree order (reduction.wgsl); on CPU adapters `grad_partials_per_thread`,
+//    dy * (x - mean) over one chunk of one channel (or a band of `p.band` channels) into a
+//    partials buffer, in a fixed tree order (reduction.wgsl); on CPU adapters `grad_partials_per_thread`,
 //    one thread per chunk (see `run_accumulate` in reduction.wgsl for why), or
 //    `grad_partials_per_thread_quads`, one per chunk of rows of four channels (channels-last,
 //    a multiple of four channels).
@@ -61,18 +61,19 @@ fn thread_sums_contiguous(c_rel: u32, start: u32, end: u32, lid: u32, mean: f32)
 // One row lane's sums of channel c_rel over rows [start, end) (strided kernels).
 fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32) -> vec2<f32> {
     var acc = acc_empty();
-    let row_step = ROW_LANES * p.channels;
+    let row_lanes = WORKGROUP / p.band;
+    let row_step = row_lanes * p.channels;
     var row = start + lane_r;
     var index = row * p.channels + c_rel;
-    while (row + 7u * ROW_LANES < end) {
+    while (row + 7u * row_lanes < end) {
         acc += eight_sums(stride_eight(index, row_step), mean);
-        row += 8u * ROW_LANES;
+        row += 8u * row_lanes;
         index += 8u * row_step;
     }
     while (row < end) {
         let g = upstream(index);
         acc += vec2<f32>(g, g * (load_x(index) - mean));
-        row += ROW_LANES;
+        row += row_lanes;
         index += row_step;
     }
     return acc;
@@ -122,12 +123,12 @@ fn grad_partials_strided(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let lane_c = lid % BAND;
-    let lane_r = lid / BAND;
+    let lane_c = lid % p.band;
+    let lane_r = lid / p.band;
     for (var item = wid.x; item < p.items; item += nwg.x) {
         let band = item / p.chunks;
         let chunk = item - band * p.chunks;
-        let c_rel = band * BAND + lane_c;
+        let c_rel = band * p.band + lane_c;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, p.o_count);
         var acc = acc_empty();

@@ -52,8 +52,8 @@ fn band_partial_written(band: u32, lid: u32) {
     if (!counted_last(band, lid)) {
         return;
     }
-    let first = band * BAND;
-    let count = min(BAND, p.c_count - first);
+    let first = band * p.band;
+    let count = min(p.band, p.c_count - first);
     if (PER_THREAD_MERGE) {
         if (lid < count) {
             merge_channel_by_thread(p.c0 + first + lid);

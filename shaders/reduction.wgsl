@@ -38,8 +38,8 @@ fn reduce_workgroup(lid: u32) {
 // that follows every lane's write of shared_acc).
 fn merge_row_lanes(lid: u32) -> Acc {
     var acc = shared_acc[lid];
-    for (var lane = 1u; lane < ROW_LANES; lane += 1u) {
-        acc = acc_merge(acc, shared_acc[lid + lane * BAND]);
+    for (var lane = 1u; lane < WORKGROUP / p.band; lane += 1u) {
+        acc = acc_merge(acc, shared_acc[lid + lane * p.band]);
     }
     return acc;
 }

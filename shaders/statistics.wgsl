@@ -1,7 +1,7 @@
 // Per-channel mean and biased variance, in two steps:
 // 1. `partials_contiguous` / `partials_strided`: each workgroup reduces one chunk of one channel
-//    (or, strided, of a band of 32 channels) to a partial (count, shift, mean - shift, M2). Every
-//    thread loads its values eight at a time (see `Eight` in common.wgsl), takes their mean and
+//    (or, strided, of a band of `p.band` channels) to a partial (count, shift, mean - shift,
+//    M2). Every thread loads its values eight at a time (see `Eight` in common.wgsl), takes their mean and
 //    M2 about the first of them (the shift) in registers and merges them into its partial with
 //    Chan's formula; the workgroup merges its threads the same way in a fixed tree order
 //    (reduction.wgsl). On CPU adapters, `partials_per_thread`: one thread per chunk, which it
@@ -107,17 +107,18 @@ fn thread_partial_contiguous(c_rel: u32, start: u32, end: u32, lid: u32) -> Part
 // window).
 fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Partial {
     var acc = acc_empty();
-    let row_step = ROW_LANES * p.channels;
+    let row_lanes = WORKGROUP / p.band;
+    let row_step = row_lanes * p.channels;
     var row = start + lane_r;
     var index = row * p.channels + c_rel;
-    while (row + 7u * ROW_LANES < end) {
+    while (row + 7u * row_lanes < end) {
         acc = merge(acc, eight_partial(load_eight(stride_eight(index, row_step))));
-        row += 8u * ROW_LANES;
+        row += 8u * row_lanes;
         index += 8u * row_step;
     }
     while (row < end) {
         acc = merge(acc, Partial(1.0, load_x(index), 0.0, 0.0));
-        row += ROW_LANES;
+        row += row_lanes;
         index += row_step;
     }
     return acc;
@@ -167,12 +168,12 @@ fn partials_strided(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let lane_c = lid % BAND;
-    let lane_r = lid / BAND;
+    let lane_c = lid % p.band;
+    let lane_r = lid / p.band;
     for (var item = wid.x; item < p.items; item += nwg.x) {
         let band = item / p.chunks;
         let chunk = item - band * p.chunks;
-        let c_rel = band * BAND + lane_c;
+        let c_rel = band * p.band + lane_c;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, p.o_count);
         var acc = acc_empty();

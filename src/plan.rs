@@ -29,8 +29,10 @@
 //! - An operation is fused into one dispatch (a workgroup per channel, or per band of 32
 //!   channels, reads its values, reduces them, then writes its output from the same values)
 //!   when the tensor is one window and each channel is one chunk: small and mid-sized channels,
-//!   where the separate dispatches' fixed costs weigh most. Never on CPU adapters: the fused
-//!   kernels merge in workgroup memory, behind barriers.
+//!   where the separate dispatches' fixed costs weigh most. A channels-last tensor of one
+//!   window too tall for a chunk of 32 channels is fused in a band of 16 or 8 channels where
+//!   its rows fit a chunk of the same number of values (`NARROW_BANDS`). Never on CPU adapters:
+//!   the fused kernels merge in workgroup memory, behind barriers.
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
 //! - A reduction that is not fused and is one window merges each channel's partials (contiguous)
@@ -51,12 +53,17 @@ use crate::layout::ChannelView;
 pub const CONTIGUOUS_CHUNK: usize = 16384;
 /// Rows each workgroup of the strided reduction takes (128 per row lane), for the same reason.
 pub const STRIDED_CHUNK_ROWS: usize = 1024;
-/// Channels per workgroup of the strided reduction (`BAND` in the shaders).
+/// Channels per workgroup of the strided kernels (`MAX_BAND` in the shaders): 32 lanes read 128
+/// contiguous bytes of a row. A fused plan may narrow its band (`NARROW_BANDS`).
 pub const STRIDED_BAND: usize = 32;
+/// Narrower bands a fused strided plan may take, widest first, so that a channels-last tensor
+/// too tall for one workgroup per 32 channels still runs in one dispatch: each workgroup keeps
+/// the values of `STRIDED_CHUNK_ROWS` rows of 32 channels (it reads more rows of fewer
+/// channels), and there are more workgroups. Eight channels are 32 bytes of a row, one memory
+/// sector of NVIDIA's; narrower bands would read part sectors.
+pub const NARROW_BANDS: [usize; 2] = [16, 8];
 /// Threads per workgroup (`WORKGROUP` in the shaders).
 pub const WORKGROUP_SIZE: usize = 256;
-/// Threads that share a channel in the strided reduction (`ROW_LANES` in the shaders).
-pub const STRIDED_ROW_LANES: usize = WORKGROUP_SIZE / STRIDED_BAND;
 /// Threads per workgroup of the per-thread reduction (`RUN_WORKGROUP` in the shaders): small, so
 /// that a CPU adapter's threads share the workgroups evenly.
 pub const RUN_WORKGROUP_SIZE: usize = 64;
@@ -297,11 +304,12 @@ impl Window {
         }
     }
 
-    /// Work items of this window's reduction dispatch.
-    pub fn reduction_items(&self, kind: ReductionKind) -> usize {
+    /// Work items of this window's reduction dispatch, with `band` channels per strided
+    /// workgroup.
+    pub fn reduction_items(&self, kind: ReductionKind, band: usize) -> usize {
         match kind {
             ReductionKind::Contiguous | ReductionKind::PerThread => self.chunks * self.c_count,
-            ReductionKind::Strided => self.chunks * self.c_count.div_ceil(STRIDED_BAND),
+            ReductionKind::Strided => self.chunks * self.c_count.div_ceil(band),
             ReductionKind::PerThreadQuads => self.chunks * self.c_count / 4,
         }
     }
@@ -322,6 +330,9 @@ pub struct Plan {
     pub chunks_total: usize,
     /// Values (contiguous, per-thread) or rows (strided) per chunk.
     pub chunk_len: usize,
+    /// Channels per workgroup of the strided kernels: `STRIDED_BAND`, or one of
+    /// `NARROW_BANDS` for a fused plan.
+    pub band: usize,
     /// How partials are merged: by a thread or by a workgroup per channel.
     pub finalize: FinalizeKind,
     /// Where partials are merged.
@@ -375,6 +386,9 @@ fn plan_reductions(
     let Some(partial_bytes) = operation.partial_bytes() else {
         return Ok(plan);
     };
+    if let Some(narrow) = fused_in_a_narrower_band(&plan, view, dtype, limits)? {
+        return Ok(narrow);
+    }
     let merged_where = |plan: Plan| {
         // Per-thread plans (CPU adapters) keep the dispatch: the last workgroup's handshake
         // needs the barriers those kernels exist to avoid.
@@ -423,6 +437,34 @@ fn plan_reductions(
         }
         plan = plan_with_chunk(view, dtype, limits, Some(plan.chunk_len * 2))?;
     }
+}
+
+/// A strided plan of one window that is not fused with 32 channels per workgroup, fused in the
+/// widest of `NARROW_BANDS` whose workgroups take the window's rows in one chunk of the same
+/// number of values; `None` where no band does (or the plan is not such).
+fn fused_in_a_narrower_band(
+    plan: &Plan,
+    view: ChannelView,
+    dtype: DType,
+    limits: PlanLimits,
+) -> Result<Option<Plan>, BatchNormError> {
+    let [window] = plan.windows.as_slice() else {
+        return Ok(None);
+    };
+    if plan.kind != ReductionKind::Strided || dtype.is_half() || plan.fused_window().is_some() {
+        return Ok(None);
+    }
+    for band in NARROW_BANDS {
+        let rows = STRIDED_CHUNK_ROWS * STRIDED_BAND / band;
+        if window.o_count <= rows {
+            let fused = Plan {
+                band,
+                ..plan_with_chunk(view, dtype, limits, Some(rows))?
+            };
+            return Ok(fused.fused_window().is_some().then_some(fused));
+        }
+    }
+    Ok(None)
 }
 
 fn plan_with_chunk(
@@ -548,6 +590,7 @@ fn plan_with_chunk(
         limits,
         chunks_total: chunk_base,
         chunk_len,
+        band: STRIDED_BAND,
         finalize: if chunk_base <= PER_THREAD_FINALIZE_MAX_PARTIALS {
             FinalizeKind::PerThread
         } else {
@@ -633,7 +676,7 @@ impl Plan {
     pub fn reduction_items(&self) -> usize {
         self.windows
             .iter()
-            .map(|w| w.reduction_items(self.kind))
+            .map(|w| w.reduction_items(self.kind, self.band))
             .sum()
     }
 
@@ -676,7 +719,7 @@ impl Plan {
             | (_, ReductionKind::PerThread | ReductionKind::PerThreadQuads) => 0,
             (Merge::LastWorkgroup, ReductionKind::Contiguous) => self.view.channels,
             (Merge::LastWorkgroup, ReductionKind::Strided) => {
-                self.view.channels.div_ceil(STRIDED_BAND)
+                self.view.channels.div_ceil(self.band)
             }
         }
     }
@@ -850,31 +893,104 @@ mod tests {
         )
         .unwrap();
         assert_eq!(nhwc.kind, ReductionKind::Strided);
-        assert_eq!(nhwc.windows[0].reduction_items(nhwc.kind), 3);
+        assert_eq!(nhwc.windows[0].reduction_items(nhwc.kind, nhwc.band), 3);
         let nc = plan(
-            view(&[2100, 7], Layout::ChannelsFirst),
+            view(&[4200, 7], Layout::ChannelsFirst),
             DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
         .unwrap();
         assert_eq!(nc.kind, ReductionKind::Strided);
-        // Not fused, and far from MIN_GPU_REDUCTION_ITEMS: chunks shrink to the floor.
-        assert_eq!(nc.chunks_total, 2100usize.div_ceil(MIN_STRIDED_CHUNK_ROWS));
+        // Too tall to fuse even eight channels a workgroup, and far from
+        // MIN_GPU_REDUCTION_ITEMS: chunks shrink to the floor.
+        assert!(nc.fused_window().is_none());
+        assert_eq!(nc.chunks_total, 4200usize.div_ceil(MIN_STRIDED_CHUNK_ROWS));
     }
 
+    /// A channels-last tensor too tall for one workgroup per 32 channels is fused in the widest
+    /// narrower band whose workgroups hold as many values; taller ones, half types and several
+    /// windows are not.
     #[test]
-    fn gpu_plans_that_are_not_fused_shrink_chunks_to_fill_the_device() {
-        // 7x7 channels-last: 4 chunks x 64 bands at 1024 rows; 25 x 64 at 128 rows.
-        let nhwc = plan(
-            view(&[64, 7, 7, 2048], Layout::ChannelsLast),
+    fn tall_channels_last_tensors_fuse_in_narrower_bands() {
+        for (shape, band, rows) in [
+            // 2048 rows: 16 channels a workgroup, 4 workgroups.
+            (&[32usize, 8, 8, 64][..], 16, 2048),
+            // 3136 rows: 8 channels a workgroup, 256 workgroups.
+            (&[64, 7, 7, 2048][..], 8, 3136),
+            // 1024 rows: fused in 32 as before.
+            (&[16, 8, 8, 40][..], STRIDED_BAND, 1024),
+        ] {
+            for operation in [TRAINING, Operation::Backward] {
+                let p = plan(
+                    view(shape, Layout::ChannelsLast),
+                    DType::F32,
+                    WEBGPU_DEFAULT,
+                    operation,
+                )
+                .unwrap();
+                assert_eq!(p.kind, ReductionKind::Strided, "{shape:?}");
+                assert_eq!(p.band, band, "{shape:?}");
+                let window = p.fused_window().expect("fused");
+                assert_eq!(window.o_count, rows);
+                assert_eq!(
+                    window.reduction_items(p.kind, p.band),
+                    shape[3].div_ceil(band),
+                    "{shape:?}"
+                );
+                assert!(band * rows <= STRIDED_BAND * STRIDED_CHUNK_ROWS);
+                assert_eq!(p.partials_bytes(16), 0);
+            }
+        }
+        // 4097 rows: too tall for eight channels; f16: never fused; two windows: never fused.
+        let tall = plan(
+            view(&[4097, 64], Layout::ChannelsLast),
             DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,
         )
         .unwrap();
-        assert_eq!(nhwc.chunk_len, 128);
-        assert_eq!(nhwc.reduction_items(), 25 * 64);
+        assert_eq!(
+            (tall.band, tall.fused_window().is_none()),
+            (STRIDED_BAND, true)
+        );
+        let half = plan(
+            view(&[32, 8, 8, 64], Layout::ChannelsLast),
+            DType::F16,
+            WEBGPU_DEFAULT,
+            TRAINING,
+        )
+        .unwrap();
+        assert_eq!(
+            (half.band, half.fused_window().is_none()),
+            (STRIDED_BAND, true)
+        );
+        let split = plan(
+            view(&[3000, 64], Layout::ChannelsLast),
+            DType::F32,
+            binding_limits(512 << 10),
+            TRAINING,
+        )
+        .unwrap();
+        assert!(split.windows.len() > 1);
+        assert_eq!(
+            (split.band, split.fused_window().is_none()),
+            (STRIDED_BAND, true)
+        );
+    }
+
+    #[test]
+    fn gpu_plans_that_are_not_fused_shrink_chunks_to_fill_the_device() {
+        // 14x14 channels-last: 13 chunks x 32 bands at 1024 rows; 49 x 32 at 256 rows.
+        let nhwc = plan(
+            view(&[64, 14, 14, 1024], Layout::ChannelsLast),
+            DType::F32,
+            WEBGPU_DEFAULT,
+            TRAINING,
+        )
+        .unwrap();
+        assert_eq!(nhwc.chunk_len, 256);
+        assert_eq!(nhwc.reduction_items(), 49 * 32);
         // Enough items at the full chunk: unchanged.
         let big = plan(
             view(&[64, 64, 112, 112], Layout::ChannelsFirst),
@@ -895,7 +1011,7 @@ mod tests {
         assert!(fused.fused_window().is_some());
         // Never below eight values per thread.
         let tiny = plan(
-            view(&[32, 8, 8, 64], Layout::ChannelsLast),
+            view(&[4200, 64], Layout::ChannelsLast),
             DType::F32,
             WEBGPU_DEFAULT,
             TRAINING,

@@ -204,7 +204,8 @@ impl Builder<'_> {
             chunks: window.chunks as u32,
             chunk_base: window.chunk_base as u32,
             chunks_total: plan.chunks_total as u32,
-            items: window.reduction_items(plan.kind) as u32,
+            items: window.reduction_items(plan.kind, plan.band) as u32,
+            band: plan.band as u32,
             values_per_channel: plan.view.values_per_channel() as f32,
             ..Params::default()
         }
@@ -232,7 +233,7 @@ impl Builder<'_> {
     /// The workgroups of a fused dispatch on `window`: one per channel, or per band.
     fn fused_workgroups(&self, window: &Window) -> u32 {
         let items = match self.plan.kind {
-            ReductionKind::Strided => window.reduction_items(self.plan.kind),
+            ReductionKind::Strided => window.reduction_items(self.plan.kind, self.plan.band),
             // Per-thread plans are never fused (`Plan::fused_window`).
             ReductionKind::Contiguous
             | ReductionKind::PerThread

@@ -120,7 +120,7 @@ const OFFSET_CASES: [PlannedCase; 6] = [
 ];
 
 /// Shapes with four channels for the constant-channel and NaN tests.
-const FOUR_CHANNEL_CASES: [PlannedCase; 5] = [
+const FOUR_CHANNEL_CASES: [PlannedCase; 6] = [
     PlannedCase {
         shape: &[8, 4, 64, 64],
         layout: FIRST,
@@ -147,6 +147,13 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 5] = [
     },
     PlannedCase {
         shape: &[3, 5, 6, 4],
+        layout: LAST,
+        planned: Planned::DiscreteGpu,
+        claim: PlanClaim::FUSED,
+    },
+    // 3200 rows: fused eight channels a workgroup (`plan::NARROW_BANDS`).
+    PlannedCase {
+        shape: &[2, 40, 40, 4],
         layout: LAST,
         planned: Planned::DiscreteGpu,
         claim: PlanClaim::FUSED,

@@ -63,10 +63,10 @@ const CASES: [PlannedCase; 10] = [
         claim: PlanClaim::split(288, FinalizeKind::PerWorkgroup),
     },
     PlannedCase {
-        shape: &[2100, 7],
+        shape: &[4200, 7],
         layout: FIRST,
         planned: Planned::DiscreteGpu,
-        claim: PlanClaim::split(33, FinalizeKind::PerWorkgroup),
+        claim: PlanClaim::split(66, FinalizeKind::PerWorkgroup),
     },
     PlannedCase {
         shape: &[8, 3, 64, 64],

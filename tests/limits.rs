@@ -419,6 +419,19 @@ fn gpu_style_plans_on_this_adapter() {
         assert_plan(&ctx, shape, layout, claim);
         check_round_trip(&ctx, shape, layout, 300 + k as u64);
     }
+    // Channels-last tensors too tall for 32 channels a workgroup, fused in narrower bands
+    // (`plan::NARROW_BANDS`), with a last band that is not full.
+    for (k, (shape, band)) in [(&[3usize, 25, 25, 40][..], 16), (&[2, 40, 40, 20][..], 8)]
+        .into_iter()
+        .enumerate()
+    {
+        for operation in [Operation::TrainingForward, Operation::Backward] {
+            let plan = plan_of(&ctx, shape, Layout::ChannelsLast, operation);
+            assert_eq!(plan.band, band, "{shape:?}");
+            assert!(plan.fused_window().is_some(), "{shape:?}");
+        }
+        check_round_trip(&ctx, shape, Layout::ChannelsLast, 320 + k as u64);
+    }
     for (k, case) in SPLIT_CASES.into_iter().enumerate() {
         if case.planned == Planned::DiscreteGpu {
             check_round_trip(&case.context(), case.shape, case.layout, 350 + k as u64);

@@ -65,6 +65,7 @@ uniform_block! {
     momentum: f32 => "f32",
     /// M / (M - 1): the biased variance to the unbiased one, for the running stats.
     var_correction: f32 => "f32",
-    /// Pads the block to 96 bytes (a multiple of 16).
-    _pad0: u32 => "u32",
+    /// Channels per workgroup of the strided kernels (a band; `Plan::band`). The last field:
+    /// the block is 96 bytes (a multiple of 16).
+    band: u32 => "u32",
 }

@@ -34,8 +34,6 @@ const U: f64 = UNIT_ROUNDOFF;
 /// Absolute slack under every bound: float32's smallest normal value, for results that
 /// underflow.
 const FLOOR: f64 = f32::MIN_POSITIVE as f64;
-/// Row lanes of a strided reduction workgroup (`ROW_LANES` in the shaders).
-const ROW_LANES: usize = 8;
 
 /// `Ok`, or what was wrong.
 pub type Checked = Result<(), String>;
@@ -314,7 +312,8 @@ pub fn sum_depth(plan: &Plan) -> f64 {
             } else {
                 plan.chunk_len
             };
-            (rows.div_ceil(ROW_LANES), 7)
+            let row_lanes = WORKGROUP_SIZE / plan.band;
+            (rows.div_ceil(row_lanes), row_lanes - 1)
         }
         ReductionKind::PerThread | ReductionKind::PerThreadQuads => {
             (RUN_BLOCK / 8 + plan.chunk_len.div_ceil(RUN_BLOCK), 0)

@@ -299,10 +299,10 @@ pub const SPLIT_CASES: [PlannedCase; 9] = [
         claim: PlanClaim::split(40, FinalizeKind::PerWorkgroup),
     },
     PlannedCase {
-        shape: &[2100, 7],
+        shape: &[4200, 7],
         layout: Layout::ChannelsFirst,
         planned: Planned::DiscreteGpu,
-        claim: PlanClaim::split(33, FinalizeKind::PerWorkgroup),
+        claim: PlanClaim::split(66, FinalizeKind::PerWorkgroup),
     },
     PlannedCase {
         shape: &[3, 40, 41, 5],
