@@ -481,15 +481,14 @@ fn plan_with_chunk(
         (limits.max_binding_bytes.saturating_sub(align + padding) / element).min(MAX_WINDOW_VALUES);
     let row = (view.channels * view.inner) as u64;
     let whole_rows = row <= usable;
-    let kind = if limits.per_thread_reductions && view.inner == 1 && whole_rows {
-        if view.channels.is_multiple_of(4) {
+    let channels_innermost = view.inner == 1 && whole_rows;
+    let kind = if limits.per_thread_reductions {
+        if channels_innermost && view.channels.is_multiple_of(4) {
             ReductionKind::PerThreadQuads
         } else {
             ReductionKind::PerThread
         }
-    } else if limits.per_thread_reductions {
-        ReductionKind::PerThread
-    } else if view.inner == 1 && whole_rows {
+    } else if channels_innermost {
         ReductionKind::Strided
     } else {
         ReductionKind::Contiguous
