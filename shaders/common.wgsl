@@ -90,25 +90,24 @@ struct ElementCursor {
     index: u32,
     // Absolute channel.
     c: u32,
+    // Position in the channel's run of `inner` values.
+    i: u32,
 }
 
 fn cursor_at(e: u32) -> ElementCursor {
     let row = p.c_count * p.inner;
     let o = e / row;
     let within_row = e - o * row;
-    return ElementCursor(
-        o * p.channels * p.inner + within_row,
-        p.c0 + within_row / p.inner,
-    );
+    let c_rel = within_row / p.inner;
+    return ElementCursor(o * p.channels * p.inner + within_row, p.c0 + c_rel, within_row - c_rel * p.inner);
 }
 
-// The channels of the four lanes of a vec4 that starts in channel c: four consecutive channels
-// channels-last (inner == 1), c in every lane channels-first.
-fn channel_lanes(c: u32) -> vec4<u32> {
-    if (p.inner == 1u) {
-        return vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u);
-    }
-    return vec4<u32>(c);
+// The channels of the four lanes of a vec4 that starts at `cursor`: four consecutive channels
+// channels-last (inner == 1); channels-first, the cursor's channel in every lane, or where the
+// spatial size is not a multiple of 4 (7x7), the next channel in the lanes past the run's end.
+// Rows split into whole vec4s (the plan's rule), so a vec4 never leaves its row.
+fn channel_lanes(cursor: ElementCursor) -> vec4<u32> {
+    return vec4<u32>(cursor.c) + (vec4<u32>(cursor.i) + vec4<u32>(0u, 1u, 2u, 3u)) / p.inner;
 }
 
 fn stride_keeps_channel(stride: u32) -> bool {

@@ -1,8 +1,8 @@
 // dx one element per step (f32 only: half types store whole words, input_gradient_words.wgsl),
 // with the factors of dx_factors.wgsl; and dz = dy for the add-ReLU epilogue.
 
-fn lane_factors(c: u32) -> DxFactors {
-    return channel_factors(c);
+fn lane_factors(cursor: ElementCursor) -> DxFactors {
+    return channel_factors(cursor.c);
 }
 
 fn apply(index: u32, f: DxFactors) {

@@ -1,10 +1,9 @@
 // The `input_gradient` kernel of `input_gradient.wgsl` on four elements at a time, for windows whose
-// rows split into whole vec4s (the rule of `normalize_vec4.wgsl`): channels-first with the
-// spatial size a multiple of 4 (the lanes share a channel), or channels-last with C a multiple
-// of 4 (the lanes are four consecutive channels). With the add-ReLU epilogue, dz = dy too.
+// rows split into whole vec4s (the rule and the lanes' channels of `normalize_vec4.wgsl`).
+// With the add-ReLU epilogue, dz = dy too.
 
-fn lane_factors(c: u32) -> LaneFactors {
-    let lanes = channel_lanes(c);
+fn lane_factors(cursor: ElementCursor) -> LaneFactors {
+    let lanes = channel_lanes(cursor);
     let f0 = channel_factors(lanes.x);
     let f1 = channel_factors(lanes.y);
     let f2 = channel_factors(lanes.z);

@@ -1,8 +1,8 @@
 // The normalize kernel: y from x and each channel's (mean, scale, shift)
 // (channel_statistics.wgsl), one element per step of the elementwise loop.
 
-fn lane_factors(c: u32) -> ChannelScale {
-    return channel_scale(c);
+fn lane_factors(cursor: ElementCursor) -> ChannelScale {
+    return channel_scale(cursor.c);
 }
 
 fn apply(index: u32, f: ChannelScale) {

@@ -1,6 +1,7 @@
 // The normalize kernel on four elements at a time, for windows whose rows split into whole
-// vec4s: channels-first with the spatial size a multiple of 4 (the four lanes share a
-// channel), or channels-last with C a multiple of 4 (the lanes are four consecutive channels).
+// vec4s (C times the spatial size a multiple of 4): channels-first, the four lanes share a
+// channel or, where the spatial size is not a multiple of 4, some lanes are in the next one;
+// channels-last, the lanes are four consecutive channels (`channel_lanes`).
 // Wide loads move the same bytes in a quarter of the memory operations.
 
 struct LaneScale {
@@ -9,8 +10,8 @@ struct LaneScale {
     shift: vec4<f32>,
 }
 
-fn lane_factors(c: u32) -> LaneScale {
-    let lanes = channel_lanes(c);
+fn lane_factors(cursor: ElementCursor) -> LaneScale {
+    let lanes = channel_lanes(cursor);
     let s0 = channel_scale(lanes.x);
     let s1 = channel_scale(lanes.y);
     let s2 = channel_scale(lanes.z);

@@ -20,9 +20,11 @@
 //! - Each channel's partials are merged by one thread when there are at most
 //!   `PER_THREAD_FINALIZE_MAX_PARTIALS` of them (no barriers, no idle threads), by a whole
 //!   workgroup otherwise.
-//! - Elementwise kernels load and store vec4s when every window's rows split into whole vec4s
-//!   that hold one channel (channels-first, `inner % 4 == 0`) or four consecutive channels
-//!   (channels-last, `C % 4 == 0`), and every window starts on a vec4; scalars otherwise.
+//! - Elementwise kernels load and store vec4s when the tensor's rows and every window's rows
+//!   split into whole vec4s (`C * inner % 4 == 0`) and every window starts on a vec4; scalars
+//!   otherwise. A vec4's lanes hold one channel (channels-first, `inner % 4 == 0`), four
+//!   consecutive channels (channels-last), or a run's end and the next run's start
+//!   (channels-first 7x7: each lane finds its channel).
 //! - Half-precision tensors (two elements to a 32-bit word): every window starts at an even
 //!   element, so that each elementwise thread owns whole words, and no operation is fused (the
 //!   fused kernels store single elements from neighbouring threads).
@@ -571,12 +573,7 @@ fn plan_with_chunk(
             chunk_base += chunks;
         }
     }
-    let lanes_fit = if view.inner == 1 {
-        view.channels.is_multiple_of(4)
-    } else {
-        view.inner.is_multiple_of(4)
-    };
-    let vec4 = lanes_fit
+    let vec4 = (view.channels * view.inner).is_multiple_of(4)
         && windows
             .iter()
             .all(|w| w.first.is_multiple_of(4) && (w.c_count * view.inner).is_multiple_of(4));
@@ -845,6 +842,12 @@ mod tests {
             (vec![2, 3, 4, 4], Layout::ChannelsFirst),
             (vec![2, 5, 5, 8], Layout::ChannelsLast),
             (vec![3, 8], Layout::ChannelsFirst),
+            // Runs of 49, 9, 3 and 2 values: some vec4s hold the end of one channel's run and
+            // the start of the next.
+            (vec![2, 4, 7, 7], Layout::ChannelsFirst),
+            (vec![2, 4, 3, 3], Layout::ChannelsFirst),
+            (vec![2, 4, 3], Layout::ChannelsFirst),
+            (vec![2, 6, 2], Layout::ChannelsFirst),
         ];
         for (shape, layout) in yes {
             assert!(
@@ -858,6 +861,8 @@ mod tests {
             (vec![2, 3, 7, 7], Layout::ChannelsFirst),
             (vec![2, 4, 4, 3], Layout::ChannelsLast),
             (vec![3, 6], Layout::ChannelsFirst),
+            (vec![2, 5, 3, 3], Layout::ChannelsFirst),
+            (vec![2, 3, 2], Layout::ChannelsFirst),
         ];
         for (shape, layout) in no {
             assert!(

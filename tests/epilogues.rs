@@ -31,15 +31,20 @@ const EPILOGUES: [EpilogueKind; 3] = [
 ];
 
 /// Shapes by the plans they get: odd spatial sizes and channel counts (word kernels, a last
-/// half word), rows that split into vec4s, a 2-D tensor of odd size; fused and multi-chunk
-/// plans; and windows (odd rows, so half windows take rows in pairs, the last one alone and
-/// ending in half a word).
-const CASES: [(Planned, &[usize], Layout); 9] = [
+/// half word), rows that split into vec4s, some of whose vec4s straddle two channels (odd
+/// spatial sizes, channels-first; a grid that keeps to rows, [64, 16, 7, 7] on the GPU plan,
+/// and grids that do not), a 2-D tensor of odd size; fused and multi-chunk plans; and windows
+/// (odd rows, so half windows take rows in pairs, the last one alone and ending in half a
+/// word).
+const CASES: [(Planned, &[usize], Layout); 12] = [
     (Planned::Cpu, &[3, 5, 7, 7], Layout::ChannelsFirst),
     (Planned::Cpu, &[2, 3, 3, 5], Layout::ChannelsLast),
     (Planned::Cpu, &[4, 8, 4, 4], Layout::ChannelsFirst),
     (Planned::Cpu, &[3, 3, 2, 8], Layout::ChannelsLast),
     (Planned::Cpu, &[7, 3], Layout::ChannelsFirst),
+    (Planned::Cpu, &[2, 4, 7, 7], Layout::ChannelsFirst),
+    (Planned::DiscreteGpu, &[2, 12, 9, 9], Layout::ChannelsFirst),
+    (Planned::DiscreteGpu, &[64, 16, 7, 7], Layout::ChannelsFirst),
     (Planned::DiscreteGpu, &[2, 4, 40, 40], Layout::ChannelsFirst),
     (Planned::DiscreteGpu, &[4, 12, 12, 24], Layout::ChannelsLast),
     (
