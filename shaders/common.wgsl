@@ -81,6 +81,11 @@ fn stride_eight(first: u32, step: u32) -> Eight {
     return Eight(first + k * step, first + (k + 4u) * step);
 }
 
+// Where a reduction's partial for window channel c_rel, chunk `chunk` goes.
+fn partial_slot(c_rel: u32, chunk: u32) -> u32 {
+    return (p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk;
+}
+
 // Elementwise kernels run a grid-stride loop over the window's elements. When the stride is a
 // multiple of the window's row (the host picks such workgroup counts), every element a thread
 // visits has the same channel: the thread finds it once, loads its parameters once, and then

@@ -2,10 +2,11 @@
 // where the forward's output is <= 0):
 // 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
 //    dy * (x - mean) over one chunk of one channel (or a band of `p.band` channels) into a
-//    partials buffer, in a fixed tree order (reduction.wgsl); on CPU adapters `grad_partials_per_thread`,
-//    one thread per chunk (see `run_accumulate` in reduction.wgsl for why), or
-//    `grad_partials_per_thread_quads`, one per chunk of rows of four channels (channels-last,
-//    a multiple of four channels).
+//    partials buffer, in a fixed tree order (reduction.wgsl); on CPU adapters
+//    `grad_partials_per_thread`, one thread per chunk (see `run_accumulate` in reduction.wgsl
+//    for why), or `partials_per_thread_quads` (per_thread_quads.wgsl), one per chunk of rows of
+//    four channels (channels-last, a multiple of four channels). The sums and their hooks are
+//    in gradient_sums_accumulator.wgsl.
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    for few partials), from reduction.wgsl, adds each channel's partials in a fixed order;
 //    `finalize_channel` writes dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) =
@@ -16,28 +17,13 @@
 //    epilogue dz = dy.
 // Where each channel is one chunk, `fused_backward_*` (f32) does all three in one dispatch.
 
-// (sum dy, sum dy * (x - mean)) of a chunk.
-alias Acc = vec2<f32>;
-
-fn acc_empty() -> vec2<f32> {
-    return vec2<f32>(0.0);
-}
-
-fn acc_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    return a + b;
-}
-
 // (sum dy, sum dy * (x - mean)) over eight elements, all sixteen loads issued first.
 fn eight_sums(at: Eight, mean: f32) -> vec2<f32> {
     let g_lo = vec4<f32>(upstream(at.lo.x), upstream(at.lo.y), upstream(at.lo.z), upstream(at.lo.w));
     let g_hi = vec4<f32>(upstream(at.hi.x), upstream(at.hi.y), upstream(at.hi.z), upstream(at.hi.w));
     let x_lo = vec4<f32>(load_x(at.lo.x), load_x(at.lo.y), load_x(at.lo.z), load_x(at.lo.w));
     let x_hi = vec4<f32>(load_x(at.hi.x), load_x(at.hi.y), load_x(at.hi.z), load_x(at.hi.w));
-    let ones = vec4<f32>(1.0);
-    return vec2<f32>(
-        dot(g_lo, ones) + dot(g_hi, ones),
-        dot(g_lo, x_lo - mean) + dot(g_hi, x_hi - mean),
-    );
+    return sums_of_eight(g_lo, g_hi, x_lo, x_hi, mean);
 }
 
 // One thread's sums over the window channel c_rel's values [start, end) (contiguous kernels).
@@ -50,8 +36,7 @@ fn thread_sums_contiguous(c_rel: u32, start: u32, end: u32, lid: u32, mean: f32)
         m += 8u * WORKGROUP;
     }
     while (m < end) {
-        let g = upstream(walk.index);
-        acc += vec2<f32>(g, g * (load_x(walk.index) - mean));
+        acc += sums_of_one(upstream(walk.index), load_x(walk.index), mean);
         walk = walk_next(walk);
         m += WORKGROUP;
     }
@@ -71,27 +56,21 @@ fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32)
         index += 8u * row_step;
     }
     while (row < end) {
-        let g = upstream(index);
-        acc += vec2<f32>(g, g * (load_x(index) - mean));
+        acc += sums_of_one(upstream(index), load_x(index), mean);
         row += row_lanes;
         index += row_step;
     }
     return acc;
 }
 
-// The per-thread reduction's hooks (reduction.wgsl's `run_accumulate`): the channel's mean, and
-// the sums of eight values and of one.
-fn run_context(c_rel: u32) -> f32 {
-    return stats[p.c0 + c_rel];
-}
-
+// The per-thread reduction's hooks (reduction.wgsl's `run_accumulate`): the sums of eight
+// values and of one.
 fn acc_eight(at: Eight, mean: f32) -> vec2<f32> {
     return eight_sums(at, mean);
 }
 
 fn acc_one(index: u32, mean: f32) -> vec2<f32> {
-    let g = upstream(index);
-    return vec2<f32>(g, g * (load_x(index) - mean));
+    return sums_of_one(upstream(index), load_x(index), mean);
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -152,16 +131,6 @@ fn grad_partials_per_thread(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     reduce_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
-}
-
-// CPU adapters, channels-last with a multiple of four channels: one thread per chunk of rows
-// of four consecutive channels (reduction.wgsl's `reduce_quads_per_thread`).
-@compute @workgroup_size(RUN_WORKGROUP)
-fn grad_partials_per_thread_quads(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    reduce_quads_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
 }
 
 // (dgamma, dbeta) of channel c from its (sum dy, sum dy * (x - mean)).

@@ -44,11 +44,6 @@ fn merge_row_lanes(lid: u32) -> Acc {
     return acc;
 }
 
-// Where a reduction workgroup's result for window channel c_rel, chunk `chunk` goes.
-fn partial_slot(c_rel: u32, chunk: u32) -> u32 {
-    return (p.c0 + c_rel) * p.chunks_total + p.chunk_base + chunk;
-}
-
 // Merges channel c's partials with the whole workgroup, in a fixed order, and hands the result
 // to `finalize_channel` (thread 0). Called in uniform control flow (it has barriers).
 fn merge_channel_by_workgroup(c: u32, lid: u32) {
@@ -114,65 +109,6 @@ fn reduce_per_thread(thread: u32, threads: u32) {
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, values);
         partials[partial_slot(c_rel, chunk)] = run_accumulate(c_rel, start, end, run_context(c_rel));
-    }
-}
-
-// The per-thread reduction of channels-last windows (`inner == 1`) whose channel count is a
-// multiple of four: each thread takes one chunk of rows of four consecutive channels (a quad),
-// so each of its row steps reads 16 contiguous bytes instead of 4. On a CPU adapter a SIMD
-// vector's lanes then read 128 bytes of each row where they read 32, and the rows a vector
-// walks, one row apart (a page apart in wide tensors), are a quarter as many per byte. Each
-// channel of the quad is merged exactly as `run_accumulate` merges it.
-fn reduce_quads_per_thread(thread: u32, threads: u32) {
-    let quads = p.c_count / 4u;
-    for (var item = thread; item < p.items; item += threads) {
-        let chunk = item / quads;
-        let c_rel = 4u * (item - chunk * quads);
-        let start = chunk * p.chunk_len;
-        let end = min(start + p.chunk_len, p.o_count);
-        let context = vec4<f32>(
-            run_context(c_rel),
-            run_context(c_rel + 1u),
-            run_context(c_rel + 2u),
-            run_context(c_rel + 3u),
-        );
-        var total0 = acc_empty();
-        var total1 = acc_empty();
-        var total2 = acc_empty();
-        var total3 = acc_empty();
-        var row = start;
-        var index = start * p.channels + c_rel;
-        while (row + 8u <= end) {
-            var block0 = acc_empty();
-            var block1 = acc_empty();
-            var block2 = acc_empty();
-            var block3 = acc_empty();
-            let block_end = min(row + RUN_BLOCK, end);
-            while (row + 8u <= block_end) {
-                block0 = acc_merge(block0, acc_eight(stride_eight(index, p.channels), context.x));
-                block1 = acc_merge(block1, acc_eight(stride_eight(index + 1u, p.channels), context.y));
-                block2 = acc_merge(block2, acc_eight(stride_eight(index + 2u, p.channels), context.z));
-                block3 = acc_merge(block3, acc_eight(stride_eight(index + 3u, p.channels), context.w));
-                row += 8u;
-                index += 8u * p.channels;
-            }
-            total0 = acc_merge(total0, block0);
-            total1 = acc_merge(total1, block1);
-            total2 = acc_merge(total2, block2);
-            total3 = acc_merge(total3, block3);
-        }
-        while (row < end) {
-            total0 = acc_merge(total0, acc_one(index, context.x));
-            total1 = acc_merge(total1, acc_one(index + 1u, context.y));
-            total2 = acc_merge(total2, acc_one(index + 2u, context.z));
-            total3 = acc_merge(total3, acc_one(index + 3u, context.w));
-            row += 1u;
-            index += p.channels;
-        }
-        partials[partial_slot(c_rel, chunk)] = total0;
-        partials[partial_slot(c_rel + 1u, chunk)] = total1;
-        partials[partial_slot(c_rel + 2u, chunk)] = total2;
-        partials[partial_slot(c_rel + 3u, chunk)] = total3;
     }
 }
 

@@ -6,8 +6,9 @@
 //    Chan's formula; the workgroup merges its threads the same way in a fixed tree order
 //    (reduction.wgsl). On CPU adapters, `partials_per_thread`: one thread per chunk, which it
 //    reads in order, with no workgroup memory and no barrier (see `run_accumulate`); or, for
-//    channels-last with a multiple of four channels, `partials_per_thread_quads`: one thread
-//    per chunk of rows of four channels (`reduce_quads_per_thread`).
+//    channels-last with a multiple of four channels, `partials_per_thread_quads`
+//    (per_thread_quads.wgsl): one thread per chunk of rows of four channels. The accumulator
+//    and its merge are in statistics_partial.wgsl.
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    when channels have few partials), from reduction.wgsl, merges each channel's partials in a
 //    fixed order; `finalize_channel` writes mean and invstd and updates the running stats.
@@ -20,70 +21,11 @@
 // accurate whatever the offset. Never E[x^2] - E[x]^2: it loses every digit when the mean is
 // large.
 
-struct Partial {
-    n: f32,
-    shift: f32,
-    // Mean of the values minus `shift`.
-    mean: f32,
-    m2: f32,
-}
-
-alias Acc = Partial;
-
-fn acc_empty() -> Partial {
-    return Partial(0.0, 0.0, 0.0, 0.0);
-}
-
-fn acc_merge(a: Partial, b: Partial) -> Partial {
-    return merge(a, b);
-}
-
-// Chan's formula. The merged mean is kept relative to whichever of the two shifts it lies
-// closer to: later merges then round a quantity of the size of the spread, whatever value a
-// shift came from (a value far from the mean, such as an outlier that happens to come first,
-// would otherwise have every later merge round at its distance from the mean).
-fn merge(a: Partial, b: Partial) -> Partial {
-    if (a.n == 0.0) {
-        return b;
-    }
-    if (b.n == 0.0) {
-        return a;
-    }
-    let n = a.n + b.n;
-    let delta = (b.shift - a.shift) + (b.mean - a.mean);
-    let weight_b = b.n / n;
-    let about_a = a.mean + delta * weight_b;
-    let about_b = b.mean - delta * (1.0 - weight_b);
-    let closer_to_b = abs(about_b) < abs(about_a);
-    return Partial(
-        n,
-        select(a.shift, b.shift, closer_to_b),
-        select(about_a, about_b, closer_to_b),
-        a.m2 + b.m2 + delta * delta * a.n * weight_b,
-    );
-}
-
-struct Values8 {
-    lo: vec4<f32>,
-    hi: vec4<f32>,
-}
-
 fn load_eight(at: Eight) -> Values8 {
     return Values8(
         vec4<f32>(load_x(at.lo.x), load_x(at.lo.y), load_x(at.lo.z), load_x(at.lo.w)),
         vec4<f32>(load_x(at.hi.x), load_x(at.hi.y), load_x(at.hi.z), load_x(at.hi.w)),
     );
-}
-
-// The partial of eight values, shifted by the first: their mean and M2 in registers.
-fn eight_partial(v: Values8) -> Partial {
-    let shift = v.lo.x;
-    let lo = v.lo - shift;
-    let hi = v.hi - shift;
-    let mean = dot(lo + hi, vec4<f32>(0.125));
-    let d_lo = lo - mean;
-    let d_hi = hi - mean;
-    return Partial(8.0, shift, mean, dot(d_lo, d_lo) + dot(d_hi, d_hi));
 }
 
 // One thread's partial of the window channel c_rel's values [start, end) (contiguous kernels).
@@ -125,11 +67,7 @@ fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Part
 }
 
 // The per-thread reduction's hooks (reduction.wgsl's `run_accumulate`): the partial of eight
-// values, and of one. The statistics need no per-channel input.
-fn run_context(c_rel: u32) -> f32 {
-    return 0.0;
-}
-
+// values, and of one.
 fn acc_eight(at: Eight, unused: f32) -> Partial {
     return eight_partial(load_eight(at));
 }
@@ -197,16 +135,6 @@ fn partials_per_thread(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     reduce_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
-}
-
-// CPU adapters, channels-last with a multiple of four channels: one thread per chunk of rows
-// of four consecutive channels (reduction.wgsl's `reduce_quads_per_thread`).
-@compute @workgroup_size(RUN_WORKGROUP)
-fn partials_per_thread_quads(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    reduce_quads_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
 }
 
 // (mean, invstd) of a channel's merged partial.

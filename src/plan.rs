@@ -14,11 +14,13 @@
 //!   four, one thread per chunk of one channel otherwise.
 //! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows). On GPUs, a plan
 //!   that is not fused halves it (not below eight values per thread) until the reduction has
-//!   `MIN_GPU_REDUCTION_ITEMS` work items. A per-thread chunk starts at `MIN_RUN_CHUNK` values.
+//!   `MIN_GPU_REDUCTION_ITEMS` work items. A per-thread chunk starts at `MIN_RUN_CHUNK` values
+//!   (the quad kernel's at `MIN_QUAD_CHUNK_ROWS` rows).
 //!   Then a chunk is doubled until the partials of all chunks fit in one storage binding and, on
 //!   CPU adapters, until the reduction has at most `CPU_REDUCTION_THREADS` work items.
 //! - Each channel's partials are merged by one thread when there are at most
-//!   `PER_THREAD_FINALIZE_MAX_PARTIALS` of them (no barriers, no idle threads), by a whole
+//!   `PER_THREAD_FINALIZE_MAX_PARTIALS` of them or on a CPU adapter (no barriers, no idle
+//!   threads), by a whole
 //!   workgroup otherwise.
 //! - Elementwise kernels load and store vec4s when the tensor's rows and every window's rows
 //!   split into whole vec4s (`C * inner % 4 == 0`) and every window starts on a vec4; scalars
@@ -75,6 +77,14 @@ pub const RUN_BLOCK: usize = 256;
 /// The smallest per-thread chunk, in values: below it, each thread's fixed cost (its position,
 /// its partial's write) weighs on its loads.
 pub const MIN_RUN_CHUNK: usize = 1024;
+/// Threads of the per-thread quad kernel that share a chunk of rows, each taking every
+/// `QUAD_LANES`-th quad of four channels (`QUAD_LANES` in the shaders): a SIMD vector of
+/// llvmpipe (8 lanes of 32 bits) then reads 128 contiguous bytes of each row.
+pub const QUAD_LANES: usize = 8;
+/// The smallest chunk of the per-thread quad kernel, in rows: short enough that a vector finds
+/// the chunk's pages and cache lines at hand when it comes back for the next 128 bytes of its
+/// rows, long enough that the partials stay a few percent of the tensor.
+pub const MIN_QUAD_CHUNK_ROWS: usize = 128;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of one partial of the statistics reduction: count, shift, mean - shift, M2.
@@ -312,7 +322,7 @@ impl Window {
         match kind {
             ReductionKind::Contiguous | ReductionKind::PerThread => self.chunks * self.c_count,
             ReductionKind::Strided => self.chunks * self.c_count.div_ceil(band),
-            ReductionKind::PerThreadQuads => self.chunks * self.c_count / 4,
+            ReductionKind::PerThreadQuads => self.chunks * QUAD_LANES.min(self.c_count / 4),
         }
     }
 }
@@ -410,7 +420,8 @@ fn plan_reductions(
     let min_chunk = match plan.kind {
         ReductionKind::Contiguous => MIN_CONTIGUOUS_CHUNK,
         ReductionKind::Strided => MIN_STRIDED_CHUNK_ROWS,
-        ReductionKind::PerThread | ReductionKind::PerThreadQuads => MIN_RUN_CHUNK,
+        ReductionKind::PerThread => MIN_RUN_CHUNK,
+        ReductionKind::PerThreadQuads => MIN_QUAD_CHUNK_ROWS,
     };
     while plan.fused_window().is_none()
         && plan.reduction_items() < limits.min_reduction_items as usize
@@ -498,7 +509,8 @@ fn plan_with_chunk(
     let chunk_len = chunk_len.unwrap_or(match kind {
         ReductionKind::Contiguous => CONTIGUOUS_CHUNK,
         ReductionKind::Strided => STRIDED_CHUNK_ROWS,
-        ReductionKind::PerThread | ReductionKind::PerThreadQuads => MIN_RUN_CHUNK,
+        ReductionKind::PerThread => MIN_RUN_CHUNK,
+        ReductionKind::PerThreadQuads => MIN_QUAD_CHUNK_ROWS,
     });
     let chunks_for = |o_count: usize| match kind {
         ReductionKind::Contiguous | ReductionKind::PerThread | ReductionKind::PerThreadQuads => {
@@ -587,7 +599,10 @@ fn plan_with_chunk(
         chunks_total: chunk_base,
         chunk_len,
         band: STRIDED_BAND,
-        finalize: if chunk_base <= PER_THREAD_FINALIZE_MAX_PARTIALS {
+        // CPU adapters merge every channel in one thread: a workgroup's barriers cost them far
+        // more than a long serial merge (65 partials of 4096 channels: 28 ms by workgroups).
+        finalize: if chunk_base <= PER_THREAD_FINALIZE_MAX_PARTIALS || limits.per_thread_reductions
+        {
             FinalizeKind::PerThread
         } else {
             FinalizeKind::PerWorkgroup
@@ -1322,8 +1337,9 @@ mod tests {
     }
 
     /// On CPU adapters every layout reduces per thread (four channels a thread where channels
-    /// are innermost and a multiple of four), in chunks of at least MIN_RUN_CHUNK values that
-    /// are whole blocks of eight, and nothing is fused, however small.
+    /// are innermost and a multiple of four, QUAD_LANES threads to a chunk of rows), in chunks
+    /// of at least MIN_RUN_CHUNK values (MIN_QUAD_CHUNK_ROWS rows) that are whole blocks of
+    /// eight, every channel merged by one thread, and nothing is fused, however small.
     #[test]
     fn cpu_adapters_reduce_per_thread_and_never_fuse() {
         let cpu = PlanLimits::new(
@@ -1362,12 +1378,18 @@ mod tests {
                 let p = plan(v, DType::F32, cpu, operation).unwrap();
                 assert_eq!(p.kind, kind, "{shape:?}");
                 assert!(p.kind.is_per_thread());
-                assert_eq!(
-                    p.reduction_items(),
-                    p.chunks_total * v.channels / if kind == quads { 4 } else { 1 }
-                );
+                let (items, min_chunk) = if kind == quads {
+                    (
+                        p.chunks_total * QUAD_LANES.min(v.channels / 4),
+                        MIN_QUAD_CHUNK_ROWS,
+                    )
+                } else {
+                    (p.chunks_total * v.channels, MIN_RUN_CHUNK)
+                };
+                assert_eq!(p.reduction_items(), items, "{shape:?}");
                 assert!(p.fused_window().is_none(), "{shape:?}");
-                assert!(p.chunk_len >= MIN_RUN_CHUNK && p.chunk_len.is_multiple_of(8));
+                assert!(p.chunk_len >= min_chunk && p.chunk_len.is_multiple_of(8));
+                assert_eq!(p.finalize, FinalizeKind::PerThread);
                 assert!(p.reduction_items() <= CPU_REDUCTION_THREADS as usize);
             }
         }

@@ -265,6 +265,16 @@ impl Builder<'_> {
         }
     }
 
+    /// The program of a reduction's partials: `vec4` for the per-thread quad kernel where the
+    /// plan and the offsets of the tensors it reads allow vec4s, else `scalar`.
+    fn reduction_program(&self, scalar: Program, vec4: Program, tensor_offsets: &[u64]) -> Program {
+        if self.plan.kind == ReductionKind::PerThreadQuads && self.plan.vec4_at(tensor_offsets) {
+            vec4
+        } else {
+            scalar
+        }
+    }
+
     fn finalize_entry(&self) -> &'static str {
         match self.plan.finalize {
             FinalizeKind::PerThread => "finalize_per_thread",
@@ -446,7 +456,7 @@ impl Builder<'_> {
             .map(|(w, _)| {
                 let params = self.window_params(w);
                 let mut bindings = vec![bind(Role::X, Range::Window(w))];
-                if program == Program::Backward {
+                if program.roles().contains(&Role::Dy) {
                     bindings.extend([
                         bind(Role::Dy, Range::Window(w)),
                         Self::tensor_or_unused(Role::Result, relu, w),
@@ -491,7 +501,12 @@ impl Builder<'_> {
             "partials_per_thread",
             "partials_per_thread_quads",
         ]);
-        let reduction = self.reduction_steps(Program::BatchStatistics, entry, &[], partials, false);
+        let program = self.reduction_program(
+            Program::BatchStatistics,
+            Program::StatisticsVec4,
+            &[self.operands.x],
+        );
+        let reduction = self.reduction_steps(program, entry, &[], partials, false);
         let outputs = [
             bind(Role::Stats, Range::Whole),
             whole_or_unused(Role::Running, running),
@@ -532,9 +547,15 @@ impl Builder<'_> {
             "grad_partials_contiguous",
             "grad_partials_strided",
             "grad_partials_per_thread",
-            "grad_partials_per_thread_quads",
+            "partials_per_thread_quads",
         ]);
-        let reduction = self.reduction_steps(Program::Backward, entry, overrides, partials, relu);
+        let mut offsets = vec![self.operands.x, self.operands.dy];
+        if relu {
+            offsets.push(self.operands.result);
+        }
+        let program =
+            self.reduction_program(Program::Backward, Program::GradientSumsVec4, &offsets);
+        let reduction = self.reduction_steps(program, entry, overrides, partials, relu);
         if self.plan.merge == Merge::LastWorkgroup {
             return self.merged_in_last_workgroup(
                 reduction,
@@ -708,7 +729,7 @@ impl Step {
             Program::BatchStatistics if entry == "count_batch" => Part::CountBatch,
             Program::BatchStatistics if entry.starts_with("fused") => Part::FusedForward,
             Program::BatchStatistics if entry.starts_with("finalize") => Part::StatisticsFinalize,
-            Program::BatchStatistics => Part::StatisticsPartials,
+            Program::BatchStatistics | Program::StatisticsVec4 => Part::StatisticsPartials,
             Program::LastWorkgroupStatistics => Part::StatisticsPartialsMerged,
             Program::LastWorkgroupGradientSums => Part::GradientSumsPartialsMerged,
             Program::Normalize | Program::NormalizeVec4 | Program::NormalizeWords => {
@@ -716,7 +737,8 @@ impl Step {
             }
             Program::Backward if entry.starts_with("fused") => Part::FusedBackward,
             Program::Backward if entry.starts_with("finalize") => Part::GradientSumsFinalize,
-            Program::Backward if entry.starts_with("grad_partials") => Part::GradientSumsPartials,
+            Program::Backward if entry.contains("partials") => Part::GradientSumsPartials,
+            Program::GradientSumsVec4 => Part::GradientSumsPartials,
             Program::Backward | Program::InputGradientVec4 | Program::InputGradientWords => {
                 Part::InputGradient
             }

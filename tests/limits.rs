@@ -14,7 +14,7 @@ use common::{
     Planned, SPLIT_CASES,
 };
 use wgpu_batchnorm::functional::{record_batch_norm, record_batch_norm_backward, ForwardArgs};
-use wgpu_batchnorm::plan::{Operation, ReductionKind, RUN_WORKGROUP_SIZE};
+use wgpu_batchnorm::plan::{Operation, ReductionKind, QUAD_LANES, RUN_WORKGROUP_SIZE};
 use wgpu_batchnorm::{reference, BatchNorm, ChannelPair, GpuContext, Layout, Tensor};
 
 const CPU: wgpu::DeviceType = wgpu::DeviceType::Cpu;
@@ -60,20 +60,37 @@ fn fused_kernels_loop_over_more_channels_than_workgroups() {
 
 #[test]
 fn per_thread_reductions_loop_over_more_chunks_than_threads() {
-    // A CPU adapter's per-thread reductions with 3 workgroups of RUN_WORKGROUP_SIZE threads:
-    // more work items (channels, or quads of channels, x chunks) than threads, in one chunk or
-    // two per channel.
+    // A CPU adapter's per-thread reductions with 3 workgroups of RUN_WORKGROUP_SIZE threads.
+    // The one-channel kernel: more work items (channels x chunks) than threads, in one chunk or
+    // two per channel. The quad kernel (QUAD_LANES threads, or as many as there are quads, to a
+    // chunk): more chunks than groups of threads, with more quads than a group's threads or
+    // fewer (narrow groups); and a thread looping over the quads of one chunk (1600 and 1000
+    // channels), in one window and in two.
     let ctx = limited_context(1 << 20, 3, CPU);
     let threads = 3 * RUN_WORKGROUP_SIZE;
     let (scalar, quads) = (ReductionKind::PerThread, ReductionKind::PerThreadQuads);
-    for (k, (shape, layout, kind, chunks)) in [
-        (&[4usize, 201][..], Layout::ChannelsFirst, scalar, 1),
-        (&[2, 3, 3, 401][..], Layout::ChannelsLast, scalar, 1),
-        (&[2, 3, 3, 1600][..], Layout::ChannelsLast, quads, 1),
-        (&[8, 100, 16, 16][..], Layout::ChannelsFirst, scalar, 2),
-        // Two windows of 262 and 138 rows: a chunk of 250 quads in each.
-        (&[4, 10, 10, 1000][..], Layout::ChannelsLast, quads, 2),
-        (&[8, 16, 16, 102][..], Layout::ChannelsLast, scalar, 2),
+    for (k, (shape, layout, kind, chunks, more_items_than_threads)) in [
+        (&[4usize, 201][..], Layout::ChannelsFirst, scalar, 1, true),
+        (&[2, 3, 3, 401][..], Layout::ChannelsLast, scalar, 1, true),
+        (
+            &[8, 100, 16, 16][..],
+            Layout::ChannelsFirst,
+            scalar,
+            2,
+            true,
+        ),
+        (&[8, 16, 16, 102][..], Layout::ChannelsLast, scalar, 2, true),
+        (&[2, 40, 40, 64][..], Layout::ChannelsLast, quads, 25, true),
+        (&[2, 56, 56, 16][..], Layout::ChannelsLast, quads, 49, true),
+        (&[2, 3, 3, 1600][..], Layout::ChannelsLast, quads, 1, false),
+        // Two windows of 262 and 138 rows: chunks of 128 rows, 3 and 2.
+        (
+            &[4, 10, 10, 1000][..],
+            Layout::ChannelsLast,
+            quads,
+            5,
+            false,
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -82,7 +99,14 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
             let plan = plan_of(&ctx, shape, layout, operation);
             assert_eq!(plan.kind, kind, "{shape:?}");
             assert_eq!(plan.chunks_total, chunks, "{shape:?}");
-            assert!(plan.reduction_items() > threads, "{shape:?}");
+            assert_eq!(
+                plan.reduction_items() > threads,
+                more_items_than_threads,
+                "{shape:?}"
+            );
+            if kind == quads && !more_items_than_threads {
+                assert!(shape[3] / 4 > QUAD_LANES, "{shape:?}");
+            }
         }
         check_round_trip(&ctx, shape, layout, 250 + k as u64);
     }

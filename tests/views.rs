@@ -13,7 +13,7 @@ use common::checks::{
 use common::scenario::{read_saved, require};
 use common::{normal_data, plan_of, planned, PlanClaim, Planned, PlannedCase, SPLIT_CASES};
 use ndarray::{ArrayD, IxDyn};
-use wgpu_batchnorm::plan::{FinalizeKind, Operation};
+use wgpu_batchnorm::plan::{FinalizeKind, Operation, ReductionKind};
 use wgpu_batchnorm::{BatchNorm, BatchNormError, ChannelView, DType, GpuContext, Layout, Tensor};
 
 /// What the arena holds outside the views.
@@ -357,4 +357,65 @@ fn overlapping_inputs_and_outputs_are_refused() {
     );
     assert_eq!(arena.words(), words);
     assert_ne!(words, before);
+}
+
+/// The per-thread quad reduction (CPU adapters, channels-last) reads vec4s where x and dy start
+/// on one and four scalars otherwise; both merge the same values in the same order, so the
+/// batch statistics and the parameter gradients agree bit for bit. The shape has more quads
+/// than a chunk's threads, several chunks, and a last chunk whose rows end in a part eight.
+#[test]
+fn quad_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
+    let ctx = planned(Planned::Cpu);
+    let shape = [3usize, 17, 23, 48];
+    let layout = Layout::ChannelsLast;
+    let plan = plan_of(&ctx, &shape, layout, Operation::TrainingForward);
+    assert_eq!(plan.kind, ReductionKind::PerThreadQuads);
+    assert_eq!(plan.chunks_total, 10);
+    let view = ChannelView::new(&shape, layout).unwrap();
+    let (len, channels) = (view.len(), view.channels);
+    let bytes = len as u64 * 4;
+    let x_data = normal_data(len, 61, 3.0, 2.0);
+    let dy_data = normal_data(len, 62, 0.0, 1.0);
+    let gamma = normal_data(channels, 63, 1.0, 0.5);
+    let beta = normal_data(channels, 64, 0.0, 1.0);
+    let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let run = |x_at: u64| {
+        let [y_at, dy_at, dx_at] = [
+            x_at + bytes + 16,
+            x_at + 2 * bytes + 32,
+            x_at + 3 * bytes + 48,
+        ];
+        assert_eq!(
+            plan.vec4_at(&[x_at, y_at, dy_at, dx_at]),
+            x_at.is_multiple_of(16)
+        );
+        let arena = Arena::new(&ctx, dx_at + bytes + 64);
+        let x = arena.view(x_at, &shape, layout, Some(&x_data));
+        let y = arena.view(y_at, &shape, layout, None);
+        let dy = arena.view(dy_at, &shape, layout, Some(&dy_data));
+        let dx = arena.view(dx_at, &shape, layout, None);
+        let mut layer = BatchNorm::new(&ctx, channels).unwrap();
+        layer.set_parameters(&gamma, &beta).unwrap();
+        let saved_stats = layer.forward_into(&x, &y).expect("forward");
+        let params = layer
+            .backward_into(&x, &dy, &dx, &saved_stats)
+            .expect("backward")
+            .expect("affine");
+        let saved = read_saved(&saved_stats);
+        let (dgamma, dbeta) = params.read().unwrap();
+        [
+            bits(&saved.mean),
+            bits(&saved.invstd),
+            bits(&dgamma),
+            bits(&dbeta),
+        ]
+    };
+    let on_vec4s = run(16);
+    let on_scalars = run(20);
+    for (what, (a, b)) in ["mean", "invstd", "dgamma", "dbeta"]
+        .into_iter()
+        .zip(on_vec4s.iter().zip(&on_scalars))
+    {
+        assert_eq!(a, b, "{what}: vec4 and scalar loads differ");
+    }
 }

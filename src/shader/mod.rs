@@ -12,7 +12,10 @@
 //!    `last_workgroup.wgsl` (what a reduction workgroup does once its partial is written:
 //!    nothing, or count it and merge where it was the last), `elementwise.wgsl` (the
 //!    grid-stride loop),
-//!    `channel_statistics.wgsl` or `dx_factors.wgsl` (per-channel factors);
+//!    `channel_statistics.wgsl` or `dx_factors.wgsl` (per-channel factors),
+//!    `statistics_partial.wgsl` or `gradient_sums_accumulator.wgsl` (the reduction's
+//!    accumulator, with no loads but the prelude's quad accessors), `per_thread_quads.wgsl`
+//!    (the CPU adapters' channels-last reduction, at the program's load width);
 //! 4. the program's own files, with its entry points. Entry points that store single elements
 //!    from neighbouring threads (the fused kernels, the scalar elementwise ones) exist only for
 //!    f32: two threads may not write halves of one word, so half types store through the vec4
@@ -44,6 +47,10 @@ const CHANNEL_STATISTICS: &str = include_str!("../../shaders/channel_statistics.
 const DX_FACTORS: &str = include_str!("../../shaders/dx_factors.wgsl");
 const STATISTICS: &str = include_str!("../../shaders/statistics.wgsl");
 const GRADIENT_SUMS: &str = include_str!("../../shaders/gradient_sums.wgsl");
+const STATISTICS_PARTIAL: &str = include_str!("../../shaders/statistics_partial.wgsl");
+const GRADIENT_SUMS_ACCUMULATOR: &str =
+    include_str!("../../shaders/gradient_sums_accumulator.wgsl");
+const PER_THREAD_QUADS: &str = include_str!("../../shaders/per_thread_quads.wgsl");
 
 /// Workgroup memory the kernels need: the most any entry point declares, which is the fused
 /// channels-last training forward's (an accumulator per thread for the reduction, and a
@@ -88,6 +95,12 @@ pub enum Program {
     /// The gradient sums' partials merged the same way (`shaders/gradient_sums.wgsl` with
     /// `shaders/last_workgroup.wgsl`); needs `Features::MEMORY_DECORATION_COHERENT`.
     LastWorkgroupGradientSums,
+    /// The statistics' partials of the per-thread quad kernel (CPU adapters, channels-last,
+    /// `shaders/per_thread_quads.wgsl`) on vec4 loads, where x starts on a vec4.
+    StatisticsVec4,
+    /// The gradient sums' partials of the same kernel on vec4 loads, where x, dy and the
+    /// forward's output start on vec4s.
+    GradientSumsVec4,
 }
 
 /// One compiled form of a program: its storage type, and whether its tensor inputs are
@@ -154,7 +167,7 @@ impl Override {
 
 impl Program {
     /// Every program, for tests that validate them all.
-    pub const ALL: [Program; 9] = [
+    pub const ALL: [Program; 11] = [
         Program::BatchStatistics,
         Program::Normalize,
         Program::NormalizeVec4,
@@ -164,6 +177,8 @@ impl Program {
         Program::InputGradientWords,
         Program::LastWorkgroupStatistics,
         Program::LastWorkgroupGradientSums,
+        Program::StatisticsVec4,
+        Program::GradientSumsVec4,
     ];
 
     /// The roles the program declares bindings for.
@@ -194,6 +209,8 @@ impl Program {
             Program::LastWorkgroupGradientSums => {
                 &[X, Dy, Result, Stats, Partials, Grads, Counters]
             }
+            Program::StatisticsVec4 => &[X, Partials],
+            Program::GradientSumsVec4 => &[X, Dy, Result, Stats, Partials],
         }
     }
 
@@ -210,7 +227,10 @@ impl Program {
     /// programs.
     pub fn lanes(self) -> u32 {
         match self {
-            Program::NormalizeVec4 | Program::InputGradientVec4 => 4,
+            Program::NormalizeVec4
+            | Program::InputGradientVec4
+            | Program::StatisticsVec4
+            | Program::GradientSumsVec4 => 4,
             Program::NormalizeWords | Program::InputGradientWords => 2,
             _ => 1,
         }
@@ -242,7 +262,10 @@ impl Program {
                 Override::Relu,
                 Override::Add,
             ],
-            Program::Backward | Program::InputGradientVec4 | Program::InputGradientWords => &[
+            Program::Backward
+            | Program::InputGradientVec4
+            | Program::InputGradientWords
+            | Program::GradientSumsVec4 => &[
                 Override::HasAffine,
                 Override::BatchStats,
                 Override::Relu,
@@ -261,6 +284,7 @@ impl Program {
                 Override::Add,
                 Override::PerThreadMerge,
             ],
+            Program::StatisticsVec4 => &[],
         }
     }
 
@@ -273,6 +297,8 @@ impl Program {
                 f32_only(EPILOGUE),
                 Some(REDUCTION),
                 Some(MERGE_BY_DISPATCH),
+                Some(STATISTICS_PARTIAL),
+                Some(PER_THREAD_QUADS),
                 Some(STATISTICS),
                 f32_only(include_str!("../../shaders/fused_forward.wgsl")),
             ],
@@ -302,6 +328,8 @@ impl Program {
                 Some(MERGE_BY_DISPATCH),
                 f32_only(ELEMENTWISE),
                 f32_only(DX_FACTORS),
+                Some(GRADIENT_SUMS_ACCUMULATOR),
+                Some(PER_THREAD_QUADS),
                 Some(GRADIENT_SUMS),
                 f32_only(include_str!("../../shaders/input_gradient.wgsl")),
                 f32_only(include_str!("../../shaders/fused_backward.wgsl")),
@@ -321,13 +349,25 @@ impl Program {
                 Some(COMMON),
                 Some(REDUCTION),
                 Some(LAST_WORKGROUP),
+                Some(STATISTICS_PARTIAL),
                 Some(STATISTICS),
             ],
             Program::LastWorkgroupGradientSums => vec![
                 Some(COMMON),
                 Some(REDUCTION),
                 Some(LAST_WORKGROUP),
+                Some(GRADIENT_SUMS_ACCUMULATOR),
                 Some(GRADIENT_SUMS),
+            ],
+            Program::StatisticsVec4 => vec![
+                Some(COMMON),
+                Some(STATISTICS_PARTIAL),
+                Some(PER_THREAD_QUADS),
+            ],
+            Program::GradientSumsVec4 => vec![
+                Some(COMMON),
+                Some(GRADIENT_SUMS_ACCUMULATOR),
+                Some(PER_THREAD_QUADS),
             ],
         };
         let half = dtype.is_half().then_some(HALF);

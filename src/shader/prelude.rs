@@ -12,17 +12,22 @@
 //!   tensor's odd last element);
 //! - 4 lanes: elements 4i to 4i + 3 (a `vec4<f32>`, or two words).
 //!
+//! At every width, each input also has `load_<role>_quad(q)`: elements 4q to 4q + 3 as a
+//! `vec4<f32>`, in one load (4 lanes) or several (the per-thread quad kernel,
+//! `shaders/per_thread_quads.wgsl`, runs at either width).
+//!
 //! Two accessors of the epilogues come with them, at the program's width: `shortcut(i)`, the
 //! shortcut z where the epilogue adds it (`ADD`) and zeros otherwise, in programs that bind z;
 //! and `upstream(i)`, the gradient that reaches the batch norm: dy, with the ReLU's mask where
 //! the epilogue has one (`RELU`: zero where the forward's output is <= 0, as PyTorch's
-//! `threshold_backward` on the ReLU's result), in programs that bind dy.
+//! `threshold_backward` on the ReLU's result), in programs that bind dy; and `upstream_quad(q)`,
+//! its elements 4q to 4q + 3.
 
 use std::fmt::Write;
 
 use super::{Access, Variant, PARAMS_BINDING, PARAMS_FIELDS};
 use crate::dtype::DType;
-use crate::plan::{RUN_BLOCK, RUN_WORKGROUP_SIZE, STRIDED_BAND, WORKGROUP_SIZE};
+use crate::plan::{QUAD_LANES, RUN_BLOCK, RUN_WORKGROUP_SIZE, STRIDED_BAND, WORKGROUP_SIZE};
 use crate::shader::Role;
 
 /// The prelude of a program variant.
@@ -38,6 +43,8 @@ pub fn prelude(variant: Variant) -> String {
          // Per-thread reductions (CPU adapters): threads per workgroup, values per block.\n\
          const RUN_WORKGROUP: u32 = {RUN_WORKGROUP_SIZE}u;\n\
          const RUN_BLOCK: u32 = {RUN_BLOCK}u;\n\
+         // Threads of the per-thread quad kernel that share a chunk of rows.\n\
+         const QUAD_LANES: u32 = {QUAD_LANES}u;\n\
          // Elements per load and store of a tensor.\n\
          const LANES: u32 = {lanes}u;\n\n\
          struct Params {{\n",
@@ -116,8 +123,21 @@ fn epilogue_accessors(roles: &[Role], lanes: u32) -> String {
              let not_positive = (r == {bits}(0u)) | ((r >= {bits}(0x80000000u)) & (r <= {bits}(0xff800000u)));\n        \
              return select(g, {ty}(0.0), not_positive);\n    }}\n    return g;\n}}\n"
         );
+        wgsl += &format!(
+            "fn upstream_quad(q: u32) -> vec4<f32> {{\n    return {};\n}}\n",
+            quad_of("upstream", lanes)
+        );
     }
     wgsl
+}
+
+/// Elements 4q to 4q + 3 through `load(i)`, an accessor of `lanes` elements.
+fn quad_of(load: &str, lanes: u32) -> String {
+    match lanes {
+        1 => format!("vec4<f32>({load}(4u * q), {load}(4u * q + 1u), {load}(4u * q + 2u), {load}(4u * q + 3u))"),
+        2 => format!("vec4<f32>({load}(2u * q), {load}(2u * q + 1u))"),
+        _ => format!("{load}(q)"),
+    }
 }
 
 /// `@group(0) @binding(n) var<storage, access> name: ty;`
@@ -225,5 +245,13 @@ fn tensor_binding(role: Role, lanes: u32, dtype: DType, access: Access) -> Strin
             },
         ),
     };
-    binding(role, access, array) + &functions
+    let quad = if output {
+        String::new()
+    } else {
+        format!(
+            "fn load_{name}_quad(q: u32) -> vec4<f32> {{\n    return {};\n}}\n",
+            quad_of(&format!("load_{name}"), lanes)
+        )
+    };
+    binding(role, access, array) + &functions + &quad
 }

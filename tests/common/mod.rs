@@ -272,7 +272,8 @@ impl PlannedCase {
 
 /// Channels spanning several reduction chunks: both reduction kernels (contiguous,
 /// channels-first with a spatial extent; strided, channels-last and 2-D), both finalize kinds
-/// (a thread, or a workgroup when a channel has over 32 partials), and several windows.
+/// (a thread, or on a GPU a workgroup when a channel has over 32 partials; a CPU adapter merges
+/// up to 176 in a thread here), and several windows.
 pub const SPLIT_CASES: [PlannedCase; 9] = [
     PlannedCase {
         shape: &[8, 3, 64, 64],
@@ -284,7 +285,7 @@ pub const SPLIT_CASES: [PlannedCase; 9] = [
         shape: &[2, 2, 300, 300],
         layout: Layout::ChannelsFirst,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(176, FinalizeKind::PerWorkgroup),
+        claim: PlanClaim::split(176, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[36, 2, 128, 128],
@@ -296,7 +297,7 @@ pub const SPLIT_CASES: [PlannedCase; 9] = [
         shape: &[40000, 3],
         layout: Layout::ChannelsFirst,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(40, FinalizeKind::PerWorkgroup),
+        claim: PlanClaim::split(40, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[4200, 7],
@@ -335,8 +336,8 @@ pub const SPLIT_CASES: [PlannedCase; 9] = [
         claim: PlanClaim {
             fused: false,
             windows: 20,
-            chunks: 40,
-            finalize: FinalizeKind::PerWorkgroup,
+            chunks: 317,
+            finalize: FinalizeKind::PerThread,
             last_workgroup: false,
         },
     },
