@@ -104,7 +104,11 @@ fn cursor_at(e: u32) -> ElementCursor {
     let o = e / row;
     let within_row = e - o * row;
     let c_rel = within_row / p.inner;
-    return ElementCursor(o * p.channels * p.inner + within_row, p.c0 + c_rel, within_row - c_rel * p.inner);
+    return ElementCursor(
+        o * p.channels * p.inner + within_row,
+        p.c0 + c_rel,
+        within_row - c_rel * p.inner,
+    );
 }
 
 // The channels of the four lanes of a vec4 that starts at `cursor`: four consecutive channels

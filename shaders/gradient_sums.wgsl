@@ -4,12 +4,12 @@
 //    dy * (x - mean) over one chunk of one channel (or a band of `p.band` channels) into a
 //    partials buffer, in a fixed tree order (reduction.wgsl); on CPU adapters
 //    `grad_partials_per_thread`, one thread per chunk (see `run_accumulate` in reduction.wgsl
-//    for why), or `partials_per_thread_quads` (per_thread_quads.wgsl), one per chunk of rows of
-//    four channels (channels-last, a multiple of four channels). The sums and their hooks are
-//    in gradient_sums_accumulator.wgsl.
+//    for why), or `partials_per_thread_quads` (per_thread_quads.wgsl), threads of four
+//    channels sharing a chunk of rows (channels-last, a multiple of four channels). The sums
+//    and their hooks are in gradient_sums_accumulator.wgsl.
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
-//    for few partials), from reduction.wgsl, adds each channel's partials in a fixed order;
-//    `finalize_channel` writes dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) =
+//    for few partials, and on CPU adapters), from reduction.wgsl, adds each channel's partials
+//    in a fixed order; `finalize_channel` writes dbeta = sum(dy), dgamma = invstd * sum(dy * (x - mean)) =
 //    sum(dy * x_hat).
 // 3. dx (`input_gradient.wgsl`, `input_gradient_vec4.wgsl`, `input_gradient_words.wgsl`):
 //    through batch statistics dx = gamma * invstd * (dy - dbeta / M - x_hat * dgamma / M);

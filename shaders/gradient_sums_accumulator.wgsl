@@ -14,7 +14,13 @@ fn acc_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 }
 
 // The sums of eight elements: dy in g_lo.xyzw, g_hi.xyzw, x likewise.
-fn sums_of_eight(g_lo: vec4<f32>, g_hi: vec4<f32>, x_lo: vec4<f32>, x_hi: vec4<f32>, mean: f32) -> vec2<f32> {
+fn sums_of_eight(
+    g_lo: vec4<f32>,
+    g_hi: vec4<f32>,
+    x_lo: vec4<f32>,
+    x_hi: vec4<f32>,
+    mean: f32,
+) -> vec2<f32> {
     let ones = vec4<f32>(1.0);
     return vec2<f32>(
         dot(g_lo, ones) + dot(g_hi, ones),
@@ -42,7 +48,10 @@ fn load_quad(q: u32) -> Quad {
 }
 
 fn quad_lane(a: Quad, b: Quad, c: Quad, d: Quad, k: u32) -> Quad {
-    return Quad(vec4<f32>(a.x[k], b.x[k], c.x[k], d.x[k]), vec4<f32>(a.g[k], b.g[k], c.g[k], d.g[k]));
+    return Quad(
+        vec4<f32>(a.x[k], b.x[k], c.x[k], d.x[k]),
+        vec4<f32>(a.g[k], b.g[k], c.g[k], d.g[k]),
+    );
 }
 
 fn quads_acc(lo: Quad, hi: Quad, mean: f32) -> vec2<f32> {

@@ -61,10 +61,14 @@ fn reduce_quad(c_rel: u32, chunk: u32, start: u32, end: u32) {
             let r5 = load_quad(q + 5u * row_step);
             let r6 = load_quad(q + 6u * row_step);
             let r7 = load_quad(q + 7u * row_step);
-            block0 = acc_merge(block0, quads_acc(quad_lane(r0, r1, r2, r3, 0u), quad_lane(r4, r5, r6, r7, 0u), context.x));
-            block1 = acc_merge(block1, quads_acc(quad_lane(r0, r1, r2, r3, 1u), quad_lane(r4, r5, r6, r7, 1u), context.y));
-            block2 = acc_merge(block2, quads_acc(quad_lane(r0, r1, r2, r3, 2u), quad_lane(r4, r5, r6, r7, 2u), context.z));
-            block3 = acc_merge(block3, quads_acc(quad_lane(r0, r1, r2, r3, 3u), quad_lane(r4, r5, r6, r7, 3u), context.w));
+            let lo0 = quad_lane(r0, r1, r2, r3, 0u);
+            block0 = acc_merge(block0, quads_acc(lo0, quad_lane(r4, r5, r6, r7, 0u), context.x));
+            let lo1 = quad_lane(r0, r1, r2, r3, 1u);
+            block1 = acc_merge(block1, quads_acc(lo1, quad_lane(r4, r5, r6, r7, 1u), context.y));
+            let lo2 = quad_lane(r0, r1, r2, r3, 2u);
+            block2 = acc_merge(block2, quads_acc(lo2, quad_lane(r4, r5, r6, r7, 2u), context.z));
+            let lo3 = quad_lane(r0, r1, r2, r3, 3u);
+            block3 = acc_merge(block3, quads_acc(lo3, quad_lane(r4, r5, r6, r7, 3u), context.w));
             row += 8u;
             q += 8u * row_step;
         }

@@ -5,7 +5,8 @@
 //   fixed order;
 // - the finalize entry points: each channel's partials from the `partials` buffer merged in a
 //   fixed order, by a workgroup (`finalize`, for channels with many partials) or by one thread
-//   (`finalize_per_thread`, for few: no barriers, no idle threads), then handed to the
+//   (`finalize_per_thread`, for few, and on CPU adapters: no barriers, no idle threads), then
+//   handed to the
 //   program's `finalize_channel`; `last_workgroup.wgsl` merges with the same two functions
 //   (`merge_channel_by_workgroup`, `merge_channel_by_thread`) inside the partials dispatch.
 // Fixed orders make results bitwise the same from run to run.
@@ -124,7 +125,7 @@ fn finalize(
     }
 }
 
-// One thread per channel: for channels with few partials.
+// One thread per channel: for channels with few partials, and on CPU adapters always.
 @compute @workgroup_size(WORKGROUP)
 fn finalize_per_thread(
     @builtin(global_invocation_id) gid: vec3<u32>,

@@ -7,10 +7,10 @@
 //    (reduction.wgsl). On CPU adapters, `partials_per_thread`: one thread per chunk, which it
 //    reads in order, with no workgroup memory and no barrier (see `run_accumulate`); or, for
 //    channels-last with a multiple of four channels, `partials_per_thread_quads`
-//    (per_thread_quads.wgsl): one thread per chunk of rows of four channels. The accumulator
-//    and its merge are in statistics_partial.wgsl.
+//    (per_thread_quads.wgsl): threads of four channels sharing a chunk of rows. The
+//    accumulator and its merge are in statistics_partial.wgsl.
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
-//    when channels have few partials), from reduction.wgsl, merges each channel's partials in a
+//    when channels have few partials, and on CPU adapters), from reduction.wgsl, merges each channel's partials in a
 //    fixed order; `finalize_channel` writes mean and invstd and updates the running stats.
 // Where each channel is one chunk, `fused_forward_*` (fused_forward.wgsl, f32) does both steps
 // and the output in one dispatch.

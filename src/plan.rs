@@ -9,9 +9,10 @@
 //! - On GPUs, reductions use the strided kernel (32 consecutive channels per workgroup,
 //!   coalesced) when a channel's values are not contiguous (`inner == 1`) and windows hold whole
 //!   rows; otherwise the contiguous kernel (one workgroup per chunk of one channel). On CPU
-//!   adapters, the per-thread kernels (no barriers), in every layout: one thread per chunk of
-//!   four consecutive channels where channels are innermost (`inner == 1`) and a multiple of
-//!   four, one thread per chunk of one channel otherwise.
+//!   adapters, the per-thread kernels (no barriers), in every layout: where channels are
+//!   innermost (`inner == 1`) and a multiple of four, threads of four consecutive channels
+//!   (quads), `QUAD_LANES` of them sharing a chunk of rows; one thread per chunk of one channel
+//!   otherwise.
 //! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows). On GPUs, a plan
 //!   that is not fused halves it (not below eight values per thread) until the reduction has
 //!   `MIN_GPU_REDUCTION_ITEMS` work items. A per-thread chunk starts at `MIN_RUN_CHUNK` values
@@ -231,8 +232,9 @@ pub enum ReductionKind {
     /// One thread per chunk of one channel, read in order (CPU adapters): no workgroup memory
     /// and no barrier, which on a CPU adapter turns each invocation into a coroutine.
     PerThread,
-    /// One thread per chunk of rows of four consecutive channels (CPU adapters, `inner == 1`
-    /// and a multiple of four channels): each row step reads 16 contiguous bytes.
+    /// Threads of four consecutive channels (CPU adapters, `inner == 1` and a multiple of four
+    /// channels), `QUAD_LANES` of them sharing a chunk of rows, thread k taking quads k,
+    /// k + `QUAD_LANES`, ...: each row step reads 16 contiguous bytes, a SIMD vector 128.
     PerThreadQuads,
 }
 
@@ -887,6 +889,18 @@ mod tests {
                 "{shape:?}"
             );
         }
+        // Windows of a channel range (16 channels of runs of 1001 values), each starting on a
+        // vec4: vec4s straddle runs inside them.
+        let windowed = plan(
+            view(&[2, 32, 7, 143], Layout::ChannelsFirst),
+            DType::F32,
+            binding_limits(64 << 10),
+            TRAINING,
+        )
+        .unwrap();
+        assert!(windowed.vec4);
+        assert_eq!(windowed.windows.len(), 4);
+        assert!(windowed.windows.iter().all(|w| w.c_count == 16));
     }
 
     #[test]

@@ -803,6 +803,96 @@ mod tests {
         .unwrap()
     }
 
+    /// The CPU quad reductions read vec4s only where every tensor they read starts on one: x
+    /// for the statistics; x, dy and, with a ReLU epilogue, the forward's output for the
+    /// gradient sums. Other kernels and plans never take the vec4 reduction programs.
+    #[test]
+    fn quad_reductions_take_vec4s_only_where_what_they_read_starts_on_one() {
+        let quads = plan_for(
+            &[8, 6, 6, 64],
+            Layout::ChannelsLast,
+            limits(128 << 20, CPU),
+            Operation::Backward,
+        );
+        assert_eq!(quads.kind, ReductionKind::PerThreadQuads);
+        let programs = |plan: &Plan, call: Call, operands: Operands| -> Vec<Program> {
+            steps(plan, call, &operands)
+                .iter()
+                .filter(|step| {
+                    matches!(
+                        step.part(),
+                        DispatchPart::StatisticsPartials | DispatchPart::GradientSumsPartials
+                    )
+                })
+                .map(|step| step.program)
+                .collect()
+        };
+        let aligned = Operands::default();
+        let relu_backward = with_epilogue(BACKWARD, EpilogueKind::Relu);
+        assert_eq!(
+            programs(&quads, TRAINING, aligned),
+            [Program::StatisticsVec4]
+        );
+        assert_eq!(
+            programs(&quads, BACKWARD, aligned),
+            [Program::GradientSumsVec4]
+        );
+        assert_eq!(
+            programs(&quads, relu_backward, aligned),
+            [Program::GradientSumsVec4]
+        );
+        let at = |x, dy, result| Operands {
+            x,
+            dy,
+            result,
+            ..Operands::default()
+        };
+        assert_eq!(
+            programs(&quads, TRAINING, at(4, 0, 0)),
+            [Program::BatchStatistics]
+        );
+        // y, dx and an unused result do not matter; dy and a used result do.
+        let elsewhere = Operands {
+            y: 4,
+            dx: 4,
+            ..at(0, 0, 4)
+        };
+        assert_eq!(
+            programs(&quads, TRAINING, elsewhere),
+            [Program::StatisticsVec4]
+        );
+        assert_eq!(
+            programs(&quads, BACKWARD, elsewhere),
+            [Program::GradientSumsVec4]
+        );
+        assert_eq!(
+            programs(&quads, relu_backward, elsewhere),
+            [Program::Backward]
+        );
+        assert_eq!(programs(&quads, BACKWARD, at(0, 4, 0)), [Program::Backward]);
+        // The one-channel kernel and GPU plans keep their programs.
+        for plan in [
+            plan_for(
+                &[8, 64, 6, 6],
+                Layout::ChannelsFirst,
+                limits(128 << 20, CPU),
+                Operation::Backward,
+            ),
+            plan_for(
+                &[64, 32, 32, 64],
+                Layout::ChannelsLast,
+                limits(128 << 20, GPU),
+                Operation::Backward,
+            ),
+        ] {
+            assert_eq!(
+                programs(&plan, TRAINING, aligned),
+                [Program::BatchStatistics]
+            );
+            assert_eq!(programs(&plan, BACKWARD, aligned), [Program::Backward]);
+        }
+    }
+
     const NO_EPILOGUE: EpilogueKind = EpilogueKind::None;
     const TRAINING: Call = Call::TrainingForward {
         update: Update::Momentum(0.1),

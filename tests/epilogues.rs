@@ -36,7 +36,7 @@ const EPILOGUES: [EpilogueKind; 3] = [
 /// and grids that do not), a 2-D tensor of odd size; fused and multi-chunk plans; and windows
 /// (odd rows, so half windows take rows in pairs, the last one alone and ending in half a
 /// word).
-const CASES: [(Planned, &[usize], Layout); 12] = [
+const CASES: [(Planned, &[usize], Layout); 13] = [
     (Planned::Cpu, &[3, 5, 7, 7], Layout::ChannelsFirst),
     (Planned::Cpu, &[2, 3, 3, 5], Layout::ChannelsLast),
     (Planned::Cpu, &[4, 8, 4, 4], Layout::ChannelsFirst),
@@ -56,6 +56,13 @@ const CASES: [(Planned, &[usize], Layout); 12] = [
         Planned::SmallBindings,
         &[150, 7, 7, 5],
         Layout::ChannelsLast,
+    ),
+    // Windows of 16 channels of runs of 1001 values: vec4s that straddle two runs, in windows
+    // of a channel range.
+    (
+        Planned::SmallBindings,
+        &[2, 32, 7, 143],
+        Layout::ChannelsFirst,
     ),
 ];
 

@@ -82,6 +82,8 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
         (&[8, 16, 16, 102][..], Layout::ChannelsLast, scalar, 2, true),
         (&[2, 40, 40, 64][..], Layout::ChannelsLast, quads, 25, true),
         (&[2, 56, 56, 16][..], Layout::ChannelsLast, quads, 49, true),
+        // Five quads: groups of five threads, three of a vector's eight lanes in the next group.
+        (&[2, 50, 50, 20][..], Layout::ChannelsLast, quads, 40, true),
         (&[2, 3, 3, 1600][..], Layout::ChannelsLast, quads, 1, false),
         // Two windows of 262 and 138 rows: chunks of 128 rows, 3 and 2.
         (

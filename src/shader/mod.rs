@@ -214,6 +214,12 @@ impl Program {
         }
     }
 
+    /// Whether it reduces (binds partials): its accumulator's hooks for the per-thread quad
+    /// kernel load through the prelude's quad accessors.
+    pub fn reduces(self) -> bool {
+        self.roles().contains(&Role::Partials)
+    }
+
     /// Whether its reductions merge their partials in the last workgroup (its partials are
     /// `@coherent`, which a device must enable).
     pub fn merges_in_last_workgroup(self) -> bool {

@@ -55,7 +55,8 @@ uniform_block! {
     chunk_base: u32 => "u32",
     /// Partial slots per channel in all.
     chunks_total: u32 => "u32",
-    /// Work items of the dispatch: the loop bound for workgroups.
+    /// Work items of the dispatch: the loop bound of the workgroup and per-thread kernels (the
+    /// quad kernel loops over chunks and quads instead).
     items: u32 => "u32",
     /// M, the number of values per channel, as a float.
     values_per_channel: f32 => "f32",

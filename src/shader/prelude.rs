@@ -12,20 +12,20 @@
 //!   tensor's odd last element);
 //! - 4 lanes: elements 4i to 4i + 3 (a `vec4<f32>`, or two words).
 //!
-//! At every width, each input also has `load_<role>_quad(q)`: elements 4q to 4q + 3 as a
-//! `vec4<f32>`, in one load (4 lanes) or several (the per-thread quad kernel,
-//! `shaders/per_thread_quads.wgsl`, runs at either width).
+//! In the reducing programs (1 lane or 4), each input also has `load_<role>_quad(q)`: elements
+//! 4q to 4q + 3 as a `vec4<f32>`, in four loads or one, for the per-thread quad kernel
+//! (`shaders/per_thread_quads.wgsl`) and its hooks.
 //!
 //! Two accessors of the epilogues come with them, at the program's width: `shortcut(i)`, the
 //! shortcut z where the epilogue adds it (`ADD`) and zeros otherwise, in programs that bind z;
 //! and `upstream(i)`, the gradient that reaches the batch norm: dy, with the ReLU's mask where
 //! the epilogue has one (`RELU`: zero where the forward's output is <= 0, as PyTorch's
-//! `threshold_backward` on the ReLU's result), in programs that bind dy; and `upstream_quad(q)`,
-//! its elements 4q to 4q + 3.
+//! `threshold_backward` on the ReLU's result), in programs that bind dy; and in the reducing
+//! ones `upstream_quad(q)`, its elements 4q to 4q + 3.
 
 use std::fmt::Write;
 
-use super::{Access, Variant, PARAMS_BINDING, PARAMS_FIELDS};
+use super::{Access, Program, Variant, PARAMS_BINDING, PARAMS_FIELDS};
 use crate::dtype::DType;
 use crate::plan::{QUAD_LANES, RUN_BLOCK, RUN_WORKGROUP_SIZE, STRIDED_BAND, WORKGROUP_SIZE};
 use crate::shader::Role;
@@ -75,7 +75,7 @@ pub fn prelude(variant: Variant) -> String {
     for &role in program.roles() {
         let access = role.access_in(variant.inputs_read_write);
         let declaration = if role.is_tensor() {
-            tensor_binding(role, program.lanes(), variant.dtype, access)
+            tensor_binding(role, program, variant.dtype, access)
         } else if role == Role::Partials && program.merges_in_last_workgroup() {
             // Read by the workgroup that merges them, written by others in the same dispatch.
             format!("@coherent {}", binding(role, access, "array<Acc>"))
@@ -91,12 +91,13 @@ pub fn prelude(variant: Variant) -> String {
         };
         wgsl.push_str(&declaration);
     }
-    wgsl.push_str(&epilogue_accessors(program.roles(), program.lanes()));
+    wgsl.push_str(&epilogue_accessors(program));
     wgsl
 }
 
 /// `shortcut(i)` and `upstream(i)` (see the module docs), for the roles the program binds.
-fn epilogue_accessors(roles: &[Role], lanes: u32) -> String {
+fn epilogue_accessors(program: Program) -> String {
+    let (roles, lanes) = (program.roles(), program.lanes());
     let ty = match lanes {
         1 => "f32",
         2 => "vec2<f32>",
@@ -123,21 +124,25 @@ fn epilogue_accessors(roles: &[Role], lanes: u32) -> String {
              let not_positive = (r == {bits}(0u)) | ((r >= {bits}(0x80000000u)) & (r <= {bits}(0xff800000u)));\n        \
              return select(g, {ty}(0.0), not_positive);\n    }}\n    return g;\n}}\n"
         );
-        wgsl += &format!(
-            "fn upstream_quad(q: u32) -> vec4<f32> {{\n    return {};\n}}\n",
-            quad_of("upstream", lanes)
-        );
+        if program.reduces() {
+            wgsl += &quad_accessor("upstream_quad", "upstream", lanes);
+        }
     }
     wgsl
 }
 
-/// Elements 4q to 4q + 3 through `load(i)`, an accessor of `lanes` elements.
-fn quad_of(load: &str, lanes: u32) -> String {
-    match lanes {
-        1 => format!("vec4<f32>({load}(4u * q), {load}(4u * q + 1u), {load}(4u * q + 2u), {load}(4u * q + 3u))"),
-        2 => format!("vec4<f32>({load}(2u * q), {load}(2u * q + 1u))"),
-        _ => format!("{load}(q)"),
-    }
+/// `fn name(q) -> vec4<f32>`: elements 4q to 4q + 3 through `load(i)`, an accessor of one
+/// element (four calls) or of four (one).
+fn quad_accessor(name: &str, load: &str, lanes: u32) -> String {
+    let quad = if lanes == 1 {
+        format!(
+            "vec4<f32>({load}(4u * q), {load}(4u * q + 1u), {load}(4u * q + 2u), \
+             {load}(4u * q + 3u))"
+        )
+    } else {
+        format!("{load}(q)")
+    };
+    format!("fn {name}(q: u32) -> vec4<f32> {{\n    return {quad};\n}}\n")
 }
 
 /// `@group(0) @binding(n) var<storage, access> name: ty;`
@@ -177,8 +182,8 @@ fn word_codec(dtype: DType) -> String {
 /// A tensor's binding with its load (inputs) or store (outputs) functions; `i` counts from
 /// the window's first element, which starts `p.<name>_shift` elements into the binding (each
 /// tensor may sit at its own offset of its buffer).
-fn tensor_binding(role: Role, lanes: u32, dtype: DType, access: Access) -> String {
-    let name = role.name();
+fn tensor_binding(role: Role, program: Program, dtype: DType, access: Access) -> String {
+    let (name, lanes) = (role.name(), program.lanes());
     let output = role.is_output();
     let (array, functions) = match (dtype, lanes) {
         (DType::F32, 1) => {
@@ -245,13 +250,10 @@ fn tensor_binding(role: Role, lanes: u32, dtype: DType, access: Access) -> Strin
             },
         ),
     };
-    let quad = if output {
+    let quad = if output || !program.reduces() {
         String::new()
     } else {
-        format!(
-            "fn load_{name}_quad(q: u32) -> vec4<f32> {{\n    return {};\n}}\n",
-            quad_of(&format!("load_{name}"), lanes)
-        )
+        quad_accessor(&format!("load_{name}_quad"), &format!("load_{name}"), lanes)
     };
     binding(role, access, array) + &functions + &quad
 }

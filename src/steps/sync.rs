@@ -247,9 +247,14 @@ mod tests {
         let mut seen = BTreeSet::new();
         for plan in &plans {
             for half in HALVES {
-                for affine in [true, false] {
+                for (affine, offset) in [(true, 0), (false, 0), (true, 4)] {
+                    // Offset 4: no tensor starts on a vec4 (the scalar-load kernels).
                     let operands = Operands {
                         affine,
+                        x: offset,
+                        y: offset,
+                        dy: offset,
+                        dx: offset,
                         ..Operands::default()
                     };
                     for step in sync_steps(plan, half, &operands) {
@@ -264,9 +269,8 @@ mod tests {
                 }
             }
         }
-        // Both reductions in their per-thread (scalar, and quads on vec4 loads: every operand
-        // starts on a vec4 here) and strided kernels, both finalizes, and the scalar, vec4 and
-        // word elementwise kernels.
-        assert_eq!(seen.len(), 16, "{seen:?}");
+        // Both reductions in their per-thread (scalar, and quads on scalar and vec4 loads) and
+        // strided kernels, both finalizes, and the scalar, vec4 and word elementwise kernels.
+        assert_eq!(seen.len(), 18, "{seen:?}");
     }
 }
