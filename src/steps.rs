@@ -829,47 +829,34 @@ mod tests {
         };
         let aligned = Operands::default();
         let relu_backward = with_epilogue(BACKWARD, EpilogueKind::Relu);
-        assert_eq!(
-            programs(&quads, TRAINING, aligned),
-            [Program::StatisticsVec4]
-        );
-        assert_eq!(
-            programs(&quads, BACKWARD, aligned),
-            [Program::GradientSumsVec4]
-        );
-        assert_eq!(
-            programs(&quads, relu_backward, aligned),
-            [Program::GradientSumsVec4]
-        );
         let at = |x, dy, result| Operands {
             x,
             dy,
             result,
             ..Operands::default()
         };
-        assert_eq!(
-            programs(&quads, TRAINING, at(4, 0, 0)),
-            [Program::BatchStatistics]
-        );
         // y, dx and an unused result do not matter; dy and a used result do.
         let elsewhere = Operands {
             y: 4,
             dx: 4,
             ..at(0, 0, 4)
         };
-        assert_eq!(
-            programs(&quads, TRAINING, elsewhere),
-            [Program::StatisticsVec4]
-        );
-        assert_eq!(
-            programs(&quads, BACKWARD, elsewhere),
-            [Program::GradientSumsVec4]
-        );
-        assert_eq!(
-            programs(&quads, relu_backward, elsewhere),
-            [Program::Backward]
-        );
-        assert_eq!(programs(&quads, BACKWARD, at(0, 4, 0)), [Program::Backward]);
+        for (call, operands, want) in [
+            (TRAINING, aligned, Program::StatisticsVec4),
+            (BACKWARD, aligned, Program::GradientSumsVec4),
+            (relu_backward, aligned, Program::GradientSumsVec4),
+            (TRAINING, at(4, 0, 0), Program::BatchStatistics),
+            (TRAINING, elsewhere, Program::StatisticsVec4),
+            (BACKWARD, elsewhere, Program::GradientSumsVec4),
+            (relu_backward, elsewhere, Program::Backward),
+            (BACKWARD, at(0, 4, 0), Program::Backward),
+        ] {
+            assert_eq!(
+                programs(&quads, call, operands),
+                [want],
+                "{call:?} {operands:?}"
+            );
+        }
         // The one-channel kernel and GPU plans keep their programs.
         for plan in [
             plan_for(
