@@ -3,10 +3,11 @@
 // 16 contiguous bytes a row. QUAD_LANES threads share a chunk of rows, thread k taking quads
 // k, k + QUAD_LANES, ...: on a CPU adapter, whose SIMD vector runs 8 consecutive threads, a
 // vector reads 128 contiguous bytes of each row of its chunk, then the next 128 bytes of the
-// same rows, and so on across the rows. The chunk is short (`MIN_QUAD_CHUNK_ROWS` rows and up),
-// so its pages and cache lines are still at hand when the vector comes back for the next 128
-// bytes: sweeping all rows for each 128 bytes of a wide row (16 KiB at 4096 channels) touched
-// a new page at every load and ran at a third of the speed.
+// same rows, and so on across the rows. The chunk is short (`MIN_QUAD_CHUNK_ROWS` rows and up,
+// as many as keep the threads within the plan's budget), so its pages and cache lines are
+// still at hand when the vector comes back for the next 128 bytes: sweeping all rows for each
+// 128 bytes of a wide row (16 KiB at 4096 channels) touched a new page at every load and ran
+// at a third of the speed.
 //
 // Loads go through the program's hooks (statistics_partial.wgsl,
 // gradient_sums_accumulator.wgsl) over the prelude's `load_<role>_quad`: four scalar loads in

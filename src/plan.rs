@@ -82,10 +82,13 @@ pub const MIN_RUN_CHUNK: usize = 1024;
 /// `QUAD_LANES`-th quad of four channels (`QUAD_LANES` in the shaders): a SIMD vector of
 /// llvmpipe (8 lanes of 32 bits) then reads 128 contiguous bytes of each row.
 pub const QUAD_LANES: usize = 8;
-/// The smallest chunk of the per-thread quad kernel, in rows: short enough that a vector finds
-/// the chunk's pages and cache lines at hand when it comes back for the next 128 bytes of its
-/// rows, long enough that the partials stay a few percent of the tensor.
-pub const MIN_QUAD_CHUNK_ROWS: usize = 128;
+/// The smallest chunk of the per-thread quad kernel, in rows (two blocks of eight): a vector
+/// finds the chunk's pages and cache lines at hand when it comes back for the next 128 bytes
+/// of its rows, and a mid-sized tensor splits into enough threads for a CPU's cores to share
+/// evenly (64x2048x7x7 channels-last: 196 chunks, 1568 threads; chunks of 128 rows gave 200
+/// threads, four workgroups for two cores). Chunks then double until the reduction has at most
+/// `CPU_REDUCTION_THREADS` work items, so large tensors keep long chunks and few partials.
+pub const MIN_QUAD_CHUNK_ROWS: usize = 16;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of one partial of the statistics reduction: count, shift, mean - shift, M2.
