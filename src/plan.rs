@@ -16,7 +16,7 @@
 //! - A chunk holds `CONTIGUOUS_CHUNK` values (or `STRIDED_CHUNK_ROWS` rows). On GPUs, a plan
 //!   that is not fused halves it (not below eight values per thread) until the reduction has
 //!   `MIN_GPU_REDUCTION_ITEMS` work items. A per-thread chunk starts at `MIN_RUN_CHUNK` values
-//!   (the quad kernel's at `MIN_QUAD_CHUNK_ROWS` rows).
+//!   (the quad kernel's at `MIN_QUAD_CHUNK_ROWS` rows, or more where a thread has few quads).
 //!   Then a chunk is doubled until the partials of all chunks fit in one storage binding and, on
 //!   CPU adapters, until the reduction has at most `CPU_REDUCTION_THREADS` work items.
 //! - Each channel's partials are merged by one thread when there are at most
@@ -86,8 +86,10 @@ pub const QUAD_LANES: usize = 8;
 /// finds the chunk's pages and cache lines at hand when it comes back for the next 128 bytes
 /// of its rows, and a mid-sized tensor splits into enough threads for a CPU's cores to share
 /// evenly (64x2048x7x7 channels-last: 196 chunks, 1568 threads; chunks of 128 rows gave 200
-/// threads, four workgroups for two cores). Chunks then double until the reduction has at most
-/// `CPU_REDUCTION_THREADS` work items, so large tensors keep long chunks and few partials.
+/// threads, four workgroups for two cores). Where a thread has few quads, its chunk starts
+/// longer, so that it still reads `MIN_RUN_CHUNK` values (`first_quad_chunk_rows`). Chunks then
+/// double until the reduction has at most `CPU_REDUCTION_THREADS` work items, so large tensors
+/// keep long chunks and few partials.
 pub const MIN_QUAD_CHUNK_ROWS: usize = 16;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
@@ -426,7 +428,7 @@ fn plan_reductions(
         ReductionKind::Contiguous => MIN_CONTIGUOUS_CHUNK,
         ReductionKind::Strided => MIN_STRIDED_CHUNK_ROWS,
         ReductionKind::PerThread => MIN_RUN_CHUNK,
-        ReductionKind::PerThreadQuads => MIN_QUAD_CHUNK_ROWS,
+        ReductionKind::PerThreadQuads => first_quad_chunk_rows(view.channels),
     };
     while plan.fused_window().is_none()
         && plan.reduction_items() < limits.min_reduction_items as usize
@@ -485,6 +487,18 @@ fn fused_in_a_narrower_band(
     Ok(None)
 }
 
+/// The first chunk of the per-thread quad kernel over `channels` (a multiple of four), in rows:
+/// `MIN_QUAD_CHUNK_ROWS`, or, where a thread takes few quads (narrow tensors), as many rows as
+/// give it `MIN_RUN_CHUNK` values: 32x8x8x64 (two quads a thread) gets chunks of 128 rows, not
+/// 16, whose thousand threads of 128 values ran slower (`docs/performance.md` section 29).
+fn first_quad_chunk_rows(channels: usize) -> usize {
+    let quads = channels / 4;
+    let quads_per_thread = quads.div_ceil(QUAD_LANES.min(quads));
+    (MIN_RUN_CHUNK / (4 * quads_per_thread))
+        .next_multiple_of(8)
+        .max(MIN_QUAD_CHUNK_ROWS)
+}
+
 fn plan_with_chunk(
     view: ChannelView,
     dtype: DType,
@@ -515,7 +529,7 @@ fn plan_with_chunk(
         ReductionKind::Contiguous => CONTIGUOUS_CHUNK,
         ReductionKind::Strided => STRIDED_CHUNK_ROWS,
         ReductionKind::PerThread => MIN_RUN_CHUNK,
-        ReductionKind::PerThreadQuads => MIN_QUAD_CHUNK_ROWS,
+        ReductionKind::PerThreadQuads => first_quad_chunk_rows(view.channels),
     });
     let chunks_for = |o_count: usize| match kind {
         ReductionKind::Contiguous | ReductionKind::PerThread | ReductionKind::PerThreadQuads => {
@@ -1409,6 +1423,41 @@ mod tests {
                 assert_eq!(p.finalize, FinalizeKind::PerThread);
                 assert!(p.reduction_items() <= CPU_REDUCTION_THREADS as usize);
             }
+        }
+    }
+
+    /// A quad chunk starts at MIN_QUAD_CHUNK_ROWS rows, longer where a thread has few quads (so
+    /// that it reads MIN_RUN_CHUNK values), and doubles while the reduction has more than
+    /// CPU_REDUCTION_THREADS work items.
+    #[test]
+    fn quad_chunks_start_short_unless_a_thread_has_few_quads() {
+        let cpu = PlanLimits::new(
+            &wgpu::Limits::default(),
+            wgpu::DeviceType::Cpu,
+            wgpu::Features::empty(),
+        );
+        // (shape, channels-last; the first chunk's rows; the plan's chunk rows and chunks)
+        for (shape, first, chunk_rows, chunks) in [
+            // 512 quads, 64 a thread: 16 rows, 196 chunks of 3136 rows, 1568 threads.
+            (&[64usize, 7, 7, 2048][..], 16, 16, 196),
+            // 256 quads: 16 rows would be 6272 threads; 64 rows are 1568.
+            (&[64, 14, 14, 1024][..], 16, 64, 196),
+            // 16 quads, two a thread: 128 rows.
+            (&[32, 8, 8, 64][..], 128, 128, 16),
+            // One quad: 256 rows.
+            (&[2, 48, 48, 4][..], 256, 256, 18),
+            // 12 quads: a thread takes one or two, 128 rows.
+            (&[3, 17, 23, 48][..], 128, 128, 10),
+        ] {
+            let v = view(shape, Layout::ChannelsLast);
+            assert_eq!(first_quad_chunk_rows(v.channels), first, "{shape:?}");
+            let p = plan(v, DType::F32, cpu, TRAINING).unwrap();
+            assert_eq!(p.kind, ReductionKind::PerThreadQuads);
+            assert_eq!(
+                (p.chunk_len, p.chunks_total),
+                (chunk_rows, chunks),
+                "{shape:?}"
+            );
         }
     }
 

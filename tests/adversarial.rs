@@ -131,7 +131,7 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 6] = [
         shape: &[2, 48, 48, 4],
         layout: LAST,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(288, FinalizeKind::PerThread),
+        claim: PlanClaim::split(18, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[2, 48, 48, 4],

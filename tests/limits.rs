@@ -63,9 +63,10 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
     // A CPU adapter's per-thread reductions with 3 workgroups of RUN_WORKGROUP_SIZE threads.
     // The one-channel kernel: more work items (channels x chunks) than threads, in one chunk or
     // two per channel. The quad kernel (QUAD_LANES threads, or as many as there are quads, to a
-    // chunk of MIN_QUAD_CHUNK_ROWS rows): more chunks than groups of threads, with more quads
-    // than a group's threads or fewer (narrow groups); and a thread looping over the quads of a
-    // chunk (1600 and 1000 channels), with fewer work items than threads and in two windows.
+    // chunk of at least MIN_QUAD_CHUNK_ROWS rows, 256 for one quad a thread): more chunks than
+    // groups of threads, with more quads than a group's threads or fewer (narrow groups); and a
+    // thread looping over the quads of a chunk (1600 and 1000 channels), with fewer work items
+    // than threads and in two windows.
     let ctx = limited_context(1 << 20, 3, CPU);
     let threads = 3 * RUN_WORKGROUP_SIZE;
     let (scalar, quads) = (ReductionKind::PerThread, ReductionKind::PerThreadQuads);
@@ -80,10 +81,10 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
             true,
         ),
         (&[8, 16, 16, 102][..], Layout::ChannelsLast, scalar, 2, true),
-        (&[2, 40, 40, 64][..], Layout::ChannelsLast, quads, 200, true),
-        (&[2, 56, 56, 16][..], Layout::ChannelsLast, quads, 392, true),
+        (&[2, 40, 40, 64][..], Layout::ChannelsLast, quads, 25, true),
+        (&[4, 56, 56, 16][..], Layout::ChannelsLast, quads, 49, true),
         // Five quads: groups of five threads, three of a vector's eight lanes in the next group.
-        (&[2, 50, 50, 20][..], Layout::ChannelsLast, quads, 313, true),
+        (&[4, 50, 50, 20][..], Layout::ChannelsLast, quads, 40, true),
         (&[2, 3, 3, 1600][..], Layout::ChannelsLast, quads, 2, false),
         // Two windows of 262 and 138 rows: chunks of 16 rows, 17 and 9.
         (

@@ -330,13 +330,13 @@ pub const SPLIT_CASES: [PlannedCase; 9] = [
         },
     },
     PlannedCase {
-        shape: &[2, 60, 63, 8],
+        shape: &[10, 64, 63, 8],
         layout: Layout::ChannelsLast,
         planned: Planned::SmallBindings,
         claim: PlanClaim {
             fused: false,
-            windows: 4,
-            chunks: 474,
+            windows: 20,
+            chunks: 159,
             finalize: FinalizeKind::PerThread,
             last_workgroup: false,
         },
