@@ -792,6 +792,15 @@ mod tests {
         }
     }
 
+    /// A CPU adapter's limits under wgpu's defaults.
+    fn cpu_defaults() -> PlanLimits {
+        PlanLimits::new(
+            &wgpu::Limits::default(),
+            wgpu::DeviceType::Cpu,
+            wgpu::Features::empty(),
+        )
+    }
+
     fn view(shape: &[usize], layout: Layout) -> ChannelView {
         ChannelView::new(shape, layout).unwrap()
     }
@@ -1373,11 +1382,7 @@ mod tests {
     /// eight, every channel merged by one thread, and nothing is fused, however small.
     #[test]
     fn cpu_adapters_reduce_per_thread_and_never_fuse() {
-        let cpu = PlanLimits::new(
-            &wgpu::Limits::default(),
-            wgpu::DeviceType::Cpu,
-            wgpu::Features::empty(),
-        );
+        let cpu = cpu_defaults();
         let quads = ReductionKind::PerThreadQuads;
         for (shape, layout, kind) in [
             (
@@ -1431,11 +1436,7 @@ mod tests {
     /// CPU_REDUCTION_THREADS work items.
     #[test]
     fn quad_chunks_start_short_unless_a_thread_has_few_quads() {
-        let cpu = PlanLimits::new(
-            &wgpu::Limits::default(),
-            wgpu::DeviceType::Cpu,
-            wgpu::Features::empty(),
-        );
+        let cpu = cpu_defaults();
         // (shape, channels-last; the first chunk's rows; the plan's chunk rows and chunks)
         for (shape, first, chunk_rows, chunks) in [
             // 512 quads, 64 a thread: 16 rows, 196 chunks of 3136 rows, 1568 threads.
@@ -1471,11 +1472,7 @@ mod tests {
         // A row whose unit exceeds the count wanted falls back to the plain count, on every
         // device type: for 1x3x100x101's vec4s, 30 workgroups on a GPU (a thread each) and one
         // on a CPU adapter (32 steps a thread), not 7575.
-        let cpu = PlanLimits::new(
-            &wgpu::Limits::default(),
-            wgpu::DeviceType::Cpu,
-            wgpu::Features::empty(),
-        );
+        let cpu = cpu_defaults();
         for (limits, wanted) in [(cpu, 1), (WEBGPU_DEFAULT, 30)] {
             assert_eq!(workgroups_for_elements(30_300 / 4, 7575, limits), wanted);
             assert_eq!(workgroups_for_elements(10, 7, limits), 1);
