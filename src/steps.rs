@@ -253,26 +253,31 @@ impl Builder<'_> {
         }
     }
 
-    /// The partials entry point of the plan's reduction kind, from those of the contiguous,
-    /// strided, per-thread and per-thread quad kernels.
-    fn partials_entry(&self, entries: [&'static str; 4]) -> &'static str {
+    /// The program and entry point of a reduction's partials: `vec4` where the plan's
+    /// per-thread kernel reads vec4s of tensors at these offsets (`Plan::reduction_vec4_at`),
+    /// else `scalar` with the entry of the plan's kind from `entries` (those of the contiguous,
+    /// strided, per-thread and per-thread quad kernels).
+    fn partials_kernel(
+        &self,
+        (scalar, entries): (Program, [&'static str; 4]),
+        vec4: Program,
+        tensor_offsets: &[u64],
+    ) -> (Program, &'static str) {
         let [contiguous, strided, per_thread, per_thread_quads] = entries;
-        match self.plan.kind {
+        if self.plan.reduction_vec4_at(tensor_offsets) {
+            let entry = match self.plan.kind {
+                ReductionKind::PerThreadQuads => "partials_per_thread_quads",
+                _ => "partials_per_thread_runs",
+            };
+            return (vec4, entry);
+        }
+        let entry = match self.plan.kind {
             ReductionKind::Contiguous => contiguous,
             ReductionKind::Strided => strided,
             ReductionKind::PerThread => per_thread,
             ReductionKind::PerThreadQuads => per_thread_quads,
-        }
-    }
-
-    /// The program of a reduction's partials: `vec4` for the per-thread quad kernel where the
-    /// plan and the offsets of the tensors it reads allow vec4s, else `scalar`.
-    fn reduction_program(&self, scalar: Program, vec4: Program, tensor_offsets: &[u64]) -> Program {
-        if self.plan.kind == ReductionKind::PerThreadQuads && self.plan.vec4_at(tensor_offsets) {
-            vec4
-        } else {
-            scalar
-        }
+        };
+        (scalar, entry)
     }
 
     fn finalize_entry(&self) -> &'static str {
@@ -495,14 +500,16 @@ impl Builder<'_> {
         scalars: impl Fn(Params) -> Params,
         (running, batches): (bool, bool),
     ) -> Vec<Step> {
-        let entry = self.partials_entry([
-            "partials_contiguous",
-            "partials_strided",
-            "partials_per_thread",
-            "partials_per_thread_quads",
-        ]);
-        let program = self.reduction_program(
-            Program::BatchStatistics,
+        let (program, entry) = self.partials_kernel(
+            (
+                Program::BatchStatistics,
+                [
+                    "partials_contiguous",
+                    "partials_strided",
+                    "partials_per_thread",
+                    "partials_per_thread_quads",
+                ],
+            ),
             Program::StatisticsVec4,
             &[self.operands.x],
         );
@@ -543,18 +550,23 @@ impl Builder<'_> {
         overrides: &[(Override, bool)],
         relu: bool,
     ) -> Vec<Step> {
-        let entry = self.partials_entry([
-            "grad_partials_contiguous",
-            "grad_partials_strided",
-            "grad_partials_per_thread",
-            "partials_per_thread_quads",
-        ]);
         let mut offsets = vec![self.operands.x, self.operands.dy];
         if relu {
             offsets.push(self.operands.result);
         }
-        let program =
-            self.reduction_program(Program::Backward, Program::GradientSumsVec4, &offsets);
+        let (program, entry) = self.partials_kernel(
+            (
+                Program::Backward,
+                [
+                    "grad_partials_contiguous",
+                    "grad_partials_strided",
+                    "grad_partials_per_thread",
+                    "partials_per_thread_quads",
+                ],
+            ),
+            Program::GradientSumsVec4,
+            &offsets,
+        );
         let reduction = self.reduction_steps(program, entry, overrides, partials, relu);
         if self.plan.merge == Merge::LastWorkgroup {
             return self.merged_in_last_workgroup(
@@ -803,19 +815,21 @@ mod tests {
         .unwrap()
     }
 
-    /// The CPU quad reductions read vec4s only where every tensor they read starts on one: x
-    /// for the statistics; x, dy and, with a ReLU epilogue, the forward's output for the
-    /// gradient sums. Other kernels and plans never take the vec4 reduction programs.
+    /// The CPU per-thread reductions read vec4s only where every tensor they read starts on one
+    /// (x for the statistics; x, dy and, with a ReLU epilogue, the forward's output for the
+    /// gradient sums) and the plan's rows split into them: channels-last quads, and
+    /// channels-first runs of whole vec4s. Other kernels and plans never take the vec4
+    /// reduction programs.
     #[test]
-    fn quad_reductions_take_vec4s_only_where_what_they_read_starts_on_one() {
-        let quads = plan_for(
-            &[8, 6, 6, 64],
-            Layout::ChannelsLast,
-            limits(128 << 20, CPU),
-            Operation::Backward,
-        );
+    fn per_thread_reductions_take_vec4s_only_where_what_they_read_starts_on_one() {
+        let cpu_plan = |shape: &[usize], layout| {
+            plan_for(shape, layout, limits(128 << 20, CPU), Operation::Backward)
+        };
+        let quads = cpu_plan(&[8, 6, 6, 64], Layout::ChannelsLast);
         assert_eq!(quads.kind, ReductionKind::PerThreadQuads);
-        let programs = |plan: &Plan, call: Call, operands: Operands| -> Vec<Program> {
+        let runs = cpu_plan(&[8, 64, 6, 6], Layout::ChannelsFirst);
+        assert_eq!(runs.kind, ReductionKind::PerThread);
+        let partials = |plan: &Plan, call: Call, operands: Operands| -> Vec<(Program, &str)> {
             steps(plan, call, &operands)
                 .iter()
                 .filter(|step| {
@@ -824,7 +838,13 @@ mod tests {
                         DispatchPart::StatisticsPartials | DispatchPart::GradientSumsPartials
                     )
                 })
-                .map(|step| step.program)
+                .map(|step| (step.program, step.entry))
+                .collect()
+        };
+        let programs = |plan: &Plan, call: Call, operands: Operands| -> Vec<Program> {
+            partials(plan, call, operands)
+                .into_iter()
+                .map(|(program, _)| program)
                 .collect()
         };
         let aligned = Operands::default();
@@ -851,20 +871,32 @@ mod tests {
             (relu_backward, elsewhere, Program::Backward),
             (BACKWARD, at(0, 4, 0), Program::Backward),
         ] {
+            for plan in [&quads, &runs] {
+                assert_eq!(
+                    programs(plan, call, operands),
+                    [want],
+                    "{:?} {call:?} {operands:?}",
+                    plan.kind
+                );
+            }
+        }
+        // Each kernel's entry point in the vec4 programs.
+        for (plan, entry) in [
+            (&quads, "partials_per_thread_quads"),
+            (&runs, "partials_per_thread_runs"),
+        ] {
             assert_eq!(
-                programs(&quads, call, operands),
-                [want],
-                "{call:?} {operands:?}"
+                partials(plan, TRAINING, aligned),
+                [(Program::StatisticsVec4, entry)]
+            );
+            assert_eq!(
+                partials(plan, BACKWARD, aligned),
+                [(Program::GradientSumsVec4, entry)]
             );
         }
-        // The one-channel kernel and GPU plans keep their programs.
+        // Runs that do not split into vec4s (7x7), and GPU plans, keep the scalar programs.
         for plan in [
-            plan_for(
-                &[8, 64, 6, 6],
-                Layout::ChannelsFirst,
-                limits(128 << 20, CPU),
-                Operation::Backward,
-            ),
+            cpu_plan(&[8, 64, 7, 7], Layout::ChannelsFirst),
             plan_for(
                 &[64, 32, 32, 64],
                 Layout::ChannelsLast,
@@ -978,7 +1010,8 @@ mod tests {
         // 4 chunks x 3 channels: 12 threads, one workgroup.
         assert_eq!(training[0].params.unwrap().items, 12);
         assert_eq!(training[0].workgroups, 1);
-        let mut want = vec!["partials_per_thread"; 8];
+        // Runs of 4096 values: the per-thread kernel on vec4 loads.
+        let mut want = vec!["partials_per_thread_runs"; 8];
         want.push("finalize_per_thread");
         want.extend(["normalize_vec4"; 8]);
         assert_eq!(entries(&training), want);
@@ -1359,6 +1392,6 @@ mod tests {
             }
         }
         // Every entry point of every program was reached.
-        assert_eq!(seen.len(), 27, "{seen:?}");
+        assert_eq!(seen.len(), 29, "{seen:?}");
     }
 }

@@ -359,19 +359,43 @@ fn overlapping_inputs_and_outputs_are_refused() {
     assert_ne!(words, before);
 }
 
-/// The per-thread quad reduction (CPU adapters, channels-last) reads vec4s where x and dy start
-/// on one and four scalars otherwise; both merge the same values in the same order, so the
-/// batch statistics and the parameter gradients agree bit for bit. The shape has more quads
-/// than a chunk's threads, several chunks, and a last chunk whose rows end in a part eight.
+/// The per-thread reductions (CPU adapters) read vec4s where x and dy start on one and scalars
+/// otherwise; both merge the same values in the same order, so the batch statistics and the
+/// parameter gradients agree bit for bit. The quad kernel (channels-last): more quads than a
+/// chunk's threads, several chunks, and a last chunk whose rows end in a part eight. The
+/// kernel of channels-first runs: runs of seven vec4s (an eight crosses into the channel's next
+/// run), chunks of whole blocks, and a last chunk that ends in four values.
 #[test]
-fn quad_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
+fn per_thread_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
+    for (shape, layout, kind, chunks) in [
+        (
+            [3usize, 17, 23, 48],
+            Layout::ChannelsLast,
+            ReductionKind::PerThreadQuads,
+            10,
+        ),
+        (
+            [43, 6, 4, 7],
+            Layout::ChannelsFirst,
+            ReductionKind::PerThread,
+            2,
+        ),
+    ] {
+        per_thread_reduction_bits_agree(&shape, layout, kind, chunks);
+    }
+}
+
+fn per_thread_reduction_bits_agree(
+    shape: &[usize],
+    layout: Layout,
+    kind: ReductionKind,
+    chunks: usize,
+) {
     let ctx = planned(Planned::Cpu);
-    let shape = [3usize, 17, 23, 48];
-    let layout = Layout::ChannelsLast;
-    let plan = plan_of(&ctx, &shape, layout, Operation::TrainingForward);
-    assert_eq!(plan.kind, ReductionKind::PerThreadQuads);
-    assert_eq!(plan.chunks_total, 10);
-    let view = ChannelView::new(&shape, layout).unwrap();
+    let plan = plan_of(&ctx, shape, layout, Operation::TrainingForward);
+    assert_eq!(plan.kind, kind);
+    assert_eq!(plan.chunks_total, chunks);
+    let view = ChannelView::new(shape, layout).unwrap();
     let (len, channels) = (view.len(), view.channels);
     let bytes = len as u64 * 4;
     let x_data = normal_data(len, 61, 3.0, 2.0);
@@ -386,14 +410,14 @@ fn quad_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
             x_at + 3 * bytes + 48,
         ];
         assert_eq!(
-            plan.vec4_at(&[x_at, y_at, dy_at, dx_at]),
+            plan.reduction_vec4_at(&[x_at, y_at, dy_at, dx_at]),
             x_at.is_multiple_of(16)
         );
         let arena = Arena::new(&ctx, dx_at + bytes + 64);
-        let x = arena.view(x_at, &shape, layout, Some(&x_data));
-        let y = arena.view(y_at, &shape, layout, None);
-        let dy = arena.view(dy_at, &shape, layout, Some(&dy_data));
-        let dx = arena.view(dx_at, &shape, layout, None);
+        let x = arena.view(x_at, shape, layout, Some(&x_data));
+        let y = arena.view(y_at, shape, layout, None);
+        let dy = arena.view(dy_at, shape, layout, Some(&dy_data));
+        let dx = arena.view(dx_at, shape, layout, None);
         let mut layer = BatchNorm::new(&ctx, channels).unwrap();
         layer.set_parameters(&gamma, &beta).unwrap();
         let saved_stats = layer.forward_into(&x, &y).expect("forward");

@@ -51,6 +51,7 @@ const STATISTICS_PARTIAL: &str = include_str!("../../shaders/statistics_partial.
 const GRADIENT_SUMS_ACCUMULATOR: &str =
     include_str!("../../shaders/gradient_sums_accumulator.wgsl");
 const PER_THREAD_QUADS: &str = include_str!("../../shaders/per_thread_quads.wgsl");
+const PER_THREAD_RUNS: &str = include_str!("../../shaders/per_thread_runs.wgsl");
 
 /// Workgroup memory the kernels need: the most any entry point declares, which is the fused
 /// channels-last training forward's (an accumulator per thread for the reduction, and a
@@ -95,10 +96,11 @@ pub enum Program {
     /// The gradient sums' partials merged the same way (`shaders/gradient_sums.wgsl` with
     /// `shaders/last_workgroup.wgsl`); needs `Features::MEMORY_DECORATION_COHERENT`.
     LastWorkgroupGradientSums,
-    /// The statistics' partials of the per-thread quad kernel (CPU adapters, channels-last,
-    /// `shaders/per_thread_quads.wgsl`) on vec4 loads, where x starts on a vec4.
+    /// The statistics' partials of the per-thread kernels (CPU adapters) on vec4 loads, where x
+    /// starts on a vec4: the quad kernel of channels-last rows (`shaders/per_thread_quads.wgsl`)
+    /// and the kernel of channels-first runs of whole vec4s (`shaders/per_thread_runs.wgsl`).
     StatisticsVec4,
-    /// The gradient sums' partials of the same kernel on vec4 loads, where x, dy and the
+    /// The gradient sums' partials of the same kernels on vec4 loads, where x, dy and the
     /// forward's output start on vec4s.
     GradientSumsVec4,
 }
@@ -369,11 +371,13 @@ impl Program {
                 Some(COMMON),
                 Some(STATISTICS_PARTIAL),
                 Some(PER_THREAD_QUADS),
+                Some(PER_THREAD_RUNS),
             ],
             Program::GradientSumsVec4 => vec![
                 Some(COMMON),
                 Some(GRADIENT_SUMS_ACCUMULATOR),
                 Some(PER_THREAD_QUADS),
+                Some(PER_THREAD_RUNS),
             ],
         };
         let half = dtype.is_half().then_some(HALF);

@@ -171,7 +171,7 @@ mod tests {
         let plan = plan_for(&[8, 3, 64, 64], Layout::ChannelsFirst, 64 << 10, false);
         assert_eq!(plan.windows.len(), 8);
         let operands = Operands::default();
-        let mut want = vec!["partials_per_thread"; 8];
+        let mut want = vec!["partials_per_thread_runs"; 8];
         want.push("finalize_per_thread");
         assert_eq!(
             entries(&sync_steps(&plan, SyncHalf::Statistics, &operands)),
@@ -269,8 +269,9 @@ mod tests {
                 }
             }
         }
-        // Both reductions in their per-thread (scalar, and quads on scalar and vec4 loads) and
-        // strided kernels, both finalizes, and the scalar, vec4 and word elementwise kernels.
-        assert_eq!(seen.len(), 18, "{seen:?}");
+        // Both reductions in their per-thread (scalar, channels-first runs on vec4 loads, and
+        // quads on scalar and vec4 loads) and strided kernels, both finalizes, and the scalar,
+        // vec4 and word elementwise kernels.
+        assert_eq!(seen.len(), 20, "{seen:?}");
     }
 }
