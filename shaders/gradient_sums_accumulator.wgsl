@@ -32,8 +32,9 @@ fn sums_of_one(g: f32, x: f32, mean: f32) -> vec2<f32> {
     return vec2<f32>(g, g * (x - mean));
 }
 
-// The per-thread kernels' hooks: the channel's mean; what one quad load gives (x and dy), its
-// lane k of four quads, and the sums of eight values and of one.
+// The per-thread kernels' hooks: the channel's mean; what one quad load gives (x and dy); the
+// sums of eight values and of one (per_thread_runs.wgsl), and running sums over rows
+// (per_thread_quads.wgsl).
 fn run_context(c_rel: u32) -> f32 {
     return stats[p.c0 + c_rel];
 }
@@ -47,17 +48,25 @@ fn load_quad(q: u32) -> Quad {
     return Quad(load_x_quad(q), upstream_quad(q));
 }
 
-fn quad_lane(a: Quad, b: Quad, c: Quad, d: Quad, k: u32) -> Quad {
-    return Quad(
-        vec4<f32>(a.x[k], b.x[k], c.x[k], d.x[k]),
-        vec4<f32>(a.g[k], b.g[k], c.g[k], d.g[k]),
-    );
-}
-
 fn quads_acc(lo: Quad, hi: Quad, mean: f32) -> vec2<f32> {
     return sums_of_eight(lo.g, hi.g, lo.x, hi.x, mean);
 }
 
 fn lane_acc(v: Quad, k: u32, mean: f32) -> vec2<f32> {
     return sums_of_one(v.g[k], v.x[k], mean);
+}
+
+// The quad kernel's running sums of channel k over a group of rows: the sums themselves.
+alias Stream = vec2<f32>;
+
+fn stream_first(v: Quad, k: u32, mean: f32) -> vec2<f32> {
+    return lane_acc(v, k, mean);
+}
+
+fn stream_add(s: vec2<f32>, v: Quad, k: u32, mean: f32) -> vec2<f32> {
+    return s + lane_acc(v, k, mean);
+}
+
+fn stream_acc(s: vec2<f32>, n: f32) -> vec2<f32> {
+    return s;
 }

@@ -9,12 +9,17 @@
 // 128 bytes of a wide row (16 KiB at 4096 channels) touched a new page at every load and ran
 // at a third of the speed.
 //
+// Each row is used as it is loaded: a channel keeps running sums over a group of up to eight
+// rows (the program's `Stream`), which become a partial at the group's end; partials merge
+// into a block of RUN_BLOCK rows, blocks into the chunk's total, so that no chain of additions
+// runs the whole chunk. Loading eight rows of a quad before using any (as the channels-first
+// kernels load eight values) held 32 values a thread and ran at half the speed
+// (docs/performance.md section 31).
+//
 // Loads go through the program's hooks (statistics_partial.wgsl,
 // gradient_sums_accumulator.wgsl) over the prelude's `load_<role>_quad`: four scalar loads in
 // the scalar programs, one vec4 load in the vec4 programs (where every tensor starts on a
-// vec4). Each channel is merged exactly as reduction.wgsl's `run_accumulate` merges it,
-// whichever the load width: eights of consecutive rows in blocks of RUN_BLOCK rows, then the
-// rows left one at a time.
+// vec4); both sum in the same order, to the same bits.
 fn reduce_quads_per_thread(thread: u32, threads: u32) {
     let quads = p.c_count / 4u;
     // Fewer quads than QUAD_LANES (narrow tensors): a vector takes several chunks.
@@ -41,51 +46,48 @@ fn reduce_quad(c_rel: u32, chunk: u32, start: u32, end: u32) {
         run_context(c_rel + 2u),
         run_context(c_rel + 3u),
     );
+    var block0 = acc_empty();
+    var block1 = acc_empty();
+    var block2 = acc_empty();
+    var block3 = acc_empty();
     var total0 = acc_empty();
     var total1 = acc_empty();
     var total2 = acc_empty();
     var total3 = acc_empty();
     var row = start;
     var q = start * row_step + c_rel / 4u;
-    while (row + 8u <= end) {
-        var block0 = acc_empty();
-        var block1 = acc_empty();
-        var block2 = acc_empty();
-        var block3 = acc_empty();
-        let block_end = min(row + RUN_BLOCK, end);
-        while (row + 8u <= block_end) {
-            let r0 = load_quad(q);
-            let r1 = load_quad(q + row_step);
-            let r2 = load_quad(q + 2u * row_step);
-            let r3 = load_quad(q + 3u * row_step);
-            let r4 = load_quad(q + 4u * row_step);
-            let r5 = load_quad(q + 5u * row_step);
-            let r6 = load_quad(q + 6u * row_step);
-            let r7 = load_quad(q + 7u * row_step);
-            let lo0 = quad_lane(r0, r1, r2, r3, 0u);
-            block0 = acc_merge(block0, quads_acc(lo0, quad_lane(r4, r5, r6, r7, 0u), context.x));
-            let lo1 = quad_lane(r0, r1, r2, r3, 1u);
-            block1 = acc_merge(block1, quads_acc(lo1, quad_lane(r4, r5, r6, r7, 1u), context.y));
-            let lo2 = quad_lane(r0, r1, r2, r3, 2u);
-            block2 = acc_merge(block2, quads_acc(lo2, quad_lane(r4, r5, r6, r7, 2u), context.z));
-            let lo3 = quad_lane(r0, r1, r2, r3, 3u);
-            block3 = acc_merge(block3, quads_acc(lo3, quad_lane(r4, r5, r6, r7, 3u), context.w));
-            row += 8u;
-            q += 8u * row_step;
-        }
-        total0 = acc_merge(total0, block0);
-        total1 = acc_merge(total1, block1);
-        total2 = acc_merge(total2, block2);
-        total3 = acc_merge(total3, block3);
-    }
     while (row < end) {
-        let r = load_quad(q);
-        total0 = acc_merge(total0, lane_acc(r, 0u, context.x));
-        total1 = acc_merge(total1, lane_acc(r, 1u, context.y));
-        total2 = acc_merge(total2, lane_acc(r, 2u, context.z));
-        total3 = acc_merge(total3, lane_acc(r, 3u, context.w));
-        row += 1u;
+        let group_end = min(row + 8u, end);
+        let v = load_quad(q);
+        var s0 = stream_first(v, 0u, context.x);
+        var s1 = stream_first(v, 1u, context.y);
+        var s2 = stream_first(v, 2u, context.z);
+        var s3 = stream_first(v, 3u, context.w);
+        for (var r = row + 1u; r < group_end; r++) {
+            q += row_step;
+            let v = load_quad(q);
+            s0 = stream_add(s0, v, 0u, context.x);
+            s1 = stream_add(s1, v, 1u, context.y);
+            s2 = stream_add(s2, v, 2u, context.z);
+            s3 = stream_add(s3, v, 3u, context.w);
+        }
         q += row_step;
+        let n = f32(group_end - row);
+        block0 = acc_merge(block0, stream_acc(s0, n));
+        block1 = acc_merge(block1, stream_acc(s1, n));
+        block2 = acc_merge(block2, stream_acc(s2, n));
+        block3 = acc_merge(block3, stream_acc(s3, n));
+        row = group_end;
+        if ((row - start) % RUN_BLOCK == 0u || row == end) {
+            total0 = acc_merge(total0, block0);
+            total1 = acc_merge(total1, block1);
+            total2 = acc_merge(total2, block2);
+            total3 = acc_merge(total3, block3);
+            block0 = acc_empty();
+            block1 = acc_empty();
+            block2 = acc_empty();
+            block3 = acc_empty();
+        }
     }
     partials[partial_slot(c_rel, chunk)] = total0;
     partials[partial_slot(c_rel + 1u, chunk)] = total1;

@@ -65,7 +65,8 @@ fn eight_partial(v: Values8) -> Partial {
 }
 
 // The per-thread kernels' hooks: the channel's context (the statistics need none); what one
-// quad load gives (x), its lane k of four quads, and the partials of eight values and of one.
+// quad load gives (x); the partials of eight values and of one (per_thread_runs.wgsl), and
+// running sums over rows (per_thread_quads.wgsl).
 fn run_context(c_rel: u32) -> f32 {
     return 0.0;
 }
@@ -76,12 +77,29 @@ fn load_quad(q: u32) -> Quad {
     return load_x_quad(q);
 }
 
-fn quad_lane(a: Quad, b: Quad, c: Quad, d: Quad, k: u32) -> Quad {
-    return vec4<f32>(a[k], b[k], c[k], d[k]);
-}
-
 fn quads_acc(lo: Quad, hi: Quad, unused: f32) -> Partial {
     return eight_partial(Values8(lo, hi));
+}
+
+// The quad kernel's running sums of channel k over a group of at most eight rows: (the group's
+// first value, the sum of the values minus it, the sum of their squares). Shifted by one of
+// the group's own values, the sum of squares is M2 + n (mean - shift)^2 <= (n + 1) M2, so the
+// difference that gives M2 loses at most about n (n + 1) = 72 ulps of M2 to the sums'
+// rounding, not its digits (a shift far from the values, such as zero, could lose them all).
+alias Stream = vec3<f32>;
+
+fn stream_first(v: Quad, k: u32, unused: f32) -> Stream {
+    return vec3<f32>(v[k], 0.0, 0.0);
+}
+
+fn stream_add(s: Stream, v: Quad, k: u32, unused: f32) -> Stream {
+    let d = v[k] - s.x;
+    return vec3<f32>(s.x, s.y + d, s.z + d * d);
+}
+
+fn stream_acc(s: Stream, n: f32) -> Partial {
+    let mean = s.y / n;
+    return Partial(n, s.x, mean, max(s.z - s.y * mean, 0.0));
 }
 
 fn lane_acc(v: Quad, k: u32, unused: f32) -> Partial {
