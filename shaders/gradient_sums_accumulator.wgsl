@@ -59,14 +59,14 @@ fn lane_acc(v: Quad, k: u32, mean: f32) -> vec2<f32> {
 // The quad kernel's running sums of channel k over a group of rows: the sums themselves.
 alias Stream = vec2<f32>;
 
-fn stream_first(v: Quad, k: u32, mean: f32) -> vec2<f32> {
+fn stream_first(v: Quad, k: u32, mean: f32) -> Stream {
     return lane_acc(v, k, mean);
 }
 
-fn stream_add(s: vec2<f32>, v: Quad, k: u32, mean: f32) -> vec2<f32> {
+fn stream_add(s: Stream, v: Quad, k: u32, mean: f32) -> Stream {
     return s + lane_acc(v, k, mean);
 }
 
-fn stream_acc(s: vec2<f32>, n: f32) -> vec2<f32> {
+fn stream_acc(s: Stream, unused_count: f32) -> vec2<f32> {
     return s;
 }
