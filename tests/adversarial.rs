@@ -79,8 +79,11 @@ fn affine(channels: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Shapes for the offset tests: several chunks per channel merged by a thread (CPU plans) or a
-/// workgroup (GPU plans), in both reduction kernels, and fused single dispatches.
-const OFFSET_CASES: [PlannedCase; 6] = [
+/// workgroup (GPU plans), in both reduction kernels, and fused single dispatches. On the CPU,
+/// channels-last with a multiple of four channels takes the quad kernel, whose statistics shift
+/// each group of eight rows by its first value: [3, 37, 41, 8] has 4551 rows, chunks of 256 and
+/// a last chunk ending in a group of seven.
+const OFFSET_CASES: [PlannedCase; 7] = [
     PlannedCase {
         shape: &[8, 3, 64, 64],
         layout: FIRST,
@@ -98,6 +101,12 @@ const OFFSET_CASES: [PlannedCase; 6] = [
         layout: LAST,
         planned: Planned::Cpu,
         claim: PlanClaim::split(16, FinalizeKind::PerThread),
+    },
+    PlannedCase {
+        shape: &[3, 37, 41, 8],
+        layout: LAST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::split(18, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[10, 64, 63, 8],
