@@ -59,19 +59,19 @@ fn reduce_quad(c_rel: u32, chunk: u32, start: u32, end: u32) {
     while (row < end) {
         let group_end = min(row + 8u, end);
         let v = load_quad(q);
+        q += row_step;
         var s0 = stream_first(v, 0u, context.x);
         var s1 = stream_first(v, 1u, context.y);
         var s2 = stream_first(v, 2u, context.z);
         var s3 = stream_first(v, 3u, context.w);
         for (var r = row + 1u; r < group_end; r++) {
-            q += row_step;
             let v = load_quad(q);
+            q += row_step;
             s0 = stream_add(s0, v, 0u, context.x);
             s1 = stream_add(s1, v, 1u, context.y);
             s2 = stream_add(s2, v, 2u, context.z);
             s3 = stream_add(s3, v, 3u, context.w);
         }
-        q += row_step;
         let n = f32(group_end - row);
         block0 = acc_merge(block0, stream_acc(s0, n));
         block1 = acc_merge(block1, stream_acc(s1, n));
