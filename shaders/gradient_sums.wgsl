@@ -3,8 +3,8 @@
 // 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
 //    dy * (x - mean) over one chunk of one channel (or a band of `p.band` channels) into a
 //    partials buffer, in a fixed tree order (reduction.wgsl); on CPU adapters
-//    `grad_partials_per_thread`, one thread per chunk (see `run_accumulate` in reduction.wgsl
-//    for why), or `partials_per_thread_quads` (per_thread_quads.wgsl), threads of four
+//    `partials_per_thread_runs` (per_thread_runs.wgsl), one thread per chunk, or
+//    `partials_per_thread_quads` (per_thread_quads.wgsl), threads of four
 //    channels sharing a chunk of rows (channels-last, a multiple of four channels). The sums
 //    and their hooks are in gradient_sums_accumulator.wgsl.
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
@@ -16,6 +16,25 @@
 //    through running statistics (constants) dx = dy * gamma * invstd; and with the add-ReLU
 //    epilogue dz = dy.
 // Where each channel is one chunk, `fused_backward_*` (f32) does all three in one dispatch.
+
+// The sums of eight elements: dy in g_lo.xyzw, g_hi.xyzw, x likewise.
+fn sums_of_eight(
+    g_lo: vec4<f32>,
+    g_hi: vec4<f32>,
+    x_lo: vec4<f32>,
+    x_hi: vec4<f32>,
+    mean: f32,
+) -> vec2<f32> {
+    let ones = vec4<f32>(1.0);
+    return vec2<f32>(
+        dot(g_lo, ones) + dot(g_hi, ones),
+        dot(g_lo, x_lo - mean) + dot(g_hi, x_hi - mean),
+    );
+}
+
+fn sums_of_one(g: f32, x: f32, mean: f32) -> vec2<f32> {
+    return vec2<f32>(g, g * (x - mean));
+}
 
 // (sum dy, sum dy * (x - mean)) over eight elements, all sixteen loads issued first.
 fn eight_sums(at: Eight, mean: f32) -> vec2<f32> {
@@ -61,16 +80,6 @@ fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32)
         index += row_step;
     }
     return acc;
-}
-
-// The per-thread reduction's hooks (reduction.wgsl's `run_accumulate`): the sums of eight
-// values and of one.
-fn acc_eight(at: Eight, mean: f32) -> vec2<f32> {
-    return eight_sums(at, mean);
-}
-
-fn acc_one(index: u32, mean: f32) -> vec2<f32> {
-    return sums_of_one(upstream(index), load_x(index), mean);
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -122,15 +131,6 @@ fn grad_partials_strided(
         workgroupBarrier();
         band_partial_written(band, lid);
     }
-}
-
-// CPU adapters: one thread per chunk of one channel (reduction.wgsl's `reduce_per_thread`).
-@compute @workgroup_size(RUN_WORKGROUP)
-fn grad_partials_per_thread(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    reduce_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
 }
 
 // (dgamma, dbeta) of channel c from its (sum dy, sum dy * (x - mean)).

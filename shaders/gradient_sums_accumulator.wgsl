@@ -1,6 +1,6 @@
-// The gradient sums' accumulator, (sum dy, sum dy * (x - mean)), the sums of eight values and
-// of one, and the hooks of the per-thread quad kernel (per_thread_quads.wgsl). No loads of its
-// own but through the prelude's quad accessors, so the scalar and the vec4 programs share it
+// The gradient sums' accumulator, (sum dy, sum dy * (x - mean)), and the hooks of the
+// per-thread kernels (per_thread_runs.wgsl, per_thread_quads.wgsl). No loads of its own but
+// through the prelude's quad accessors, so the scalar and the vec4 programs share it
 // and sum the same values to the same bits. dy is `upstream` (gradient_sums.wgsl).
 
 alias Acc = vec2<f32>;
@@ -13,28 +13,8 @@ fn acc_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     return a + b;
 }
 
-// The sums of eight elements: dy in g_lo.xyzw, g_hi.xyzw, x likewise.
-fn sums_of_eight(
-    g_lo: vec4<f32>,
-    g_hi: vec4<f32>,
-    x_lo: vec4<f32>,
-    x_hi: vec4<f32>,
-    mean: f32,
-) -> vec2<f32> {
-    let ones = vec4<f32>(1.0);
-    return vec2<f32>(
-        dot(g_lo, ones) + dot(g_hi, ones),
-        dot(g_lo, x_lo - mean) + dot(g_hi, x_hi - mean),
-    );
-}
-
-fn sums_of_one(g: f32, x: f32, mean: f32) -> vec2<f32> {
-    return vec2<f32>(g, g * (x - mean));
-}
-
-// The per-thread kernels' hooks: the channel's mean; what one quad load gives (x and dy); the
-// sums of eight values and of one (per_thread_runs.wgsl), and running sums over rows
-// (per_thread_quads.wgsl).
+// The per-thread kernels' hooks (per_thread_runs.wgsl, per_thread_quads.wgsl): the channel's
+// mean; what one quad load gives (x and dy); and lane-wise running sums of a channel.
 fn run_context(c_rel: u32) -> f32 {
     return stats[p.c0 + c_rel];
 }
@@ -48,25 +28,32 @@ fn load_quad(q: u32) -> Quad {
     return Quad(load_x_quad(q), upstream_quad(q));
 }
 
-fn quads_acc(lo: Quad, hi: Quad, mean: f32) -> vec2<f32> {
-    return sums_of_eight(lo.g, hi.g, lo.x, hi.x, mean);
+struct LaneSums {
+    dy: vec4<f32>,
+    dy_centered: vec4<f32>,
 }
 
-fn lane_acc(v: Quad, k: u32, mean: f32) -> vec2<f32> {
-    return sums_of_one(v.g[k], v.x[k], mean);
+fn sums_start(unused_quad: Quad, unused_lanes: vec4<u32>) -> LaneSums {
+    return LaneSums(vec4<f32>(0.0), vec4<f32>(0.0));
 }
 
-// The quad kernel's running sums of channel k over a group of rows: the sums themselves.
-alias Stream = vec2<f32>;
-
-fn stream_first(v: Quad, k: u32, mean: f32) -> Stream {
-    return lane_acc(v, k, mean);
+// The sums with v's lanes where `keep` (the others may be another channel's, even NaN), lane k
+// centred on mean[k].
+fn sums_add(s: LaneSums, v: Quad, keep: vec4<bool>, mean: vec4<f32>) -> LaneSums {
+    let g = select(vec4<f32>(0.0), v.g, keep);
+    let centered = select(vec4<f32>(0.0), v.g * (v.x - mean), keep);
+    return LaneSums(s.dy + g, s.dy_centered + centered);
 }
 
-fn stream_add(s: Stream, v: Quad, k: u32, mean: f32) -> Stream {
-    return s + lane_acc(v, k, mean);
+// The sums of lane k (a channels-last quad: one channel a lane).
+fn sums_lane(s: LaneSums, k: u32, unused_count: f32) -> vec2<f32> {
+    return vec2<f32>(s.dy[k], s.dy_centered[k]);
 }
 
-fn stream_acc(s: Stream, unused_count: f32) -> vec2<f32> {
-    return s;
+// The sums of one channel spread over the lanes (a channels-first run).
+fn sums_total(s: LaneSums, unused_count: f32) -> vec2<f32> {
+    return vec2<f32>(
+        (s.dy.x + s.dy.y) + (s.dy.z + s.dy.w),
+        (s.dy_centered.x + s.dy_centered.y) + (s.dy_centered.z + s.dy_centered.w),
+    );
 }

@@ -10,7 +10,7 @@
 // at a third of the speed.
 //
 // Each row is used as it is loaded: a channel keeps running sums over a group of up to eight
-// rows (the program's `Stream`), which become a partial at the group's end; partials merge
+// rows (the program's `LaneSums`, a channel a lane), which become a partial at the group's end; partials merge
 // into a block of RUN_BLOCK rows, blocks into the chunk's total, so that no chain of additions
 // runs the whole chunk. Loading eight rows of a quad before using any (as the channels-first
 // kernels load eight values) held 32 values a thread and ran at half the speed
@@ -58,25 +58,20 @@ fn reduce_quad(c_rel: u32, chunk: u32, start: u32, end: u32) {
     var q = start * row_step + c_rel / 4u;
     while (row < end) {
         let group_end = min(row + 8u, end);
-        let v = load_quad(q);
+        let first = load_quad(q);
         q += row_step;
-        var s0 = stream_first(v, 0u, context.x);
-        var s1 = stream_first(v, 1u, context.y);
-        var s2 = stream_first(v, 2u, context.z);
-        var s3 = stream_first(v, 3u, context.w);
+        // Each channel's group is shifted by its first row.
+        var sums = sums_start(first, vec4<u32>(0u, 1u, 2u, 3u));
+        sums = sums_add(sums, first, vec4<bool>(true), context);
         for (var r = row + 1u; r < group_end; r++) {
-            let v = load_quad(q);
+            sums = sums_add(sums, load_quad(q), vec4<bool>(true), context);
             q += row_step;
-            s0 = stream_add(s0, v, 0u, context.x);
-            s1 = stream_add(s1, v, 1u, context.y);
-            s2 = stream_add(s2, v, 2u, context.z);
-            s3 = stream_add(s3, v, 3u, context.w);
         }
         let n = f32(group_end - row);
-        block0 = acc_merge(block0, stream_acc(s0, n));
-        block1 = acc_merge(block1, stream_acc(s1, n));
-        block2 = acc_merge(block2, stream_acc(s2, n));
-        block3 = acc_merge(block3, stream_acc(s3, n));
+        block0 = acc_merge(block0, sums_lane(sums, 0u, n));
+        block1 = acc_merge(block1, sums_lane(sums, 1u, n));
+        block2 = acc_merge(block2, sums_lane(sums, 2u, n));
+        block3 = acc_merge(block3, sums_lane(sums, 3u, n));
         row = group_end;
         if ((row - start) % RUN_BLOCK == 0u || row == end) {
             total0 = acc_merge(total0, block0);

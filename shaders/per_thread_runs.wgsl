@@ -1,71 +1,80 @@
-// The per-thread reduction of channels-first windows whose runs split into vec4s
-// (`inner % 4 == 0`, CPU adapters), in the vec4 programs: reduction.wgsl's `reduce_per_thread`
-// and `run_accumulate`, one thread per chunk of one channel, reading the chunk four values at a
-// time through the program's quad hooks (statistics_partial.wgsl,
-// gradient_sums_accumulator.wgsl) instead of one. Why: llvmpipe turns each storage load into a
-// per-lane sequence (mask test, bounds test, scalar load), and one vec4 load takes one such
-// sequence for four values; the walk's carry into the next outer row is tested once per four
-// values, too. Chunks start on a multiple of four values and runs are whole vec4s, so a vec4
-// never straddles two runs. Each chunk is merged exactly as `run_accumulate` merges it (eights
-// of consecutive values in blocks of RUN_BLOCK, the values left one at a time): the same
-// partials, to the bit, as the scalar kernel.
+// The per-thread reduction of channels-first windows (CPU adapters), in every reducing program:
+// one thread per chunk of one channel, chunk-major, so that the lanes of a SIMD vector take
+// neighbouring channels. Why a thread alone: on CPU adapters (lavapipe, llvmpipe) a workgroup
+// barrier turns every invocation into a coroutine whose registers live in memory; a thread that
+// reduces its chunk alone needs no barrier and no workgroup memory.
+//
+// A thread reads its chunk one run (the channel's values of one outer row) at a time, in aligned
+// quads of the window (`load_<role>_quad`: one vec4 load in the vec4 programs, four scalar loads
+// in the others), and keeps of each quad the lanes that lie in the run (`lanes_between`). Why:
+// llvmpipe turns each storage load into a per-lane sequence (mask test, bounds test, scalar
+// load), and a vec4 load takes one such sequence for four values whatever the run's length: a
+// 7x7 run (49 values) takes 13 or 14 vec4 loads per input instead of 49 scalar ones
+// (docs/performance.md section 32). The lanes outside the run hold the neighbouring channels'
+// values, which are read but never added (`select`, so that their NaNs stay out).
+//
+// Each group of a quad and the next, both of one run (at most eight values, which bounds the
+// statistics' rounding: statistics_partial.wgsl), becomes a partial through the program's
+// lane-wise sums (`LaneSums`, `sums_start`, `sums_add`, `sums_total`: statistics_partial.wgsl,
+// gradient_sums_accumulator.wgsl); partials merge into a block of up to RUN_BLOCK values, blocks
+// into the chunk's total, so that no chain of merges runs the whole chunk. The scalar and the
+// vec4 programs take the same quads in the same order: the same partials, to the bit.
 
-// A walk of one window channel's vec4s: `q` indexes vec4s of the window, `i` the vec4 within
-// its run.
-struct QuadWalk {
-    q: u32,
-    i: u32,
+// Which lanes of window quad q lie in the elements [lo, hi).
+fn lanes_between(q: u32, lo: u32, hi: u32) -> vec4<bool> {
+    let element = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
+    return (element >= vec4<u32>(lo)) & (element < vec4<u32>(hi));
 }
 
-// The walk from the channel's value m (a multiple of four).
-fn walk_quads(c_rel: u32, m: u32) -> QuadWalk {
-    let o = m / p.inner;
-    let i = m - o * p.inner;
-    return QuadWalk((o * p.channels * p.inner + c_rel * p.inner + i) / 4u, i / 4u);
+fn lanes_kept(keep: vec4<bool>) -> u32 {
+    let k = vec4<u32>(keep);
+    return (k.x + k.y) + (k.z + k.w);
 }
 
-fn walk_next_quad(walk: QuadWalk) -> QuadWalk {
-    var next = QuadWalk(walk.q + 1u, walk.i + 1u);
-    if (next.i * 4u == p.inner) {
-        // Carry into the next outer row: skip the other channels' runs.
-        next.i = 0u;
-        next.q += (p.channels - 1u) * (p.inner / 4u);
-    }
-    return next;
-}
-
-// One thread's accumulator of the window channel c_rel's values [start, end), both multiples of
-// four.
-fn run_accumulate_quads(c_rel: u32, start: u32, end: u32, context: f32) -> Acc {
+// One thread's accumulator of the window channel c_rel's values [start, end).
+fn run_chunk(c_rel: u32, start: u32, end: u32, context: f32) -> Acc {
+    let lane_context = vec4<f32>(context);
     var total = acc_empty();
-    var walk = walk_quads(c_rel, start);
+    var block = acc_empty();
+    var groups = 0u;
+    var o = start / p.inner;
+    var i = start - o * p.inner;
     var m = start;
-    while (m + 8u <= end) {
-        var block = acc_empty();
-        let block_end = min(m + RUN_BLOCK, end);
-        while (m + 8u <= block_end) {
-            let lo = load_quad(walk.q);
-            walk = walk_next_quad(walk);
-            let hi = load_quad(walk.q);
-            walk = walk_next_quad(walk);
-            block = acc_merge(block, quads_acc(lo, hi, context));
-            m += 8u;
-        }
-        total = acc_merge(total, block);
-    }
     while (m < end) {
-        let r = load_quad(walk.q);
-        walk = walk_next_quad(walk);
-        for (var k = 0u; k < 4u; k += 1u) {
-            total = acc_merge(total, lane_acc(r, k, context));
+        // The run's elements [lo, hi) of the window.
+        let lo = (o * p.channels + c_rel) * p.inner + i;
+        let len = min(p.inner - i, end - m);
+        let hi = lo + len;
+        for (var q = lo / 4u; 4u * q < hi; q += 2u) {
+            let first = load_quad(q);
+            // The group's first value: its shift, where the program has one.
+            var sums = sums_start(first, vec4<u32>(max(lo, 4u * q) - 4u * q));
+            var keep = lanes_between(q, lo, hi);
+            sums = sums_add(sums, first, keep, lane_context);
+            var n = lanes_kept(keep);
+            if (4u * q + 4u < hi) {
+                let next = load_quad(q + 1u);
+                keep = lanes_between(q + 1u, lo, hi);
+                sums = sums_add(sums, next, keep, lane_context);
+                n += lanes_kept(keep);
+            }
+            block = acc_merge(block, sums_total(sums, f32(n)));
+            groups += 1u;
+            if (groups == RUN_BLOCK / 8u) {
+                total = acc_merge(total, block);
+                block = acc_empty();
+                groups = 0u;
+            }
         }
-        m += 4u;
+        m += len;
+        o += 1u;
+        i = 0u;
     }
-    return total;
+    return acc_merge(total, block);
 }
 
-// One thread per chunk of one channel, chunk-major as `reduce_per_thread`: the statistics' or
-// the gradient sums' partials, by the program's hooks.
+// One thread per chunk of one channel: the statistics' or the gradient sums' partials, by the
+// program's hooks.
 @compute @workgroup_size(RUN_WORKGROUP)
 fn partials_per_thread_runs(
     @builtin(global_invocation_id) gid: vec3<u32>,
@@ -78,7 +87,6 @@ fn partials_per_thread_runs(
         let c_rel = item - chunk * p.c_count;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, values);
-        partials[partial_slot(c_rel, chunk)] =
-            run_accumulate_quads(c_rel, start, end, run_context(c_rel));
+        partials[partial_slot(c_rel, chunk)] = run_chunk(c_rel, start, end, run_context(c_rel));
     }
 }

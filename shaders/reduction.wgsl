@@ -70,49 +70,6 @@ fn merge_channel_by_thread(c: u32) {
     finalize_channel(c, acc);
 }
 
-// The per-thread reduction (CPU adapters), over the program's `run_context(c_rel)` (what a
-// channel's values need: the gradients' mean), `acc_eight(at, context)` and
-// `acc_one(index, context)`. Why a kernel of its own: on CPU adapters (lavapipe, llvmpipe) a
-// workgroup barrier turns every invocation into a coroutine whose registers live in memory,
-// and a load under a divergent loop tests each lane's mask; one thread per chunk needs neither.
-//
-// One thread's accumulator of the window channel c_rel's values [start, end), read in order,
-// in blocks of RUN_BLOCK values merged into the total one block at a time: no chain of merges
-// runs the whole chunk.
-fn run_accumulate(c_rel: u32, start: u32, end: u32, context: f32) -> Acc {
-    var total = acc_empty();
-    var walk = walk_values(c_rel, start, 1u);
-    var m = start;
-    while (m + 8u <= end) {
-        var block = acc_empty();
-        let block_end = min(m + RUN_BLOCK, end);
-        while (m + 8u <= block_end) {
-            block = acc_merge(block, acc_eight(walk_eight(&walk), context));
-            m += 8u;
-        }
-        total = acc_merge(total, block);
-    }
-    while (m < end) {
-        total = acc_merge(total, acc_one(walk.index, context));
-        walk = walk_next(walk);
-        m += 1u;
-    }
-    return total;
-}
-
-// Each thread's work items, one chunk of one channel each, chunk-major so that the lanes of a
-// SIMD vector read neighbouring channels (channels-last: neighbouring addresses).
-fn reduce_per_thread(thread: u32, threads: u32) {
-    let values = p.o_count * p.inner;
-    for (var item = thread; item < p.items; item += threads) {
-        let chunk = item / p.c_count;
-        let c_rel = item - chunk * p.c_count;
-        let start = chunk * p.chunk_len;
-        let end = min(start + p.chunk_len, values);
-        partials[partial_slot(c_rel, chunk)] = run_accumulate(c_rel, start, end, run_context(c_rel));
-    }
-}
-
 // One workgroup per channel: for channels with many partials.
 @compute @workgroup_size(WORKGROUP)
 fn finalize(

@@ -4,9 +4,9 @@
 //    M2). Every thread loads its values eight at a time (see `Eight` in common.wgsl), takes their mean and
 //    M2 about the first of them (the shift) in registers and merges them into its partial with
 //    Chan's formula; the workgroup merges its threads the same way in a fixed tree order
-//    (reduction.wgsl). On CPU adapters, `partials_per_thread`: one thread per chunk, which it
-//    reads in order, with no workgroup memory and no barrier (see `run_accumulate`); or, for
-//    channels-last with a multiple of four channels, `partials_per_thread_quads`
+//    (reduction.wgsl). On CPU adapters, `partials_per_thread_runs` (per_thread_runs.wgsl): one
+//    thread per chunk, which it reads in order, with no workgroup memory and no barrier; or,
+//    for channels-last with a multiple of four channels, `partials_per_thread_quads`
 //    (per_thread_quads.wgsl): threads of four channels sharing a chunk of rows. The
 //    accumulator and its merge are in statistics_partial.wgsl.
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
@@ -20,6 +20,23 @@
 // the difference of two shifts (exact for nearby values) added separately, keeps the variance
 // accurate whatever the offset. Never E[x^2] - E[x]^2: it loses every digit when the mean is
 // large.
+
+// Eight values, in order lo.xyzw, hi.xyzw.
+struct Values8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// The partial of eight values, shifted by the first: their mean and M2 in registers.
+fn eight_partial(v: Values8) -> Partial {
+    let shift = v.lo.x;
+    let lo = v.lo - shift;
+    let hi = v.hi - shift;
+    let mean = dot(lo + hi, vec4<f32>(0.125));
+    let d_lo = lo - mean;
+    let d_hi = hi - mean;
+    return Partial(8.0, shift, mean, dot(d_lo, d_lo) + dot(d_hi, d_hi));
+}
 
 fn load_eight(at: Eight) -> Values8 {
     return Values8(
@@ -64,16 +81,6 @@ fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Part
         index += row_step;
     }
     return acc;
-}
-
-// The per-thread reduction's hooks (reduction.wgsl's `run_accumulate`): the partial of eight
-// values, and of one.
-fn acc_eight(at: Eight, unused: f32) -> Partial {
-    return eight_partial(load_eight(at));
-}
-
-fn acc_one(index: u32, unused: f32) -> Partial {
-    return Partial(1.0, load_x(index), 0.0, 0.0);
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -126,15 +133,6 @@ fn partials_strided(
         workgroupBarrier();
         band_partial_written(band, lid);
     }
-}
-
-// CPU adapters: one thread per chunk of one channel (reduction.wgsl's `reduce_per_thread`).
-@compute @workgroup_size(RUN_WORKGROUP)
-fn partials_per_thread(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    reduce_per_thread(gid.x, nwg.x * RUN_WORKGROUP);
 }
 
 // (mean, invstd) of a channel's merged partial.

@@ -1,8 +1,7 @@
 // The statistics' accumulator: a partial (count, shift, mean - shift, M2) of some values, its
-// merge (Chan's formula), the partial of eight values in registers, and the hooks of the
-// per-thread quad kernel (per_thread_quads.wgsl). No loads of its own but through the
-// prelude's `load_x_quad`, so the scalar and the vec4 programs share it and reduce the same
-// values to the same bits. Why the shift: statistics.wgsl.
+// merge (Chan's formula), and the hooks of the per-thread kernels (per_thread_runs.wgsl,
+// per_thread_quads.wgsl). No loads of its own but through the prelude's `load_x_quad`, so the
+// scalar and the vec4 programs share it and reduce the same values to the same bits. Why the shift: statistics.wgsl.
 
 struct Partial {
     n: f32,
@@ -47,26 +46,13 @@ fn merge(a: Partial, b: Partial) -> Partial {
     );
 }
 
-// Eight values, in order lo.xyzw, hi.xyzw.
-struct Values8 {
-    lo: vec4<f32>,
-    hi: vec4<f32>,
-}
-
-// The partial of eight values, shifted by the first: their mean and M2 in registers.
-fn eight_partial(v: Values8) -> Partial {
-    let shift = v.lo.x;
-    let lo = v.lo - shift;
-    let hi = v.hi - shift;
-    let mean = dot(lo + hi, vec4<f32>(0.125));
-    let d_lo = lo - mean;
-    let d_hi = hi - mean;
-    return Partial(8.0, shift, mean, dot(d_lo, d_lo) + dot(d_hi, d_hi));
-}
-
-// The per-thread kernels' hooks: the channel's context (the statistics need none); what one
-// quad load gives (x); the partials of eight values and of one (per_thread_runs.wgsl), and
-// running sums over rows (per_thread_quads.wgsl).
+// The per-thread kernels' hooks (per_thread_runs.wgsl, per_thread_quads.wgsl): the channel's
+// context (the statistics need none); what one quad load gives (x); and lane-wise running sums
+// over a group of at most eight values of a channel: (a value of the group, the shift; the sum
+// of the values minus it; the sum of their squares). Shifted by one of the group's own values,
+// the sum of squares is M2 + n (mean - shift)^2 <= (n + 1) M2, so the difference that gives M2
+// loses at most about n (n + 1) = 72 ulps of M2 to the sums' rounding, not its digits (a shift
+// far from the values, such as zero, could lose them all).
 fn run_context(c_rel: u32) -> f32 {
     return 0.0;
 }
@@ -77,31 +63,41 @@ fn load_quad(q: u32) -> Quad {
     return load_x_quad(q);
 }
 
-fn quads_acc(lo: Quad, hi: Quad, unused: f32) -> Partial {
-    return eight_partial(Values8(lo, hi));
+struct LaneSums {
+    shift: vec4<f32>,
+    sum: vec4<f32>,
+    squares: vec4<f32>,
 }
 
-// The quad kernel's running sums of channel k over a group of at most eight rows: (the group's
-// first value, the sum of the values minus it, the sum of their squares). Shifted by one of
-// the group's own values, the sum of squares is M2 + n (mean - shift)^2 <= (n + 1) M2, so the
-// difference that gives M2 loses at most about n (n + 1) = 72 ulps of M2 to the sums'
-// rounding, not its digits (a shift far from the values, such as zero, could lose them all).
-alias Stream = vec3<f32>;
-
-fn stream_first(v: Quad, k: u32, unused: f32) -> Stream {
-    return vec3<f32>(v[k], 0.0, 0.0);
+// Empty sums whose lane k is shifted by v's lane `shift_lanes[k]`.
+fn sums_start(v: Quad, shift_lanes: vec4<u32>) -> LaneSums {
+    let shift = vec4<f32>(v[shift_lanes.x], v[shift_lanes.y], v[shift_lanes.z], v[shift_lanes.w]);
+    return LaneSums(shift, vec4<f32>(0.0), vec4<f32>(0.0));
 }
 
-fn stream_add(s: Stream, v: Quad, k: u32, unused: f32) -> Stream {
-    let d = v[k] - s.x;
-    return vec3<f32>(s.x, s.y + d, s.z + d * d);
+// The sums with v's lanes where `keep` (the others may be another channel's, even NaN).
+fn sums_add(s: LaneSums, v: Quad, keep: vec4<bool>, unused: vec4<f32>) -> LaneSums {
+    let d = select(vec4<f32>(0.0), v - s.shift, keep);
+    return LaneSums(s.shift, s.sum + d, s.squares + d * d);
 }
 
-fn stream_acc(s: Stream, n: f32) -> Partial {
-    let mean = s.y / n;
-    return Partial(n, s.x, mean, max(s.z - s.y * mean, 0.0));
+fn sums_partial(n: f32, shift: f32, sum: f32, squares: f32) -> Partial {
+    let mean = sum / n;
+    return Partial(n, shift, mean, max(squares - sum * mean, 0.0));
 }
 
-fn lane_acc(v: Quad, k: u32, unused: f32) -> Partial {
-    return Partial(1.0, v[k], 0.0, 0.0);
+// The partial of n values of one channel in lane k (a channels-last quad: one channel a lane).
+fn sums_lane(s: LaneSums, k: u32, n: f32) -> Partial {
+    return sums_partial(n, s.shift[k], s.sum[k], s.squares[k]);
+}
+
+// The partial of n values of one channel spread over the lanes, all shifted alike (a
+// channels-first run).
+fn sums_total(s: LaneSums, n: f32) -> Partial {
+    return sums_partial(
+        n,
+        s.shift.x,
+        (s.sum.x + s.sum.y) + (s.sum.z + s.sum.w),
+        (s.squares.x + s.squares.y) + (s.squares.z + s.squares.w),
+    );
 }

@@ -28,8 +28,9 @@
 //!   otherwise. A vec4's lanes hold one channel (channels-first, `inner % 4 == 0`), four
 //!   consecutive channels (channels-last), or a run's end and the next run's start
 //!   (channels-first 7x7: each lane finds its channel). The CPU adapters' per-thread
-//!   reductions read vec4s on the same condition where a vec4 holds what one thread reduces: a
-//!   quad, or four values of a channels-first run of whole vec4s (`Plan::reduction_vec4_at`).
+//!   reductions read vec4s on the same condition (`Plan::reduction_vec4_at`): a quad of
+//!   channels-last channels, or a vec4 of a channels-first run whose lanes outside the run are
+//!   masked off.
 //! - Half-precision tensors (two elements to a 32-bit word): every window starts at an even
 //!   element, so that each elementwise thread owns whole words, and no operation is fused (the
 //!   fused kernels store single elements from neighbouring threads).
@@ -237,8 +238,8 @@ pub enum ReductionKind {
     /// One workgroup per chunk of rows of 32 consecutive channels (`inner == 1`).
     Strided,
     /// One thread per chunk of one channel, read in order (CPU adapters): no workgroup memory
-    /// and no barrier, which on a CPU adapter turns each invocation into a coroutine. Four
-    /// values a load where the channel's runs are whole vec4s (`Plan::reduction_vec4_at`).
+    /// and no barrier, which on a CPU adapter turns each invocation into a coroutine. The run
+    /// of each outer row is read in aligned quads of the window, lanes outside it masked off.
     PerThread,
     /// Threads of four consecutive channels (CPU adapters, `inner == 1` and a multiple of four
     /// channels), `QUAD_LANES` of them sharing a chunk of rows, thread k taking quads k,
@@ -696,17 +697,11 @@ impl Plan {
     }
 
     /// Whether the per-thread reductions (CPU adapters) read vec4s of tensors that start at these
-    /// byte offsets: quads of channels-last rows, or channels-first runs that split into whole
-    /// vec4s (`inner % 4 == 0`, chunks starting on a vec4), where every tensor starts on one.
+    /// byte offsets: aligned quads of the window (channels-last rows of four channels, or
+    /// channels-first runs with their neighbours' values masked off), where the elementwise
+    /// kernels would (`vec4_at`).
     pub fn reduction_vec4_at(&self, tensor_offsets: &[u64]) -> bool {
-        let reads_vec4s = match self.kind {
-            ReductionKind::PerThreadQuads => true,
-            ReductionKind::PerThread => {
-                self.view.inner.is_multiple_of(4) && self.chunk_len.is_multiple_of(4)
-            }
-            ReductionKind::Contiguous | ReductionKind::Strided => false,
-        };
-        reads_vec4s && self.vec4_at(tensor_offsets)
+        self.kind.is_per_thread() && self.vec4_at(tensor_offsets)
     }
 
     /// Bytes of the reduction partials of all chunks at `partial_bytes` each; 0 under a fused

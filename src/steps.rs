@@ -253,31 +253,28 @@ impl Builder<'_> {
         }
     }
 
-    /// The program and entry point of a reduction's partials: `vec4` where the plan's
-    /// per-thread kernel reads vec4s of tensors at these offsets (`Plan::reduction_vec4_at`),
-    /// else `scalar` with the entry of the plan's kind from `entries` (those of the contiguous,
-    /// strided, per-thread and per-thread quad kernels).
+    /// The program and entry point of a reduction's partials. The per-thread kernels (CPU
+    /// adapters) have the same entry points in every reducing program: `vec4` where they read
+    /// vec4s of these tensors (`Plan::reduction_vec4_at`), else `scalar`. The workgroup kernels are
+    /// `scalar`'s `entries` (contiguous, strided).
     fn partials_kernel(
         &self,
-        (scalar, entries): (Program, [&'static str; 4]),
+        (scalar, entries): (Program, [&'static str; 2]),
         vec4: Program,
         tensor_offsets: &[u64],
     ) -> (Program, &'static str) {
-        let [contiguous, strided, per_thread, per_thread_quads] = entries;
-        if self.plan.reduction_vec4_at(tensor_offsets) {
-            let entry = match self.plan.kind {
-                ReductionKind::PerThreadQuads => "partials_per_thread_quads",
-                _ => "partials_per_thread_runs",
-            };
-            return (vec4, entry);
-        }
+        let [contiguous, strided] = entries;
         let entry = match self.plan.kind {
             ReductionKind::Contiguous => contiguous,
             ReductionKind::Strided => strided,
-            ReductionKind::PerThread => per_thread,
-            ReductionKind::PerThreadQuads => per_thread_quads,
+            ReductionKind::PerThread => "partials_per_thread_runs",
+            ReductionKind::PerThreadQuads => "partials_per_thread_quads",
         };
-        (scalar, entry)
+        if self.plan.reduction_vec4_at(tensor_offsets) {
+            (vec4, entry)
+        } else {
+            (scalar, entry)
+        }
     }
 
     fn finalize_entry(&self) -> &'static str {
@@ -503,12 +500,7 @@ impl Builder<'_> {
         let (program, entry) = self.partials_kernel(
             (
                 Program::BatchStatistics,
-                [
-                    "partials_contiguous",
-                    "partials_strided",
-                    "partials_per_thread",
-                    "partials_per_thread_quads",
-                ],
+                ["partials_contiguous", "partials_strided"],
             ),
             Program::StatisticsVec4,
             &[self.operands.x],
@@ -557,12 +549,7 @@ impl Builder<'_> {
         let (program, entry) = self.partials_kernel(
             (
                 Program::Backward,
-                [
-                    "grad_partials_contiguous",
-                    "grad_partials_strided",
-                    "grad_partials_per_thread",
-                    "partials_per_thread_quads",
-                ],
+                ["grad_partials_contiguous", "grad_partials_strided"],
             ),
             Program::GradientSumsVec4,
             &offsets,
@@ -817,9 +804,9 @@ mod tests {
 
     /// The CPU per-thread reductions read vec4s only where every tensor they read starts on one
     /// (x for the statistics; x, dy and, with a ReLU epilogue, the forward's output for the
-    /// gradient sums) and the plan's rows split into them: channels-last quads, and
-    /// channels-first runs of whole vec4s. Other kernels and plans never take the vec4
-    /// reduction programs.
+    /// gradient sums) and the plan's rows split into them (`C * inner % 4 == 0`), whatever the
+    /// runs' length. Other kernels and plans never take the vec4 reduction programs; the
+    /// per-thread kernels have the same entry points in the scalar programs.
     #[test]
     fn per_thread_reductions_take_vec4s_only_where_what_they_read_starts_on_one() {
         let cpu_plan = |shape: &[usize], layout| {
@@ -829,6 +816,9 @@ mod tests {
         assert_eq!(quads.kind, ReductionKind::PerThreadQuads);
         let runs = cpu_plan(&[8, 64, 6, 6], Layout::ChannelsFirst);
         assert_eq!(runs.kind, ReductionKind::PerThread);
+        // Runs of 49 values: vec4s hold the ends of two channels' runs.
+        let odd_runs = cpu_plan(&[8, 64, 7, 7], Layout::ChannelsFirst);
+        assert_eq!(odd_runs.kind, ReductionKind::PerThread);
         let partials = |plan: &Plan, call: Call, operands: Operands| -> Vec<(Program, &str)> {
             steps(plan, call, &operands)
                 .iter()
@@ -871,7 +861,7 @@ mod tests {
             (relu_backward, elsewhere, Program::Backward),
             (BACKWARD, at(0, 4, 0), Program::Backward),
         ] {
-            for plan in [&quads, &runs] {
+            for plan in [&quads, &runs, &odd_runs] {
                 assert_eq!(
                     programs(plan, call, operands),
                     [want],
@@ -880,10 +870,11 @@ mod tests {
                 );
             }
         }
-        // Each kernel's entry point in the vec4 programs.
+        // Each kernel's entry point, the same in the vec4 and the scalar programs.
         for (plan, entry) in [
             (&quads, "partials_per_thread_quads"),
             (&runs, "partials_per_thread_runs"),
+            (&odd_runs, "partials_per_thread_runs"),
         ] {
             assert_eq!(
                 partials(plan, TRAINING, aligned),
@@ -893,10 +884,15 @@ mod tests {
                 partials(plan, BACKWARD, aligned),
                 [(Program::GradientSumsVec4, entry)]
             );
+            assert_eq!(
+                partials(plan, BACKWARD, at(0, 4, 0)),
+                [(Program::Backward, entry)]
+            );
         }
-        // Runs that do not split into vec4s (7x7), and GPU plans, keep the scalar programs.
+        // Rows that do not split into vec4s (3 x 7 x 7), and GPU plans, keep the scalar
+        // programs.
         for plan in [
-            cpu_plan(&[8, 64, 7, 7], Layout::ChannelsFirst),
+            cpu_plan(&[8, 3, 7, 7], Layout::ChannelsFirst),
             plan_for(
                 &[64, 32, 32, 64],
                 Layout::ChannelsLast,

@@ -83,7 +83,7 @@ fn affine(channels: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
 /// channels-last with a multiple of four channels takes the quad kernel, whose statistics shift
 /// each group of eight rows by its first value: [3, 37, 41, 8] has 4551 rows, chunks of 256 and
 /// a last chunk ending in a group of seven.
-const OFFSET_CASES: [PlannedCase; 7] = [
+const OFFSET_CASES: [PlannedCase; 8] = [
     PlannedCase {
         shape: &[8, 3, 64, 64],
         layout: FIRST,
@@ -108,6 +108,14 @@ const OFFSET_CASES: [PlannedCase; 7] = [
         planned: Planned::Cpu,
         claim: PlanClaim::split(18, FinalizeKind::PerThread),
     },
+    // Runs of 49 values: quads shared with the neighbouring channels, groups shifted by a
+    // value in any lane, and a second chunk that starts inside a run.
+    PlannedCase {
+        shape: &[24, 4, 7, 7],
+        layout: FIRST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::split(2, FinalizeKind::PerThread),
+    },
     PlannedCase {
         shape: &[10, 64, 63, 8],
         layout: LAST,
@@ -129,7 +137,7 @@ const OFFSET_CASES: [PlannedCase; 7] = [
 ];
 
 /// Shapes with four channels for the constant-channel and NaN tests.
-const FOUR_CHANNEL_CASES: [PlannedCase; 6] = [
+const FOUR_CHANNEL_CASES: [PlannedCase; 7] = [
     PlannedCase {
         shape: &[8, 4, 64, 64],
         layout: FIRST,
@@ -141,6 +149,13 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 6] = [
         layout: LAST,
         planned: Planned::Cpu,
         claim: PlanClaim::split(18, FinalizeKind::PerThread),
+    },
+    // Runs of 49 values: each quad at a run's ends holds a neighbouring channel's values.
+    PlannedCase {
+        shape: &[16, 4, 7, 7],
+        layout: FIRST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::split(1, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[2, 48, 48, 4],

@@ -363,8 +363,9 @@ fn overlapping_inputs_and_outputs_are_refused() {
 /// otherwise; both merge the same values in the same order, so the batch statistics and the
 /// parameter gradients agree bit for bit. The quad kernel (channels-last): more quads than a
 /// chunk's threads, several chunks, and a last chunk whose rows end in a part eight. The
-/// kernel of channels-first runs: runs of seven vec4s (an eight crosses into the channel's next
-/// run), chunks of whole blocks, and a last chunk that ends in four values.
+/// kernel of channels-first runs: runs of seven vec4s (a group of two ends at the run's end),
+/// and runs of 49 values, whose vec4s at each end hold a neighbouring channel's values, in
+/// chunks that start inside a run.
 #[test]
 fn per_thread_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
     for (shape, layout, kind, chunks) in [
@@ -379,6 +380,12 @@ fn per_thread_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
             Layout::ChannelsFirst,
             ReductionKind::PerThread,
             2,
+        ),
+        (
+            [43, 4, 7, 7],
+            Layout::ChannelsFirst,
+            ReductionKind::PerThread,
+            3,
         ),
     ] {
         per_thread_reduction_bits_agree(&shape, layout, kind, chunks);

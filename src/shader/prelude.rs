@@ -13,8 +13,8 @@
 //! - 4 lanes: elements 4i to 4i + 3 (a `vec4<f32>`, or two words).
 //!
 //! In the reducing programs (1 lane or 4), each input also has `load_<role>_quad(q)`: elements
-//! 4q to 4q + 3 as a `vec4<f32>`, in four loads or one, for the per-thread quad kernel
-//! (`shaders/per_thread_quads.wgsl`) and its hooks.
+//! 4q to 4q + 3 as a `vec4<f32>`, in four loads or one, for the per-thread kernels
+//! (`shaders/per_thread_quads.wgsl`, `shaders/per_thread_runs.wgsl`) and their hooks.
 //!
 //! Two accessors of the epilogues come with them, at the program's width: `shortcut(i)`, the
 //! shortcut z where the epilogue adds it (`ADD`) and zeros otherwise, in programs that bind z;
@@ -91,6 +91,13 @@ pub fn prelude(variant: Variant) -> String {
         };
         wgsl.push_str(&declaration);
     }
+    if program.reduces() && program.lanes() == 1 {
+        wgsl.push_str(
+            "// The window's last element: that of its last channel's run in its last outer row.\n\
+             fn window_last() -> u32 {\n    \
+             return ((p.o_count - 1u) * p.channels + p.c_count) * p.inner - 1u;\n}\n",
+        );
+    }
     wgsl.push_str(&epilogue_accessors(program));
     wgsl
 }
@@ -132,12 +139,19 @@ fn epilogue_accessors(program: Program) -> String {
 }
 
 /// `fn name(q) -> vec4<f32>`: elements 4q to 4q + 3 through `load(i)`, an accessor of one
-/// element (four calls) or of four (one).
+/// element (four calls) or of four (one). With one element a load, a window's rows need not
+/// split into quads, so each index is held to the window's last element (`window_last`): a
+/// channels-first run's last quad may reach past it (its lanes there are masked off, and are
+/// never read outside the binding).
 fn quad_accessor(name: &str, load: &str, lanes: u32) -> String {
     let quad = if lanes == 1 {
+        let lane = |k: u32| format!("{load}(min(4u * q + {k}u, window_last()))");
         format!(
-            "vec4<f32>({load}(4u * q), {load}(4u * q + 1u), {load}(4u * q + 2u), \
-             {load}(4u * q + 3u))"
+            "vec4<f32>({}, {}, {}, {})",
+            lane(0),
+            lane(1),
+            lane(2),
+            lane(3)
         )
     } else {
         format!("{load}(q)")
