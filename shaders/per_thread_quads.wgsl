@@ -10,11 +10,10 @@
 // at a third of the speed.
 //
 // Each row is used as it is loaded: a channel keeps running sums over a group of up to eight
-// rows (the program's `LaneSums`, a channel a lane), which become a partial at the group's end; partials merge
-// into a block of RUN_BLOCK rows, blocks into the chunk's total, so that no chain of additions
-// runs the whole chunk. Loading eight rows of a quad before using any (as the channels-first
-// kernels load eight values) held 32 values a thread and ran at half the speed
-// (docs/performance.md section 31).
+// rows (the program's `LaneSums`, a channel a lane), which become a partial at the group's
+// end; partials merge into a block of RUN_BLOCK rows, blocks into the chunk's total, so that
+// no chain of additions runs the whole chunk. Loading eight rows of a quad before using any
+// held 32 values a thread and ran at half the speed (docs/performance.md section 31).
 //
 // Loads go through the program's hooks (statistics_partial.wgsl,
 // gradient_sums_accumulator.wgsl) over the prelude's `load_<role>_quad`: four scalar loads in
