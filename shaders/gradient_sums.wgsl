@@ -3,7 +3,8 @@
 // 1. `grad_partials_contiguous` / `grad_partials_strided`: each workgroup sums dy and
 //    dy * (x - mean) over one chunk of one channel (or a band of `p.band` channels) into a
 //    partials buffer, in a fixed tree order (reduction.wgsl); on CPU adapters
-//    `partials_per_thread_runs` (per_thread_runs.wgsl), one thread per chunk, or
+//    `partials_per_thread_runs` (per_thread_runs.wgsl) or, for runs shorter than eight
+//    values, `partials_per_thread_values` (per_thread_values.wgsl), one thread per chunk, or
 //    `partials_per_thread_quads` (per_thread_quads.wgsl), threads of four
 //    channels sharing a chunk of rows (channels-last, a multiple of four channels). The sums
 //    and their hooks are in gradient_sums_accumulator.wgsl.
@@ -80,6 +81,16 @@ fn thread_sums_strided(c_rel: u32, start: u32, end: u32, lane_r: u32, mean: f32)
         index += row_step;
     }
     return acc;
+}
+
+// The hooks of the per-thread kernel of short runs (per_thread_values.wgsl): the sums of eight
+// values, and of one.
+fn acc_eight(at: Eight, mean: f32) -> vec2<f32> {
+    return eight_sums(at, mean);
+}
+
+fn acc_one(index: u32, mean: f32) -> vec2<f32> {
+    return sums_of_one(upstream(index), load_x(index), mean);
 }
 
 @compute @workgroup_size(WORKGROUP)

@@ -1,6 +1,7 @@
-// The per-thread reduction of channels-first windows (CPU adapters), in every reducing program:
-// one thread per chunk of one channel, chunk-major, so that the lanes of a SIMD vector take
-// neighbouring channels. Why a thread alone: on CPU adapters (lavapipe, llvmpipe) a workgroup
+// The per-thread reduction of channels-first windows whose runs hold eight values or more (CPU
+// adapters; shorter runs: per_thread_values.wgsl), in every reducing program: one thread per
+// chunk of one channel, chunk-major, so that the lanes of a SIMD vector take neighbouring
+// channels. Why a thread alone: on CPU adapters (lavapipe, llvmpipe) a workgroup
 // barrier turns every invocation into a coroutine whose registers live in memory; a thread that
 // reduces its chunk alone needs no barrier and no workgroup memory.
 //

@@ -4,11 +4,12 @@
 //    M2). Every thread loads its values eight at a time (see `Eight` in common.wgsl), takes their mean and
 //    M2 about the first of them (the shift) in registers and merges them into its partial with
 //    Chan's formula; the workgroup merges its threads the same way in a fixed tree order
-//    (reduction.wgsl). On CPU adapters, `partials_per_thread_runs` (per_thread_runs.wgsl): one
-//    thread per chunk, which it reads in order, with no workgroup memory and no barrier; or,
-//    for channels-last with a multiple of four channels, `partials_per_thread_quads`
-//    (per_thread_quads.wgsl): threads of four channels sharing a chunk of rows. The
-//    accumulator and its merge are in statistics_partial.wgsl.
+//    (reduction.wgsl). On CPU adapters, `partials_per_thread_runs` (per_thread_runs.wgsl) or,
+//    for runs shorter than eight values, `partials_per_thread_values`
+//    (per_thread_values.wgsl): one thread per chunk, which it reads in order, with no
+//    workgroup memory and no barrier; or, for channels-last with a multiple of four channels,
+//    `partials_per_thread_quads` (per_thread_quads.wgsl): threads of four channels sharing a
+//    chunk of rows. The accumulator and its merge are in statistics_partial.wgsl.
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    when channels have few partials, and on CPU adapters), from reduction.wgsl, merges each channel's partials in a
 //    fixed order; `finalize_channel` writes mean and invstd and updates the running stats.
@@ -81,6 +82,16 @@ fn thread_partial_strided(c_rel: u32, start: u32, end: u32, lane_r: u32) -> Part
         index += row_step;
     }
     return acc;
+}
+
+// The hooks of the per-thread kernel of short runs (per_thread_values.wgsl): the partial of
+// eight values, and of one.
+fn acc_eight(at: Eight, unused: f32) -> Partial {
+    return eight_partial(load_eight(at));
+}
+
+fn acc_one(index: u32, unused: f32) -> Partial {
+    return Partial(1.0, load_x(index), 0.0, 0.0);
 }
 
 @compute @workgroup_size(WORKGROUP)

@@ -29,8 +29,8 @@
 //!   consecutive channels (channels-last), or a run's end and the next run's start
 //!   (channels-first 7x7: each lane finds its channel). The CPU adapters' per-thread
 //!   reductions read vec4s on the same condition (`Plan::reduction_vec4_at`): a quad of
-//!   channels-last channels, or a vec4 of a channels-first run whose lanes outside the run are
-//!   masked off.
+//!   channels-last channels, or a vec4 of a channels-first run of eight values or more whose
+//!   lanes outside the run are masked off (shorter runs are read one value at a time).
 //! - Half-precision tensors (two elements to a 32-bit word): every window starts at an even
 //!   element, so that each elementwise thread owns whole words, and no operation is fused (the
 //!   fused kernels store single elements from neighbouring threads).
@@ -239,7 +239,8 @@ pub enum ReductionKind {
     Strided,
     /// One thread per chunk of one channel, read in order (CPU adapters): no workgroup memory
     /// and no barrier, which on a CPU adapter turns each invocation into a coroutine. The run
-    /// of each outer row is read in aligned quads of the window, lanes outside it masked off.
+    /// of each outer row is read in aligned quads of the window, lanes outside it masked off,
+    /// or, where runs are shorter than four values, one value at a time (`Plan::runs_in_quads`).
     PerThread,
     /// Threads of four consecutive channels (CPU adapters, `inner == 1` and a multiple of four
     /// channels), `QUAD_LANES` of them sharing a chunk of rows, thread k taking quads k,
@@ -696,12 +697,26 @@ impl Plan {
                 .all(|o| o.is_multiple_of(alignment.max(F32_BYTES)))
     }
 
+    /// Whether a per-thread plan reads its runs in quads (`shaders/per_thread_runs.wgsl`): runs
+    /// of at least eight values. Shorter runs (a run of one value: channels-last with a channel
+    /// count not a multiple of four, 2-D; spatial sizes such as 2x2) are read one value at a
+    /// time, eight at once across runs (`shaders/per_thread_values.wgsl`): in quads, each run
+    /// would cost loads, a partial and a merge of its own (`docs/performance.md` section 32).
+    pub fn runs_in_quads(&self) -> bool {
+        self.view.inner >= 8
+    }
+
     /// Whether the per-thread reductions (CPU adapters) read vec4s of tensors that start at these
     /// byte offsets: aligned quads of the window (channels-last rows of four channels, or
-    /// channels-first runs with their neighbours' values masked off), where the elementwise
-    /// kernels would (`vec4_at`).
+    /// channels-first runs of eight values or more with their neighbours' values masked off),
+    /// where the elementwise kernels would (`vec4_at`).
     pub fn reduction_vec4_at(&self, tensor_offsets: &[u64]) -> bool {
-        self.kind.is_per_thread() && self.vec4_at(tensor_offsets)
+        let reads_quads = match self.kind {
+            ReductionKind::PerThreadQuads => true,
+            ReductionKind::PerThread => self.runs_in_quads(),
+            ReductionKind::Contiguous | ReductionKind::Strided => false,
+        };
+        reads_quads && self.vec4_at(tensor_offsets)
     }
 
     /// Bytes of the reduction partials of all chunks at `partial_bytes` each; 0 under a fused

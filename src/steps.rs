@@ -254,9 +254,9 @@ impl Builder<'_> {
     }
 
     /// The program and entry point of a reduction's partials. The per-thread kernels (CPU
-    /// adapters) have the same entry points in every reducing program: `vec4` where they read
-    /// vec4s of these tensors (`Plan::reduction_vec4_at`), else `scalar`. The workgroup kernels are
-    /// `scalar`'s `entries` (contiguous, strided).
+    /// adapters) have the same entry points in every program that has them: `vec4` where they
+    /// read vec4s of these tensors (`Plan::reduction_vec4_at`), else `scalar`. The workgroup
+    /// kernels are `scalar`'s `entries` (contiguous, strided).
     fn partials_kernel(
         &self,
         (scalar, entries): (Program, [&'static str; 2]),
@@ -267,7 +267,8 @@ impl Builder<'_> {
         let entry = match self.plan.kind {
             ReductionKind::Contiguous => contiguous,
             ReductionKind::Strided => strided,
-            ReductionKind::PerThread => "partials_per_thread_runs",
+            ReductionKind::PerThread if self.plan.runs_in_quads() => "partials_per_thread_runs",
+            ReductionKind::PerThread => "partials_per_thread_values",
             ReductionKind::PerThreadQuads => "partials_per_thread_quads",
         };
         if self.plan.reduction_vec4_at(tensor_offsets) {
@@ -804,8 +805,8 @@ mod tests {
 
     /// The CPU per-thread reductions read vec4s only where every tensor they read starts on one
     /// (x for the statistics; x, dy and, with a ReLU epilogue, the forward's output for the
-    /// gradient sums) and the plan's rows split into them (`C * inner % 4 == 0`), whatever the
-    /// runs' length. Other kernels and plans never take the vec4 reduction programs; the
+    /// gradient sums) and the plan's rows split into them (`C * inner % 4 == 0`), for runs of
+    /// eight values or more. Other kernels and plans never take the vec4 reduction programs; the
     /// per-thread kernels have the same entry points in the scalar programs.
     #[test]
     fn per_thread_reductions_take_vec4s_only_where_what_they_read_starts_on_one() {
@@ -887,6 +888,19 @@ mod tests {
             assert_eq!(
                 partials(plan, BACKWARD, at(0, 4, 0)),
                 [(Program::Backward, entry)]
+            );
+        }
+        // Runs shorter than eight values (channels-last with six channels: runs of one value)
+        // are read one value at a time, in the scalar programs however the tensors sit.
+        let values = cpu_plan(&[8, 6, 6, 6], Layout::ChannelsLast);
+        assert_eq!(values.kind, ReductionKind::PerThread);
+        for (call, want) in [
+            (TRAINING, Program::BatchStatistics),
+            (BACKWARD, Program::Backward),
+        ] {
+            assert_eq!(
+                partials(&values, call, aligned),
+                [(want, "partials_per_thread_values")]
             );
         }
         // Rows that do not split into vec4s (3 x 7 x 7), and GPU plans, keep the scalar

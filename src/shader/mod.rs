@@ -15,7 +15,9 @@
 //!    `channel_statistics.wgsl` or `dx_factors.wgsl` (per-channel factors),
 //!    `statistics_partial.wgsl` or `gradient_sums_accumulator.wgsl` (the reduction's
 //!    accumulator, with no loads but the prelude's quad accessors), `per_thread_quads.wgsl`
-//!    (the CPU adapters' channels-last reduction, at the program's load width);
+//!    and `per_thread_runs.wgsl` (the CPU adapters' channels-last and channels-first
+//!    reductions, at the program's load width), `per_thread_values.wgsl` (the CPU adapters'
+//!    reduction of runs shorter than eight values, scalar programs only);
 //! 4. the program's own files, with its entry points. Entry points that store single elements
 //!    from neighbouring threads (the fused kernels, the scalar elementwise ones) exist only for
 //!    f32: two threads may not write halves of one word, so half types store through the vec4
@@ -52,6 +54,7 @@ const GRADIENT_SUMS_ACCUMULATOR: &str =
     include_str!("../../shaders/gradient_sums_accumulator.wgsl");
 const PER_THREAD_QUADS: &str = include_str!("../../shaders/per_thread_quads.wgsl");
 const PER_THREAD_RUNS: &str = include_str!("../../shaders/per_thread_runs.wgsl");
+const PER_THREAD_VALUES: &str = include_str!("../../shaders/per_thread_values.wgsl");
 
 /// Workgroup memory the kernels need: the most any entry point declares, which is the fused
 /// channels-last training forward's (an accumulator per thread for the reduction, and a
@@ -308,6 +311,7 @@ impl Program {
                 Some(STATISTICS_PARTIAL),
                 Some(PER_THREAD_QUADS),
                 Some(PER_THREAD_RUNS),
+                Some(PER_THREAD_VALUES),
                 Some(STATISTICS),
                 f32_only(include_str!("../../shaders/fused_forward.wgsl")),
             ],
@@ -340,6 +344,7 @@ impl Program {
                 Some(GRADIENT_SUMS_ACCUMULATOR),
                 Some(PER_THREAD_QUADS),
                 Some(PER_THREAD_RUNS),
+                Some(PER_THREAD_VALUES),
                 Some(GRADIENT_SUMS),
                 f32_only(include_str!("../../shaders/input_gradient.wgsl")),
                 f32_only(include_str!("../../shaders/fused_backward.wgsl")),

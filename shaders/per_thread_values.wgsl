@@ -1,0 +1,49 @@
+// The per-thread reduction of channels-first windows whose runs are shorter than eight values
+// (`inner < 8`: channels-last tensors whose channel count is not a multiple of four, 2-D ones,
+// spatial sizes such as 2x2; CPU adapters), in the scalar programs: one thread per chunk of one
+// channel, chunk-major as `partials_per_thread_runs` (per_thread_runs.wgsl), but reading the
+// chunk's values one at a time, eight before using any, along the walk across runs. Why not
+// masked quads: each short run would take its own loads, partial and merge (docs/performance.md
+// section 32: 8192x1002 2.7x slower, 4096x256x2x2 1.3x). Each eight becomes a partial
+// through the program's `acc_eight(at, context)`, the values left through `acc_one(index,
+// context)`; partials merge into blocks of RUN_BLOCK values, blocks into the chunk's total, so
+// that no chain of merges runs the whole chunk.
+fn run_accumulate(c_rel: u32, start: u32, end: u32, context: f32) -> Acc {
+    var total = acc_empty();
+    var walk = walk_values(c_rel, start, 1u);
+    var m = start;
+    while (m + 8u <= end) {
+        var block = acc_empty();
+        let block_end = min(m + RUN_BLOCK, end);
+        while (m + 8u <= block_end) {
+            block = acc_merge(block, acc_eight(walk_eight(&walk), context));
+            m += 8u;
+        }
+        total = acc_merge(total, block);
+    }
+    while (m < end) {
+        total = acc_merge(total, acc_one(walk.index, context));
+        walk = walk_next(walk);
+        m += 1u;
+    }
+    return total;
+}
+
+// One thread per chunk of one channel: the statistics' or the gradient sums' partials, by the
+// program's hooks.
+@compute @workgroup_size(RUN_WORKGROUP)
+fn partials_per_thread_values(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let threads = nwg.x * RUN_WORKGROUP;
+    let values = p.o_count * p.inner;
+    for (var item = gid.x; item < p.items; item += threads) {
+        let chunk = item / p.c_count;
+        let c_rel = item - chunk * p.c_count;
+        let start = chunk * p.chunk_len;
+        let end = min(start + p.chunk_len, values);
+        partials[partial_slot(c_rel, chunk)] =
+            run_accumulate(c_rel, start, end, run_context(c_rel));
+    }
+}
