@@ -10,7 +10,7 @@
 // in the others), and keeps of each quad the lanes that lie in the run (`lanes_between`). Why:
 // llvmpipe turns each storage load into a per-lane sequence (mask test, bounds test, scalar
 // load), and a vec4 load takes one such sequence for four values whatever the run's length: a
-// 7x7 run (49 values) takes 13 or 14 vec4 loads per input instead of 49 scalar ones
+// 7x7 run (49 values) takes 13 vec4 loads per input instead of 49 scalar ones
 // (docs/performance.md section 32). The lanes outside the run hold the neighbouring channels'
 // values, which are read but never added (`select`, so that their NaNs stay out).
 //

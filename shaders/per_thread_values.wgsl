@@ -1,5 +1,5 @@
 // The per-thread reduction of channels-first windows whose runs are shorter than eight values
-// (`inner < 8`: channels-last tensors whose channel count is not a multiple of four, 2-D ones,
+// (`inner < 8`: channels-last and 2-D tensors whose channel count is not a multiple of four,
 // spatial sizes such as 2x2; CPU adapters), in the scalar programs: one thread per chunk of one
 // channel, chunk-major as `partials_per_thread_runs` (per_thread_runs.wgsl), but reading the
 // chunk's values one at a time, eight before using any, along the walk across runs. Why not

@@ -1,7 +1,8 @@
 // The statistics' accumulator: a partial (count, shift, mean - shift, M2) of some values, its
 // merge (Chan's formula), and the hooks of the per-thread kernels (per_thread_runs.wgsl,
 // per_thread_quads.wgsl). No loads of its own but through the prelude's `load_x_quad`, so the
-// scalar and the vec4 programs share it and reduce the same values to the same bits. Why the shift: statistics.wgsl.
+// scalar and the vec4 programs share it and reduce the same values to the same bits. Why the
+// shift: statistics.wgsl.
 
 struct Partial {
     n: f32,
@@ -83,7 +84,10 @@ fn sums_add(s: LaneSums, v: Quad, keep: vec4<bool>, unused: vec4<f32>) -> LaneSu
 
 fn sums_partial(n: f32, shift: f32, sum: f32, squares: f32) -> Partial {
     let mean = sum / n;
-    return Partial(n, shift, mean, max(squares - sum * mean, 0.0));
+    // Rounding may leave the difference a little below zero; a NaN (a NaN or an infinity among
+    // the values) must stay, and max(NaN, 0) may give 0 (WGSL leaves it to the platform).
+    let m2 = squares - sum * mean;
+    return Partial(n, shift, mean, select(m2, 0.0, m2 < 0.0));
 }
 
 // The partial of n values of one channel in lane k (a channels-last quad: one channel a lane).

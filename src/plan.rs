@@ -240,7 +240,7 @@ pub enum ReductionKind {
     /// One thread per chunk of one channel, read in order (CPU adapters): no workgroup memory
     /// and no barrier, which on a CPU adapter turns each invocation into a coroutine. The run
     /// of each outer row is read in aligned quads of the window, lanes outside it masked off,
-    /// or, where runs are shorter than four values, one value at a time (`Plan::runs_in_quads`).
+    /// or, where runs are shorter than eight values, one value at a time (`Plan::runs_in_quads`).
     PerThread,
     /// Threads of four consecutive channels (CPU adapters, `inner == 1` and a multiple of four
     /// channels), `QUAD_LANES` of them sharing a chunk of rows, thread k taking quads k,
@@ -698,8 +698,8 @@ impl Plan {
     }
 
     /// Whether a per-thread plan reads its runs in quads (`shaders/per_thread_runs.wgsl`): runs
-    /// of at least eight values. Shorter runs (a run of one value: channels-last with a channel
-    /// count not a multiple of four, 2-D; spatial sizes such as 2x2) are read one value at a
+    /// of at least eight values. Shorter runs (a run of one value: channels-last and 2-D with a
+    /// channel count not a multiple of four; spatial sizes such as 2x2) are read one value at a
     /// time, eight at once across runs (`shaders/per_thread_values.wgsl`): in quads, each run
     /// would cost loads, a partial and a merge of its own (`docs/performance.md` section 32).
     pub fn runs_in_quads(&self) -> bool {

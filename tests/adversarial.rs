@@ -137,7 +137,7 @@ const OFFSET_CASES: [PlannedCase; 8] = [
 ];
 
 /// Shapes with four channels for the constant-channel and NaN tests.
-const FOUR_CHANNEL_CASES: [PlannedCase; 7] = [
+const FOUR_CHANNEL_CASES: [PlannedCase; 9] = [
     PlannedCase {
         shape: &[8, 4, 64, 64],
         layout: FIRST,
@@ -154,6 +154,20 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 7] = [
     PlannedCase {
         shape: &[16, 4, 7, 7],
         layout: FIRST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::split(1, FinalizeKind::PerThread),
+    },
+    // Eight values a channel: each channel's whole reduction is one group of the per-thread
+    // kernels (channels-first runs, channels-last quads), whose partial alone must carry the NaN.
+    PlannedCase {
+        shape: &[1, 4, 2, 4],
+        layout: FIRST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::split(1, FinalizeKind::PerThread),
+    },
+    PlannedCase {
+        shape: &[8, 4],
+        layout: LAST,
         planned: Planned::Cpu,
         claim: PlanClaim::split(1, FinalizeKind::PerThread),
     },

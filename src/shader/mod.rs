@@ -101,7 +101,8 @@ pub enum Program {
     LastWorkgroupGradientSums,
     /// The statistics' partials of the per-thread kernels (CPU adapters) on vec4 loads, where x
     /// starts on a vec4: the quad kernel of channels-last rows (`shaders/per_thread_quads.wgsl`)
-    /// and the kernel of channels-first runs of whole vec4s (`shaders/per_thread_runs.wgsl`).
+    /// and the kernel of channels-first runs of eight values or more
+    /// (`shaders/per_thread_runs.wgsl`).
     StatisticsVec4,
     /// The gradient sums' partials of the same kernels on vec4 loads, where x, dy and the
     /// forward's output start on vec4s.
