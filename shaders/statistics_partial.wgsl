@@ -84,10 +84,14 @@ fn sums_add(s: LaneSums, v: Quad, keep: vec4<bool>, unused: vec4<f32>) -> LaneSu
 
 fn sums_partial(n: f32, shift: f32, sum: f32, squares: f32) -> Partial {
     let mean = sum / n;
-    // Rounding may leave the difference a little below zero; a NaN (a NaN or an infinity among
-    // the values) must stay, and max(NaN, 0) may give 0 (WGSL leaves it to the platform).
+    // Rounding may leave the difference a little below zero. A NaN (from a NaN or an infinity
+    // among the values) must stay: max(NaN, 0) may give 0 (WGSL leaves it to the platform), and
+    // GL's compiler may fold a float compare and select into that max, so the sign is tested on
+    // the bits (negative: sign set, from -0's successor up to -Inf; NaNs lie above).
     let m2 = squares - sum * mean;
-    return Partial(n, shift, mean, select(m2, 0.0, m2 < 0.0));
+    let bits = bitcast<u32>(m2);
+    let below_zero = (bits > 0x80000000u) & (bits <= 0xff800000u);
+    return Partial(n, shift, mean, select(m2, 0.0, below_zero));
 }
 
 // The partial of n values of one channel in lane k (a channels-last quad: one channel a lane).
