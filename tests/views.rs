@@ -12,8 +12,9 @@ use common::checks::{
 };
 use common::scenario::{read_saved, require};
 use common::{normal_data, plan_of, planned, PlanClaim, Planned, PlannedCase, SPLIT_CASES};
+use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
-use wgpu_batchnorm::plan::{FinalizeKind, Operation, ReductionKind};
+use wgpu_batchnorm::plan::{plan, FinalizeKind, Operation, ReductionKind};
 use wgpu_batchnorm::{BatchNorm, BatchNormError, ChannelView, DType, GpuContext, Layout, Tensor};
 
 /// What the arena holds outside the views.
@@ -44,14 +45,37 @@ impl Arena {
         }
     }
 
-    /// A view at byte `offset`, holding `data` (`None`: left as it is).
+    /// An f32 view at byte `offset`, holding `data` (`None`: left as it is).
     fn view(&self, offset: u64, shape: &[usize], layout: Layout, data: Option<&[f32]>) -> Tensor {
-        let tensor = Tensor::from_buffer_at(&self.ctx, self.buffer.clone(), offset, shape, layout)
-            .expect("a view inside the arena");
+        self.view_as(offset, shape, layout, DType::F32, data)
+    }
+
+    /// A view of `dtype` at byte `offset`, holding `data` rounded to `dtype` (`None`: left as
+    /// it is).
+    fn view_as(
+        &self,
+        offset: u64,
+        shape: &[usize],
+        layout: Layout,
+        dtype: DType,
+        data: Option<&[f32]>,
+    ) -> Tensor {
+        let tensor =
+            Tensor::from_buffer_as(&self.ctx, self.buffer.clone(), offset, shape, layout, dtype)
+                .expect("a view inside the arena");
         if let Some(data) = data {
-            self.ctx
-                .queue()
-                .write_buffer(&self.buffer, offset, bytemuck::cast_slice(data));
+            let bytes: Vec<u8> = match dtype {
+                DType::F32 => bytemuck::cast_slice(data).to_vec(),
+                DType::F16 => data
+                    .iter()
+                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                    .collect(),
+                DType::BF16 => data
+                    .iter()
+                    .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+            };
+            self.ctx.queue().write_buffer(&self.buffer, offset, &bytes);
         }
         tensor
     }
@@ -361,7 +385,8 @@ fn overlapping_inputs_and_outputs_are_refused() {
 
 /// The per-thread reductions (CPU adapters) read vec4s where x and dy start on one and scalars
 /// otherwise; both merge the same values in the same order, so the batch statistics and the
-/// parameter gradients agree bit for bit. The quad kernel (channels-last): more quads than a
+/// parameter gradients agree bit for bit, in f32 and in both half types (whose vec4s are two
+/// words, and whose scalar loads take one half of a word). The quad kernel (channels-last): more quads than a
 /// chunk's threads, several chunks, and a last chunk whose rows end in a part eight. The
 /// kernel of channels-first runs: runs of seven vec4s (a group of two ends at the run's end),
 /// and runs of 49 values, whose vec4s at each end hold a neighbouring channel's values, in
@@ -388,23 +413,26 @@ fn per_thread_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
             3,
         ),
     ] {
-        per_thread_reduction_bits_agree(&shape, layout, kind, chunks);
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            per_thread_reduction_bits_agree(&shape, layout, dtype, kind, chunks);
+        }
     }
 }
 
 fn per_thread_reduction_bits_agree(
     shape: &[usize],
     layout: Layout,
+    dtype: DType,
     kind: ReductionKind,
     chunks: usize,
 ) {
     let ctx = planned(Planned::Cpu);
-    let plan = plan_of(&ctx, shape, layout, Operation::TrainingForward);
+    let view = ChannelView::new(shape, layout).unwrap();
+    let plan = plan(view, dtype, ctx.plan_limits(), Operation::TrainingForward).unwrap();
     assert_eq!(plan.kind, kind);
     assert_eq!(plan.chunks_total, chunks);
-    let view = ChannelView::new(shape, layout).unwrap();
     let (len, channels) = (view.len(), view.channels);
-    let bytes = len as u64 * 4;
+    let bytes = len as u64 * dtype.bytes();
     let x_data = normal_data(len, 61, 3.0, 2.0);
     let dy_data = normal_data(len, 62, 0.0, 1.0);
     let gamma = normal_data(channels, 63, 1.0, 0.5);
@@ -421,10 +449,10 @@ fn per_thread_reduction_bits_agree(
             x_at.is_multiple_of(16)
         );
         let arena = Arena::new(&ctx, dx_at + bytes + 64);
-        let x = arena.view(x_at, shape, layout, Some(&x_data));
-        let y = arena.view(y_at, shape, layout, None);
-        let dy = arena.view(dy_at, shape, layout, Some(&dy_data));
-        let dx = arena.view(dx_at, shape, layout, None);
+        let x = arena.view_as(x_at, shape, layout, dtype, Some(&x_data));
+        let y = arena.view_as(y_at, shape, layout, dtype, None);
+        let dy = arena.view_as(dy_at, shape, layout, dtype, Some(&dy_data));
+        let dx = arena.view_as(dx_at, shape, layout, dtype, None);
         let mut layer = BatchNorm::new(&ctx, channels).unwrap();
         layer.set_parameters(&gamma, &beta).unwrap();
         let saved_stats = layer.forward_into(&x, &y).expect("forward");
@@ -447,6 +475,6 @@ fn per_thread_reduction_bits_agree(
         .into_iter()
         .zip(on_vec4s.iter().zip(&on_scalars))
     {
-        assert_eq!(a, b, "{what}: vec4 and scalar loads differ");
+        assert_eq!(a, b, "{what} ({dtype}): vec4 and scalar loads differ");
     }
 }
