@@ -21,6 +21,27 @@
 // into the chunk's total, so that no chain of merges runs the whole chunk. The scalar and the
 // vec4 programs take the same quads in the same order: the same partials, to the bit.
 
+// A work item of the channels-first per-thread kernels (this file's and per_thread_values.wgsl's):
+// one chunk, the values [start, end) of window channel c_rel, chunk-major so that the lanes of a
+// SIMD vector take neighbouring channels.
+struct ChunkItem {
+    c_rel: u32,
+    chunk: u32,
+    start: u32,
+    end: u32,
+}
+
+fn chunk_item(item: u32) -> ChunkItem {
+    let chunk = item / p.c_count;
+    let start = chunk * p.chunk_len;
+    return ChunkItem(
+        item - chunk * p.c_count,
+        chunk,
+        start,
+        min(start + p.chunk_len, p.o_count * p.inner),
+    );
+}
+
 // Which lanes of window quad q lie in the elements [lo, hi).
 fn lanes_between(q: u32, lo: u32, hi: u32) -> vec4<bool> {
     let element = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
@@ -81,13 +102,9 @@ fn partials_per_thread_runs(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let threads = nwg.x * RUN_WORKGROUP;
-    let values = p.o_count * p.inner;
-    for (var item = gid.x; item < p.items; item += threads) {
-        let chunk = item / p.c_count;
-        let c_rel = item - chunk * p.c_count;
-        let start = chunk * p.chunk_len;
-        let end = min(start + p.chunk_len, values);
-        partials[partial_slot(c_rel, chunk)] = run_chunk(c_rel, start, end, run_context(c_rel));
+    for (var item = gid.x; item < p.items; item += nwg.x * RUN_WORKGROUP) {
+        let at = chunk_item(item);
+        partials[partial_slot(at.c_rel, at.chunk)] =
+            run_chunk(at.c_rel, at.start, at.end, run_context(at.c_rel));
     }
 }

@@ -29,21 +29,16 @@ fn run_accumulate(c_rel: u32, start: u32, end: u32, context: f32) -> Acc {
     return total;
 }
 
-// One thread per chunk of one channel: the statistics' or the gradient sums' partials, by the
-// program's hooks.
+// One thread per chunk of one channel (per_thread_runs.wgsl's `chunk_item`): the statistics' or
+// the gradient sums' partials, by the program's hooks.
 @compute @workgroup_size(RUN_WORKGROUP)
 fn partials_per_thread_values(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let threads = nwg.x * RUN_WORKGROUP;
-    let values = p.o_count * p.inner;
-    for (var item = gid.x; item < p.items; item += threads) {
-        let chunk = item / p.c_count;
-        let c_rel = item - chunk * p.c_count;
-        let start = chunk * p.chunk_len;
-        let end = min(start + p.chunk_len, values);
-        partials[partial_slot(c_rel, chunk)] =
-            run_accumulate(c_rel, start, end, run_context(c_rel));
+    for (var item = gid.x; item < p.items; item += nwg.x * RUN_WORKGROUP) {
+        let at = chunk_item(item);
+        partials[partial_slot(at.c_rel, at.chunk)] =
+            run_accumulate(at.c_rel, at.start, at.end, run_context(at.c_rel));
     }
 }

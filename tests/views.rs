@@ -12,7 +12,6 @@ use common::checks::{
 };
 use common::scenario::{read_saved, require};
 use common::{normal_data, plan_of, planned, PlanClaim, Planned, PlannedCase, SPLIT_CASES};
-use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 use wgpu_batchnorm::plan::{plan, FinalizeKind, Operation, ReductionKind};
 use wgpu_batchnorm::{BatchNorm, BatchNormError, ChannelView, DType, GpuContext, Layout, Tensor};
@@ -64,18 +63,16 @@ impl Arena {
             Tensor::from_buffer_as(&self.ctx, self.buffer.clone(), offset, shape, layout, dtype)
                 .expect("a view inside the arena");
         if let Some(data) = data {
-            let bytes: Vec<u8> = match dtype {
-                DType::F32 => bytemuck::cast_slice(data).to_vec(),
-                DType::F16 => data
-                    .iter()
-                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-                    .collect(),
-                DType::BF16 => data
-                    .iter()
-                    .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                    .collect(),
-            };
-            self.ctx.queue().write_buffer(&self.buffer, offset, &bytes);
+            // Stored by the crate's own rounding, then copied in: an even element count, so
+            // whole words.
+            let stored = Tensor::from_f32_as(&self.ctx, data, shape, layout, dtype).unwrap();
+            let mut encoder = self
+                .ctx
+                .device()
+                .create_command_encoder(&Default::default());
+            let bytes = data.len() as u64 * dtype.bytes();
+            encoder.copy_buffer_to_buffer(stored.buffer(), 0, &self.buffer, offset, bytes);
+            self.ctx.queue().submit([encoder.finish()]);
         }
         tensor
     }
@@ -385,12 +382,12 @@ fn overlapping_inputs_and_outputs_are_refused() {
 
 /// The per-thread reductions (CPU adapters) read vec4s where x and dy start on one and scalars
 /// otherwise; both merge the same values in the same order, so the batch statistics and the
-/// parameter gradients agree bit for bit, in f32 and in both half types (whose vec4s are two
-/// words, and whose scalar loads take one half of a word). The quad kernel (channels-last): more quads than a
-/// chunk's threads, several chunks, and a last chunk whose rows end in a part eight. The
-/// kernel of channels-first runs: runs of seven vec4s (a group of two ends at the run's end),
-/// and runs of 49 values, whose vec4s at each end hold a neighbouring channel's values, in
-/// chunks that start inside a run.
+/// parameter gradients agree bit for bit, in f32 and in both half types (whose vec4s are two words,
+/// and whose scalar loads take one half of a word). The quad kernel (channels-last): more quads
+/// than a chunk's threads, several chunks, and a last chunk whose rows end in a part eight. The
+/// kernel of channels-first runs: runs of seven vec4s (a group of two ends at the run's end), and
+/// runs of 49 values, whose vec4s at each end hold a neighbouring channel's values, in chunks that
+/// start inside a run.
 #[test]
 fn per_thread_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
     for (shape, layout, kind, chunks) in [
