@@ -31,11 +31,6 @@ struct ChannelScale {
 // Channel c's mean, scale = gamma * invstd and shift = beta.
 fn channel_scale(c: u32) -> ChannelScale {
     let mean_invstd = channel_mean_invstd(c);
-    var scale = mean_invstd.y;
-    var shift = 0.0;
-    if (HAS_AFFINE) {
-        scale *= affine[c];
-        shift = affine[p.channels + c];
-    }
-    return ChannelScale(mean_invstd.x, scale, shift);
+    let affine_c = scale_shift(c, mean_invstd);
+    return ChannelScale(mean_invstd.x, affine_c.x, affine_c.y);
 }

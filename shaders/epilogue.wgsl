@@ -17,6 +17,14 @@ fn normalized4(x: vec4<f32>, mean: vec4<f32>, scale: vec4<f32>, shift: vec4<f32>
     return (x - mean) * scale + shift;
 }
 
+// (scale, shift) of channel c from its (mean, invstd): y = (x - mean) * scale + shift.
+fn scale_shift(c: u32, mean_invstd: vec2<f32>) -> vec2<f32> {
+    if (HAS_AFFINE) {
+        return vec2<f32>(mean_invstd.y * affine[c], affine[p.channels + c]);
+    }
+    return vec2<f32>(mean_invstd.y, 0.0);
+}
+
 // Bits of the floats below zero (-0 excluded, -inf included): sign set, not NaN.
 fn below_zero(bits: u32) -> bool {
     return bits > 0x80000000u && bits <= 0xff800000u;

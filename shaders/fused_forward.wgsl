@@ -6,14 +6,6 @@
 
 var<workgroup> band_statistics: array<vec2<f32>, MAX_BAND>;
 
-// (scale, shift) of channel c: y = (x - mean) * scale + shift.
-fn scale_shift(c: u32, statistics: vec2<f32>) -> vec2<f32> {
-    if (HAS_AFFINE) {
-        return vec2<f32>(statistics.y * affine[c], affine[p.channels + c]);
-    }
-    return vec2<f32>(statistics.y, 0.0);
-}
-
 fn normalize_eight(at: Eight, mean: f32, scale_shift: vec2<f32>) {
     let v = load_eight(at);
     let mean4 = vec4<f32>(mean);

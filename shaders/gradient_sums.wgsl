@@ -16,7 +16,9 @@
 //    through batch statistics dx = gamma * invstd * (dy - dbeta / M - x_hat * dgamma / M);
 //    through running statistics (constants) dx = dy * gamma * invstd; and with the add-ReLU
 //    epilogue dz = dy.
-// Where each channel is one chunk, `fused_backward_*` (f32) does all three in one dispatch.
+// `finalize_channel` and `gradients` are in gradient_sums_finalize.wgsl. Where each channel is
+// one chunk, `fused_backward_*` (f32) does all three in one dispatch; on CPU adapters
+// `fused_backward_per_thread` (fused_per_thread_backward.wgsl), a thread per channel.
 
 // The sums of eight elements: dy in g_lo.xyzw, g_hi.xyzw, x likewise.
 fn sums_of_eight(
@@ -142,16 +144,4 @@ fn grad_partials_strided(
         workgroupBarrier();
         band_partial_written(band, lid);
     }
-}
-
-// (dgamma, dbeta) of channel c from its (sum dy, sum dy * (x - mean)).
-fn gradients(c: u32, sums: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(sums.y * stats[p.channels + c], sums.x);
-}
-
-// Writes channel c's dgamma and dbeta (the finalize's hook).
-fn finalize_channel(c: u32, sums: vec2<f32>) {
-    let dgamma_dbeta = gradients(c, sums);
-    grads[c] = dgamma_dbeta.x;
-    grads[p.channels + c] = dgamma_dbeta.y;
 }

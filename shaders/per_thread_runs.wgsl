@@ -19,7 +19,9 @@
 // lane-wise sums (`LaneSums`, `sums_start`, `sums_add`, `sums_total`: statistics_partial.wgsl,
 // gradient_sums_accumulator.wgsl); partials merge into a block of up to RUN_BLOCK values, blocks
 // into the chunk's total, so that no chain of merges runs the whole chunk. The scalar and the
-// vec4 programs take the same quads in the same order: the same partials, to the bit.
+// vec4 programs take the same quads in the same order: the same partials, to the bit. Where each
+// channel is one chunk, the fused kernels (fused_per_thread.wgsl) reduce a channel with
+// `run_chunk` and then write its output.
 
 // A work item of the channels-first per-thread kernels (this file's and per_thread_values.wgsl's):
 // one chunk, the values [start, end) of window channel c_rel, chunk-major so that the lanes of a

@@ -13,8 +13,10 @@
 // 2. `finalize` (one workgroup per channel) or `finalize_per_thread` (one thread per channel,
 //    when channels have few partials, and on CPU adapters), from reduction.wgsl, merges each channel's partials in a
 //    fixed order; `finalize_channel` writes mean and invstd and updates the running stats.
-// Where each channel is one chunk, `fused_forward_*` (fused_forward.wgsl, f32) does both steps
-// and the output in one dispatch.
+// `finalize_channel` and `mean_invstd` are in statistics_finalize.wgsl. Where each channel is
+// one chunk, `fused_forward_*` (fused_forward.wgsl, f32) does both steps and the output in one
+// dispatch; on CPU adapters `fused_forward_per_thread` (fused_per_thread_forward.wgsl), a thread
+// per channel.
 //
 // Why the shift travels with each partial: at an offset of 1e4 a float32 mean carries an error
 // of ~5e-4, and Chan's merge squares the difference of two means. Merging shifted means, with
@@ -146,48 +148,8 @@ fn partials_strided(
     }
 }
 
-// (mean, invstd) of a channel's merged partial.
-fn mean_invstd(total: Partial) -> vec2<f32> {
-    // M2 is a sum of non-negative terms, so no clamp: max(NaN, 0) would hide a NaN.
-    return vec2<f32>(total.shift + total.mean, 1.0 / sqrt(total.m2 / total.n + p.eps));
-}
-
-// The weight of this batch in the running stats: the uniform block's momentum, or with
-// CUMULATIVE (momentum None) 1 / the layer's batch count, which `count_batch` advanced on the GPU
-// at the start of this call: every call recorded before one submission sees its own count, and
-// the uniform block stays the same from call to call.
-fn running_momentum() -> f32 {
-    if (CUMULATIVE) {
-        return 1.0 / f32(batches[0]);
-    }
-    return p.momentum;
-}
-
 // Advances the layer's batch count (momentum None), first in every training call.
 @compute @workgroup_size(1)
 fn count_batch() {
     batches[0] += 1u;
-}
-
-// Writes channel c's mean and invstd and updates its running stats (the finalize's hook).
-// With MOMENTS (one rank of a synchronized batch norm), writes its mean and M2 instead, for the
-// host to merge with the other ranks'; the running stats are then updated from the merge.
-fn finalize_channel(c: u32, total: Partial) {
-    if (MOMENTS) {
-        stats[c] = total.shift + total.mean;
-        stats[p.channels + c] = total.m2;
-        return;
-    }
-    let mean = total.shift + total.mean;
-    let variance = total.m2 / total.n;
-    let statistics = mean_invstd(total);
-    stats[c] = statistics.x;
-    stats[p.channels + c] = statistics.y;
-    if (HAS_RUNNING) {
-        let momentum = running_momentum();
-        let keep = 1.0 - momentum;
-        running[c] = keep * running[c] + momentum * mean;
-        running[p.channels + c] = keep * running[p.channels + c]
-            + momentum * variance * p.var_correction;
-    }
 }

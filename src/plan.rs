@@ -39,8 +39,12 @@
 //!   when the tensor is one window and each channel is one chunk: small and mid-sized channels,
 //!   where the separate dispatches' fixed costs weigh most. A channels-last tensor of one
 //!   window too tall for a chunk of 32 channels is fused in a band of 16 or 8 channels where
-//!   its rows fit a chunk of the same number of values (`NARROW_BANDS`). Never on CPU adapters:
-//!   the fused kernels merge in workgroup memory, behind barriers.
+//!   its rows fit a chunk of the same number of values (`NARROW_BANDS`). On CPU adapters, whose
+//!   per-thread kernels avoid barriers, a channels-first f32 tensor of one window whose runs
+//!   take quads (eight values or more) is fused with a thread per channel where a channel holds
+//!   at most `FUSED_RUN_MAX_VALUES` values: the thread finds its channel's values in its core's
+//!   cache when it writes the output. Other CPU plans are not fused (the workgroup kernels
+//!   merge in workgroup memory, behind barriers).
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
 //! - A reduction that is not fused and is one window merges each channel's partials (contiguous)
@@ -94,6 +98,12 @@ pub const QUAD_LANES: usize = 8;
 /// double until the reduction has at most `CPU_REDUCTION_THREADS` work items, so large tensors
 /// keep long chunks and few partials.
 pub const MIN_QUAD_CHUNK_ROWS: usize = 16;
+/// The most values of a channel that a CPU adapter's fused plan takes (one thread per channel,
+/// `shaders/fused_per_thread.wgsl`): the eight channels of an llvmpipe vector then hold their
+/// x and dy in 1 MiB, a core's L2 cache on the machines measured, for the output pass to find
+/// there. 64x256x56x56 (200704 values a channel, 256 threads) ran slower fused
+/// (`docs/performance.md` section 33).
+pub const FUSED_RUN_MAX_VALUES: usize = 16384;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of one partial of the statistics reduction: count, shift, mean - shift, M2.
@@ -413,6 +423,9 @@ fn plan_reductions(
     if let Some(narrow) = fused_in_a_narrower_band(&plan, view, dtype, limits)? {
         return Ok(narrow);
     }
+    if let Some(fused) = fused_per_thread(&plan, view, dtype, limits)? {
+        return Ok(fused);
+    }
     let merged_where = |plan: Plan| {
         // Per-thread plans (CPU adapters) keep the dispatch: the last workgroup's handshake
         // needs the barriers those kernels exist to avoid.
@@ -490,6 +503,30 @@ fn fused_in_a_narrower_band(
         }
     }
     Ok(None)
+}
+
+/// A per-thread plan of channels-first runs in quads (CPU adapters, one f32 window), fused with
+/// one thread per channel where a channel holds at most `FUSED_RUN_MAX_VALUES` values;
+/// `None` where not.
+fn fused_per_thread(
+    plan: &Plan,
+    view: ChannelView,
+    dtype: DType,
+    limits: PlanLimits,
+) -> Result<Option<Plan>, BatchNormError> {
+    let [window] = plan.windows.as_slice() else {
+        return Ok(None);
+    };
+    let values = window.o_count * view.inner;
+    if plan.kind != ReductionKind::PerThread
+        || !plan.runs_in_quads()
+        || dtype.is_half()
+        || values > FUSED_RUN_MAX_VALUES
+    {
+        return Ok(None);
+    }
+    let fused = plan_with_chunk(view, dtype, limits, Some(values))?;
+    Ok(fused.fused_window().is_some().then_some(fused))
 }
 
 /// The first chunk of the per-thread quad kernel over `channels` (a multiple of four), in rows:
@@ -738,15 +775,17 @@ impl Plan {
     }
 
     /// The window of a fused plan, where one dispatch does a whole operation (statistics, then
-    /// the output from the values just read): the tensor is one window and each channel's
-    /// values are one chunk, and the reduction is not per-thread (the fused kernels merge in
-    /// workgroup memory). `None` otherwise.
+    /// the output from the values just read): the tensor is one f32 window and each channel's
+    /// values are one chunk, under the workgroup kernels or the per-thread kernel of
+    /// channels-first runs in quads (`shaders/fused_per_thread.wgsl`); not under the quad
+    /// kernel or the kernel of short runs (threads that share a channel). `None` otherwise.
     pub fn fused_window(&self) -> Option<&Window> {
         match self.windows.as_slice() {
             [window]
                 if self.chunks_total == 1
                     && !self.dtype.is_half()
-                    && !self.kind.is_per_thread() =>
+                    && (!self.kind.is_per_thread()
+                        || (self.kind == ReductionKind::PerThread && self.runs_in_quads())) =>
             {
                 Some(window)
             }
@@ -1406,54 +1445,59 @@ mod tests {
     /// On CPU adapters every layout reduces per thread (four channels a thread where channels
     /// are innermost and a multiple of four, QUAD_LANES threads to a chunk of rows), in chunks
     /// of at least MIN_RUN_CHUNK values (MIN_QUAD_CHUNK_ROWS rows) that are whole blocks of
-    /// eight, every channel merged by one thread, and nothing is fused, however small.
+    /// eight, every channel merged by one thread; fused (one thread per channel) only where
+    /// channels-first runs of eight values or more hold at most FUSED_RUN_MAX_VALUES values a
+    /// channel, in f32.
     #[test]
-    fn cpu_adapters_reduce_per_thread_and_never_fuse() {
+    fn cpu_adapters_reduce_per_thread_and_fuse_only_short_channels_first_runs() {
         let cpu = cpu_defaults();
         let quads = ReductionKind::PerThreadQuads;
-        for (shape, layout, kind) in [
-            (
-                &[32usize, 64, 8, 8][..],
-                Layout::ChannelsFirst,
-                ReductionKind::PerThread,
-            ),
-            (&[32, 8, 8, 64][..], Layout::ChannelsLast, quads),
-            (&[256, 1024][..], Layout::ChannelsFirst, quads),
-            (
-                &[1, 3, 100, 101][..],
-                Layout::ChannelsFirst,
-                ReductionKind::PerThread,
-            ),
-            (&[64, 7, 7, 2048][..], Layout::ChannelsLast, quads),
-            (
-                &[8, 10, 10, 6][..],
-                Layout::ChannelsLast,
-                ReductionKind::PerThread,
-            ),
-            (
-                &[256, 1022][..],
-                Layout::ChannelsFirst,
-                ReductionKind::PerThread,
-            ),
+        let runs = ReductionKind::PerThread;
+        // (shape, layout, kind, fused in f32)
+        for (shape, layout, kind, fused) in [
+            (&[32usize, 64, 8, 8][..], Layout::ChannelsFirst, runs, true),
+            (&[64, 2048, 7, 7][..], Layout::ChannelsFirst, runs, true),
+            (&[64, 1024, 14, 14][..], Layout::ChannelsFirst, runs, true),
+            (&[1, 3, 100, 101][..], Layout::ChannelsFirst, runs, true),
+            // 16384 values a channel, and one more.
+            (&[4, 8, 64, 64][..], Layout::ChannelsFirst, runs, true),
+            (&[4, 8, 4097][..], Layout::ChannelsFirst, runs, false),
+            (&[64, 256, 56, 56][..], Layout::ChannelsFirst, runs, false),
+            // Runs shorter than eight values.
+            (&[64, 256, 2, 2][..], Layout::ChannelsFirst, runs, false),
+            (&[32, 8, 8, 64][..], Layout::ChannelsLast, quads, false),
+            (&[256, 1024][..], Layout::ChannelsFirst, quads, false),
+            (&[64, 7, 7, 2048][..], Layout::ChannelsLast, quads, false),
+            (&[8, 10, 10, 6][..], Layout::ChannelsLast, runs, false),
+            (&[256, 1022][..], Layout::ChannelsFirst, runs, false),
         ] {
             let v = view(shape, layout);
             for operation in [TRAINING, Operation::Backward] {
-                let p = plan(v, DType::F32, cpu, operation).unwrap();
-                assert_eq!(p.kind, kind, "{shape:?}");
-                assert!(p.kind.is_per_thread());
-                let (items, min_chunk) = if kind == quads {
-                    (
-                        p.chunks_total * QUAD_LANES.min(v.channels / 4),
-                        MIN_QUAD_CHUNK_ROWS,
-                    )
-                } else {
-                    (p.chunks_total * v.channels, MIN_RUN_CHUNK)
-                };
-                assert_eq!(p.reduction_items(), items, "{shape:?}");
-                assert!(p.fused_window().is_none(), "{shape:?}");
-                assert!(p.chunk_len >= min_chunk && p.chunk_len.is_multiple_of(8));
-                assert_eq!(p.finalize, FinalizeKind::PerThread);
-                assert!(p.reduction_items() <= CPU_REDUCTION_THREADS as usize);
+                for dtype in [DType::F32, DType::F16] {
+                    let p = plan(v, dtype, cpu, operation).unwrap();
+                    assert_eq!(p.kind, kind, "{shape:?}");
+                    assert!(p.kind.is_per_thread());
+                    assert_eq!(p.finalize, FinalizeKind::PerThread);
+                    assert!(p.reduction_items() <= CPU_REDUCTION_THREADS as usize);
+                    if fused && dtype == DType::F32 {
+                        assert!(p.fused_window().is_some(), "{shape:?}");
+                        assert_eq!(p.chunks_total, 1, "{shape:?}");
+                        assert_eq!(p.reduction_items(), v.channels, "{shape:?}");
+                        assert_eq!(p.partials_bytes(STATISTICS_PARTIAL_BYTES), 0);
+                        continue;
+                    }
+                    let (items, min_chunk) = if kind == quads {
+                        (
+                            p.chunks_total * QUAD_LANES.min(v.channels / 4),
+                            MIN_QUAD_CHUNK_ROWS,
+                        )
+                    } else {
+                        (p.chunks_total * v.channels, MIN_RUN_CHUNK)
+                    };
+                    assert_eq!(p.reduction_items(), items, "{shape:?}");
+                    assert!(p.fused_window().is_none(), "{shape:?} {dtype:?}");
+                    assert!(p.chunk_len >= min_chunk && p.chunk_len.is_multiple_of(8));
+                }
             }
         }
     }

@@ -230,26 +230,41 @@ impl Builder<'_> {
         self.plan.windows.iter().enumerate()
     }
 
-    /// The workgroups of a fused dispatch on `window`: one per channel, or per band.
+    /// The workgroups of a fused dispatch on `window`: one per channel, or per band; per-thread
+    /// plans, a thread per channel.
     fn fused_workgroups(&self, window: &Window) -> u32 {
-        let items = match self.plan.kind {
-            ReductionKind::Strided => window.reduction_items(self.plan.kind, self.plan.band),
-            // Per-thread plans are never fused (`Plan::fused_window`).
-            ReductionKind::Contiguous
-            | ReductionKind::PerThread
-            | ReductionKind::PerThreadQuads => window.c_count,
-        };
-        workgroups_for_items(items, self.plan.limits)
+        match self.plan.kind {
+            ReductionKind::Strided => workgroups_for_items(
+                window.reduction_items(self.plan.kind, self.plan.band),
+                self.plan.limits,
+            ),
+            ReductionKind::Contiguous => workgroups_for_items(window.c_count, self.plan.limits),
+            ReductionKind::PerThread | ReductionKind::PerThreadQuads => {
+                self.plan.reduction_workgroups(window.c_count)
+            }
+        }
     }
 
-    /// The fused entry point of the plan's reduction shape, contiguous or strided.
-    fn fused_entry(&self, contiguous: &'static str, strided: &'static str) -> &'static str {
+    /// The program and entry point of a fused dispatch: the workgroup kernels' `scalar` program
+    /// and its `entries` (contiguous, strided); or per-thread (`per_thread`), in `vec4` where
+    /// it reads and writes vec4s of tensors at these offsets, else in `scalar`.
+    fn fused_kernel(
+        &self,
+        (scalar, entries): (Program, [&'static str; 2]),
+        (vec4, per_thread): (Program, &'static str),
+        tensor_offsets: &[u64],
+    ) -> (Program, &'static str) {
+        let [contiguous, strided] = entries;
         match self.plan.kind {
-            ReductionKind::Strided => strided,
-            // Per-thread plans are never fused (`Plan::fused_window`).
-            ReductionKind::Contiguous
-            | ReductionKind::PerThread
-            | ReductionKind::PerThreadQuads => contiguous,
+            ReductionKind::Contiguous => (scalar, contiguous),
+            ReductionKind::Strided => (scalar, strided),
+            ReductionKind::PerThread | ReductionKind::PerThreadQuads => {
+                if self.plan.reduction_vec4_at(tensor_offsets) {
+                    (vec4, per_thread)
+                } else {
+                    (scalar, per_thread)
+                }
+            }
         }
     }
 
@@ -319,6 +334,14 @@ impl Builder<'_> {
             steps.push(count_batch_step());
         }
         if let Some(window) = self.plan.fused_window() {
+            let (program, entry) = self.fused_kernel(
+                (
+                    Program::BatchStatistics,
+                    ["fused_forward_contiguous", "fused_forward_strided"],
+                ),
+                (Program::StatisticsVec4, "fused_forward_per_thread"),
+                &self.forward_offsets(epilogue),
+            );
             let mut overrides = vec![
                 (Override::HasRunning, has_running),
                 (Override::HasAffine, self.operands.affine),
@@ -338,11 +361,7 @@ impl Builder<'_> {
                     whole_or_unused(Role::Batches, cumulative),
                 ],
                 workgroups: self.fused_workgroups(window),
-                ..self.step(
-                    Program::BatchStatistics,
-                    self.operands.inputs_share_output_buffer,
-                    self.fused_entry("fused_forward_contiguous", "fused_forward_strided"),
-                )
+                ..self.step(program, self.operands.inputs_share_output_buffer, entry)
             });
             return steps;
         }
@@ -366,11 +385,7 @@ impl Builder<'_> {
     /// or one word (half types).
     fn normalize(&self, from_running_eps: Option<f32>, epilogue: EpilogueKind) -> Vec<Step> {
         let add = epilogue == EpilogueKind::AddRelu;
-        let mut offsets = vec![self.operands.x, self.operands.y];
-        if add {
-            offsets.push(self.operands.z);
-        }
-        let (program, entry) = if self.plan.vec4_at(&offsets) {
+        let (program, entry) = if self.plan.vec4_at(&self.forward_offsets(epilogue)) {
             (Program::NormalizeVec4, "normalize_vec4")
         } else if self.plan.dtype.is_half() {
             (Program::NormalizeWords, "normalize_words")
@@ -403,6 +418,16 @@ impl Builder<'_> {
             .collect()
     }
 
+    /// The offsets of the tensors a forward's output reads and writes: x, y, and z where the
+    /// epilogue adds it.
+    fn forward_offsets(&self, epilogue: EpilogueKind) -> Vec<u64> {
+        let mut offsets = vec![self.operands.x, self.operands.y];
+        if epilogue == EpilogueKind::AddRelu {
+            offsets.push(self.operands.z);
+        }
+        offsets
+    }
+
     /// Workgroups of an elementwise dispatch on `window`, `lanes` elements per step. Word
     /// steps (2 lanes) find each element's channel, so their grid need not keep to rows.
     fn elementwise_workgroups(&self, window: &Window, lanes: u32) -> u32 {
@@ -425,16 +450,20 @@ impl Builder<'_> {
         ];
         overrides.extend(epilogue_overrides(epilogue));
         if let Some(window) = self.plan.fused_window() {
+            let (program, entry) = self.fused_kernel(
+                (
+                    Program::Backward,
+                    ["fused_backward_contiguous", "fused_backward_strided"],
+                ),
+                (Program::GradientSumsVec4, "fused_backward_per_thread"),
+                &self.backward_offsets(epilogue),
+            );
             return vec![Step {
                 overrides,
                 params: Some(self.window_params(0)),
                 bindings: self.dx_bindings(0, epilogue),
                 workgroups: self.fused_workgroups(window),
-                ..self.step(
-                    Program::Backward,
-                    self.operands.inputs_share_output_buffer,
-                    self.fused_entry("fused_backward_contiguous", "fused_backward_strided"),
-                )
+                ..self.step(program, self.operands.inputs_share_output_buffer, entry)
             }];
         }
         let partials = Range::Partials(self.plan.partials_bytes(GRADIENT_PARTIAL_BYTES));
@@ -614,6 +643,19 @@ impl Builder<'_> {
 
     /// What the kernels that write dx bind, fused or not: the epilogue's mask source (the
     /// forward's output) and dz where `epilogue` has them.
+    /// The offsets of the tensors dx reads and writes: x, dy, dx, and the forward's output and
+    /// dz where the epilogue has them.
+    fn backward_offsets(&self, epilogue: EpilogueKind) -> Vec<u64> {
+        let mut offsets = vec![self.operands.x, self.operands.dy, self.operands.dx];
+        if epilogue != EpilogueKind::None {
+            offsets.push(self.operands.result);
+        }
+        if epilogue == EpilogueKind::AddRelu {
+            offsets.push(self.operands.dz);
+        }
+        offsets
+    }
+
     fn dx_bindings(&self, w: usize, epilogue: EpilogueKind) -> Vec<Binding> {
         vec![
             bind(Role::X, Range::Window(w)),
@@ -637,14 +679,7 @@ impl Builder<'_> {
         epilogue: EpilogueKind,
         values_per_channel: Option<f32>,
     ) -> Vec<Step> {
-        let mut offsets = vec![self.operands.x, self.operands.dy, self.operands.dx];
-        if epilogue != EpilogueKind::None {
-            offsets.push(self.operands.result);
-        }
-        if epilogue == EpilogueKind::AddRelu {
-            offsets.push(self.operands.dz);
-        }
-        let (program, entry) = if self.plan.vec4_at(&offsets) {
+        let (program, entry) = if self.plan.vec4_at(&self.backward_offsets(epilogue)) {
             (Program::InputGradientVec4, "input_gradient_vec4")
         } else if self.plan.dtype.is_half() {
             (Program::InputGradientWords, "input_gradient_words")
@@ -727,7 +762,9 @@ impl Step {
         let entry = self.entry;
         match self.program {
             Program::BatchStatistics if entry == "count_batch" => Part::CountBatch,
-            Program::BatchStatistics if entry.starts_with("fused") => Part::FusedForward,
+            Program::BatchStatistics | Program::StatisticsVec4 if entry.starts_with("fused") => {
+                Part::FusedForward
+            }
             Program::BatchStatistics if entry.starts_with("finalize") => Part::StatisticsFinalize,
             Program::BatchStatistics | Program::StatisticsVec4 => Part::StatisticsPartials,
             Program::LastWorkgroupStatistics => Part::StatisticsPartialsMerged,
@@ -735,7 +772,9 @@ impl Step {
             Program::Normalize | Program::NormalizeVec4 | Program::NormalizeWords => {
                 Part::Normalize
             }
-            Program::Backward if entry.starts_with("fused") => Part::FusedBackward,
+            Program::Backward | Program::GradientSumsVec4 if entry.starts_with("fused") => {
+                Part::FusedBackward
+            }
             Program::Backward if entry.starts_with("finalize") => Part::GradientSumsFinalize,
             Program::Backward if entry.contains("partials") => Part::GradientSumsPartials,
             Program::GradientSumsVec4 => Part::GradientSumsPartials,
@@ -815,11 +854,15 @@ mod tests {
         };
         let quads = cpu_plan(&[8, 6, 6, 64], Layout::ChannelsLast);
         assert_eq!(quads.kind, ReductionKind::PerThreadQuads);
-        let runs = cpu_plan(&[8, 64, 6, 6], Layout::ChannelsFirst);
+        // Channels of more than FUSED_RUN_MAX_VALUES values, so not fused.
+        let runs = cpu_plan(&[8, 4, 48, 48], Layout::ChannelsFirst);
         assert_eq!(runs.kind, ReductionKind::PerThread);
-        // Runs of 49 values: vec4s hold the ends of two channels' runs.
-        let odd_runs = cpu_plan(&[8, 64, 7, 7], Layout::ChannelsFirst);
+        // Runs of 2401 values: vec4s hold the ends of two channels' runs.
+        let odd_runs = cpu_plan(&[8, 4, 49, 49], Layout::ChannelsFirst);
         assert_eq!(odd_runs.kind, ReductionKind::PerThread);
+        for plan in [&runs, &odd_runs] {
+            assert!(plan.fused_window().is_none());
+        }
         let partials = |plan: &Plan, call: Call, operands: Operands| -> Vec<(Program, &str)> {
             steps(plan, call, &operands)
                 .iter()
@@ -903,10 +946,10 @@ mod tests {
                 [(want, "partials_per_thread_values")]
             );
         }
-        // Rows that do not split into vec4s (3 x 7 x 7), and GPU plans, keep the scalar
+        // Rows that do not split into vec4s (3 x 49 x 49), and GPU plans, keep the scalar
         // programs.
         for plan in [
-            cpu_plan(&[8, 3, 7, 7], Layout::ChannelsFirst),
+            cpu_plan(&[8, 3, 49, 49], Layout::ChannelsFirst),
             plan_for(
                 &[64, 32, 32, 64],
                 Layout::ChannelsLast,
@@ -1001,6 +1044,82 @@ mod tests {
                     Layout::ChannelsLast => 2,
                 };
                 assert_eq!(steps[0].workgroups, want);
+            }
+        }
+    }
+
+    /// CPU plans of short channels-first runs are one dispatch too, a thread per channel, in
+    /// the vec4 program where everything the kernel reads and writes starts on a vec4
+    /// (y and z forward; dx, dy, the forward's output and dz backward), else in the scalar one.
+    #[test]
+    fn fused_per_thread_plans_are_one_dispatch_at_the_width_their_tensors_allow() {
+        let cpu = limits(128 << 20, CPU);
+        let add_relu = |call| with_epilogue(call, EpilogueKind::AddRelu);
+        let off = |operands: Operands| Operands {
+            affine: true,
+            ..operands
+        };
+        let aligned = off(Operands::default());
+        for shape in [&[8usize, 132, 7, 7][..], &[2, 6, 16, 16]] {
+            for (call, operands, want) in [
+                (TRAINING, aligned, Program::StatisticsVec4),
+                (add_relu(TRAINING), aligned, Program::StatisticsVec4),
+                (
+                    TRAINING,
+                    off(Operands {
+                        y: 4,
+                        ..Operands::default()
+                    }),
+                    Program::BatchStatistics,
+                ),
+                (
+                    add_relu(TRAINING),
+                    off(Operands {
+                        z: 4,
+                        ..Operands::default()
+                    }),
+                    Program::BatchStatistics,
+                ),
+                (BACKWARD, aligned, Program::GradientSumsVec4),
+                (add_relu(BACKWARD), aligned, Program::GradientSumsVec4),
+                (
+                    BACKWARD,
+                    off(Operands {
+                        dx: 4,
+                        ..Operands::default()
+                    }),
+                    Program::Backward,
+                ),
+                (
+                    add_relu(BACKWARD),
+                    off(Operands {
+                        dz: 4,
+                        ..Operands::default()
+                    }),
+                    Program::Backward,
+                ),
+            ] {
+                let plan = plan_for(shape, Layout::ChannelsFirst, cpu, operation(call));
+                assert!(plan.fused_window().is_some(), "{shape:?}");
+                let steps = steps(&plan, call, &operands);
+                let entry = if operation(call) == Operation::Backward {
+                    "fused_backward_per_thread"
+                } else {
+                    "fused_forward_per_thread"
+                };
+                assert_eq!(
+                    steps
+                        .iter()
+                        .map(|step| (step.program, step.entry))
+                        .collect::<Vec<_>>(),
+                    [(want, entry)],
+                    "{shape:?} {call:?} {operands:?}"
+                );
+                // A thread per channel, in workgroups of RUN_WORKGROUP_SIZE.
+                assert_eq!(
+                    steps[0].workgroups as usize,
+                    shape[1].div_ceil(crate::plan::RUN_WORKGROUP_SIZE)
+                );
             }
         }
     }

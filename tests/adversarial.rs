@@ -83,7 +83,7 @@ fn affine(channels: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
 /// channels-last with a multiple of four channels takes the quad kernel, whose statistics shift
 /// each group of eight rows by its first value: [3, 37, 41, 8] has 4551 rows, chunks of 256 and
 /// a last chunk ending in a group of seven.
-const OFFSET_CASES: [PlannedCase; 8] = [
+const OFFSET_CASES: [PlannedCase; 9] = [
     PlannedCase {
         shape: &[8, 3, 64, 64],
         layout: FIRST,
@@ -109,12 +109,19 @@ const OFFSET_CASES: [PlannedCase; 8] = [
         claim: PlanClaim::split(18, FinalizeKind::PerThread),
     },
     // Runs of 49 values: quads shared with the neighbouring channels, groups shifted by a
-    // value in any lane, and a second chunk that starts inside a run.
+    // value in any lane; split, with chunks that start inside a run, and fused (a thread per
+    // channel, which writes the quads at each run's ends lane by lane).
+    PlannedCase {
+        shape: &[344, 4, 7, 7],
+        layout: FIRST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::split(17, FinalizeKind::PerThread),
+    },
     PlannedCase {
         shape: &[24, 4, 7, 7],
         layout: FIRST,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(2, FinalizeKind::PerThread),
+        claim: PlanClaim::FUSED,
     },
     PlannedCase {
         shape: &[10, 64, 63, 8],
@@ -137,7 +144,7 @@ const OFFSET_CASES: [PlannedCase; 8] = [
 ];
 
 /// Shapes with four channels for the constant-channel and NaN tests.
-const FOUR_CHANNEL_CASES: [PlannedCase; 9] = [
+const FOUR_CHANNEL_CASES: [PlannedCase; 10] = [
     PlannedCase {
         shape: &[8, 4, 64, 64],
         layout: FIRST,
@@ -150,12 +157,19 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 9] = [
         planned: Planned::Cpu,
         claim: PlanClaim::split(18, FinalizeKind::PerThread),
     },
-    // Runs of 49 values: each quad at a run's ends holds a neighbouring channel's values.
+    // Runs of 49 values: each quad at a run's ends holds a neighbouring channel's values;
+    // split and fused.
+    PlannedCase {
+        shape: &[344, 4, 7, 7],
+        layout: FIRST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::split(17, FinalizeKind::PerThread),
+    },
     PlannedCase {
         shape: &[16, 4, 7, 7],
         layout: FIRST,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(1, FinalizeKind::PerThread),
+        claim: PlanClaim::FUSED,
     },
     // Eight values a channel: each channel's whole reduction is one group of the per-thread
     // kernels (channels-first runs, channels-last quads), whose partial alone must carry the NaN.
@@ -163,7 +177,7 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 9] = [
         shape: &[1, 4, 2, 4],
         layout: FIRST,
         planned: Planned::Cpu,
-        claim: PlanClaim::split(1, FinalizeKind::PerThread),
+        claim: PlanClaim::FUSED,
     },
     PlannedCase {
         shape: &[8, 4],

@@ -14,7 +14,7 @@ use common::checks::{
 use common::scenario::{read_saved, require};
 use common::{
     assert_plan, context, filled_on, normal_data, plan_of, planned, proptest_cases, upload_to,
-    PlanClaim, Planned, FUSED_SHAPES, SPLIT_CASES,
+    PlanClaim, Planned, FUSED_CASES, SPLIT_CASES,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -234,19 +234,22 @@ fn backward_over_several_chunks() {
     }
 }
 
-/// The fused plans (one dispatch per backward) against the reference, in every mode.
+/// The fused plans (one dispatch per backward: a workgroup per channel or band, or on CPU
+/// adapters a thread per channel) against the reference, in every mode.
 #[test]
 fn fused_plans_match_the_reference() {
-    let ctx = planned(Planned::DiscreteGpu);
-    for (k, (shape, layout)) in FUSED_SHAPES.into_iter().enumerate() {
-        assert_plan(&ctx, shape, layout, PlanClaim::FUSED);
-        for mode in [Mode::Training, Mode::Running, Mode::Untracked] {
-            let data = Data {
-                offset: 1.0,
-                scale: 2.0,
-                seed: 90 + k as u64,
-            };
-            check_backward(&ctx, shape, layout, k % 2 == 0, mode, data);
+    for (planned_as, shapes) in FUSED_CASES {
+        let ctx = planned(planned_as);
+        for (k, &(shape, layout)) in shapes.iter().enumerate() {
+            assert_plan(&ctx, shape, layout, PlanClaim::FUSED);
+            for mode in [Mode::Training, Mode::Running, Mode::Untracked] {
+                let data = Data {
+                    offset: 1.0,
+                    scale: 2.0,
+                    seed: 90 + k as u64,
+                };
+                check_backward(&ctx, shape, layout, k % 2 == 0, mode, data);
+            }
         }
     }
 }

@@ -9,12 +9,14 @@ mod common;
 
 use common::scenario::Scenario;
 use common::{
-    assert_plan, context, normal_data, planned, proptest_cases, PlanClaim, Planned, FUSED_SHAPES,
+    assert_plan, context, normal_data, planned, proptest_cases, PlanClaim, Planned, FUSED_CASES,
     SPLIT_CASES,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use wgpu_batchnorm::{BatchNorm, BatchNormConfig, BatchNormError, ChannelView, Layout, Tensor};
+use wgpu_batchnorm::{
+    BatchNorm, BatchNormConfig, BatchNormError, ChannelView, GpuContext, Layout, Tensor,
+};
 
 fn layout() -> impl Strategy<Value = Layout> {
     prop_oneof![Just(Layout::ChannelsFirst), Just(Layout::ChannelsLast)]
@@ -129,28 +131,35 @@ proptest! {
     }
 }
 
-/// The fused plans (one dispatch per training forward) against the reference.
+/// The fused plans (one dispatch per training forward: a workgroup per channel or band, or on
+/// CPU adapters a thread per channel) against the reference.
 #[test]
 fn fused_plans_match_the_reference() {
-    let ctx = planned(Planned::DiscreteGpu);
-    for (k, (shape, layout)) in FUSED_SHAPES.into_iter().enumerate() {
-        assert_plan(&ctx, shape, layout, PlanClaim::FUSED);
-        let view = ChannelView::new(shape, layout).unwrap();
-        Scenario {
-            shape: shape.to_vec(),
-            layout,
-            config: BatchNormConfig::default(),
-            affine: Some((
-                normal_data(view.channels, 50 + k as u64, 1.0, 0.5),
-                normal_data(view.channels, 60 + k as u64, 0.0, 1.0),
-            )),
-            batches: vec![
-                normal_data(view.len(), 70 + k as u64, 3.0, 2.0),
-                normal_data(view.len(), 80 + k as u64, -2.0, 0.5),
-            ],
+    for (planned_as, shapes) in FUSED_CASES {
+        let ctx = planned(planned_as);
+        for (k, &(shape, layout)) in shapes.iter().enumerate() {
+            fused_forward_matches_the_reference(&ctx, shape, layout, k as u64);
         }
-        .check_on(&ctx);
     }
+}
+
+fn fused_forward_matches_the_reference(ctx: &GpuContext, shape: &[usize], layout: Layout, k: u64) {
+    assert_plan(ctx, shape, layout, PlanClaim::FUSED);
+    let view = ChannelView::new(shape, layout).unwrap();
+    Scenario {
+        shape: shape.to_vec(),
+        layout,
+        config: BatchNormConfig::default(),
+        affine: Some((
+            normal_data(view.channels, 50 + k, 1.0, 0.5),
+            normal_data(view.channels, 60 + k, 0.0, 1.0),
+        )),
+        batches: vec![
+            normal_data(view.len(), 70 + k, 3.0, 2.0),
+            normal_data(view.len(), 80 + k, -2.0, 0.5),
+        ],
+    }
+    .check_on(ctx);
 }
 
 /// Channels whose values span several reduction chunks and windows (`common::SPLIT_CASES`:

@@ -383,35 +383,52 @@ fn overlapping_inputs_and_outputs_are_refused() {
 /// The per-thread reductions (CPU adapters) read vec4s where x and dy start on one and scalars
 /// otherwise; both merge the same values in the same order, so the batch statistics and the
 /// parameter gradients agree bit for bit, in f32 and in both half types (whose vec4s are two words,
-/// and whose scalar loads take one half of a word). The quad kernel (channels-last): more quads
-/// than a chunk's threads, several chunks, and a last chunk whose rows end in a part eight. The
-/// kernel of channels-first runs: runs of seven vec4s (a group of two ends at the run's end), and
-/// runs of 49 values, whose vec4s at each end hold a neighbouring channel's values, in chunks that
-/// start inside a run.
+/// and whose scalar loads take one half of a word), and so do y and dx. The quad kernel
+/// (channels-last): more quads than a chunk's threads, several chunks, and a last chunk whose rows
+/// end in a part eight. The kernel of channels-first runs: runs of seven vec4s (a group of two
+/// ends at the run's end), and runs of 49 values, whose vec4s at each end hold a neighbouring
+/// channel's values, in chunks that start inside a run; and the same runs fused in f32 (a thread
+/// per channel, which writes each run's end quads lane by lane).
 #[test]
 fn per_thread_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
+    const FUSED: usize = 0;
+    // (shape, layout, kernel, chunks in f32: FUSED for a fused plan, and in the half types)
     for (shape, layout, kind, chunks) in [
         (
-            [3usize, 17, 23, 48],
+            &[3usize, 17, 23, 48][..],
             Layout::ChannelsLast,
             ReductionKind::PerThreadQuads,
-            10,
+            [10, 10],
         ),
         (
-            [43, 6, 4, 7],
+            &[43, 6, 4, 7],
             Layout::ChannelsFirst,
             ReductionKind::PerThread,
-            2,
+            [FUSED, 2],
         ),
         (
-            [43, 4, 7, 7],
+            &[43, 4, 7, 7],
             Layout::ChannelsFirst,
             ReductionKind::PerThread,
-            3,
+            [FUSED, 3],
+        ),
+        // More than FUSED_RUN_MAX_VALUES values a channel: split in f32 too.
+        (
+            &[600, 6, 4, 7],
+            Layout::ChannelsFirst,
+            ReductionKind::PerThread,
+            [17, 17],
+        ),
+        (
+            &[344, 4, 7, 7],
+            Layout::ChannelsFirst,
+            ReductionKind::PerThread,
+            [17, 17],
         ),
     ] {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            per_thread_reduction_bits_agree(&shape, layout, dtype, kind, chunks);
+            let chunks = chunks[usize::from(dtype != DType::F32)];
+            per_thread_reduction_bits_agree(shape, layout, dtype, kind, chunks);
         }
     }
 }
@@ -427,7 +444,12 @@ fn per_thread_reduction_bits_agree(
     let view = ChannelView::new(shape, layout).unwrap();
     let plan = plan(view, dtype, ctx.plan_limits(), Operation::TrainingForward).unwrap();
     assert_eq!(plan.kind, kind);
-    assert_eq!(plan.chunks_total, chunks);
+    if chunks == 0 {
+        assert!(plan.fused_window().is_some(), "{shape:?} {dtype}");
+    } else {
+        assert!(plan.fused_window().is_none(), "{shape:?} {dtype}");
+        assert_eq!(plan.chunks_total, chunks, "{shape:?} {dtype}");
+    }
     let (len, channels) = (view.len(), view.channels);
     let bytes = len as u64 * dtype.bytes();
     let x_data = normal_data(len, 61, 3.0, 2.0);
@@ -464,11 +486,13 @@ fn per_thread_reduction_bits_agree(
             bits(&saved.invstd),
             bits(&dgamma),
             bits(&dbeta),
+            bits(&y.to_vec().unwrap()),
+            bits(&dx.to_vec().unwrap()),
         ]
     };
     let on_vec4s = run(16);
     let on_scalars = run(20);
-    for (what, (a, b)) in ["mean", "invstd", "dgamma", "dbeta"]
+    for (what, (a, b)) in ["mean", "invstd", "dgamma", "dbeta", "y", "dx"]
         .into_iter()
         .zip(on_vec4s.iter().zip(&on_scalars))
     {

@@ -7,19 +7,22 @@
 //! 2. `shaders/half.wgsl` (half types only: rounding stores) and `shaders/common.wgsl` (the
 //!    index walks and the elementwise cursor);
 //! 3. the shared pieces the program needs, in this order: `epilogue.wgsl` (the output
-//!    y = epilogue((x - mean) scale + shift)), `reduction.wgsl` (the workgroup merge and the
-//!    finalize, over the program's accumulator), `merge_by_dispatch.wgsl` or
-//!    `last_workgroup.wgsl` (what a reduction workgroup does once its partial is written:
-//!    nothing, or count it and merge where it was the last), `elementwise.wgsl` (the
-//!    grid-stride loop),
-//!    `channel_statistics.wgsl` or `dx_factors.wgsl` (per-channel factors),
-//!    `statistics_partial.wgsl` or `gradient_sums_accumulator.wgsl` (the reduction's
-//!    accumulator, with no loads but the prelude's quad accessors), `per_thread_quads.wgsl`
-//!    and `per_thread_runs.wgsl` (the CPU adapters' channels-last and channels-first
-//!    reductions, at the program's load width), `per_thread_values.wgsl` (the CPU adapters'
-//!    reduction of runs shorter than eight values, scalar programs only);
-//! 4. the program's own files, with its entry points. Entry points that store single elements
-//!    from neighbouring threads (the fused kernels, the scalar elementwise ones) exist only for
+//!    y = epilogue((x - mean) scale + shift), and a channel's scale and shift),
+//!    `reduction.wgsl` (the workgroup merge and the finalize, over the program's accumulator),
+//!    `merge_by_dispatch.wgsl` or `last_workgroup.wgsl` (what a reduction workgroup does once
+//!    its partial is written: nothing, or count it and merge where it was the last),
+//!    `elementwise.wgsl` (the grid-stride loop), `channel_statistics.wgsl` or
+//!    `dx_factors.wgsl` (per-channel factors), `statistics_partial.wgsl` or
+//!    `gradient_sums_accumulator.wgsl` (the reduction's accumulator, with no loads but the
+//!    prelude's quad accessors), `per_thread_quads.wgsl` and `per_thread_runs.wgsl` (the CPU
+//!    adapters' channels-last and channels-first reductions, at the program's load width),
+//!    `per_thread_values.wgsl` (the CPU adapters' reduction of runs shorter than eight values,
+//!    scalar programs only), `statistics_finalize.wgsl` or `gradient_sums_finalize.wgsl` (the
+//!    finalize's hook: what a channel's merged partials become);
+//! 4. the program's own files, with its entry points (the fused per-thread kernels' shared loop,
+//!    `fused_per_thread.wgsl`, before the forward's or the backward's file). Entry points that
+//!    store single elements from neighbouring threads (the fused kernels, the scalar
+//!    elementwise ones) exist only for
 //!    f32: two threads may not write halves of one word, so half types store through the vec4
 //!    and word programs.
 //!
@@ -55,6 +58,12 @@ const GRADIENT_SUMS_ACCUMULATOR: &str =
 const PER_THREAD_QUADS: &str = include_str!("../../shaders/per_thread_quads.wgsl");
 const PER_THREAD_RUNS: &str = include_str!("../../shaders/per_thread_runs.wgsl");
 const PER_THREAD_VALUES: &str = include_str!("../../shaders/per_thread_values.wgsl");
+const STATISTICS_FINALIZE: &str = include_str!("../../shaders/statistics_finalize.wgsl");
+const GRADIENT_SUMS_FINALIZE: &str = include_str!("../../shaders/gradient_sums_finalize.wgsl");
+const FUSED_PER_THREAD: &str = include_str!("../../shaders/fused_per_thread.wgsl");
+const FUSED_PER_THREAD_FORWARD: &str = include_str!("../../shaders/fused_per_thread_forward.wgsl");
+const FUSED_PER_THREAD_BACKWARD: &str =
+    include_str!("../../shaders/fused_per_thread_backward.wgsl");
 
 /// Workgroup memory the kernels need: the most any entry point declares, which is the fused
 /// channels-last training forward's (an accumulator per thread for the reduction, and a
@@ -102,10 +111,12 @@ pub enum Program {
     /// The statistics' partials of the per-thread kernels (CPU adapters) on vec4 loads, where x
     /// starts on a vec4: the quad kernel of channels-last rows (`shaders/per_thread_quads.wgsl`)
     /// and the kernel of channels-first runs of eight values or more
-    /// (`shaders/per_thread_runs.wgsl`).
+    /// (`shaders/per_thread_runs.wgsl`); and for f32 the fused per-thread training forward on
+    /// vec4s, where y (and z) start on vec4s too (`shaders/fused_per_thread_forward.wgsl`).
     StatisticsVec4,
     /// The gradient sums' partials of the same kernels on vec4 loads, where x, dy and the
-    /// forward's output start on vec4s.
+    /// forward's output start on vec4s; and for f32 the fused per-thread backward, where dx
+    /// (and dz) do too (`shaders/fused_per_thread_backward.wgsl`).
     GradientSumsVec4,
 }
 
@@ -191,13 +202,13 @@ impl Program {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Program::BatchStatistics => {
+            Program::BatchStatistics | Program::StatisticsVec4 => {
                 &[X, Y, Shortcut, Affine, Running, Stats, Partials, Batches]
             }
             Program::Normalize | Program::NormalizeVec4 | Program::NormalizeWords => {
                 &[X, Y, Shortcut, Affine, Running, Stats]
             }
-            Program::Backward => &[
+            Program::Backward | Program::GradientSumsVec4 => &[
                 X,
                 Dy,
                 Dx,
@@ -215,8 +226,6 @@ impl Program {
             Program::LastWorkgroupGradientSums => {
                 &[X, Dy, Result, Stats, Partials, Grads, Counters]
             }
-            Program::StatisticsVec4 => &[X, Partials],
-            Program::GradientSumsVec4 => &[X, Dy, Result, Stats, Partials],
         }
     }
 
@@ -260,7 +269,7 @@ impl Program {
     /// The override constants it declares.
     pub fn overrides(self) -> &'static [Override] {
         match self {
-            Program::BatchStatistics => &[
+            Program::BatchStatistics | Program::StatisticsVec4 => &[
                 Override::HasRunning,
                 Override::HasAffine,
                 Override::Cumulative,
@@ -296,7 +305,6 @@ impl Program {
                 Override::Add,
                 Override::PerThreadMerge,
             ],
-            Program::StatisticsVec4 => &[],
         }
     }
 
@@ -313,8 +321,11 @@ impl Program {
                 Some(PER_THREAD_QUADS),
                 Some(PER_THREAD_RUNS),
                 Some(PER_THREAD_VALUES),
+                Some(STATISTICS_FINALIZE),
                 Some(STATISTICS),
                 f32_only(include_str!("../../shaders/fused_forward.wgsl")),
+                f32_only(FUSED_PER_THREAD),
+                f32_only(FUSED_PER_THREAD_FORWARD),
             ],
             Program::Normalize => vec![
                 Some(COMMON),
@@ -346,9 +357,12 @@ impl Program {
                 Some(PER_THREAD_QUADS),
                 Some(PER_THREAD_RUNS),
                 Some(PER_THREAD_VALUES),
+                Some(GRADIENT_SUMS_FINALIZE),
                 Some(GRADIENT_SUMS),
                 f32_only(include_str!("../../shaders/input_gradient.wgsl")),
                 f32_only(include_str!("../../shaders/fused_backward.wgsl")),
+                f32_only(FUSED_PER_THREAD),
+                f32_only(FUSED_PER_THREAD_BACKWARD),
             ],
             Program::InputGradientVec4 => vec![
                 Some(COMMON),
@@ -366,6 +380,7 @@ impl Program {
                 Some(REDUCTION),
                 Some(LAST_WORKGROUP),
                 Some(STATISTICS_PARTIAL),
+                Some(STATISTICS_FINALIZE),
                 Some(STATISTICS),
             ],
             Program::LastWorkgroupGradientSums => vec![
@@ -373,19 +388,28 @@ impl Program {
                 Some(REDUCTION),
                 Some(LAST_WORKGROUP),
                 Some(GRADIENT_SUMS_ACCUMULATOR),
+                Some(GRADIENT_SUMS_FINALIZE),
                 Some(GRADIENT_SUMS),
             ],
             Program::StatisticsVec4 => vec![
                 Some(COMMON),
+                f32_only(EPILOGUE),
                 Some(STATISTICS_PARTIAL),
                 Some(PER_THREAD_QUADS),
                 Some(PER_THREAD_RUNS),
+                f32_only(STATISTICS_FINALIZE),
+                f32_only(FUSED_PER_THREAD),
+                f32_only(FUSED_PER_THREAD_FORWARD),
             ],
             Program::GradientSumsVec4 => vec![
                 Some(COMMON),
                 Some(GRADIENT_SUMS_ACCUMULATOR),
                 Some(PER_THREAD_QUADS),
                 Some(PER_THREAD_RUNS),
+                f32_only(DX_FACTORS),
+                f32_only(GRADIENT_SUMS_FINALIZE),
+                f32_only(FUSED_PER_THREAD),
+                f32_only(FUSED_PER_THREAD_BACKWARD),
             ],
         };
         let half = dtype.is_half().then_some(HALF);

@@ -238,7 +238,7 @@ pub fn assert_plan(ctx: &GpuContext, shape: &[usize], layout: Layout, claim: Pla
 /// or backward), each with enough values per thread for the eight-at-a-time loads and a
 /// remainder: channels-first with odd spatial runs, channels-last and 2-D with a last band of
 /// fewer than 32 channels; N = 1 with a spatial extent; one channel.
-pub const FUSED_SHAPES: [(&[usize], Layout); 7] = [
+pub const FUSED_SHAPES: [Shaped; 7] = [
     (&[3, 5, 67, 61], Layout::ChannelsFirst),
     (&[4, 16, 16, 40], Layout::ChannelsLast),
     (&[700, 33], Layout::ChannelsFirst),
@@ -246,6 +246,29 @@ pub const FUSED_SHAPES: [(&[usize], Layout); 7] = [
     (&[1, 2, 100, 90], Layout::ChannelsFirst),
     (&[5, 1, 3000], Layout::ChannelsFirst),
     (&[1, 33, 1], Layout::ChannelsLast),
+];
+
+/// Shapes that a context planned as [`Planned::Cpu`] fuses with a thread per channel
+/// (channels-first runs of eight values or more, at most `plan::FUSED_RUN_MAX_VALUES` values a
+/// channel): rows that split into vec4s, with runs of whole vec4s, of 49 values (each run's end
+/// quads shared with the neighbouring channels) and of 1000, and rows that do not (scalar
+/// loads); N = 1; one channel.
+pub const CPU_FUSED_SHAPES: [Shaped; 6] = [
+    (&[3, 5, 67, 61], Layout::ChannelsFirst),
+    (&[24, 4, 7, 7], Layout::ChannelsFirst),
+    (&[2, 3, 1000], Layout::ChannelsFirst),
+    (&[1, 2, 100, 90], Layout::ChannelsFirst),
+    (&[5, 1, 3000], Layout::ChannelsFirst),
+    (&[6, 12, 9, 9], Layout::ChannelsFirst),
+];
+
+/// A shape in memory order and its layout.
+pub type Shaped = (&'static [usize], Layout);
+
+/// Every fused plan's shapes and the context that fuses them.
+pub const FUSED_CASES: [(Planned, &[Shaped]); 2] = [
+    (Planned::DiscreteGpu, &FUSED_SHAPES),
+    (Planned::Cpu, &CPU_FUSED_SHAPES),
 ];
 
 /// A shape, the context kind it runs on and the plan that context makes for it.
