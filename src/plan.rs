@@ -100,7 +100,8 @@ pub const QUAD_LANES: usize = 8;
 pub const MIN_QUAD_CHUNK_ROWS: usize = 16;
 /// The most values of a channel that a CPU adapter's fused plan takes (one thread per channel,
 /// `shaders/fused_per_thread.wgsl`): the eight channels of an llvmpipe vector then hold their
-/// x and dy in 1 MiB, a core's L2 cache on the machines measured, for the output pass to find
+/// x and dy in 1 MiB, no more than a core's L2 cache on the development machines (1 MiB on an
+/// AMD EPYC, 2 MiB on the Intel Xeon where this was measured), for the output pass to find
 /// there. 64x256x56x56 (200704 values a channel, 256 threads) ran slower fused
 /// (`docs/performance.md` section 33).
 pub const FUSED_RUN_MAX_VALUES: usize = 16384;
