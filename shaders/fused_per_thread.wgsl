@@ -6,9 +6,11 @@
 // dispatch instead of three, no partials, and the channel's factors found once instead of per
 // element. No barrier and no workgroup memory, for the reason per_thread_runs.wgsl gives.
 //
-// The output takes the reduction's aligned quads (`load_<role>_quad`), and stores each whole
-// where it lies in the run and lane by lane at the run's ends (`store_<role>_quad`), so that no
-// thread writes another channel's elements (f32 only: a half type's neighbours share a word).
+// The output takes the reduction's aligned quads (`load_<role>_quad`), and stores the lanes that
+// lie in the run one f32 element at a time (`store_<role>_quad`, into an `array<f32>` binding
+// in the vec4 programs too): a quad at a run's end holds two channels, written by two threads,
+// and WGSL lets a store to one component of a vector access the whole vector, so only separate
+// elements keep the threads' stores apart (f32 only: a half type's neighbours share a word).
 // Its arithmetic is the elementwise kernels', lane for lane (`normalized4`, `epilogue4`,
 // `input_gradient_value4`), on the factors the finalize's hook computes from the same total; the
 // scalar and the vec4 programs give the same bits (tests/views.rs).

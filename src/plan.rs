@@ -42,7 +42,8 @@
 //!   its rows fit a chunk of the same number of values (`NARROW_BANDS`). On CPU adapters, whose
 //!   per-thread kernels avoid barriers, a channels-first f32 tensor of one window whose runs
 //!   take quads (eight values or more) is fused with a thread per channel where a channel holds
-//!   at most `FUSED_RUN_MAX_VALUES` values: the thread finds its channel's values in its core's
+//!   at most `FUSED_RUN_MAX_VALUES` values and there are at least `FUSED_RUN_MIN_CHANNELS`
+//!   channels: the thread finds its channel's values in its core's
 //!   cache when it writes the output. Other CPU plans are not fused (the workgroup kernels
 //!   merge in workgroup memory, behind barriers).
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
@@ -105,6 +106,11 @@ pub const MIN_QUAD_CHUNK_ROWS: usize = 16;
 /// there. 64x256x56x56 (200704 values a channel, 256 threads) ran slower fused
 /// (`docs/performance.md` section 33).
 pub const FUSED_RUN_MAX_VALUES: usize = 16384;
+/// The fewest channels a CPU adapter's fused plan takes: a thread per channel, so at least eight
+/// workgroups of `RUN_WORKGROUP_SIZE` threads for a CPU's cores to share. 16x64x32x32 (64
+/// channels, one workgroup, one core) ran slower fused than split (`docs/performance.md`
+/// section 33).
+pub const FUSED_RUN_MIN_CHANNELS: usize = 512;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of one partial of the statistics reduction: count, shift, mean - shift, M2.
@@ -507,8 +513,8 @@ fn fused_in_a_narrower_band(
 }
 
 /// A per-thread plan of channels-first runs in quads (CPU adapters, one f32 window), fused with
-/// one thread per channel where a channel holds at most `FUSED_RUN_MAX_VALUES` values;
-/// `None` where not.
+/// one thread per channel where a channel holds at most `FUSED_RUN_MAX_VALUES` values and there
+/// are at least `FUSED_RUN_MIN_CHANNELS` channels; `None` where not.
 fn fused_per_thread(
     plan: &Plan,
     view: ChannelView,
@@ -523,6 +529,7 @@ fn fused_per_thread(
         || !plan.runs_in_quads()
         || dtype.is_half()
         || values > FUSED_RUN_MAX_VALUES
+        || window.c_count < FUSED_RUN_MIN_CHANNELS
     {
         return Ok(None);
     }
@@ -758,7 +765,7 @@ impl Plan {
     }
 
     /// Bytes of the reduction partials of all chunks at `partial_bytes` each; 0 under a fused
-    /// plan, which reduces each channel in one workgroup and writes no partial.
+    /// plan, which reduces each channel in one workgroup (or thread) and writes no partial.
     pub fn partials_bytes(&self, partial_bytes: u64) -> u64 {
         if self.fused_window().is_some() {
             0
@@ -785,12 +792,27 @@ impl Plan {
             [window]
                 if self.chunks_total == 1
                     && !self.dtype.is_half()
-                    && (!self.kind.is_per_thread()
-                        || (self.kind == ReductionKind::PerThread && self.runs_in_quads())) =>
+                    && self.fuses_its_kind(window) =>
             {
                 Some(window)
             }
             _ => None,
+        }
+    }
+
+    /// Whether a one-window plan of one chunk per channel fuses under its reduction kind: the
+    /// workgroup kernels always; per-thread, only channels-first runs in quads of at most
+    /// `FUSED_RUN_MAX_VALUES` values a channel, `FUSED_RUN_MIN_CHANNELS` channels or more (a
+    /// plan may reach one chunk per channel by growing its chunks, with channels of any size).
+    fn fuses_its_kind(&self, window: &Window) -> bool {
+        match self.kind {
+            ReductionKind::Contiguous | ReductionKind::Strided => true,
+            ReductionKind::PerThread => {
+                self.runs_in_quads()
+                    && window.o_count * self.view.inner <= FUSED_RUN_MAX_VALUES
+                    && window.c_count >= FUSED_RUN_MIN_CHANNELS
+            }
+            ReductionKind::PerThreadQuads => false,
         }
     }
 
@@ -1448,7 +1470,7 @@ mod tests {
     /// of at least MIN_RUN_CHUNK values (MIN_QUAD_CHUNK_ROWS rows) that are whole blocks of
     /// eight, every channel merged by one thread; fused (one thread per channel) only where
     /// channels-first runs of eight values or more hold at most FUSED_RUN_MAX_VALUES values a
-    /// channel, in f32.
+    /// channel, with FUSED_RUN_MIN_CHANNELS channels or more, in f32.
     #[test]
     fn cpu_adapters_reduce_per_thread_and_fuse_only_short_channels_first_runs() {
         let cpu = cpu_defaults();
@@ -1456,14 +1478,26 @@ mod tests {
         let runs = ReductionKind::PerThread;
         // (shape, layout, kind, fused in f32)
         for (shape, layout, kind, fused) in [
-            (&[32usize, 64, 8, 8][..], Layout::ChannelsFirst, runs, true),
-            (&[64, 2048, 7, 7][..], Layout::ChannelsFirst, runs, true),
+            (
+                &[64usize, 2048, 7, 7][..],
+                Layout::ChannelsFirst,
+                runs,
+                true,
+            ),
             (&[64, 1024, 14, 14][..], Layout::ChannelsFirst, runs, true),
-            (&[1, 3, 100, 101][..], Layout::ChannelsFirst, runs, true),
+            // Fewer than 512 channels.
+            (&[32, 64, 8, 8][..], Layout::ChannelsFirst, runs, false),
+            (&[1, 3, 100, 101][..], Layout::ChannelsFirst, runs, false),
+            (&[4, 511, 64, 64][..], Layout::ChannelsFirst, runs, false),
             // 16384 values a channel, and one more.
-            (&[4, 8, 64, 64][..], Layout::ChannelsFirst, runs, true),
-            (&[4, 8, 4097][..], Layout::ChannelsFirst, runs, false),
+            (&[4, 512, 64, 64][..], Layout::ChannelsFirst, runs, true),
+            (&[4, 512, 4097][..], Layout::ChannelsFirst, runs, false),
             (&[64, 256, 56, 56][..], Layout::ChannelsFirst, runs, false),
+            // Over 1024 channels: chunks grow to one a channel, whatever its size; fused only
+            // within the limit.
+            (&[5, 1100, 64, 64][..], Layout::ChannelsFirst, runs, false),
+            (&[400, 1100, 7, 7][..], Layout::ChannelsFirst, runs, false),
+            (&[2, 1100, 64, 64][..], Layout::ChannelsFirst, runs, true),
             // Runs shorter than eight values.
             (&[64, 256, 2, 2][..], Layout::ChannelsFirst, runs, false),
             (&[32, 8, 8, 64][..], Layout::ChannelsLast, quads, false),
@@ -1479,7 +1513,6 @@ mod tests {
                     assert_eq!(p.kind, kind, "{shape:?}");
                     assert!(p.kind.is_per_thread());
                     assert_eq!(p.finalize, FinalizeKind::PerThread);
-                    assert!(p.reduction_items() <= CPU_REDUCTION_THREADS as usize);
                     if fused && dtype == DType::F32 {
                         assert!(p.fused_window().is_some(), "{shape:?}");
                         assert_eq!(p.chunks_total, 1, "{shape:?}");
@@ -1496,6 +1529,7 @@ mod tests {
                         (p.chunks_total * v.channels, MIN_RUN_CHUNK)
                     };
                     assert_eq!(p.reduction_items(), items, "{shape:?}");
+                    assert!(p.reduction_items() <= CPU_REDUCTION_THREADS as usize);
                     assert!(p.fused_window().is_none(), "{shape:?} {dtype:?}");
                     assert!(p.chunk_len >= min_chunk && p.chunk_len.is_multiple_of(8));
                 }

@@ -641,8 +641,6 @@ impl Builder<'_> {
             .collect()
     }
 
-    /// What the kernels that write dx bind, fused or not: the epilogue's mask source (the
-    /// forward's output) and dz where `epilogue` has them.
     /// The offsets of the tensors dx reads and writes: x, dy, dx, and the forward's output and
     /// dz where the epilogue has them.
     fn backward_offsets(&self, epilogue: EpilogueKind) -> Vec<u64> {
@@ -656,6 +654,8 @@ impl Builder<'_> {
         offsets
     }
 
+    /// What the kernels that write dx bind, fused or not: the epilogue's mask source (the
+    /// forward's output) and dz where `epilogue` has them.
     fn dx_bindings(&self, w: usize, epilogue: EpilogueKind) -> Vec<Binding> {
         vec![
             bind(Role::X, Range::Window(w)),
@@ -1060,7 +1060,7 @@ mod tests {
             ..operands
         };
         let aligned = off(Operands::default());
-        for shape in [&[8usize, 132, 7, 7][..], &[2, 6, 16, 16]] {
+        for shape in [&[2usize, 516, 7, 7][..], &[2, 512, 4, 4]] {
             for (call, operands, want) in [
                 (TRAINING, aligned, Program::StatisticsVec4),
                 (add_relu(TRAINING), aligned, Program::StatisticsVec4),
@@ -1420,7 +1420,7 @@ mod tests {
     /// group can miss or add a binding on any adapter.
     #[test]
     fn every_step_binds_what_its_entry_point_uses() {
-        let cases: [(&[usize], Layout, PlanLimits); 10] = [
+        let cases: [(&[usize], Layout, PlanLimits); 12] = [
             (
                 &[3, 5, 67, 61],
                 Layout::ChannelsFirst,
@@ -1468,6 +1468,17 @@ mod tests {
                 &[3, 5, 7, 7],
                 Layout::ChannelsFirst,
                 coherent(limits(128 << 20, GPU)),
+            ),
+            // Fused a thread per channel, in the vec4 and the scalar programs.
+            (
+                &[2, 512, 4, 4],
+                Layout::ChannelsFirst,
+                limits(128 << 20, CPU),
+            ),
+            (
+                &[2, 513, 7, 7],
+                Layout::ChannelsFirst,
+                limits(128 << 20, CPU),
             ),
         ];
         let calls = [
@@ -1521,6 +1532,6 @@ mod tests {
             }
         }
         // Every entry point of every program was reached.
-        assert_eq!(seen.len(), 29, "{seen:?}");
+        assert_eq!(seen.len(), 33, "{seen:?}");
     }
 }

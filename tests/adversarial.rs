@@ -118,7 +118,7 @@ const OFFSET_CASES: [PlannedCase; 9] = [
         claim: PlanClaim::split(17, FinalizeKind::PerThread),
     },
     PlannedCase {
-        shape: &[24, 4, 7, 7],
+        shape: &[2, 512, 7, 7],
         layout: FIRST,
         planned: Planned::Cpu,
         claim: PlanClaim::FUSED,
@@ -157,8 +157,8 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 10] = [
         planned: Planned::Cpu,
         claim: PlanClaim::split(18, FinalizeKind::PerThread),
     },
-    // Runs of 49 values: each quad at a run's ends holds a neighbouring channel's values;
-    // split and fused.
+    // Runs of 49 values: each quad at a run's ends holds a neighbouring channel's values; in
+    // one chunk and in chunks that start inside a run.
     PlannedCase {
         shape: &[344, 4, 7, 7],
         layout: FIRST,
@@ -169,7 +169,7 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 10] = [
         shape: &[16, 4, 7, 7],
         layout: FIRST,
         planned: Planned::Cpu,
-        claim: PlanClaim::FUSED,
+        claim: PlanClaim::split(1, FinalizeKind::PerThread),
     },
     // Eight values a channel: each channel's whole reduction is one group of the per-thread
     // kernels (channels-first runs, channels-last quads), whose partial alone must carry the NaN.
@@ -177,7 +177,7 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 10] = [
         shape: &[1, 4, 2, 4],
         layout: FIRST,
         planned: Planned::Cpu,
-        claim: PlanClaim::FUSED,
+        claim: PlanClaim::split(1, FinalizeKind::PerThread),
     },
     PlannedCase {
         shape: &[8, 4],
@@ -469,12 +469,20 @@ fn data_with_nan_and_inf(shape: &[usize], layout: Layout, seed: u64) -> Vec<f32>
 #[test]
 fn nan_and_inf_stay_in_their_channels_forward() {
     let eps = 1e-5;
-    for (k, case) in FOUR_CHANNEL_CASES.into_iter().enumerate() {
+    // And a CPU plan fused a thread per channel (512 channels or more), whose quads at each
+    // run's ends hold a neighbouring channel's values, NaN and Inf among them.
+    let fused = PlannedCase {
+        shape: &[2, 512, 7, 7],
+        layout: FIRST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::FUSED,
+    };
+    for (k, case) in FOUR_CHANNEL_CASES.into_iter().chain([fused]).enumerate() {
         let ctx = sentinel_context(case.planned);
         common::assert_plan(&ctx, case.shape, case.layout, case.claim);
         let what = format!("{:?} {:?} {:?}", case.shape, case.layout, case.planned);
         let view = view(case.shape, case.layout);
-        let parameters = affine(4, 500 + k as u64);
+        let parameters = affine(view.channels, 500 + k as u64);
         let data = data_with_nan_and_inf(case.shape, case.layout, 510 + k as u64);
         let step = training_step(&ctx, &case, &data, &parameters, SENTINEL);
         let inputs = ForwardInputs {
@@ -499,7 +507,7 @@ fn nan_and_inf_stay_in_their_channels_forward() {
             Channels::All,
         ));
         let stats = reference::batch_statistics(step.host.view(), case.layout, eps);
-        let (mut want_mean, mut want_var) = (vec![0.0; 4], vec![1.0; 4]);
+        let (mut want_mean, mut want_var) = (vec![0.0; view.channels], vec![1.0; view.channels]);
         reference::update_running_statistics(
             &mut want_mean,
             &mut want_var,

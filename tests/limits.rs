@@ -62,8 +62,9 @@ fn fused_kernels_loop_over_more_channels_than_workgroups() {
 fn per_thread_reductions_loop_over_more_chunks_than_threads() {
     // A CPU adapter's per-thread reductions with 3 workgroups of RUN_WORKGROUP_SIZE threads.
     // The one-channel kernels: more work items (channels x chunks) than threads, in one chunk or
-    // many per channel, split or fused. The quad kernel (QUAD_LANES threads, or as many as there are quads, to a
-    // chunk of at least MIN_QUAD_CHUNK_ROWS rows, 256 for one quad a thread): more chunks than
+    // many per channel, split or fused. The quad kernel (QUAD_LANES threads, or as many as there
+    // are quads, to a chunk of at least MIN_QUAD_CHUNK_ROWS rows, 256 for one quad a thread):
+    // more chunks than
     // groups of threads, with more quads than a group's threads or fewer (narrow groups); and a
     // thread looping over the quads of a chunk (1600 and 1000 channels), with fewer work items
     // than threads and in two windows.
@@ -73,8 +74,8 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
     for (k, (shape, layout, kind, chunks, more_items_than_threads)) in [
         (&[4usize, 201][..], Layout::ChannelsFirst, scalar, 1, true),
         (&[2, 3, 3, 401][..], Layout::ChannelsLast, scalar, 1, true),
-        // Runs of 16 and 32 values: split (17408 values a channel, 17 chunks), and fused (a
-        // thread per channel, 300 channels).
+        // Runs of 1024 and 32 values: split (17408 values a channel, 17 chunks), and fused (a
+        // thread per channel, 600 channels).
         (
             &[17, 15, 32, 32][..],
             Layout::ChannelsFirst,
@@ -82,7 +83,7 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
             17,
             true,
         ),
-        (&[2, 300, 4, 8][..], Layout::ChannelsFirst, scalar, 1, true),
+        (&[2, 600, 4, 8][..], Layout::ChannelsFirst, scalar, 1, true),
         (&[8, 16, 16, 102][..], Layout::ChannelsLast, scalar, 2, true),
         (&[2, 40, 40, 64][..], Layout::ChannelsLast, quads, 25, true),
         (&[4, 56, 56, 16][..], Layout::ChannelsLast, quads, 49, true),
@@ -105,6 +106,8 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
             let plan = plan_of(&ctx, shape, layout, operation);
             assert_eq!(plan.kind, kind, "{shape:?}");
             assert_eq!(plan.chunks_total, chunks, "{shape:?}");
+            let fused = shape == [2, 600, 4, 8];
+            assert_eq!(plan.fused_window().is_some(), fused, "{shape:?}");
             assert_eq!(
                 plan.reduction_items() > threads,
                 more_items_than_threads,

@@ -15,8 +15,9 @@
 //! In the reducing programs (1 lane or 4), each input also has `load_<role>_quad(q)`: elements
 //! 4q to 4q + 3 as a `vec4<f32>`, in four loads or one, for the per-thread kernels
 //! (`shaders/per_thread_quads.wgsl`, `shaders/per_thread_runs.wgsl`) and their hooks; and
-//! in f32 each output has `store_<role>_quad(q, v, keep)`, which writes the lanes `keep` of
-//! elements 4q to 4q + 3 (the fused per-thread kernels, `shaders/fused_per_thread.wgsl`).
+//! in f32 each output is an `array<f32>` with `store_<role>_quad(q, v, keep)`, which writes the
+//! lanes `keep` of elements 4q to 4q + 3 one element at a time (the fused per-thread kernels,
+//! `shaders/fused_per_thread.wgsl`).
 //!
 //! Two accessors of the epilogues come with them, at the program's width: `shortcut(i)`, the
 //! shortcut z where the epilogue adds it (`ADD`) and zeros otherwise, in programs that bind z;
@@ -161,29 +162,20 @@ fn quad_accessor(name: &str, load: &str, lanes: u32) -> String {
     format!("fn {name}(q: u32) -> vec4<f32> {{\n    return {quad};\n}}\n")
 }
 
-/// `@group(0) @binding(n) var<storage, access> name: ty;`
 /// `store_<name>_quad(q, v, keep)`: the lanes `keep` of window quad q (the fused per-thread
-/// kernels' output, `shaders/fused_per_thread.wgsl`): a vec4 store where every lane is kept,
-/// else one store per kept lane, so that a quad across two channels' runs is written by both
-/// threads without either writing the other's elements (f32 only).
-fn quad_store(name: &str, lanes: u32) -> String {
-    let lane_store = if lanes == 1 {
-        format!("store_{name}(4u * q + k, v[k])")
-    } else {
-        format!("{name}[p.{name}_shift / 4u + q][k] = v[k]")
-    };
-    let whole = if lanes == 1 {
-        String::new()
-    } else {
-        format!("    if (all(keep)) {{\n        store_{name}(q, v);\n        return;\n    }}\n")
-    };
+/// kernels' output, `shaders/fused_per_thread.wgsl`), one f32 store per kept lane into an
+/// `array<f32>` binding, in the vec4 programs too: a quad at a run's end holds two channels,
+/// written by two threads, and WGSL lets a store to one component of a vector access the whole
+/// vector, so only separate f32 elements keep the two threads' stores apart (f32 only).
+fn quad_store(name: &str) -> String {
     format!(
-        "fn store_{name}_quad(q: u32, v: vec4<f32>, keep: vec4<bool>) {{\n{whole}    \
+        "fn store_{name}_quad(q: u32, v: vec4<f32>, keep: vec4<bool>) {{\n    \
          for (var k = 0u; k < 4u; k += 1u) {{\n        if (keep[k]) {{\n            \
-         {lane_store};\n        }}\n    }}\n}}\n"
+         {name}[p.{name}_shift + 4u * q + k] = v[k];\n        }}\n    }}\n}}\n"
     )
 }
 
+/// `@group(0) @binding(n) var<storage, access> name: ty;`
 fn binding(role: Role, access: Access, ty: &str) -> String {
     let access = match access {
         Access::Read => "read",
@@ -288,14 +280,15 @@ fn tensor_binding(role: Role, program: Program, dtype: DType, access: Access) ->
             },
         ),
     };
-    let quad = if !program.reduces() {
+    if output && program.reduces() && dtype == DType::F32 {
+        // The fused kernels' outputs: f32 elements in every program (`quad_store`).
+        let single = if lanes == 1 { functions } else { String::new() };
+        return binding(role, access, "array<f32>") + &single + &quad_store(name);
+    }
+    let quad = if output || !program.reduces() {
         String::new()
-    } else if !output {
-        quad_accessor(&format!("load_{name}_quad"), &format!("load_{name}"), lanes)
-    } else if dtype == DType::F32 {
-        quad_store(name, lanes)
     } else {
-        String::new()
+        quad_accessor(&format!("load_{name}_quad"), &format!("load_{name}"), lanes)
     };
     binding(role, access, array) + &functions + &quad
 }

@@ -250,16 +250,14 @@ pub const FUSED_SHAPES: [Shaped; 7] = [
 
 /// Shapes that a context planned as [`Planned::Cpu`] fuses with a thread per channel
 /// (channels-first runs of eight values or more, at most `plan::FUSED_RUN_MAX_VALUES` values a
-/// channel): rows that split into vec4s, with runs of whole vec4s, of 49 values (each run's end
-/// quads shared with the neighbouring channels) and of 1000, and rows that do not (scalar
-/// loads); N = 1; one channel.
-pub const CPU_FUSED_SHAPES: [Shaped; 6] = [
-    (&[3, 5, 67, 61], Layout::ChannelsFirst),
-    (&[24, 4, 7, 7], Layout::ChannelsFirst),
-    (&[2, 3, 1000], Layout::ChannelsFirst),
-    (&[1, 2, 100, 90], Layout::ChannelsFirst),
-    (&[5, 1, 3000], Layout::ChannelsFirst),
-    (&[6, 12, 9, 9], Layout::ChannelsFirst),
+/// channel, `plan::FUSED_RUN_MIN_CHANNELS` channels or more): rows that split into vec4s, with
+/// runs of 49 values (each run's end quads shared with the neighbouring channels), of whole
+/// vec4s and of 100 values, and rows that do not (scalar loads); N = 1.
+pub const CPU_FUSED_SHAPES: [Shaped; 4] = [
+    (&[2, 512, 7, 7], Layout::ChannelsFirst),
+    (&[3, 600, 4, 8], Layout::ChannelsFirst),
+    (&[1, 512, 100], Layout::ChannelsFirst),
+    (&[2, 513, 9, 9], Layout::ChannelsFirst),
 ];
 
 /// A shape in memory order and its layout.
