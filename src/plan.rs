@@ -41,7 +41,8 @@
 //!   window too tall for a chunk of 32 channels is fused in a band of 16 or 8 channels where
 //!   its rows fit a chunk of the same number of values (`NARROW_BANDS`). On CPU adapters, whose
 //!   per-thread kernels avoid barriers, a channels-first f32 tensor of one window whose runs
-//!   take quads (eight values or more) is fused with a thread per channel where a channel holds
+//!   split into quads (eight values or more, a multiple of four) is fused with a thread per
+//!   channel where a channel holds
 //!   at most `FUSED_RUN_MAX_VALUES` values and there are at least `FUSED_RUN_MIN_CHANNELS`
 //!   channels: the thread finds its channel's values in its core's
 //!   cache when it writes the output. Other CPU plans are not fused (the workgroup kernels
@@ -512,7 +513,7 @@ fn fused_in_a_narrower_band(
     Ok(None)
 }
 
-/// A per-thread plan of channels-first runs in quads (CPU adapters, one f32 window), fused with
+/// A per-thread plan of channels-first runs of whole quads (CPU adapters, one f32 window), fused with
 /// one thread per channel where a channel holds at most `FUSED_RUN_MAX_VALUES` values and there
 /// are at least `FUSED_RUN_MIN_CHANNELS` channels; `None` where not.
 fn fused_per_thread(
@@ -526,7 +527,7 @@ fn fused_per_thread(
     };
     let values = window.o_count * view.inner;
     if plan.kind != ReductionKind::PerThread
-        || !plan.runs_in_quads()
+        || !plan.runs_in_whole_quads()
         || dtype.is_half()
         || values > FUSED_RUN_MAX_VALUES
         || window.c_count < FUSED_RUN_MIN_CHANNELS
@@ -751,6 +752,13 @@ impl Plan {
         self.view.inner >= 8
     }
 
+    /// Whether its runs are read in quads and split into them (`inner % 4 == 0`): each quad
+    /// lies in one channel's run, so a fused per-thread kernel stores it whole
+    /// (`shaders/fused_per_thread.wgsl`).
+    pub fn runs_in_whole_quads(&self) -> bool {
+        self.runs_in_quads() && self.view.inner.is_multiple_of(4)
+    }
+
     /// Whether the per-thread reductions (CPU adapters) read vec4s of tensors that start at these
     /// byte offsets: aligned quads of the window (channels-last rows of four channels, or
     /// channels-first runs of eight values or more with their neighbours' values masked off),
@@ -801,14 +809,14 @@ impl Plan {
     }
 
     /// Whether a one-window plan of one chunk per channel fuses under its reduction kind: the
-    /// workgroup kernels always; per-thread, only channels-first runs in quads of at most
+    /// workgroup kernels always; per-thread, only channels-first runs of whole quads, at most
     /// `FUSED_RUN_MAX_VALUES` values a channel, `FUSED_RUN_MIN_CHANNELS` channels or more (a
     /// plan may reach one chunk per channel by growing its chunks, with channels of any size).
     fn fuses_its_kind(&self, window: &Window) -> bool {
         match self.kind {
             ReductionKind::Contiguous | ReductionKind::Strided => true,
             ReductionKind::PerThread => {
-                self.runs_in_quads()
+                self.runs_in_whole_quads()
                     && window.o_count * self.view.inner <= FUSED_RUN_MAX_VALUES
                     && window.c_count >= FUSED_RUN_MIN_CHANNELS
             }
@@ -1469,8 +1477,9 @@ mod tests {
     /// are innermost and a multiple of four, QUAD_LANES threads to a chunk of rows), in chunks
     /// of at least MIN_RUN_CHUNK values (MIN_QUAD_CHUNK_ROWS rows) that are whole blocks of
     /// eight, every channel merged by one thread; fused (one thread per channel) only where
-    /// channels-first runs of eight values or more hold at most FUSED_RUN_MAX_VALUES values a
-    /// channel, with FUSED_RUN_MIN_CHANNELS channels or more, in f32.
+    /// channels-first runs of whole quads (eight values or more) hold at most
+    /// FUSED_RUN_MAX_VALUES values a channel, with FUSED_RUN_MIN_CHANNELS channels or more, in
+    /// f32.
     #[test]
     fn cpu_adapters_reduce_per_thread_and_fuse_only_short_channels_first_runs() {
         let cpu = cpu_defaults();
@@ -1479,12 +1488,13 @@ mod tests {
         // (shape, layout, kind, fused in f32)
         for (shape, layout, kind, fused) in [
             (
-                &[64usize, 2048, 7, 7][..],
+                &[64usize, 1024, 14, 14][..],
                 Layout::ChannelsFirst,
                 runs,
                 true,
             ),
-            (&[64, 1024, 14, 14][..], Layout::ChannelsFirst, runs, true),
+            // Runs of 49 values: not whole quads.
+            (&[64, 2048, 7, 7][..], Layout::ChannelsFirst, runs, false),
             // Fewer than 512 channels.
             (&[32, 64, 8, 8][..], Layout::ChannelsFirst, runs, false),
             (&[1, 3, 100, 101][..], Layout::ChannelsFirst, runs, false),

@@ -109,16 +109,16 @@ const OFFSET_CASES: [PlannedCase; 9] = [
         claim: PlanClaim::split(18, FinalizeKind::PerThread),
     },
     // Runs of 49 values: quads shared with the neighbouring channels, groups shifted by a
-    // value in any lane; split, with chunks that start inside a run, and fused (a thread per
-    // channel, which writes the quads at each run's ends lane by lane).
+    // value in any lane, chunks that start inside a run.
     PlannedCase {
         shape: &[344, 4, 7, 7],
         layout: FIRST,
         planned: Planned::Cpu,
         claim: PlanClaim::split(17, FinalizeKind::PerThread),
     },
+    // Fused, a thread per channel (runs of seven quads).
     PlannedCase {
-        shape: &[2, 512, 7, 7],
+        shape: &[2, 512, 4, 7],
         layout: FIRST,
         planned: Planned::Cpu,
         claim: PlanClaim::FUSED,
@@ -469,10 +469,10 @@ fn data_with_nan_and_inf(shape: &[usize], layout: Layout, seed: u64) -> Vec<f32>
 #[test]
 fn nan_and_inf_stay_in_their_channels_forward() {
     let eps = 1e-5;
-    // And a CPU plan fused a thread per channel (512 channels or more), whose quads at each
-    // run's ends hold a neighbouring channel's values, NaN and Inf among them.
+    // And a CPU plan fused a thread per channel (512 channels or more), which writes y of its
+    // runs from the values it has just reduced.
     let fused = PlannedCase {
-        shape: &[2, 512, 7, 7],
+        shape: &[2, 512, 4, 7],
         layout: FIRST,
         planned: Planned::Cpu,
         claim: PlanClaim::FUSED,

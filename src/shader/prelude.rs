@@ -15,9 +15,8 @@
 //! In the reducing programs (1 lane or 4), each input also has `load_<role>_quad(q)`: elements
 //! 4q to 4q + 3 as a `vec4<f32>`, in four loads or one, for the per-thread kernels
 //! (`shaders/per_thread_quads.wgsl`, `shaders/per_thread_runs.wgsl`) and their hooks; and
-//! in f32 each output is an `array<f32>` with `store_<role>_quad(q, v, keep)`, which writes the
-//! lanes `keep` of elements 4q to 4q + 3 one element at a time (the fused per-thread kernels,
-//! `shaders/fused_per_thread.wgsl`).
+//! in f32 each output has `store_<role>_quad(q, v, keep)`, which writes the lanes `keep` of
+//! elements 4q to 4q + 3 (the fused per-thread kernels, `shaders/fused_per_thread.wgsl`).
 //!
 //! Two accessors of the epilogues come with them, at the program's width: `shortcut(i)`, the
 //! shortcut z where the epilogue adds it (`ADD`) and zeros otherwise, in programs that bind z;
@@ -163,16 +162,21 @@ fn quad_accessor(name: &str, load: &str, lanes: u32) -> String {
 }
 
 /// `store_<name>_quad(q, v, keep)`: the lanes `keep` of window quad q (the fused per-thread
-/// kernels' output, `shaders/fused_per_thread.wgsl`), one f32 store per kept lane into an
-/// `array<f32>` binding, in the vec4 programs too: a quad at a run's end holds two channels,
-/// written by two threads, and WGSL lets a store to one component of a vector access the whole
-/// vector, so only separate f32 elements keep the two threads' stores apart (f32 only).
-fn quad_store(name: &str) -> String {
-    format!(
-        "fn store_{name}_quad(q: u32, v: vec4<f32>, keep: vec4<bool>) {{\n    \
-         for (var k = 0u; k < 4u; k += 1u) {{\n        if (keep[k]) {{\n            \
-         {name}[p.{name}_shift + 4u * q + k] = v[k];\n        }}\n    }}\n}}\n"
-    )
+/// kernels' output, `shaders/fused_per_thread.wgsl`; f32 only). Those kernels take only runs of
+/// whole quads (`Plan::fused_window`), so a quad is one thread's: the vec4 programs store it
+/// whole; the scalar programs store the kept lanes one element at a time. (At a run's end inside
+/// a quad, two threads would write one vec4, and WGSL lets a store to one component of a vector
+/// access the whole vector.)
+fn quad_store(name: &str, lanes: u32) -> String {
+    let body = if lanes == 1 {
+        format!(
+            "for (var k = 0u; k < 4u; k += 1u) {{\n        if (keep[k]) {{\n            \
+             store_{name}(4u * q + k, v[k]);\n        }}\n    }}"
+        )
+    } else {
+        format!("store_{name}(q, v);")
+    };
+    format!("fn store_{name}_quad(q: u32, v: vec4<f32>, keep: vec4<bool>) {{\n    {body}\n}}\n")
 }
 
 /// `@group(0) @binding(n) var<storage, access> name: ty;`
@@ -280,15 +284,14 @@ fn tensor_binding(role: Role, program: Program, dtype: DType, access: Access) ->
             },
         ),
     };
-    if output && program.reduces() && dtype == DType::F32 {
-        // The fused kernels' outputs: f32 elements in every program (`quad_store`).
-        let single = if lanes == 1 { functions } else { String::new() };
-        return binding(role, access, "array<f32>") + &single + &quad_store(name);
-    }
-    let quad = if output || !program.reduces() {
+    let quad = if !program.reduces() {
         String::new()
-    } else {
+    } else if !output {
         quad_accessor(&format!("load_{name}_quad"), &format!("load_{name}"), lanes)
+    } else if dtype == DType::F32 {
+        quad_store(name, lanes)
+    } else {
+        String::new()
     };
     binding(role, access, array) + &functions + &quad
 }

@@ -249,15 +249,14 @@ pub const FUSED_SHAPES: [Shaped; 7] = [
 ];
 
 /// Shapes that a context planned as [`Planned::Cpu`] fuses with a thread per channel
-/// (channels-first runs of eight values or more, at most `plan::FUSED_RUN_MAX_VALUES` values a
-/// channel, `plan::FUSED_RUN_MIN_CHANNELS` channels or more): rows that split into vec4s, with
-/// runs of 49 values (each run's end quads shared with the neighbouring channels), of whole
-/// vec4s and of 100 values, and rows that do not (scalar loads); N = 1.
+/// (channels-first runs of whole quads, eight values or more, at most
+/// `plan::FUSED_RUN_MAX_VALUES` values a channel, `plan::FUSED_RUN_MIN_CHANNELS` channels or
+/// more): runs of 28, 32, 100 and 16 values; N = 1; an odd channel count.
 pub const CPU_FUSED_SHAPES: [Shaped; 4] = [
-    (&[2, 512, 7, 7], Layout::ChannelsFirst),
+    (&[2, 512, 4, 7], Layout::ChannelsFirst),
     (&[3, 600, 4, 8], Layout::ChannelsFirst),
     (&[1, 512, 100], Layout::ChannelsFirst),
-    (&[2, 513, 9, 9], Layout::ChannelsFirst),
+    (&[2, 513, 4, 4], Layout::ChannelsFirst),
 ];
 
 /// A shape in memory order and its layout.
