@@ -792,9 +792,9 @@ impl Plan {
 
     /// The window of a fused plan, where one dispatch does a whole operation (statistics, then
     /// the output from the values just read): the tensor is one f32 window and each channel's
-    /// values are one chunk, under the workgroup kernels or the per-thread kernel of
-    /// channels-first runs in quads (`shaders/fused_per_thread.wgsl`); not under the quad
-    /// kernel or the kernel of short runs (threads that share a channel). `None` otherwise.
+    /// values are one chunk, under the workgroup kernels or, for channels-first runs of whole
+    /// quads, the per-thread kernel (`shaders/fused_per_thread.wgsl`, `fuses_its_kind`); not
+    /// under the quad kernel or the kernel of short runs. `None` otherwise.
     pub fn fused_window(&self) -> Option<&Window> {
         match self.windows.as_slice() {
             [window]
