@@ -41,10 +41,11 @@
 //!   window too tall for a chunk of 32 channels is fused in a band of 16 or 8 channels where
 //!   its rows fit a chunk of the same number of values (`NARROW_BANDS`). On CPU adapters, whose
 //!   per-thread kernels avoid barriers, a channels-first f32 tensor of one window whose runs
-//!   split into quads (eight values or more, a multiple of four) is fused with a thread per
-//!   channel where a channel holds
-//!   at most `FUSED_RUN_MAX_VALUES` values and there are at least `FUSED_RUN_MIN_CHANNELS`
-//!   channels: the thread finds its channel's values in its core's
+//!   are read in quads (eight values or more) is fused with a thread per channel group: the
+//!   fewest consecutive channels whose runs fill whole quads (1, 2 or 4 by `inner % 4`, so
+//!   that no two threads write one quad), where the channels split into such groups, a group
+//!   holds at most `FUSED_RUN_MAX_VALUES` values and there are at least
+//!   `FUSED_RUN_MIN_THREADS` groups: the thread finds its channels' values in its core's
 //!   cache when it writes the output. Other CPU plans are not fused (the workgroup kernels
 //!   merge in workgroup memory, behind barriers).
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
@@ -100,18 +101,21 @@ pub const QUAD_LANES: usize = 8;
 /// double until the reduction has at most `CPU_REDUCTION_THREADS` work items, so large tensors
 /// keep long chunks and few partials.
 pub const MIN_QUAD_CHUNK_ROWS: usize = 16;
-/// The most values of a channel that a CPU adapter's fused plan takes (one thread per channel,
-/// `shaders/fused_per_thread.wgsl`): the eight channels of an llvmpipe vector then hold their
+/// The most values a thread of a CPU adapter's fused plan takes (those of its channel group,
+/// `shaders/fused_per_thread.wgsl`): the eight threads of an llvmpipe vector then hold their
 /// x and dy in 1 MiB, no more than a core's L2 cache on the development machines (1 MiB on an
 /// AMD EPYC, 2 MiB on the Intel Xeon where this was measured), for the output pass to find
 /// there. 64x256x56x56 (200704 values a channel, 256 threads) ran slower fused
 /// (`docs/performance.md` section 33).
 pub const FUSED_RUN_MAX_VALUES: usize = 16384;
-/// The fewest channels a CPU adapter's fused plan takes: a thread per channel, so at least eight
+/// The fewest threads (channel groups) a CPU adapter's fused plan takes: at least eight
 /// workgroups of `RUN_WORKGROUP_SIZE` threads for a CPU's cores to share. 16x64x32x32 (64
-/// channels, one workgroup, one core) ran slower fused than split (`docs/performance.md`
-/// section 33).
-pub const FUSED_RUN_MIN_CHANNELS: usize = 512;
+/// channels, a thread each: one workgroup, one core) ran slower fused than split
+/// (`docs/performance.md` section 33).
+pub const FUSED_RUN_MIN_THREADS: usize = 512;
+/// The most channels a thread of a CPU adapter's fused plan takes (`Plan::fused_channel_group`:
+/// four runs of an odd length fill whole quads).
+pub const FUSED_GROUP_MAX: usize = 4;
 /// Most partials per channel that one thread merges alone.
 pub const PER_THREAD_FINALIZE_MAX_PARTIALS: usize = 32;
 /// Bytes of one partial of the statistics reduction: count, shift, mean - shift, M2.
@@ -346,12 +350,13 @@ impl Window {
         }
     }
 
-    /// Work items of this window's reduction dispatch, with `band` channels per strided
-    /// workgroup.
+    /// Work items of this window's reduction dispatch, with `band` channels per item (a strided
+    /// workgroup's, or a fused per-thread thread's; `Plan::band`).
     pub fn reduction_items(&self, kind: ReductionKind, band: usize) -> usize {
         match kind {
-            ReductionKind::Contiguous | ReductionKind::PerThread => self.chunks * self.c_count,
-            ReductionKind::Strided => self.chunks * self.c_count.div_ceil(band),
+            ReductionKind::Contiguous | ReductionKind::PerThread | ReductionKind::Strided => {
+                self.chunks * self.c_count.div_ceil(band)
+            }
             ReductionKind::PerThreadQuads => self.chunks * QUAD_LANES.min(self.c_count / 4),
         }
     }
@@ -372,8 +377,9 @@ pub struct Plan {
     pub chunks_total: usize,
     /// Values (contiguous, per-thread) or rows (strided) per chunk.
     pub chunk_len: usize,
-    /// Channels per workgroup of the strided kernels: `STRIDED_BAND`, or one of
-    /// `NARROW_BANDS` for a fused plan.
+    /// Channels a work item of the reduction takes together: a strided workgroup's band
+    /// (`STRIDED_BAND`, or one of `NARROW_BANDS` for a fused plan), a fused per-thread plan's
+    /// channel group (`fused_channel_group`); 1 otherwise.
     pub band: usize,
     /// How partials are merged: by a thread or by a workgroup per channel.
     pub finalize: FinalizeKind,
@@ -513,9 +519,10 @@ fn fused_in_a_narrower_band(
     Ok(None)
 }
 
-/// A per-thread plan of channels-first runs of whole quads (CPU adapters, one f32 window), fused with
-/// one thread per channel where a channel holds at most `FUSED_RUN_MAX_VALUES` values and there
-/// are at least `FUSED_RUN_MIN_CHANNELS` channels; `None` where not.
+/// A per-thread plan of channels-first runs read in quads (CPU adapters, one f32 window), fused
+/// with a thread per channel group (`Plan::fused_channel_group`) where a group holds at most
+/// `FUSED_RUN_MAX_VALUES` values and there are at least `FUSED_RUN_MIN_THREADS` groups; `None`
+/// where not.
 fn fused_per_thread(
     plan: &Plan,
     view: ChannelView,
@@ -525,16 +532,16 @@ fn fused_per_thread(
     let [window] = plan.windows.as_slice() else {
         return Ok(None);
     };
-    let values = window.o_count * view.inner;
-    if plan.kind != ReductionKind::PerThread
-        || !plan.runs_in_whole_quads()
-        || dtype.is_half()
-        || values > FUSED_RUN_MAX_VALUES
-        || window.c_count < FUSED_RUN_MIN_CHANNELS
-    {
+    let Some(group) = plan.fused_channel_group() else {
+        return Ok(None);
+    };
+    if plan.kind != ReductionKind::PerThread || dtype.is_half() {
         return Ok(None);
     }
-    let fused = plan_with_chunk(view, dtype, limits, Some(values))?;
+    let fused = Plan {
+        band: group,
+        ..plan_with_chunk(view, dtype, limits, Some(window.o_count * view.inner))?
+    };
     Ok(fused.fused_window().is_some().then_some(fused))
 }
 
@@ -668,7 +675,11 @@ fn plan_with_chunk(
         limits,
         chunks_total: chunk_base,
         chunk_len,
-        band: STRIDED_BAND,
+        band: if kind == ReductionKind::Strided {
+            STRIDED_BAND
+        } else {
+            1
+        },
         // CPU adapters merge every channel in one thread: a workgroup's barriers cost them far
         // more than a long serial merge (65 partials of 4096 channels: 28 ms by workgroups).
         finalize: if chunk_base <= PER_THREAD_FINALIZE_MAX_PARTIALS || limits.per_thread_reductions
@@ -752,11 +763,18 @@ impl Plan {
         self.view.inner >= 8
     }
 
-    /// Whether its runs are read in quads and split into them (`inner % 4 == 0`): each quad
-    /// lies in one channel's run, so a fused per-thread kernel stores it whole
-    /// (`shaders/fused_per_thread.wgsl`).
-    pub fn runs_in_whole_quads(&self) -> bool {
-        self.runs_in_quads() && self.view.inner.is_multiple_of(4)
+    /// The channels a thread of a fused per-thread kernel takes (`shaders/fused_per_thread.wgsl`),
+    /// where its runs are read in quads: the fewest consecutive channels whose runs of an outer
+    /// row fill whole quads (1 where `inner % 4 == 0`, 2 where `inner % 4 == 2`, 4 where `inner`
+    /// is odd), so that every quad of the output is one thread's; `None` where the runs are
+    /// shorter or the channels do not split into such groups.
+    pub fn fused_channel_group(&self) -> Option<usize> {
+        let group = match self.view.inner % 4 {
+            0 => 1,
+            2 => 2,
+            _ => 4,
+        };
+        (self.runs_in_quads() && self.view.channels.is_multiple_of(group)).then_some(group)
     }
 
     /// Whether the per-thread reductions (CPU adapters) read vec4s of tensors that start at these
@@ -792,7 +810,7 @@ impl Plan {
 
     /// The window of a fused plan, where one dispatch does a whole operation (statistics, then
     /// the output from the values just read): the tensor is one f32 window and each channel's
-    /// values are one chunk, under the workgroup kernels or, for channels-first runs of whole
+    /// values are one chunk, under the workgroup kernels or, for channels-first runs read in
     /// quads, the per-thread kernel (`shaders/fused_per_thread.wgsl`, `fuses_its_kind`); not
     /// under the quad kernel or the kernel of short runs. `None` otherwise.
     pub fn fused_window(&self) -> Option<&Window> {
@@ -809,16 +827,17 @@ impl Plan {
     }
 
     /// Whether a one-window plan of one chunk per channel fuses under its reduction kind: the
-    /// workgroup kernels always; per-thread, only channels-first runs of whole quads, at most
-    /// `FUSED_RUN_MAX_VALUES` values a channel, `FUSED_RUN_MIN_CHANNELS` channels or more (a
-    /// plan may reach one chunk per channel by growing its chunks, with channels of any size).
+    /// workgroup kernels always; per-thread, only channels-first runs read in quads whose plan
+    /// takes a channel group a thread (`band`, `fused_channel_group`), at most
+    /// `FUSED_RUN_MAX_VALUES` values a group, `FUSED_RUN_MIN_THREADS` groups or more (a plan may
+    /// reach one chunk per channel by growing its chunks, with channels of any size).
     fn fuses_its_kind(&self, window: &Window) -> bool {
         match self.kind {
             ReductionKind::Contiguous | ReductionKind::Strided => true,
             ReductionKind::PerThread => {
-                self.runs_in_whole_quads()
-                    && window.o_count * self.view.inner <= FUSED_RUN_MAX_VALUES
-                    && window.c_count >= FUSED_RUN_MIN_CHANNELS
+                self.fused_channel_group() == Some(self.band)
+                    && self.band * window.o_count * self.view.inner <= FUSED_RUN_MAX_VALUES
+                    && window.c_count / self.band >= FUSED_RUN_MIN_THREADS
             }
             ReductionKind::PerThreadQuads => false,
         }
@@ -1476,45 +1495,51 @@ mod tests {
     /// On CPU adapters every layout reduces per thread (four channels a thread where channels
     /// are innermost and a multiple of four, QUAD_LANES threads to a chunk of rows), in chunks
     /// of at least MIN_RUN_CHUNK values (MIN_QUAD_CHUNK_ROWS rows) that are whole blocks of
-    /// eight, every channel merged by one thread; fused (one thread per channel) only where
-    /// channels-first runs of whole quads (eight values or more) hold at most
-    /// FUSED_RUN_MAX_VALUES values a channel, with FUSED_RUN_MIN_CHANNELS channels or more, in
-    /// f32.
+    /// eight, every channel merged by one thread; fused (a thread per channel group) only where
+    /// channels-first runs of eight values or more split into groups (of 1, 2 or 4 channels,
+    /// by `inner % 4`) that hold at most FUSED_RUN_MAX_VALUES values, with
+    /// FUSED_RUN_MIN_THREADS groups or more, in f32.
     #[test]
     fn cpu_adapters_reduce_per_thread_and_fuse_only_short_channels_first_runs() {
         let cpu = cpu_defaults();
         let quads = ReductionKind::PerThreadQuads;
         let runs = ReductionKind::PerThread;
-        // (shape, layout, kind, fused in f32)
+        // (shape, layout, kind, the fused plan's channel group in f32)
         for (shape, layout, kind, fused) in [
             (
                 &[64usize, 1024, 14, 14][..],
                 Layout::ChannelsFirst,
                 runs,
-                true,
+                Some(1),
             ),
-            // Runs of 49 values: not whole quads.
-            (&[64, 2048, 7, 7][..], Layout::ChannelsFirst, runs, false),
-            // Fewer than 512 channels.
-            (&[32, 64, 8, 8][..], Layout::ChannelsFirst, runs, false),
-            (&[1, 3, 100, 101][..], Layout::ChannelsFirst, runs, false),
-            (&[4, 511, 64, 64][..], Layout::ChannelsFirst, runs, false),
-            // 16384 values a channel, and one more.
-            (&[4, 512, 64, 64][..], Layout::ChannelsFirst, runs, true),
-            (&[4, 512, 4097][..], Layout::ChannelsFirst, runs, false),
-            (&[64, 256, 56, 56][..], Layout::ChannelsFirst, runs, false),
+            // Runs of 49 values: four channels a thread fill whole quads.
+            (&[64, 2048, 7, 7][..], Layout::ChannelsFirst, runs, Some(4)),
+            // Runs of 14 values: two channels a thread.
+            (&[1, 1024, 2, 7][..], Layout::ChannelsFirst, runs, Some(2)),
+            // Groups of four, but 2046 channels do not split into them.
+            (&[2, 2046, 3, 3][..], Layout::ChannelsFirst, runs, None),
+            // Fewer than 512 threads.
+            (&[64, 1024, 7, 7][..], Layout::ChannelsFirst, runs, None),
+            (&[32, 64, 8, 8][..], Layout::ChannelsFirst, runs, None),
+            (&[1, 3, 100, 101][..], Layout::ChannelsFirst, runs, None),
+            (&[4, 511, 64, 64][..], Layout::ChannelsFirst, runs, None),
+            // 16384 values a thread, and one more; 4 x 64 x 81 = 20736 values a group.
+            (&[4, 512, 64, 64][..], Layout::ChannelsFirst, runs, Some(1)),
+            (&[4, 512, 4097][..], Layout::ChannelsFirst, runs, None),
+            (&[64, 2048, 9, 9][..], Layout::ChannelsFirst, runs, None),
+            (&[64, 256, 56, 56][..], Layout::ChannelsFirst, runs, None),
             // Over 1024 channels: chunks grow to one a channel, whatever its size; fused only
-            // within the limit.
-            (&[5, 1100, 64, 64][..], Layout::ChannelsFirst, runs, false),
-            (&[400, 1100, 7, 7][..], Layout::ChannelsFirst, runs, false),
-            (&[2, 1100, 64, 64][..], Layout::ChannelsFirst, runs, true),
+            // within the limits.
+            (&[5, 1100, 64, 64][..], Layout::ChannelsFirst, runs, None),
+            (&[400, 1100, 7, 7][..], Layout::ChannelsFirst, runs, None),
+            (&[2, 1100, 64, 64][..], Layout::ChannelsFirst, runs, Some(1)),
             // Runs shorter than eight values.
-            (&[64, 256, 2, 2][..], Layout::ChannelsFirst, runs, false),
-            (&[32, 8, 8, 64][..], Layout::ChannelsLast, quads, false),
-            (&[256, 1024][..], Layout::ChannelsFirst, quads, false),
-            (&[64, 7, 7, 2048][..], Layout::ChannelsLast, quads, false),
-            (&[8, 10, 10, 6][..], Layout::ChannelsLast, runs, false),
-            (&[256, 1022][..], Layout::ChannelsFirst, runs, false),
+            (&[64, 256, 2, 2][..], Layout::ChannelsFirst, runs, None),
+            (&[32, 8, 8, 64][..], Layout::ChannelsLast, quads, None),
+            (&[256, 1024][..], Layout::ChannelsFirst, quads, None),
+            (&[64, 7, 7, 2048][..], Layout::ChannelsLast, quads, None),
+            (&[8, 10, 10, 6][..], Layout::ChannelsLast, runs, None),
+            (&[256, 1022][..], Layout::ChannelsFirst, runs, None),
         ] {
             let v = view(shape, layout);
             for operation in [TRAINING, Operation::Backward] {
@@ -1523,10 +1548,11 @@ mod tests {
                     assert_eq!(p.kind, kind, "{shape:?}");
                     assert!(p.kind.is_per_thread());
                     assert_eq!(p.finalize, FinalizeKind::PerThread);
-                    if fused && dtype == DType::F32 {
+                    if let (Some(group), DType::F32) = (fused, dtype) {
                         assert!(p.fused_window().is_some(), "{shape:?}");
                         assert_eq!(p.chunks_total, 1, "{shape:?}");
-                        assert_eq!(p.reduction_items(), v.channels, "{shape:?}");
+                        assert_eq!(p.band, group, "{shape:?}");
+                        assert_eq!(p.reduction_items(), v.channels / group, "{shape:?}");
                         assert_eq!(p.partials_bytes(STATISTICS_PARTIAL_BYTES), 0);
                         continue;
                     }
@@ -1539,7 +1565,10 @@ mod tests {
                         (p.chunks_total * v.channels, MIN_RUN_CHUNK)
                     };
                     assert_eq!(p.reduction_items(), items, "{shape:?}");
-                    assert!(p.reduction_items() <= CPU_REDUCTION_THREADS as usize);
+                    assert!(
+                        p.reduction_items() <= CPU_REDUCTION_THREADS as usize,
+                        "{shape:?}"
+                    );
                     assert!(p.fused_window().is_none(), "{shape:?} {dtype:?}");
                     assert!(p.chunk_len >= min_chunk && p.chunk_len.is_multiple_of(8));
                 }

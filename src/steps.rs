@@ -7,8 +7,8 @@
 use crate::dtype::DType;
 use crate::epilogue::EpilogueKind;
 use crate::plan::{
-    workgroups_for_elements, workgroups_for_items, FinalizeKind, Merge, Plan, ReductionKind,
-    Window, GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES,
+    workgroups_for_elements, FinalizeKind, Merge, Plan, ReductionKind, Window,
+    GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES,
 };
 use crate::shader::{Override, Params, Program, Role, Variant};
 
@@ -231,18 +231,10 @@ impl Builder<'_> {
     }
 
     /// The workgroups of a fused dispatch on `window`: one per channel, or per band; per-thread
-    /// plans, a thread per channel.
+    /// plans, a thread per channel group.
     fn fused_workgroups(&self, window: &Window) -> u32 {
-        match self.plan.kind {
-            ReductionKind::Strided => workgroups_for_items(
-                window.reduction_items(self.plan.kind, self.plan.band),
-                self.plan.limits,
-            ),
-            ReductionKind::Contiguous => workgroups_for_items(window.c_count, self.plan.limits),
-            ReductionKind::PerThread | ReductionKind::PerThreadQuads => {
-                self.plan.reduction_workgroups(window.c_count)
-            }
-        }
+        self.plan
+            .reduction_workgroups(window.reduction_items(self.plan.kind, self.plan.band))
     }
 
     /// The program and entry point of a fused dispatch: the workgroup kernels' `scalar` program
@@ -1048,7 +1040,8 @@ mod tests {
         }
     }
 
-    /// CPU plans of short channels-first runs are one dispatch too, a thread per channel, in
+    /// CPU plans of short channels-first runs are one dispatch too, a thread per channel group
+    /// (one channel of runs of 12 or 16 values, four of runs of 9), in
     /// the vec4 program where everything the kernel reads and writes starts on a vec4
     /// (y and z forward; dx, dy, the forward's output and dz backward), else in the scalar one.
     #[test]
@@ -1060,7 +1053,11 @@ mod tests {
             ..operands
         };
         let aligned = off(Operands::default());
-        for shape in [&[2usize, 516, 3, 4][..], &[2, 512, 4, 4]] {
+        for (shape, group) in [
+            (&[2usize, 516, 3, 4][..], 1),
+            (&[2, 512, 4, 4], 1),
+            (&[2, 2048, 3, 3], 4),
+        ] {
             for (call, operands, want) in [
                 (TRAINING, aligned, Program::StatisticsVec4),
                 (add_relu(TRAINING), aligned, Program::StatisticsVec4),
@@ -1115,10 +1112,11 @@ mod tests {
                     [(want, entry)],
                     "{shape:?} {call:?} {operands:?}"
                 );
-                // A thread per channel, in workgroups of RUN_WORKGROUP_SIZE.
+                // A thread per channel group, in workgroups of RUN_WORKGROUP_SIZE.
+                assert_eq!(plan.band, group, "{shape:?}");
                 assert_eq!(
                     steps[0].workgroups as usize,
-                    shape[1].div_ceil(crate::plan::RUN_WORKGROUP_SIZE)
+                    (shape[1] / group).div_ceil(crate::plan::RUN_WORKGROUP_SIZE)
                 );
             }
         }
@@ -1469,8 +1467,8 @@ mod tests {
                 Layout::ChannelsFirst,
                 coherent(limits(128 << 20, GPU)),
             ),
-            // Fused a thread per channel: the vec4 programs, and the scalar ones where x starts
-            // off a vec4 (below).
+            // Fused a thread per channel group: the vec4 programs, and the scalar ones where x
+            // starts off a vec4 (below).
             (
                 &[2, 512, 4, 4],
                 Layout::ChannelsFirst,

@@ -78,12 +78,30 @@ fn affine(channels: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     (gamma, normal_data(channels, seed + 1, 0.0, 1.0))
 }
 
+/// CPU plans fused a thread per channel group, which writes the output of its runs from the
+/// values it has just reduced: runs of seven quads, a channel a thread; runs of nine values, four
+/// channels a thread, whose quads at a run's ends hold a neighbouring channel's values.
+const CPU_FUSED_CASES: [PlannedCase; 2] = [
+    PlannedCase {
+        shape: &[2, 512, 4, 7],
+        layout: FIRST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::FUSED,
+    },
+    PlannedCase {
+        shape: &[1, 2048, 3, 3],
+        layout: FIRST,
+        planned: Planned::Cpu,
+        claim: PlanClaim::FUSED,
+    },
+];
+
 /// Shapes for the offset tests: several chunks per channel merged by a thread (CPU plans) or a
 /// workgroup (GPU plans), in both reduction kernels, and fused single dispatches. On the CPU,
 /// channels-last with a multiple of four channels takes the quad kernel, whose statistics shift
 /// each group of eight rows by its first value: [3, 37, 41, 8] has 4551 rows, chunks of 256 and
 /// a last chunk ending in a group of seven.
-const OFFSET_CASES: [PlannedCase; 9] = [
+const OFFSET_CASES: [PlannedCase; 10] = [
     PlannedCase {
         shape: &[8, 3, 64, 64],
         layout: FIRST,
@@ -116,13 +134,10 @@ const OFFSET_CASES: [PlannedCase; 9] = [
         planned: Planned::Cpu,
         claim: PlanClaim::split(17, FinalizeKind::PerThread),
     },
-    // Fused, a thread per channel (runs of seven quads).
-    PlannedCase {
-        shape: &[2, 512, 4, 7],
-        layout: FIRST,
-        planned: Planned::Cpu,
-        claim: PlanClaim::FUSED,
-    },
+    // Fused, a thread per channel (runs of seven quads), and a thread per four channels (runs
+    // of nine values).
+    CPU_FUSED_CASES[0],
+    CPU_FUSED_CASES[1],
     PlannedCase {
         shape: &[10, 64, 63, 8],
         layout: LAST,
@@ -469,15 +484,11 @@ fn data_with_nan_and_inf(shape: &[usize], layout: Layout, seed: u64) -> Vec<f32>
 #[test]
 fn nan_and_inf_stay_in_their_channels_forward() {
     let eps = 1e-5;
-    // And a CPU plan fused a thread per channel (512 channels or more), which writes y of its
-    // runs from the values it has just reduced.
-    let fused = PlannedCase {
-        shape: &[2, 512, 4, 7],
-        layout: FIRST,
-        planned: Planned::Cpu,
-        claim: PlanClaim::FUSED,
-    };
-    for (k, case) in FOUR_CHANNEL_CASES.into_iter().chain([fused]).enumerate() {
+    for (k, case) in FOUR_CHANNEL_CASES
+        .into_iter()
+        .chain(CPU_FUSED_CASES)
+        .enumerate()
+    {
         let ctx = sentinel_context(case.planned);
         common::assert_plan(&ctx, case.shape, case.layout, case.claim);
         let what = format!("{:?} {:?} {:?}", case.shape, case.layout, case.planned);
@@ -646,7 +657,11 @@ fn backward_at_offset_1e4_matches_the_reference() {
 /// exactly and dx = gamma invstd (dy - mean(dy)) with invstd = 1/sqrt(eps).
 #[test]
 fn backward_with_a_constant_channel_matches_the_reference() {
-    for (k, case) in FOUR_CHANNEL_CASES.into_iter().enumerate() {
+    for (k, case) in FOUR_CHANNEL_CASES
+        .into_iter()
+        .chain(CPU_FUSED_CASES)
+        .enumerate()
+    {
         let ctx = case.context();
         let view = view(case.shape, case.layout);
         let seed = 800 + 10 * k as u64;
@@ -657,7 +672,7 @@ fn backward_with_a_constant_channel_matches_the_reference() {
             x[value_index(&view, 1, m)] = -42.375;
         }
         let dy = normal_data(view.len(), seed + 1, 0.5, 1.0);
-        let (gamma, _) = affine(4, seed + 2);
+        let (gamma, _) = affine(view.channels, seed + 2);
         let what = format!("constant channel {:?} {:?}", case.shape, case.layout);
         let (_, dgamma, _) = check_backward(&what, &ctx, &case, &x, &dy, &gamma, f32::NAN);
         assert_eq!(dgamma[1], 0.0, "{what}: dgamma[1] must be exactly 0");
@@ -669,7 +684,11 @@ fn backward_with_a_constant_channel_matches_the_reference() {
 /// dx of the channel reads them). dx and the gradients start at a finite sentinel.
 #[test]
 fn nan_in_dy_stays_in_its_channel_backward() {
-    for (k, case) in FOUR_CHANNEL_CASES.into_iter().enumerate() {
+    for (k, case) in FOUR_CHANNEL_CASES
+        .into_iter()
+        .chain(CPU_FUSED_CASES)
+        .enumerate()
+    {
         let ctx = sentinel_context(case.planned);
         common::assert_plan(&ctx, case.shape, case.layout, case.claim);
         let view = view(case.shape, case.layout);
@@ -677,7 +696,7 @@ fn nan_in_dy_stays_in_its_channel_backward() {
         let x = data_by_channel(case.shape, case.layout, seed, |c| (c as f64, 1.0));
         let mut dy = normal_data(view.len(), seed + 1, 0.0, 1.0);
         dy[value_index(&view, 1, view.values_per_channel() / 3)] = f32::NAN;
-        let (gamma, _) = affine(4, seed + 2);
+        let (gamma, _) = affine(view.channels, seed + 2);
         let what = format!("NaN dy {:?} {:?}", case.shape, case.layout);
         let (dx, dgamma, dbeta) = check_backward(&what, &ctx, &case, &x, &dy, &gamma, SENTINEL);
         for m in 0..view.values_per_channel() {
@@ -695,14 +714,18 @@ fn nan_in_dy_stays_in_its_channel_backward() {
 /// and matches the reference on every channel. Outputs start at a finite sentinel.
 #[test]
 fn non_finite_input_stays_in_its_channels_backward() {
-    for (k, case) in FOUR_CHANNEL_CASES.into_iter().enumerate() {
+    for (k, case) in FOUR_CHANNEL_CASES
+        .into_iter()
+        .chain(CPU_FUSED_CASES)
+        .enumerate()
+    {
         let ctx = sentinel_context(case.planned);
         common::assert_plan(&ctx, case.shape, case.layout, case.claim);
         let view = view(case.shape, case.layout);
         let seed = 1000 + 10 * k as u64;
         let x = data_with_nan_and_inf(case.shape, case.layout, seed);
         let dy = normal_data(view.len(), seed + 1, 0.0, 1.0);
-        let (gamma, _) = affine(4, seed + 2);
+        let (gamma, _) = affine(view.channels, seed + 2);
         let what = format!("non-finite x {:?} {:?}", case.shape, case.layout);
         let (dx, dgamma, dbeta) = check_backward(&what, &ctx, &case, &x, &dy, &gamma, SENTINEL);
         for m in 0..view.values_per_channel() {

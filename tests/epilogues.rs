@@ -35,9 +35,12 @@ const EPILOGUES: [EpilogueKind; 3] = [
 /// spatial sizes, channels-first; a grid that keeps to rows, [64, 16, 7, 7] on the GPU plan,
 /// and grids that do not), a 2-D tensor of odd size; fused and multi-chunk plans; and windows
 /// (odd rows, so half windows take rows in pairs, the last one alone and ending in half a
-/// word).
-const CASES: [(Planned, &[usize], Layout); 13] = [
+/// word); CPU plans fused a thread per channel group (f32: four channels of runs of nine
+/// values a thread, one channel of runs of 28 values).
+const CASES: [(Planned, &[usize], Layout); 15] = [
     (Planned::Cpu, &[3, 5, 7, 7], Layout::ChannelsFirst),
+    (Planned::Cpu, &[1, 2048, 3, 3], Layout::ChannelsFirst),
+    (Planned::Cpu, &[2, 512, 4, 7], Layout::ChannelsFirst),
     (Planned::Cpu, &[2, 3, 3, 5], Layout::ChannelsLast),
     (Planned::Cpu, &[4, 8, 4, 4], Layout::ChannelsFirst),
     (Planned::Cpu, &[3, 3, 2, 8], Layout::ChannelsLast),

@@ -75,7 +75,7 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
         (&[4usize, 201][..], Layout::ChannelsFirst, scalar, 1, true),
         (&[2, 3, 3, 401][..], Layout::ChannelsLast, scalar, 1, true),
         // Runs of 1024 and 32 values: split (17408 values a channel, 17 chunks), and fused (a
-        // thread per channel, 600 channels).
+        // thread per channel, 600 channels); runs of 9 values, fused four channels a thread.
         (
             &[17, 15, 32, 32][..],
             Layout::ChannelsFirst,
@@ -84,6 +84,7 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
             true,
         ),
         (&[2, 600, 4, 8][..], Layout::ChannelsFirst, scalar, 1, true),
+        (&[2, 2048, 3, 3][..], Layout::ChannelsFirst, scalar, 1, true),
         (&[8, 16, 16, 102][..], Layout::ChannelsLast, scalar, 2, true),
         (&[2, 40, 40, 64][..], Layout::ChannelsLast, quads, 25, true),
         (&[4, 56, 56, 16][..], Layout::ChannelsLast, quads, 49, true),
@@ -106,7 +107,7 @@ fn per_thread_reductions_loop_over_more_chunks_than_threads() {
             let plan = plan_of(&ctx, shape, layout, operation);
             assert_eq!(plan.kind, kind, "{shape:?}");
             assert_eq!(plan.chunks_total, chunks, "{shape:?}");
-            let fused = shape == [2, 600, 4, 8];
+            let fused = shape == [2, 600, 4, 8] || shape == [2, 2048, 3, 3];
             assert_eq!(plan.fused_window().is_some(), fused, "{shape:?}");
             assert_eq!(
                 plan.reduction_items() > threads,

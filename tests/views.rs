@@ -387,8 +387,10 @@ fn overlapping_inputs_and_outputs_are_refused() {
 /// (channels-last): more quads than a chunk's threads, several chunks, and a last chunk whose rows
 /// end in a part eight. The kernel of channels-first runs: runs of seven vec4s (a group of two
 /// ends at the run's end), and runs of 49 values, whose vec4s at each end hold a neighbouring
-/// channel's values, in chunks that start inside a run; and runs of seven vec4s fused in f32 (512
-/// channels, a thread each).
+/// channel's values, in chunks that start inside a run; and fused in f32, runs of seven vec4s
+/// (512 channels, a thread each), of 49 values (2048 channels, four a thread) and of 18 values
+/// (1024 channels, two a thread), whose output quads at a run's end hold the next channel's
+/// values.
 #[test]
 fn per_thread_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
     const FUSED: usize = 0;
@@ -419,12 +421,24 @@ fn per_thread_reductions_give_the_same_bits_on_vec4_and_scalar_loads() {
             ReductionKind::PerThread,
             [FUSED, 1],
         ),
-        // Runs of 49 values are not fused (not whole quads).
+        // Runs of 49 values: fused four channels a thread, where there are 512 such groups.
         (
             &[2, 512, 7, 7],
             Layout::ChannelsFirst,
             ReductionKind::PerThread,
             [1, 1],
+        ),
+        (
+            &[1, 2048, 7, 7],
+            Layout::ChannelsFirst,
+            ReductionKind::PerThread,
+            [FUSED, 1],
+        ),
+        (
+            &[1, 1024, 3, 6],
+            Layout::ChannelsFirst,
+            ReductionKind::PerThread,
+            [FUSED, 1],
         ),
     ] {
         for dtype in [DType::F32, DType::F16, DType::BF16] {

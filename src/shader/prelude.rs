@@ -15,8 +15,8 @@
 //! In the reducing programs (1 lane or 4), each input also has `load_<role>_quad(q)`: elements
 //! 4q to 4q + 3 as a `vec4<f32>`, in four loads or one, for the per-thread kernels
 //! (`shaders/per_thread_quads.wgsl`, `shaders/per_thread_runs.wgsl`) and their hooks; and
-//! in f32 each output has `store_<role>_quad(q, v, keep)`, which writes the lanes `keep` of
-//! elements 4q to 4q + 3 (the fused per-thread kernels, `shaders/fused_per_thread.wgsl`).
+//! in f32 each output has `store_<role>_quad(q, v)`, which writes elements 4q to 4q + 3 (the
+//! fused per-thread kernels, `shaders/fused_per_thread.wgsl`).
 //!
 //! Two accessors of the epilogues come with them, at the program's width: `shortcut(i)`, the
 //! shortcut z where the epilogue adds it (`ADD`) and zeros otherwise, in programs that bind z;
@@ -29,7 +29,9 @@ use std::fmt::Write;
 
 use super::{Access, Program, Variant, PARAMS_BINDING, PARAMS_FIELDS};
 use crate::dtype::DType;
-use crate::plan::{QUAD_LANES, RUN_BLOCK, RUN_WORKGROUP_SIZE, STRIDED_BAND, WORKGROUP_SIZE};
+use crate::plan::{
+    FUSED_GROUP_MAX, QUAD_LANES, RUN_BLOCK, RUN_WORKGROUP_SIZE, STRIDED_BAND, WORKGROUP_SIZE,
+};
 use crate::shader::Role;
 
 /// The prelude of a program variant.
@@ -47,6 +49,8 @@ pub fn prelude(variant: Variant) -> String {
          const RUN_BLOCK: u32 = {RUN_BLOCK}u;\n\
          // Threads of the per-thread quad kernel that share a chunk of rows.\n\
          const QUAD_LANES: u32 = {QUAD_LANES}u;\n\
+         // The most channels a thread of the fused per-thread kernels takes (`p.band`).\n\
+         const FUSED_GROUP_MAX: u32 = {FUSED_GROUP_MAX}u;\n\
          // Elements per load and store of a tensor.\n\
          const LANES: u32 = {lanes}u;\n\n\
          struct Params {{\n",
@@ -161,22 +165,19 @@ fn quad_accessor(name: &str, load: &str, lanes: u32) -> String {
     format!("fn {name}(q: u32) -> vec4<f32> {{\n    return {quad};\n}}\n")
 }
 
-/// `store_<name>_quad(q, v, keep)`: the lanes `keep` of window quad q (the fused per-thread
-/// kernels' output, `shaders/fused_per_thread.wgsl`; f32 only). Those kernels take only runs of
-/// whole quads (`Plan::fused_window`), so a quad is one thread's: the vec4 programs store it
-/// whole; the scalar programs store the kept lanes one element at a time. (At a run's end inside
-/// a quad, two threads would write one vec4, and WGSL lets a store to one component of a vector
-/// access the whole vector.)
+/// `store_<name>_quad(q, v)`: window quad q (the fused per-thread kernels' output,
+/// `shaders/fused_per_thread.wgsl`; f32 only). Each thread of those kernels writes whole quads
+/// (a channel group's runs, `Plan::fused_channel_group`), so a quad is one thread's: the vec4
+/// programs store it whole, the scalar programs one element at a time.
 fn quad_store(name: &str, lanes: u32) -> String {
     let body = if lanes == 1 {
         format!(
-            "for (var k = 0u; k < 4u; k += 1u) {{\n        if (keep[k]) {{\n            \
-             store_{name}(4u * q + k, v[k]);\n        }}\n    }}"
+            "for (var k = 0u; k < 4u; k += 1u) {{\n        store_{name}(4u * q + k, v[k]);\n    }}"
         )
     } else {
         format!("store_{name}(q, v);")
     };
-    format!("fn store_{name}_quad(q: u32, v: vec4<f32>, keep: vec4<bool>) {{\n    {body}\n}}\n")
+    format!("fn store_{name}_quad(q: u32, v: vec4<f32>) {{\n    {body}\n}}\n")
 }
 
 /// `@group(0) @binding(n) var<storage, access> name: ty;`

@@ -248,15 +248,20 @@ pub const FUSED_SHAPES: [Shaped; 7] = [
     (&[1, 33, 1], Layout::ChannelsLast),
 ];
 
-/// Shapes that a context planned as [`Planned::Cpu`] fuses with a thread per channel
-/// (channels-first runs of whole quads, eight values or more, at most
-/// `plan::FUSED_RUN_MAX_VALUES` values a channel, `plan::FUSED_RUN_MIN_CHANNELS` channels or
-/// more): runs of 28, 32, 100 and 16 values; N = 1; an odd channel count.
-pub const CPU_FUSED_SHAPES: [Shaped; 4] = [
+/// Shapes that a context planned as [`Planned::Cpu`] fuses with a thread per channel group
+/// (channels-first runs of eight values or more, `Plan::fused_channel_group` channels a thread,
+/// at most `plan::FUSED_RUN_MAX_VALUES` values a group, `plan::FUSED_RUN_MIN_THREADS` groups or
+/// more): a channel a thread, runs of 28, 32, 100 and 16 values, N = 1, an odd channel count;
+/// four channels a thread, runs of 9 and 25 values (an odd number of groups); two channels a
+/// thread, runs of 14 values.
+pub const CPU_FUSED_SHAPES: [Shaped; 7] = [
     (&[2, 512, 4, 7], Layout::ChannelsFirst),
     (&[3, 600, 4, 8], Layout::ChannelsFirst),
     (&[1, 512, 100], Layout::ChannelsFirst),
     (&[2, 513, 4, 4], Layout::ChannelsFirst),
+    (&[2, 2048, 3, 3], Layout::ChannelsFirst),
+    (&[1, 2052, 5, 5], Layout::ChannelsFirst),
+    (&[2, 1026, 2, 7], Layout::ChannelsFirst),
 ];
 
 /// A shape in memory order and its layout.
