@@ -772,7 +772,7 @@ impl Plan {
         let group = match self.view.inner % 4 {
             0 => 1,
             2 => 2,
-            _ => 4,
+            _ => FUSED_GROUP_MAX,
         };
         (self.runs_in_quads() && self.view.channels.is_multiple_of(group)).then_some(group)
     }
