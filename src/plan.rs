@@ -183,8 +183,10 @@ pub const GPU_ELEMENTWISE_WORKGROUPS: u32 = 16384;
 /// workgroup sweeps should be small enough that the CPU's prefetchers follow it and the vectors
 /// after the first find it in cache, and large enough that each workgroup's fixed cost is
 /// amortized. 64x64x112x112 channels-last inference on lavapipe: 126 ms with 64 workgroups (about
-/// 500 steps), 85 ms at 32 steps, 84 at 64, 103 at 128 (docs/performance.md, section 22).
-pub const CPU_ELEMENTWISE_STEPS: u32 = 32;
+/// 500 steps), 85 ms at 32 steps, 84 at 64, 103 at 128 (docs/performance.md, section 22);
+/// 8192x4096 inference on llvmpipe 125 to 147 ms at 32 steps, 45 to 63 at 16 (section 35), as
+/// the stream kernel runs faster at 8 steps a thread than at 32.
+pub const CPU_ELEMENTWISE_STEPS: u32 = 16;
 
 impl PlanLimits {
     /// Reads the limits of a device of the given type with the given features enabled.
@@ -1615,10 +1617,10 @@ mod tests {
             assert!(groups <= 65535);
         }
         // A row whose unit exceeds the count wanted falls back to the plain count, on every
-        // device type: for 1x3x100x101's vec4s, 30 workgroups on a GPU (a thread each) and one
-        // on a CPU adapter (32 steps a thread), not 7575.
+        // device type: for 1x3x100x101's vec4s, 30 workgroups on a GPU (a thread each) and two
+        // on a CPU adapter (16 steps a thread), not 7575.
         let cpu = cpu_defaults();
-        for (limits, wanted) in [(cpu, 1), (WEBGPU_DEFAULT, 30)] {
+        for (limits, wanted) in [(cpu, 2), (WEBGPU_DEFAULT, 30)] {
             assert_eq!(workgroups_for_elements(30_300 / 4, 7575, limits), wanted);
             assert_eq!(workgroups_for_elements(10, 7, limits), 1);
         }
