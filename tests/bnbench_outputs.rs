@@ -593,6 +593,37 @@ fn breakdown_without_timestamps_says_so() {
     assert!(markdown.contains("WALL time"), "{markdown}");
 }
 
+/// `--no-back-to-back` leaves out the GPU back-to-back column, says so in the heading, and
+/// keeps every other column.
+#[test]
+fn no_back_to_back_leaves_out_that_column_only() {
+    let (run, markdown) = short_run("4,6,5,5", &["--no-back-to-back", "--op", "train-forward"]);
+    let cases = run["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 2, "one operation in two layouts");
+    for case in cases {
+        assert!(
+            case.get("gpu_back_to_back_us").is_none(),
+            "measured in {case}"
+        );
+        for key in ["gpu_median_us", "host_back_to_back_us", "host_single_us"] {
+            positive(case, key);
+        }
+    }
+    assert!(
+        markdown.contains("GPU b2b: not measured (--no-back-to-back)"),
+        "{markdown}"
+    );
+    for format in ["NCHW", "NHWC"] {
+        let row = markdown
+            .lines()
+            .find(|line| line.starts_with(&format!("| train-forward 4x6x5x5 {format} |")))
+            .unwrap_or_else(|| panic!("no {format} row in {markdown}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // "| case | GPU median us | GPU min us | GPU b2b us | ...": cells[4] is the column.
+        assert_eq!(cells[4], "-", "{row}");
+    }
+}
+
 #[test]
 fn bad_shapes_are_refused_with_a_message() {
     for shape in ["64", "0,3", "1,8", "2,x,4"] {

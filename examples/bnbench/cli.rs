@@ -104,6 +104,11 @@ pub struct Cli {
     #[arg(long)]
     pub breakdown: bool,
 
+    /// Leave out the GPU back-to-back column (3 submissions of 100 calls a case). On a CPU
+    /// adapter those 300 calls are most of a suite's time; the other columns do not change.
+    #[arg(long, conflicts_with = "chain")]
+    pub no_back_to_back: bool,
+
     /// Skip cases with more elements than this (each skip is printed and recorded).
     #[arg(long, value_name = "COUNT")]
     pub max_elements: Option<usize>,
@@ -196,6 +201,8 @@ pub struct Settings {
     pub wall_clock: bool,
     /// Time each dispatch too, with timestamps inside the pass.
     pub breakdown: bool,
+    /// Measure the GPU back-to-back column.
+    pub back_to_back: bool,
     /// Logical shapes.
     pub shapes: Vec<Vec<usize>>,
     /// Operations.
@@ -261,6 +268,7 @@ impl Cli {
             max_elements: self.max_elements,
             wall_clock: self.wall_clock,
             breakdown: self.breakdown,
+            back_to_back: !self.no_back_to_back,
             shapes,
             ops: chosen_or_all(&self.op, &Op::ALL),
             layouts: chosen_or_all(&self.layout, &LayoutChoice::ALL),

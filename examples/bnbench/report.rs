@@ -140,8 +140,9 @@ impl std::fmt::Display for CheckStatus {
 pub struct GpuTimes {
     /// One call per submission, in seconds.
     pub single: TimeSummary,
-    /// Per call of calls recorded into one submission, in seconds.
-    pub back_to_back: f64,
+    /// Per call of calls recorded into one submission, in seconds (`None`:
+    /// `--no-back-to-back`).
+    pub back_to_back: Option<f64>,
     /// Each dispatch's time (`--breakdown`).
     pub breakdown: Option<Breakdown>,
 }
@@ -190,8 +191,9 @@ pub struct CaseResult {
     /// GPU time of `BACK_TO_BACK_CALLS` identical calls recorded into one submission (from the
     /// beginning of the first call's pass to the end of the last's) over their number,
     /// microseconds (median of a few submissions): the kernels' time without the per-call
-    /// floor of a submission of its own.
-    pub gpu_back_to_back_us: f64,
+    /// floor of a submission of its own. Absent with `--no-back-to-back`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_back_to_back_us: Option<f64>,
     /// `min_bytes` over the median GPU time, GB/s.
     pub gbps: f64,
     /// `gbps` as a percentage of the stream kernel's.
@@ -254,7 +256,7 @@ impl CaseResult {
             rotation_mib: workload.rotation_bytes() as f64 / (1 << 20) as f64,
             gpu_median_us: gpu.median * 1e6,
             gpu_min_us: gpu.min * 1e6,
-            gpu_back_to_back_us: back_to_back * 1e6,
+            gpu_back_to_back_us: back_to_back.map(|seconds| seconds * 1e6),
             gbps,
             percent_of_stream: 100.0 * gbps / stream_gbps,
             host_back_to_back_us: host.back_to_back * 1e6,
@@ -410,7 +412,7 @@ fn case_table(run: &AdapterRun) -> Table {
                 case.label(),
                 digits3(case.gpu_median_us),
                 digits3(case.gpu_min_us),
-                digits3(case.gpu_back_to_back_us),
+                case.gpu_back_to_back_us.map_or("-".to_string(), digits3),
                 digits3(case.gbps),
                 format!("{:.0}%", case.percent_of_stream),
                 digits3(case.host_back_to_back_us),
@@ -532,17 +534,21 @@ fn run_heading(run: &AdapterRun, settings: &Settings) -> Vec<String> {
             rotation
         ),
         stream,
-        format!(
-            "GPU b2b: {BACK_TO_BACK_CALLS} identical calls recorded into one submission, {}, \
-             divided by {BACK_TO_BACK_CALLS} (median of {BACK_TO_BACK_SUBMISSIONS} submissions): \
-             the kernels without the per-call floor of a submission of their own",
-            match run.timing_method {
-                TimingMethod::GpuTimestamps => {
-                    "GPU time from the beginning of the first call's pass to the end of the last's"
+        if settings.back_to_back {
+            format!(
+                "GPU b2b: {BACK_TO_BACK_CALLS} identical calls recorded into one submission, {}, \
+                 divided by {BACK_TO_BACK_CALLS} (median of {BACK_TO_BACK_SUBMISSIONS} submissions): \
+                 the kernels without the per-call floor of a submission of their own",
+                match run.timing_method {
+                    TimingMethod::GpuTimestamps => {
+                        "GPU time from the beginning of the first call's pass to the end of the last's"
+                    }
+                    TimingMethod::WallClock => "WALL time of the awaited submission",
                 }
-                TimingMethod::WallClock => "WALL time of the awaited submission",
-            }
-        ),
+            )
+        } else {
+            "GPU b2b: not measured (--no-back-to-back)".to_string()
+        },
         "GB/s at the minimum bytes (each tensor read or written once at its storage size: 8 per \
          element forward, 12 backward in f32; the shortcut, dz and the backward's mask add theirs) \
          over the median GPU time; \
@@ -772,7 +778,7 @@ struct CsvRow<'a> {
     elements: usize,
     gpu_median_us: f64,
     gpu_min_us: f64,
-    gpu_back_to_back_us: f64,
+    gpu_back_to_back_us: Option<f64>,
     gbps: f64,
     percent_of_stream: f64,
     host_back_to_back_us: f64,

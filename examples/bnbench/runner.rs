@@ -182,8 +182,8 @@ pub fn run_adapter(
     })
 }
 
-/// Sets up, warms up, times (one call per submission, then many in one, then each dispatch
-/// where `breakdown` says so), checks and measures the host latency of one case.
+/// Sets up, warms up, times (one call per submission, then many in one where the settings
+/// say so, then each dispatch where `breakdown` says so), checks and measures the host latency of one case.
 fn run_case(
     ctx: &GpuContext,
     timer: Option<&GpuTimer>,
@@ -230,7 +230,10 @@ fn run_case(
         params.as_ref(),
         shortcut_grad.as_deref(),
     );
-    let gpu_back_to_back = one_submission(ctx, timer, &workload)?;
+    let gpu_back_to_back = settings
+        .back_to_back
+        .then(|| one_submission(ctx, timer, &workload))
+        .transpose()?;
     let breakdown = match (breakdown, timer) {
         (BreakdownStatus::Measured, Some(timer)) => Some(breakdown::measure(
             ctx,
