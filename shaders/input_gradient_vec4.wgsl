@@ -2,7 +2,11 @@
 // rows split into whole vec4s (the rule and the lanes' channels of `normalize_vec4.wgsl`).
 // With the add-ReLU epilogue, dz = dy too.
 
+// One channel's factors where the lanes share it (LANES_SHARE_CHANNEL, normalize_vec4.wgsl).
 fn lane_factors(cursor: ElementCursor) -> LaneFactors {
+    if (LANES_SHARE_CHANNEL) {
+        return splat_factors(channel_factors(cursor.c));
+    }
     let lanes = channel_lanes(cursor);
     let f0 = channel_factors(lanes.x);
     let f1 = channel_factors(lanes.y);

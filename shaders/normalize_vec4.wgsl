@@ -10,7 +10,14 @@ struct LaneScale {
     shift: vec4<f32>,
 }
 
+// Where the lanes share a channel (LANES_SHARE_CHANNEL), its factors are found once: on a CPU
+// adapter, each per-lane load of four channels' factors weighed as much as a quarter of a
+// thread's 16 steps of x and y (docs/performance.md section 37).
 fn lane_factors(cursor: ElementCursor) -> LaneScale {
+    if (LANES_SHARE_CHANNEL) {
+        let s = channel_scale(cursor.c);
+        return LaneScale(vec4<f32>(s.mean), vec4<f32>(s.scale), vec4<f32>(s.shift));
+    }
     let lanes = channel_lanes(cursor);
     let s0 = channel_scale(lanes.x);
     let s1 = channel_scale(lanes.y);

@@ -389,6 +389,9 @@ impl Builder<'_> {
             (Override::FromRunning, from_running_eps.is_some()),
         ];
         overrides.extend(epilogue_overrides(epilogue));
+        if program == Program::NormalizeVec4 {
+            overrides.push(self.lanes_share_channel());
+        }
         self.windows()
             .map(|(w, window)| Step {
                 overrides: overrides.clone(),
@@ -661,6 +664,16 @@ impl Builder<'_> {
         ]
     }
 
+    /// The vec4 elementwise kernels' `LanesShareChannel`: true where every vec4 of a window lies
+    /// in one channel's run (channels-first runs of a multiple of four values; windows and
+    /// their rows start on vec4s wherever the vec4 kernels run).
+    fn lanes_share_channel(&self) -> (Override, bool) {
+        (
+            Override::LanesShareChannel,
+            self.plan.view.inner.is_multiple_of(4),
+        )
+    }
+
     /// dx (and dz) per window: vec4s where the plan and every tensor's offset allow; else whole
     /// words for half types and single elements for f32. `values_per_channel` replaces the
     /// plan's M in the uniform block where given (a synchronized backward's means are final:
@@ -678,11 +691,15 @@ impl Builder<'_> {
         } else {
             (Program::Backward, "input_gradient")
         };
+        let mut overrides = overrides.to_vec();
+        if program == Program::InputGradientVec4 {
+            overrides.push(self.lanes_share_channel());
+        }
         self.windows()
             .map(|(w, window)| {
                 let params = self.window_params(w);
                 Step {
-                    overrides: overrides.to_vec(),
+                    overrides: overrides.clone(),
                     params: Some(Params {
                         values_per_channel: values_per_channel.unwrap_or(params.values_per_channel),
                         ..params
@@ -1304,6 +1321,46 @@ mod tests {
         assert!(step.overrides.contains(&(Override::FromRunning, true)));
         assert!(step.bindings.contains(&bind(Role::Running, Range::Whole)));
         assert_eq!(step.params.unwrap().eps, 1e-5);
+    }
+
+    /// The vec4 normalize and dx kernels find one channel's factors a thread where every vec4
+    /// lies in one channel's run (channels-first runs of a multiple of four values), and each
+    /// lane's elsewhere (runs of 49 values, channels-last); the other programs do not declare
+    /// the override.
+    #[test]
+    fn vec4_elementwise_kernels_know_when_lanes_share_a_channel() {
+        // 4 KiB bindings: several windows, so the backward is split too.
+        let gpu = limits(4 << 10, GPU);
+        for (shape, layout, share) in [
+            (&[8usize, 3, 16, 16][..], Layout::ChannelsFirst, Some(true)),
+            (&[8, 3, 12, 12][..], Layout::ChannelsFirst, Some(true)),
+            (&[8, 4, 7, 7][..], Layout::ChannelsFirst, Some(false)),
+            (&[8, 16, 16, 12][..], Layout::ChannelsLast, Some(false)),
+            // Rows that do not split into vec4s: the scalar kernels.
+            (&[64, 3, 5, 5][..], Layout::ChannelsFirst, None),
+        ] {
+            for call in [INFERENCE, BACKWARD] {
+                let plan = plan_for(shape, layout, gpu, operation(call));
+                assert!(plan.windows.len() > 1, "{shape:?}");
+                let steps = steps(&plan, call, &with_affine(true));
+                let vec4_steps = steps
+                    .iter()
+                    .filter(|step| step.entry.ends_with("_vec4"))
+                    .count();
+                assert_eq!(vec4_steps > 0, share.is_some(), "{shape:?}");
+                for step in steps {
+                    let elementwise = ["normalize_vec4", "input_gradient_vec4"];
+                    let declared = step.overrides.iter().find_map(|&(o, value)| {
+                        (o == Override::LanesShareChannel).then_some(value)
+                    });
+                    if elementwise.contains(&step.entry) {
+                        assert_eq!(declared, share, "{shape:?} {}", step.entry);
+                    } else {
+                        assert_eq!(declared, None, "{shape:?} {}", step.entry);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

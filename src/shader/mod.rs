@@ -158,6 +158,10 @@ pub enum Override {
     /// A merge in the last workgroup runs on one thread per channel (`FinalizeKind::PerThread`),
     /// else on the whole workgroup, as the finalize dispatch would.
     PerThreadMerge,
+    /// The four lanes of every vec4 of the window lie in one channel (channels-first runs of a
+    /// multiple of four values): the vec4 elementwise kernels find that channel's factors once
+    /// a thread instead of once a lane.
+    LanesShareChannel,
 }
 
 impl Override {
@@ -173,6 +177,7 @@ impl Override {
             Override::Relu => "RELU",
             Override::Add => "ADD",
             Override::PerThreadMerge => "PER_THREAD_MERGE",
+            Override::LanesShareChannel => "LANES_SHARE_CHANNEL",
         }
     }
 
@@ -277,20 +282,31 @@ impl Program {
                 Override::Relu,
                 Override::Add,
             ],
-            Program::Normalize | Program::NormalizeVec4 | Program::NormalizeWords => &[
+            Program::Normalize | Program::NormalizeWords => &[
                 Override::HasAffine,
                 Override::FromRunning,
                 Override::Relu,
                 Override::Add,
             ],
-            Program::Backward
-            | Program::InputGradientVec4
-            | Program::InputGradientWords
-            | Program::GradientSumsVec4 => &[
+            Program::NormalizeVec4 => &[
+                Override::HasAffine,
+                Override::FromRunning,
+                Override::Relu,
+                Override::Add,
+                Override::LanesShareChannel,
+            ],
+            Program::Backward | Program::InputGradientWords | Program::GradientSumsVec4 => &[
                 Override::HasAffine,
                 Override::BatchStats,
                 Override::Relu,
                 Override::Add,
+            ],
+            Program::InputGradientVec4 => &[
+                Override::HasAffine,
+                Override::BatchStats,
+                Override::Relu,
+                Override::Add,
+                Override::LanesShareChannel,
             ],
             Program::LastWorkgroupStatistics => &[
                 Override::HasRunning,
