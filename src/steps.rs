@@ -389,9 +389,7 @@ impl Builder<'_> {
             (Override::FromRunning, from_running_eps.is_some()),
         ];
         overrides.extend(epilogue_overrides(epilogue));
-        if program == Program::NormalizeVec4 {
-            overrides.push(self.lanes_share_channel());
-        }
+        self.add_lanes_share_channel(program, &mut overrides);
         self.windows()
             .map(|(w, window)| Step {
                 overrides: overrides.clone(),
@@ -664,14 +662,17 @@ impl Builder<'_> {
         ]
     }
 
-    /// The vec4 elementwise kernels' `LanesShareChannel`: true where every vec4 of a window lies
-    /// in one channel's run (channels-first runs of a multiple of four values; windows and
-    /// their rows start on vec4s wherever the vec4 kernels run).
-    fn lanes_share_channel(&self) -> (Override, bool) {
-        (
-            Override::LanesShareChannel,
-            self.plan.view.inner.is_multiple_of(4),
-        )
+    /// `LanesShareChannel`, where `program` declares it (the vec4 elementwise kernels): true
+    /// where every vec4 of a window lies in one channel's run (channels-first runs of a
+    /// multiple of four values; windows and their rows start on vec4s wherever the vec4 kernels
+    /// run).
+    fn add_lanes_share_channel(&self, program: Program, overrides: &mut Vec<(Override, bool)>) {
+        if program.overrides().contains(&Override::LanesShareChannel) {
+            overrides.push((
+                Override::LanesShareChannel,
+                self.plan.view.inner.is_multiple_of(4),
+            ));
+        }
     }
 
     /// dx (and dz) per window: vec4s where the plan and every tensor's offset allow; else whole
@@ -692,9 +693,7 @@ impl Builder<'_> {
             (Program::Backward, "input_gradient")
         };
         let mut overrides = overrides.to_vec();
-        if program == Program::InputGradientVec4 {
-            overrides.push(self.lanes_share_channel());
-        }
+        self.add_lanes_share_channel(program, &mut overrides);
         self.windows()
             .map(|(w, window)| {
                 let params = self.window_params(w);
