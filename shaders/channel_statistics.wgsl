@@ -5,9 +5,9 @@
 
 fn channel_mean_invstd(c: u32) -> vec2<f32> {
     if (FROM_RUNNING) {
-        return vec2<f32>(running[c], 1.0 / sqrt(running[p.channels + c] + p.eps));
+        return vec2<f32>(running_at(c), 1.0 / sqrt(running_at(p.channels + c) + p.eps));
     }
-    return vec2<f32>(stats[c], stats[p.channels + c]);
+    return vec2<f32>(stats_at(c), stats_at(p.channels + c));
 }
 
 // Inference: the threads of the dispatch write [running_mean | invstd] into `stats` for the
@@ -16,8 +16,8 @@ fn save_running_statistics(thread: u32, threads: u32) {
     if (FROM_RUNNING) {
         for (var c = thread; c < p.channels; c += threads) {
             let mean_invstd = channel_mean_invstd(c);
-            stats[c] = mean_invstd.x;
-            stats[p.channels + c] = mean_invstd.y;
+            set_stats(c, mean_invstd.x);
+            set_stats(p.channels + c, mean_invstd.y);
         }
     }
 }

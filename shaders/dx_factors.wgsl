@@ -13,12 +13,12 @@ struct DxFactors {
 
 // The factors of channel c, given its (dgamma, dbeta).
 fn dx_factors(c: u32, dgamma_dbeta: vec2<f32>) -> DxFactors {
-    let invstd = stats[p.channels + c];
+    let invstd = stats_at(p.channels + c);
     var scale = invstd;
     if (HAS_AFFINE) {
-        scale *= affine[c];
+        scale *= affine_at(c);
     }
-    var f = DxFactors(stats[c], invstd, scale, 0.0, 0.0);
+    var f = DxFactors(stats_at(c), invstd, scale, 0.0, 0.0);
     if (BATCH_STATS) {
         f.mean_dy_xhat = dgamma_dbeta.x / p.values_per_channel;
         f.mean_dy = dgamma_dbeta.y / p.values_per_channel;
@@ -28,7 +28,7 @@ fn dx_factors(c: u32, dgamma_dbeta: vec2<f32>) -> DxFactors {
 
 // The factors of channel c, with the (dgamma, dbeta) a finalize wrote.
 fn channel_factors(c: u32) -> DxFactors {
-    return dx_factors(c, vec2<f32>(grads[c], grads[p.channels + c]));
+    return dx_factors(c, vec2<f32>(grads_at(c), grads_at(p.channels + c)));
 }
 
 // dx of one element (or four lanes) from its x and dy: through batch statistics

@@ -20,7 +20,7 @@ fn normalized4(x: vec4<f32>, mean: vec4<f32>, scale: vec4<f32>, shift: vec4<f32>
 // (scale, shift) of channel c from its (mean, invstd): y = (x - mean) * scale + shift.
 fn scale_shift(c: u32, mean_invstd: vec2<f32>) -> vec2<f32> {
     if (HAS_AFFINE) {
-        return vec2<f32>(mean_invstd.y * affine[c], affine[p.channels + c]);
+        return vec2<f32>(mean_invstd.y * affine_at(c), affine_at(p.channels + c));
     }
     return vec2<f32>(mean_invstd.y, 0.0);
 }

@@ -45,7 +45,7 @@ fn fused_backward_contiguous(
     let values = p.o_count * p.inner;
     for (var c_rel = wid.x; c_rel < p.c_count; c_rel += nwg.x) {
         let c = p.c0 + c_rel;
-        shared_acc[lid] = thread_sums_contiguous(c_rel, 0u, values, lid, stats[c]);
+        shared_acc[lid] = thread_sums_contiguous(c_rel, 0u, values, lid, stats_at(c));
         reduce_workgroup(lid);
         let sums = shared_acc[0];
         if (lid == 0u) {
@@ -81,7 +81,7 @@ fn fused_backward_strided(
         let c = p.c0 + c_rel;
         var acc = acc_empty();
         if (c_rel < p.c_count) {
-            acc = thread_sums_strided(c_rel, 0u, p.o_count, lane_r, stats[c]);
+            acc = thread_sums_strided(c_rel, 0u, p.o_count, lane_r, stats_at(c));
         }
         shared_acc[lid] = acc;
         workgroupBarrier();

@@ -107,7 +107,7 @@ fn grad_partials_contiguous(
         let chunk = item - c_rel * p.chunks;
         let start = chunk * p.chunk_len;
         let end = min(start + p.chunk_len, values);
-        let mean = stats[p.c0 + c_rel];
+        let mean = stats_at(p.c0 + c_rel);
         shared_acc[lid] = thread_sums_contiguous(c_rel, start, end, lid, mean);
         reduce_workgroup(lid);
         if (lid == 0u) {
@@ -134,7 +134,7 @@ fn grad_partials_strided(
         let end = min(start + p.chunk_len, p.o_count);
         var acc = acc_empty();
         if (c_rel < p.c_count) {
-            acc = thread_sums_strided(c_rel, start, end, lane_r, stats[p.c0 + c_rel]);
+            acc = thread_sums_strided(c_rel, start, end, lane_r, stats_at(p.c0 + c_rel));
         }
         shared_acc[lid] = acc;
         workgroupBarrier();

@@ -16,7 +16,7 @@ fn acc_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 // The per-thread kernels' hooks (per_thread_runs.wgsl, per_thread_quads.wgsl): the channel's
 // mean; what one quad load gives (x and dy); and lane-wise running sums of a channel.
 fn run_context(c_rel: u32) -> f32 {
-    return stats[p.c0 + c_rel];
+    return stats_at(p.c0 + c_rel);
 }
 
 struct Quad {

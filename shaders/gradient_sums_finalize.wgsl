@@ -4,12 +4,12 @@
 
 // (dgamma, dbeta) of channel c from its (sum dy, sum dy * (x - mean)).
 fn gradients(c: u32, sums: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(sums.y * stats[p.channels + c], sums.x);
+    return vec2<f32>(sums.y * stats_at(p.channels + c), sums.x);
 }
 
 // Writes channel c's dgamma and dbeta (the finalize's hook).
 fn finalize_channel(c: u32, sums: vec2<f32>) {
     let dgamma_dbeta = gradients(c, sums);
-    grads[c] = dgamma_dbeta.x;
-    grads[p.channels + c] = dgamma_dbeta.y;
+    set_grads(c, dgamma_dbeta.x);
+    set_grads(p.channels + c, dgamma_dbeta.y);
 }

@@ -7,6 +7,10 @@ fn lane_factors(cursor: ElementCursor) -> LaneFactors {
     if (LANES_SHARE_CHANNEL) {
         return splat_factors(channel_factors(cursor.c));
     }
+    // Channels-last: one load each of the four channels' factors (normalize_vec4.wgsl).
+    if (p.inner == 1u) {
+        return quad_factors(cursor.c);
+    }
     let lanes = channel_lanes(cursor);
     let f0 = channel_factors(lanes.x);
     let f1 = channel_factors(lanes.y);
@@ -19,6 +23,24 @@ fn lane_factors(cursor: ElementCursor) -> LaneFactors {
         vec4<f32>(f0.mean_dy, f1.mean_dy, f2.mean_dy, f3.mean_dy),
         vec4<f32>(f0.mean_dy_xhat, f1.mean_dy_xhat, f2.mean_dy_xhat, f3.mean_dy_xhat),
     );
+}
+
+// Channels c to c + 3 (c a multiple of four): `channel_factors` of each, lane by lane, from
+// the per-channel vectors' quads.
+fn quad_factors(c: u32) -> LaneFactors {
+    let first = c / 4u;
+    let second = (p.channels + c) / 4u;
+    let invstd = stats_quad(second);
+    var scale = invstd;
+    if (HAS_AFFINE) {
+        scale *= affine_quad(first);
+    }
+    var f = LaneFactors(stats_quad(first), invstd, scale, vec4<f32>(0.0), vec4<f32>(0.0));
+    if (BATCH_STATS) {
+        f.mean_dy_xhat = grads_quad(first) / p.values_per_channel;
+        f.mean_dy = grads_quad(second) / p.values_per_channel;
+    }
+    return f;
 }
 
 fn apply(q: u32, f: LaneFactors) {

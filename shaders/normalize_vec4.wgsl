@@ -13,10 +13,14 @@ struct LaneScale {
 // Where the lanes share a channel (LANES_SHARE_CHANNEL), its factors are found once: on a CPU
 // adapter, each per-lane load of four channels' factors weighed as much as a quarter of a
 // thread's 16 steps of x and y (docs/performance.md section 37).
+// Channels-last, the lanes' four channels' factors come in one load each (section 39).
 fn lane_factors(cursor: ElementCursor) -> LaneScale {
     if (LANES_SHARE_CHANNEL) {
         let s = channel_scale(cursor.c);
         return LaneScale(vec4<f32>(s.mean), vec4<f32>(s.scale), vec4<f32>(s.shift));
+    }
+    if (p.inner == 1u) {
+        return quad_factors(cursor.c);
     }
     let lanes = channel_lanes(cursor);
     let s0 = channel_scale(lanes.x);
@@ -28,6 +32,26 @@ fn lane_factors(cursor: ElementCursor) -> LaneScale {
         vec4<f32>(s0.scale, s1.scale, s2.scale, s3.scale),
         vec4<f32>(s0.shift, s1.shift, s2.shift, s3.shift),
     );
+}
+
+// Channels c to c + 3 (c a multiple of four): `channel_scale` of each, lane by lane, from
+// the per-channel vectors' quads (one vec4 load each in the channels-last variant).
+fn quad_factors(c: u32) -> LaneScale {
+    let first = c / 4u;
+    let second = (p.channels + c) / 4u;
+    var mean: vec4<f32>;
+    var invstd: vec4<f32>;
+    if (FROM_RUNNING) {
+        mean = running_quad(first);
+        invstd = 1.0 / sqrt(running_quad(second) + p.eps);
+    } else {
+        mean = stats_quad(first);
+        invstd = stats_quad(second);
+    }
+    if (HAS_AFFINE) {
+        return LaneScale(mean, invstd * affine_quad(first), affine_quad(second));
+    }
+    return LaneScale(mean, invstd, vec4<f32>(0.0));
 }
 
 fn apply(q: u32, f: LaneScale) {

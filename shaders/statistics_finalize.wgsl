@@ -25,20 +25,22 @@ fn running_momentum() -> f32 {
 // host to merge with the other ranks'; the running stats are then updated from the merge.
 fn finalize_channel(c: u32, total: Partial) {
     if (MOMENTS) {
-        stats[c] = total.shift + total.mean;
-        stats[p.channels + c] = total.m2;
+        set_stats(c, total.shift + total.mean);
+        set_stats(p.channels + c, total.m2);
         return;
     }
     let mean = total.shift + total.mean;
     let variance = total.m2 / total.n;
     let statistics = mean_invstd(total);
-    stats[c] = statistics.x;
-    stats[p.channels + c] = statistics.y;
+    set_stats(c, statistics.x);
+    set_stats(p.channels + c, statistics.y);
     if (HAS_RUNNING) {
         let momentum = running_momentum();
         let keep = 1.0 - momentum;
-        running[c] = keep * running[c] + momentum * mean;
-        running[p.channels + c] = keep * running[p.channels + c]
-            + momentum * variance * p.var_correction;
+        set_running(c, keep * running_at(c) + momentum * mean);
+        set_running(
+            p.channels + c,
+            keep * running_at(p.channels + c) + momentum * variance * p.var_correction,
+        );
     }
 }

@@ -51,6 +51,8 @@ pub struct Step {
     /// Whether it runs the program's variant with read-write tensor inputs (an input shares a
     /// buffer with the output this step writes).
     pub inputs_read_write: bool,
+    /// Whether it runs the variant with vec4 per-channel vectors (`Variant::channel_quads`).
+    pub channel_quads: bool,
     /// Its entry point.
     pub entry: &'static str,
     /// Override constants set for the pipeline (the rest keep their defaults).
@@ -160,6 +162,7 @@ pub fn count_batch_step() -> Step {
         program: Program::BatchStatistics,
         dtype: DType::F32,
         inputs_read_write: false,
+        channel_quads: false,
         entry: "count_batch",
         overrides: vec![],
         params: None,
@@ -298,6 +301,11 @@ impl Builder<'_> {
             program,
             dtype: self.plan.dtype,
             inputs_read_write,
+            // Channels-last, where a vec4's lanes are four channels; C is then a multiple of
+            // four (the vec4 rule), so a `[first | second]` pair holds whole vec4s.
+            channel_quads: program.reads_channel_quads()
+                && self.plan.view.inner == 1
+                && self.plan.view.channels.is_multiple_of(4),
             entry,
             overrides: vec![],
             params: None,
@@ -798,6 +806,7 @@ impl Step {
             program: self.program,
             dtype: self.dtype,
             inputs_read_write: self.inputs_read_write,
+            channel_quads: self.channel_quads,
         }
     }
 }
@@ -1327,16 +1336,34 @@ mod tests {
     /// lane's elsewhere (runs of 49 values, channels-last); the other programs do not declare
     /// the override.
     #[test]
-    fn vec4_elementwise_kernels_know_when_lanes_share_a_channel() {
+    fn vec4_elementwise_kernels_know_what_channels_their_lanes_hold() {
         // 4 KiB bindings: several windows, so the backward is split too.
         let gpu = limits(4 << 10, GPU);
-        for (shape, layout, share) in [
-            (&[8usize, 3, 16, 16][..], Layout::ChannelsFirst, Some(true)),
-            (&[8, 3, 12, 12][..], Layout::ChannelsFirst, Some(true)),
-            (&[8, 4, 7, 7][..], Layout::ChannelsFirst, Some(false)),
-            (&[8, 16, 16, 12][..], Layout::ChannelsLast, Some(false)),
+        // (shape, layout, LANES_SHARE_CHANNEL of the vec4 kernels, their lanes four channels
+        // read as quads of the per-channel vectors)
+        for (shape, layout, share, quads) in [
+            (
+                &[8usize, 3, 16, 16][..],
+                Layout::ChannelsFirst,
+                Some(true),
+                false,
+            ),
+            (
+                &[8, 3, 12, 12][..],
+                Layout::ChannelsFirst,
+                Some(true),
+                false,
+            ),
+            (&[8, 4, 7, 7][..], Layout::ChannelsFirst, Some(false), false),
+            (
+                &[8, 16, 16, 12][..],
+                Layout::ChannelsLast,
+                Some(false),
+                true,
+            ),
             // Rows that do not split into vec4s: the scalar kernels.
-            (&[64, 3, 5, 5][..], Layout::ChannelsFirst, None),
+            (&[64, 3, 5, 5][..], Layout::ChannelsFirst, None, false),
+            (&[64, 6, 5, 5][..], Layout::ChannelsLast, None, false),
         ] {
             for call in [INFERENCE, BACKWARD] {
                 let plan = plan_for(shape, layout, gpu, operation(call));
@@ -1354,8 +1381,10 @@ mod tests {
                     });
                     if elementwise.contains(&step.entry) {
                         assert_eq!(declared, share, "{shape:?} {}", step.entry);
+                        assert_eq!(step.channel_quads, quads, "{shape:?} {}", step.entry);
                     } else {
                         assert_eq!(declared, None, "{shape:?} {}", step.entry);
+                        assert!(!step.channel_quads, "{shape:?} {}", step.entry);
                     }
                 }
             }

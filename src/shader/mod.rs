@@ -131,6 +131,11 @@ pub struct Variant {
     pub dtype: DType,
     /// Tensor inputs declared read-write.
     pub inputs_read_write: bool,
+    /// The per-channel vectors (statistics, parameters, gradients) are declared as vec4s, so
+    /// that the vec4 elementwise programs load four channels' factors in one load each: for
+    /// channel counts that are a multiple of four, whose `[first | second]` bindings hold whole
+    /// vec4s (`Program::reads_channel_quads`).
+    pub channel_quads: bool,
 }
 
 /// A pipeline-overridable boolean of the shaders.
@@ -247,6 +252,13 @@ impl Program {
             self,
             Program::LastWorkgroupStatistics | Program::LastWorkgroupGradientSums
         )
+    }
+
+    /// Whether it reads four consecutive channels' factors at once (the vec4 elementwise
+    /// programs, whose lanes are four channels channels-last), and so comes in a variant with
+    /// vec4 per-channel vectors (`Variant::channel_quads`).
+    pub fn reads_channel_quads(self) -> bool {
+        matches!(self, Program::NormalizeVec4 | Program::InputGradientVec4)
     }
 
     /// Elements per load and store of its tensors: 4 for the vec4 programs, 2 for the word
@@ -440,12 +452,17 @@ impl Variant {
         for program in Program::ALL {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 for inputs_read_write in [false, true] {
-                    if program.supports(dtype) {
-                        variants.push(Variant {
-                            program,
-                            dtype,
-                            inputs_read_write,
-                        });
+                    for channel_quads in [false, true] {
+                        if program.supports(dtype)
+                            && (!channel_quads || program.reads_channel_quads())
+                        {
+                            variants.push(Variant {
+                                program,
+                                dtype,
+                                inputs_read_write,
+                                channel_quads,
+                            });
+                        }
                     }
                 }
             }
@@ -621,6 +638,7 @@ mod tests {
             program,
             dtype: DType::F32,
             inputs_read_write: false,
+            channel_quads: false,
         }
     }
 

@@ -18,6 +18,11 @@
 //! in f32 each output has `store_<role>_quad(q, v)`, which writes elements 4q to 4q + 3 (the
 //! fused per-thread kernels, `shaders/fused_per_thread.wgsl`).
 //!
+//! The per-channel vectors (`affine`, `running`, `stats`, `grads`) are read through
+//! `<name>_at(i)` and written through `set_<name>(i, v)` in every program, and the vec4
+//! elementwise programs read four channels through `<name>_quad(q)`: declared as vec4s in the
+//! `channel_quads` variant (one load a quad), as f32s otherwise (`channel_binding`).
+//!
 //! Two accessors of the epilogues come with them, at the program's width: `shortcut(i)`, the
 //! shortcut z where the epilogue adds it (`ADD`) and zeros otherwise, in programs that bind z;
 //! and `upstream(i)`, the gradient that reaches the batch norm: dy, with the ReLU's mask where
@@ -93,7 +98,7 @@ pub fn prelude(variant: Variant) -> String {
         } else if role == Role::Batches {
             binding(role, access, "array<u32>")
         } else {
-            binding(role, access, "array<f32>")
+            channel_binding(role, access, variant)
         };
         wgsl.push_str(&declaration);
     }
@@ -191,6 +196,40 @@ fn binding(role: Role, access: Access, ty: &str) -> String {
         role.binding(),
         role.name()
     )
+}
+
+/// A per-channel vector's binding (`[first (C) | second (C)]` pairs and the saved statistics)
+/// with `<name>_at(i)` (element i), `set_<name>(i, v)` where the program may write it, and in
+/// the vec4 elementwise programs `<name>_quad(q)` (elements 4q to 4q + 3). Declared as vec4s
+/// where the variant says the channel count is a multiple of four (`Variant::channel_quads`:
+/// the binding then holds whole vec4s), so that a quad is one load; as f32s otherwise, a quad
+/// then being four loads.
+fn channel_binding(role: Role, access: Access, variant: Variant) -> String {
+    let name = role.name();
+    let (array, element, quad) = if variant.channel_quads {
+        (
+            "array<vec4<f32>>",
+            format!("{name}[i / 4u][i % 4u]"),
+            format!("{name}[q]"),
+        )
+    } else {
+        (
+            "array<f32>",
+            format!("{name}[i]"),
+            format!(
+                "vec4<f32>({name}[4u * q], {name}[4u * q + 1u], {name}[4u * q + 2u], {name}[4u * q + 3u])"
+            ),
+        )
+    };
+    let mut wgsl = binding(role, access, array);
+    wgsl += &format!("fn {name}_at(i: u32) -> f32 {{\n    return {element};\n}}\n");
+    if access == Access::ReadWrite {
+        wgsl += &format!("fn set_{name}(i: u32, v: f32) {{\n    {element} = v;\n}}\n");
+    }
+    if variant.program.reads_channel_quads() {
+        wgsl += &format!("fn {name}_quad(q: u32) -> vec4<f32> {{\n    return {quad};\n}}\n");
+    }
+    wgsl
 }
 
 /// A half type's word functions: `unpack_word` (two elements, the first in the low half),
