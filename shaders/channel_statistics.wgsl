@@ -11,13 +11,17 @@ fn channel_mean_invstd(c: u32) -> vec2<f32> {
 }
 
 // Inference: the threads of the dispatch write [running_mean | invstd] into `stats` for the
-// backward (no thread of this dispatch reads `stats` in that mode).
+// backward (no thread of this dispatch reads `stats` in that mode), four consecutive channels a
+// thread: where `stats` is declared as vec4s (the prelude's `channel_binding`), a write of one
+// component may touch its whole vec4, so each vec4 must be one thread's.
 fn save_running_statistics(thread: u32, threads: u32) {
     if (FROM_RUNNING) {
-        for (var c = thread; c < p.channels; c += threads) {
-            let mean_invstd = channel_mean_invstd(c);
-            set_stats(c, mean_invstd.x);
-            set_stats(p.channels + c, mean_invstd.y);
+        for (var first = 4u * thread; first < p.channels; first += 4u * threads) {
+            for (var c = first; c < min(first + 4u, p.channels); c++) {
+                let mean_invstd = channel_mean_invstd(c);
+                set_stats(c, mean_invstd.x);
+                set_stats(p.channels + c, mean_invstd.y);
+            }
         }
     }
 }

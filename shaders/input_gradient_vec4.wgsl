@@ -8,7 +8,7 @@ fn lane_factors(cursor: ElementCursor) -> LaneFactors {
         return splat_factors(channel_factors(cursor.c));
     }
     // Channels-last: one load each of the four channels' factors (normalize_vec4.wgsl).
-    if (p.inner == 1u) {
+    if (CHANNEL_QUADS) {
         return quad_factors(cursor.c);
     }
     let lanes = channel_lanes(cursor);

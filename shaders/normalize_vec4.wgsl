@@ -13,13 +13,14 @@ struct LaneScale {
 // Where the lanes share a channel (LANES_SHARE_CHANNEL), its factors are found once: on a CPU
 // adapter, each per-lane load of four channels' factors weighed as much as a quarter of a
 // thread's 16 steps of x and y (docs/performance.md section 37).
-// Channels-last, the lanes' four channels' factors come in one load each (section 39).
+// Channels-last, in the variant whose per-channel vectors are vec4s (CHANNEL_QUADS), the lanes'
+// four channels' factors come in one load each (section 39).
 fn lane_factors(cursor: ElementCursor) -> LaneScale {
     if (LANES_SHARE_CHANNEL) {
         let s = channel_scale(cursor.c);
         return LaneScale(vec4<f32>(s.mean), vec4<f32>(s.scale), vec4<f32>(s.shift));
     }
-    if (p.inner == 1u) {
+    if (CHANNEL_QUADS) {
         return quad_factors(cursor.c);
     }
     let lanes = channel_lanes(cursor);
@@ -35,7 +36,7 @@ fn lane_factors(cursor: ElementCursor) -> LaneScale {
 }
 
 // Channels c to c + 3 (c a multiple of four): `channel_scale` of each, lane by lane, from
-// the per-channel vectors' quads (one vec4 load each in the channels-last variant).
+// the per-channel vectors' quads.
 fn quad_factors(c: u32) -> LaneScale {
     let first = c / 4u;
     let second = (p.channels + c) / 4u;

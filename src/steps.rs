@@ -301,8 +301,9 @@ impl Builder<'_> {
             program,
             dtype: self.plan.dtype,
             inputs_read_write,
-            // Channels-last, where a vec4's lanes are four channels; C is then a multiple of
-            // four (the vec4 rule), so a `[first | second]` pair holds whole vec4s.
+            // Channels-last, where a vec4's lanes are four channels. C is then a multiple of
+            // four (the vec4 rule), so a `[first | second]` pair holds whole vec4s; checked
+            // here as well, since the declaration's bindings depend on it.
             channel_quads: program.reads_channel_quads()
                 && self.plan.view.inner == 1
                 && self.plan.view.channels.is_multiple_of(4),

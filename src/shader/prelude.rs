@@ -70,6 +70,15 @@ pub fn prelude(variant: Variant) -> String {
         "}}\n\n@group(0) @binding({PARAMS_BINDING}) var<uniform> p: Params;\n"
     )
     .expect("writing to a String");
+    if program.reads_channel_quads() {
+        writeln!(
+            wgsl,
+            "// The per-channel vectors are declared as vec4s (`Variant::channel_quads`).\n\
+             const CHANNEL_QUADS: bool = {};\n",
+            variant.channel_quads
+        )
+        .expect("writing to a String");
+    }
     for &constant in program.overrides() {
         writeln!(
             wgsl,
@@ -201,9 +210,11 @@ fn binding(role: Role, access: Access, ty: &str) -> String {
 /// A per-channel vector's binding (`[first (C) | second (C)]` pairs and the saved statistics)
 /// with `<name>_at(i)` (element i), `set_<name>(i, v)` where the program may write it, and in
 /// the vec4 elementwise programs `<name>_quad(q)` (elements 4q to 4q + 3). Declared as vec4s
-/// where the variant says the channel count is a multiple of four (`Variant::channel_quads`:
-/// the binding then holds whole vec4s), so that a quad is one load; as f32s otherwise, a quad
-/// then being four loads.
+/// in the `channel_quads` variant (channels-last, C a multiple of four: the binding holds whole
+/// vec4s), where a quad is one load; as f32s otherwise, where `<name>_quad` is four loads that
+/// the kernels do not reach (they take quads only where `CHANNEL_QUADS`) but must compile.
+/// In the vec4 declaration `set_<name>` writes one component, and WGSL lets a component write
+/// touch the whole vec4: the four components of a vec4 must be written by one thread.
 fn channel_binding(role: Role, access: Access, variant: Variant) -> String {
     let name = role.name();
     let (array, element, quad) = if variant.channel_quads {
