@@ -132,9 +132,9 @@ pub struct Variant {
     /// Tensor inputs declared read-write.
     pub inputs_read_write: bool,
     /// The per-channel vectors (statistics, parameters, gradients) are declared as vec4s, so
-    /// that the vec4 elementwise programs load four channels' factors in one load each: for
-    /// channel counts that are a multiple of four, whose `[first | second]` bindings hold whole
-    /// vec4s (`Program::reads_channel_quads`).
+    /// that the vec4 elementwise programs (`Program::reads_channel_quads`) load four channels'
+    /// factors in one load each: taken for channels-last tensors, whose C is a multiple of four
+    /// and whose `[first | second]` bindings so hold whole vec4s.
     pub channel_quads: bool,
 }
 
