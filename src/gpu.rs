@@ -359,7 +359,7 @@ impl GpuContext {
     /// compile: tens of milliseconds on a CPU adapter).
     pub(crate) fn pipeline(&self, step: &Step) -> Result<wgpu::ComputePipeline> {
         let key = PipelineKey {
-            module: step.variant(),
+            module: step.variant,
             entry: step.entry,
             overrides: step.overrides.clone(),
         };

@@ -44,15 +44,10 @@ pub struct Binding {
 /// One dispatch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
-    /// The program.
-    pub program: Program,
-    /// The storage type of the call's tensors.
-    pub dtype: DType,
-    /// Whether it runs the program's variant with read-write tensor inputs (an input shares a
-    /// buffer with the output this step writes).
-    pub inputs_read_write: bool,
-    /// Whether it runs the variant with vec4 per-channel vectors (`Variant::channel_quads`).
-    pub channel_quads: bool,
+    /// The program variant it runs: read-write tensor inputs where an input shares a buffer
+    /// with the output this step writes; vec4 per-channel vectors where its lanes are four
+    /// channels.
+    pub variant: Variant,
     /// Its entry point.
     pub entry: &'static str,
     /// Override constants set for the pipeline (the rest keep their defaults).
@@ -159,10 +154,12 @@ pub fn steps(plan: &Plan, call: Call, operands: &Operands) -> Vec<Step> {
 /// counts (as PyTorch's module counts it), and nothing else runs.
 pub fn count_batch_step() -> Step {
     Step {
-        program: Program::BatchStatistics,
-        dtype: DType::F32,
-        inputs_read_write: false,
-        channel_quads: false,
+        variant: Variant {
+            program: Program::BatchStatistics,
+            dtype: DType::F32,
+            inputs_read_write: false,
+            channel_quads: false,
+        },
         entry: "count_batch",
         overrides: vec![],
         params: None,
@@ -298,15 +295,17 @@ impl Builder<'_> {
     /// A step of `program` in the call's storage type.
     fn step(&self, program: Program, inputs_read_write: bool, entry: &'static str) -> Step {
         Step {
-            program,
-            dtype: self.plan.dtype,
-            inputs_read_write,
-            // Channels-last, where a vec4's lanes are four channels. C is then a multiple of
-            // four (the vec4 rule), so a `[first | second]` pair holds whole vec4s; checked
-            // here as well, since the declaration's bindings depend on it.
-            channel_quads: program.reads_channel_quads()
-                && self.plan.view.inner == 1
-                && self.plan.view.channels.is_multiple_of(4),
+            variant: Variant {
+                program,
+                dtype: self.plan.dtype,
+                inputs_read_write,
+                // Channels-last, where a vec4's lanes are four channels. C is then a multiple
+                // of four (the vec4 rule), so a `[first | second]` pair holds whole vec4s;
+                // checked here as well, since the declaration's bindings depend on it.
+                channel_quads: program.reads_channel_quads()
+                    && self.plan.view.inner == 1
+                    && self.plan.view.channels.is_multiple_of(4),
+            },
             entry,
             overrides: vec![],
             params: None,
@@ -633,7 +632,10 @@ impl Builder<'_> {
                 bindings.extend_from_slice(outputs);
                 bindings.push(bind(Role::Counters, counters));
                 Step {
-                    program,
+                    variant: Variant {
+                        program,
+                        ..step.variant
+                    },
                     overrides: overrides.clone(),
                     params: step.params.map(&scalars),
                     bindings,
@@ -777,7 +779,7 @@ impl Step {
     pub fn part(&self) -> DispatchPart {
         use DispatchPart as Part;
         let entry = self.entry;
-        match self.program {
+        match self.variant.program {
             Program::BatchStatistics if entry == "count_batch" => Part::CountBatch,
             Program::BatchStatistics | Program::StatisticsVec4 if entry.starts_with("fused") => {
                 Part::FusedForward
@@ -798,16 +800,6 @@ impl Step {
             Program::Backward | Program::InputGradientVec4 | Program::InputGradientWords => {
                 Part::InputGradient
             }
-        }
-    }
-
-    /// The program variant it runs.
-    pub fn variant(&self) -> Variant {
-        Variant {
-            program: self.program,
-            dtype: self.dtype,
-            inputs_read_write: self.inputs_read_write,
-            channel_quads: self.channel_quads,
         }
     }
 }
@@ -890,7 +882,7 @@ mod tests {
                         DispatchPart::StatisticsPartials | DispatchPart::GradientSumsPartials
                     )
                 })
-                .map(|step| (step.program, step.entry))
+                .map(|step| (step.variant.program, step.entry))
                 .collect()
         };
         let programs = |plan: &Plan, call: Call, operands: Operands| -> Vec<Program> {
@@ -1133,7 +1125,7 @@ mod tests {
                 assert_eq!(
                     steps
                         .iter()
-                        .map(|step| (step.program, step.entry))
+                        .map(|step| (step.variant.program, step.entry))
                         .collect::<Vec<_>>(),
                     [(want, entry)],
                     "{shape:?} {call:?} {operands:?}"
@@ -1279,7 +1271,7 @@ mod tests {
                 // The partials, then the elementwise pass: no finalize.
                 assert_eq!(steps.len(), 2, "{:?}", entries(&steps));
                 let merged = &steps[0];
-                assert_eq!(merged.program, program);
+                assert_eq!(merged.variant.program, program);
                 assert!(merged.entry.contains("partials"), "{}", merged.entry);
                 assert!(merged
                     .overrides
@@ -1382,10 +1374,14 @@ mod tests {
                     });
                     if elementwise.contains(&step.entry) {
                         assert_eq!(declared, share, "{shape:?} {}", step.entry);
-                        assert_eq!(step.channel_quads, quads, "{shape:?} {}", step.entry);
+                        assert_eq!(
+                            step.variant.channel_quads, quads,
+                            "{shape:?} {}",
+                            step.entry
+                        );
                     } else {
                         assert_eq!(declared, None, "{shape:?} {}", step.entry);
-                        assert!(!step.channel_quads, "{shape:?} {}", step.entry);
+                        assert!(!step.variant.channel_quads, "{shape:?} {}", step.entry);
                     }
                 }
             }
@@ -1455,7 +1451,7 @@ mod tests {
         // Only the steps that write dx take the read-write variant.
         for step in &steps {
             let writes = step.bindings.iter().any(|b| b.role == Role::Dx);
-            assert_eq!(step.inputs_read_write, writes, "{}", step.entry);
+            assert_eq!(step.variant.inputs_read_write, writes, "{}", step.entry);
         }
         let aligned = Operands {
             x: 16,
@@ -1602,14 +1598,14 @@ mod tests {
                             let bound: BTreeSet<u32> =
                                 step.bindings.iter().map(|b| b.role.binding()).collect();
                             assert_eq!(bound.len(), step.bindings.len(), "{step:?}");
-                            let variant = step.variant();
+                            let variant = step.variant;
                             let (used, reads_params) = sources
                                 .entry((variant, step.entry))
                                 .or_insert_with(|| used_bindings(variant, step.entry))
                                 .clone();
                             assert_eq!(bound, used, "{variant:?} {}", step.entry);
                             assert_eq!(step.params.is_some(), reads_params, "{}", step.entry);
-                            seen.insert((format!("{:?}", step.program), step.entry));
+                            seen.insert((format!("{:?}", step.variant.program), step.entry));
                         }
                     }
                 }

@@ -217,7 +217,7 @@ mod tests {
             );
             let dx = sync_steps(&whole, SyncHalf::InputGradient, &operands);
             assert_eq!(entries(&dx), ["input_gradient_vec4"]);
-            assert_eq!(dx[0].variant().dtype, dtype);
+            assert_eq!(dx[0].variant.dtype, dtype);
         }
     }
 
@@ -258,13 +258,13 @@ mod tests {
                         ..Operands::default()
                     };
                     for step in sync_steps(plan, half, &operands) {
-                        assert_eq!(step.dtype, plan.dtype, "{half:?} {}", step.entry);
+                        assert_eq!(step.variant.dtype, plan.dtype, "{half:?} {}", step.entry);
                         let bound: BTreeSet<u32> =
                             step.bindings.iter().map(|b| b.role.binding()).collect();
-                        let (used, reads_params) = used_bindings(step.variant(), step.entry);
+                        let (used, reads_params) = used_bindings(step.variant, step.entry);
                         assert_eq!(bound, used, "{half:?} {}", step.entry);
                         assert!(reads_params, "{}", step.entry);
-                        seen.insert(format!("{:?}::{}", step.program, step.entry));
+                        seen.insert(format!("{:?}::{}", step.variant.program, step.entry));
                     }
                 }
             }
