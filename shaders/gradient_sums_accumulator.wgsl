@@ -45,9 +45,25 @@ fn sums_add(s: LaneSums, v: Quad, keep: vec4<bool>, mean: vec4<f32>) -> LaneSums
     return LaneSums(s.dy + g, s.dy_centered + centered);
 }
 
-// The sums of lane k (a channels-last quad: one channel a lane).
-fn sums_lane(s: LaneSums, k: u32, unused_count: f32) -> vec2<f32> {
-    return vec2<f32>(s.dy[k], s.dy_centered[k]);
+// Four channels' sums over the same rows (a channels-last quad: one channel a lane); lane by
+// lane the additions of `acc_merge` (the same bits).
+alias QuadAcc = LaneSums;
+
+fn quad_acc_empty() -> LaneSums {
+    return LaneSums(vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+fn quad_acc_merge(a: LaneSums, b: LaneSums) -> LaneSums {
+    return LaneSums(a.dy + b.dy, a.dy_centered + b.dy_centered);
+}
+
+fn sums_quad(s: LaneSums, unused_count: f32) -> LaneSums {
+    return s;
+}
+
+// Lane k's channel's sums.
+fn quad_acc_lane(a: LaneSums, k: u32) -> vec2<f32> {
+    return vec2<f32>(a.dy[k], a.dy_centered[k]);
 }
 
 // The sums of one channel spread over the lanes (a channels-first run).

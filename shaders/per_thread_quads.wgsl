@@ -10,9 +10,10 @@
 // at a third of the speed.
 //
 // Each row is used as it is loaded: a channel keeps running sums over a group of up to eight
-// rows (the program's `LaneSums`, a channel a lane), which become a partial at the group's
-// end; partials merge into a block of RUN_BLOCK rows, blocks into the chunk's total, so that
-// no chain of additions runs the whole chunk. Loading eight rows of a quad before using any
+// rows (the program's `LaneSums`, a channel a lane), which become the quad's partials at the
+// group's end (its `QuadAcc`, whose four channels share a count, so that a merge divides once
+// for all four: docs/performance.md section 40); partials merge into a block of RUN_BLOCK
+// rows, blocks into the chunk's total, so that no chain of additions runs the whole chunk. Loading eight rows of a quad before using any
 // held 32 values a thread and ran at half the speed (docs/performance.md section 31).
 //
 // Loads go through the program's hooks (statistics_partial.wgsl,
@@ -45,14 +46,8 @@ fn reduce_quad(c_rel: u32, chunk: u32, start: u32, end: u32) {
         run_context(c_rel + 2u),
         run_context(c_rel + 3u),
     );
-    var block0 = acc_empty();
-    var block1 = acc_empty();
-    var block2 = acc_empty();
-    var block3 = acc_empty();
-    var total0 = acc_empty();
-    var total1 = acc_empty();
-    var total2 = acc_empty();
-    var total3 = acc_empty();
+    var block = quad_acc_empty();
+    var total = quad_acc_empty();
     var row = start;
     var q = start * row_step + c_rel / 4u;
     while (row < end) {
@@ -66,27 +61,16 @@ fn reduce_quad(c_rel: u32, chunk: u32, start: u32, end: u32) {
             sums = sums_add(sums, load_quad(q), vec4<bool>(true), context);
             q += row_step;
         }
-        let n = f32(group_end - row);
-        block0 = acc_merge(block0, sums_lane(sums, 0u, n));
-        block1 = acc_merge(block1, sums_lane(sums, 1u, n));
-        block2 = acc_merge(block2, sums_lane(sums, 2u, n));
-        block3 = acc_merge(block3, sums_lane(sums, 3u, n));
+        block = quad_acc_merge(block, sums_quad(sums, f32(group_end - row)));
         row = group_end;
         if ((row - start) % RUN_BLOCK == 0u || row == end) {
-            total0 = acc_merge(total0, block0);
-            total1 = acc_merge(total1, block1);
-            total2 = acc_merge(total2, block2);
-            total3 = acc_merge(total3, block3);
-            block0 = acc_empty();
-            block1 = acc_empty();
-            block2 = acc_empty();
-            block3 = acc_empty();
+            total = quad_acc_merge(total, block);
+            block = quad_acc_empty();
         }
     }
-    partials[partial_slot(c_rel, chunk)] = total0;
-    partials[partial_slot(c_rel + 1u, chunk)] = total1;
-    partials[partial_slot(c_rel + 2u, chunk)] = total2;
-    partials[partial_slot(c_rel + 3u, chunk)] = total3;
+    for (var k = 0u; k < 4u; k++) {
+        partials[partial_slot(c_rel + k, chunk)] = quad_acc_lane(total, k);
+    }
 }
 
 // One thread per quad of a chunk of rows: the statistics' or the gradient sums' partials, by

@@ -94,9 +94,56 @@ fn sums_partial(n: f32, shift: f32, sum: f32, squares: f32) -> Partial {
     return Partial(n, shift, mean, select(m2, 0.0, below_zero));
 }
 
-// The partial of n values of one channel in lane k (a channels-last quad: one channel a lane).
-fn sums_lane(s: LaneSums, k: u32, n: f32) -> Partial {
-    return sums_partial(n, s.shift[k], s.sum[k], s.squares[k]);
+// Four channels' partials over the same rows (a channels-last quad: one channel a lane). The
+// count is shared, so a merge tests and divides once for all four; lane by lane these are the
+// operations of `sums_partial` and `merge`, in the same order (the same bits): WGSL has no
+// generics to share them.
+struct QuadPartial {
+    n: f32,
+    shift: vec4<f32>,
+    mean: vec4<f32>,
+    m2: vec4<f32>,
+}
+
+alias QuadAcc = QuadPartial;
+
+fn quad_acc_empty() -> QuadPartial {
+    return QuadPartial(0.0, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+fn quad_acc_merge(a: QuadPartial, b: QuadPartial) -> QuadPartial {
+    if (a.n == 0.0) {
+        return b;
+    }
+    if (b.n == 0.0) {
+        return a;
+    }
+    let n = a.n + b.n;
+    let delta = (b.shift - a.shift) + (b.mean - a.mean);
+    let weight_b = b.n / n;
+    let about_a = a.mean + delta * weight_b;
+    let about_b = b.mean - delta * (1.0 - weight_b);
+    let closer_to_b = abs(about_b) < abs(about_a);
+    return QuadPartial(
+        n,
+        select(a.shift, b.shift, closer_to_b),
+        select(about_a, about_b, closer_to_b),
+        a.m2 + b.m2 + delta * delta * a.n * weight_b,
+    );
+}
+
+// The partials of n values of each lane's channel.
+fn sums_quad(s: LaneSums, n: f32) -> QuadPartial {
+    let mean = s.sum / n;
+    let m2 = s.squares - s.sum * mean;
+    let bits = bitcast<vec4<u32>>(m2);
+    let below_zero = (bits > vec4<u32>(0x80000000u)) & (bits <= vec4<u32>(0xff800000u));
+    return QuadPartial(n, s.shift, mean, select(m2, vec4<f32>(0.0), below_zero));
+}
+
+// Lane k's channel's partial.
+fn quad_acc_lane(a: QuadPartial, k: u32) -> Partial {
+    return Partial(a.n, a.shift[k], a.mean[k], a.m2[k]);
 }
 
 // The partial of n values of one channel spread over the lanes, all shifted alike (a
