@@ -296,6 +296,17 @@ pub enum BatchNormError {
         problem: String,
     },
 
+    /// The kernels' WGSL could not be taken from the directory set by
+    /// [`GpuContext::set_shader_directory`](crate::GpuContext::set_shader_directory).
+    #[error("shader directory '{}': {problem}", directory.display())]
+    ShaderDirectory {
+        /// The directory.
+        directory: std::path::PathBuf,
+        /// What is wrong: a file that could not be read, or a context that already built
+        /// kernels.
+        problem: String,
+    },
+
     /// The operation needs something this batch norm does not have.
     #[error("{0}")]
     Unsupported(&'static str),

@@ -2,6 +2,7 @@
 //! cache and scratch buffers. Cheap to clone and safe to share between threads.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -199,6 +200,9 @@ struct ContextInner {
     lost: Arc<AtomicBool>,
     /// `f32::to_bits` of the debug fill, or `NO_DEBUG_FILL`.
     debug_fill: AtomicU64,
+    /// Where the kernels' WGSL files are read from instead of the crate's own, if anywhere
+    /// (`GpuContext::set_shader_directory`).
+    shader_directory: Mutex<Option<PathBuf>>,
 }
 
 /// The scratch key of the counters of merges in the last workgroup.
@@ -306,6 +310,7 @@ impl GpuContext {
                 scratch: Mutex::new(HashMap::new()),
                 lost,
                 debug_fill: AtomicU64::new(NO_DEBUG_FILL),
+                shader_directory: Mutex::new(None),
             }),
         })
     }
@@ -397,7 +402,16 @@ impl GpuContext {
         if let Some(module) = modules.get(&variant) {
             return Ok(module.clone());
         }
-        let source = variant.source();
+        let source =
+            match &*lock(&self.inner.shader_directory) {
+                None => variant.source(),
+                Some(directory) => variant.source_in(directory).map_err(|error| {
+                    BatchNormError::ShaderDirectory {
+                        directory: directory.clone(),
+                        problem: error.to_string(),
+                    }
+                })?,
+            };
         let module = self.checked(|device| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(&format!("{:?} {}", variant.program, variant.dtype)),
@@ -421,6 +435,29 @@ impl GpuContext {
     pub fn set_debug_fill(&self, value: Option<f32>) {
         let bits = value.map_or(NO_DEBUG_FILL, |v| u64::from(v.to_bits()));
         self.inner.debug_fill.store(bits, Ordering::SeqCst);
+    }
+
+    /// Builds this context's kernels from the WGSL files in `directory` (named as in the
+    /// crate's `shaders/`) instead of the crate's own; the generated prelude, the plans and
+    /// the bindings stay the crate's. A tool for kernel work: two contexts on one adapter, one
+    /// of them reading a changed copy of `shaders/`, compare the change in one process
+    /// (`bnbench --compare-shaders`), free of the drift between processes. Files are read when
+    /// a kernel is first built; a missing or unreadable one is a
+    /// [`BatchNormError::ShaderDirectory`] then, a file that does not compile a
+    /// [`BatchNormError::Validation`]. Refused with `ShaderDirectory` once the context has
+    /// built a kernel, so that every kernel of a context comes from one source.
+    pub fn set_shader_directory(&self, directory: &Path) -> Result<()> {
+        let modules = lock(&self.inner.pipelines.modules);
+        if !modules.is_empty() {
+            return Err(BatchNormError::ShaderDirectory {
+                directory: directory.to_path_buf(),
+                problem: "this context has built kernels already; set the directory on a new \
+                          context, before its first call"
+                    .to_string(),
+            });
+        }
+        *lock(&self.inner.shader_directory) = Some(directory.to_path_buf());
+        Ok(())
     }
 
     /// The value set by [`GpuContext::set_debug_fill`].

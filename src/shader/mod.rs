@@ -38,32 +38,49 @@ pub use bindings::{Access, Role, PARAMS_BINDING};
 use params::PARAMS_OFFSETS;
 pub use params::{Params, PARAMS_FIELDS};
 
+use std::path::Path;
+
 use crate::dtype::DType;
 use crate::plan::{STATISTICS_PARTIAL_BYTES, STRIDED_BAND, WORKGROUP_SIZE};
 
-const HALF: &str = include_str!("../../shaders/half.wgsl");
-const COMMON: &str = include_str!("../../shaders/common.wgsl");
-const EPILOGUE: &str = include_str!("../../shaders/epilogue.wgsl");
-const REDUCTION: &str = include_str!("../../shaders/reduction.wgsl");
-const MERGE_BY_DISPATCH: &str = include_str!("../../shaders/merge_by_dispatch.wgsl");
-const LAST_WORKGROUP: &str = include_str!("../../shaders/last_workgroup.wgsl");
-const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
-const CHANNEL_STATISTICS: &str = include_str!("../../shaders/channel_statistics.wgsl");
-const DX_FACTORS: &str = include_str!("../../shaders/dx_factors.wgsl");
-const STATISTICS: &str = include_str!("../../shaders/statistics.wgsl");
-const GRADIENT_SUMS: &str = include_str!("../../shaders/gradient_sums.wgsl");
-const STATISTICS_PARTIAL: &str = include_str!("../../shaders/statistics_partial.wgsl");
-const GRADIENT_SUMS_ACCUMULATOR: &str =
-    include_str!("../../shaders/gradient_sums_accumulator.wgsl");
-const PER_THREAD_QUADS: &str = include_str!("../../shaders/per_thread_quads.wgsl");
-const PER_THREAD_RUNS: &str = include_str!("../../shaders/per_thread_runs.wgsl");
-const PER_THREAD_VALUES: &str = include_str!("../../shaders/per_thread_values.wgsl");
-const STATISTICS_FINALIZE: &str = include_str!("../../shaders/statistics_finalize.wgsl");
-const GRADIENT_SUMS_FINALIZE: &str = include_str!("../../shaders/gradient_sums_finalize.wgsl");
-const FUSED_PER_THREAD: &str = include_str!("../../shaders/fused_per_thread.wgsl");
-const FUSED_PER_THREAD_FORWARD: &str = include_str!("../../shaders/fused_per_thread_forward.wgsl");
-const FUSED_PER_THREAD_BACKWARD: &str =
-    include_str!("../../shaders/fused_per_thread_backward.wgsl");
+/// One WGSL file of `shaders/`: its name there and its text, compiled into the crate.
+#[derive(Clone, Copy, Debug)]
+struct ShaderFile {
+    name: &'static str,
+    text: &'static str,
+}
+
+/// The [`ShaderFile`] of `shaders/<name>`.
+macro_rules! shader_file {
+    ($name:literal) => {
+        ShaderFile {
+            name: $name,
+            text: include_str!(concat!("../../shaders/", $name)),
+        }
+    };
+}
+
+const HALF: ShaderFile = shader_file!("half.wgsl");
+const COMMON: ShaderFile = shader_file!("common.wgsl");
+const EPILOGUE: ShaderFile = shader_file!("epilogue.wgsl");
+const REDUCTION: ShaderFile = shader_file!("reduction.wgsl");
+const MERGE_BY_DISPATCH: ShaderFile = shader_file!("merge_by_dispatch.wgsl");
+const LAST_WORKGROUP: ShaderFile = shader_file!("last_workgroup.wgsl");
+const ELEMENTWISE: ShaderFile = shader_file!("elementwise.wgsl");
+const CHANNEL_STATISTICS: ShaderFile = shader_file!("channel_statistics.wgsl");
+const DX_FACTORS: ShaderFile = shader_file!("dx_factors.wgsl");
+const STATISTICS: ShaderFile = shader_file!("statistics.wgsl");
+const GRADIENT_SUMS: ShaderFile = shader_file!("gradient_sums.wgsl");
+const STATISTICS_PARTIAL: ShaderFile = shader_file!("statistics_partial.wgsl");
+const GRADIENT_SUMS_ACCUMULATOR: ShaderFile = shader_file!("gradient_sums_accumulator.wgsl");
+const PER_THREAD_QUADS: ShaderFile = shader_file!("per_thread_quads.wgsl");
+const PER_THREAD_RUNS: ShaderFile = shader_file!("per_thread_runs.wgsl");
+const PER_THREAD_VALUES: ShaderFile = shader_file!("per_thread_values.wgsl");
+const STATISTICS_FINALIZE: ShaderFile = shader_file!("statistics_finalize.wgsl");
+const GRADIENT_SUMS_FINALIZE: ShaderFile = shader_file!("gradient_sums_finalize.wgsl");
+const FUSED_PER_THREAD: ShaderFile = shader_file!("fused_per_thread.wgsl");
+const FUSED_PER_THREAD_FORWARD: ShaderFile = shader_file!("fused_per_thread_forward.wgsl");
+const FUSED_PER_THREAD_BACKWARD: ShaderFile = shader_file!("fused_per_thread_backward.wgsl");
 
 /// Workgroup memory the kernels need: the most any entry point declares, which is the fused
 /// channels-last training forward's (an accumulator per thread for the reduction, and a
@@ -337,9 +354,9 @@ impl Program {
     }
 
     /// The WGSL files after the prelude, in the documented order, for storage type `dtype`.
-    fn files(self, dtype: DType) -> Vec<&'static str> {
-        let f32_only = |file: &'static str| (dtype == DType::F32).then_some(file);
-        let files: Vec<Option<&'static str>> = match self {
+    fn files(self, dtype: DType) -> Vec<ShaderFile> {
+        let f32_only = |file: ShaderFile| (dtype == DType::F32).then_some(file);
+        let files: Vec<Option<ShaderFile>> = match self {
             Program::BatchStatistics => vec![
                 Some(COMMON),
                 f32_only(EPILOGUE),
@@ -351,7 +368,7 @@ impl Program {
                 Some(PER_THREAD_VALUES),
                 Some(STATISTICS_FINALIZE),
                 Some(STATISTICS),
-                f32_only(include_str!("../../shaders/fused_forward.wgsl")),
+                f32_only(shader_file!("fused_forward.wgsl")),
                 f32_only(FUSED_PER_THREAD),
                 f32_only(FUSED_PER_THREAD_FORWARD),
             ],
@@ -360,20 +377,20 @@ impl Program {
                 Some(EPILOGUE),
                 Some(ELEMENTWISE),
                 Some(CHANNEL_STATISTICS),
-                Some(include_str!("../../shaders/normalize.wgsl")),
+                Some(shader_file!("normalize.wgsl")),
             ],
             Program::NormalizeVec4 => vec![
                 Some(COMMON),
                 Some(EPILOGUE),
                 Some(ELEMENTWISE),
                 Some(CHANNEL_STATISTICS),
-                Some(include_str!("../../shaders/normalize_vec4.wgsl")),
+                Some(shader_file!("normalize_vec4.wgsl")),
             ],
             Program::NormalizeWords => vec![
                 Some(COMMON),
                 Some(EPILOGUE),
                 Some(CHANNEL_STATISTICS),
-                Some(include_str!("../../shaders/normalize_words.wgsl")),
+                Some(shader_file!("normalize_words.wgsl")),
             ],
             Program::Backward => vec![
                 Some(COMMON),
@@ -387,8 +404,8 @@ impl Program {
                 Some(PER_THREAD_VALUES),
                 Some(GRADIENT_SUMS_FINALIZE),
                 Some(GRADIENT_SUMS),
-                f32_only(include_str!("../../shaders/input_gradient.wgsl")),
-                f32_only(include_str!("../../shaders/fused_backward.wgsl")),
+                f32_only(shader_file!("input_gradient.wgsl")),
+                f32_only(shader_file!("fused_backward.wgsl")),
                 f32_only(FUSED_PER_THREAD),
                 f32_only(FUSED_PER_THREAD_BACKWARD),
             ],
@@ -396,12 +413,12 @@ impl Program {
                 Some(COMMON),
                 Some(ELEMENTWISE),
                 Some(DX_FACTORS),
-                Some(include_str!("../../shaders/input_gradient_vec4.wgsl")),
+                Some(shader_file!("input_gradient_vec4.wgsl")),
             ],
             Program::InputGradientWords => vec![
                 Some(COMMON),
                 Some(DX_FACTORS),
-                Some(include_str!("../../shaders/input_gradient_words.wgsl")),
+                Some(shader_file!("input_gradient_words.wgsl")),
             ],
             Program::LastWorkgroupStatistics => vec![
                 Some(COMMON),
@@ -470,17 +487,30 @@ impl Variant {
         variants
     }
 
-    /// The full WGSL source.
+    /// The full WGSL source, of the files compiled into the crate.
     pub fn source(self) -> String {
-        std::iter::once(prelude::prelude(self))
-            .chain(
-                self.program
-                    .files(self.dtype)
-                    .into_iter()
-                    .map(str::to_string),
-            )
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.source_with(|file| Ok::<_, std::convert::Infallible>(file.text.to_string()))
+            .unwrap_or_else(|never| match never {})
+    }
+
+    /// The full WGSL source with each file of `shaders/` read from `directory` instead (the
+    /// prelude, generated from the crate's constants, stays built in): for comparing changed
+    /// kernels against the crate's own in one process (`GpuContext::set_shader_directory`).
+    pub fn source_in(self, directory: &Path) -> std::io::Result<String> {
+        self.source_with(|file| {
+            let path = directory.join(file.name);
+            std::fs::read_to_string(&path).map_err(|error| {
+                std::io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+            })
+        })
+    }
+
+    fn source_with<E>(self, read: impl Fn(ShaderFile) -> Result<String, E>) -> Result<String, E> {
+        let mut parts = vec![prelude::prelude(self)];
+        for file in self.program.files(self.dtype) {
+            parts.push(read(file)?);
+        }
+        Ok(parts.join("\n"))
     }
 }
 
