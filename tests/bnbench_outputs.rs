@@ -632,3 +632,57 @@ fn bad_shapes_are_refused_with_a_message() {
         assert!(error.to_string().contains(shape), "{error}");
     }
 }
+
+#[test]
+fn compare_shaders_runs_both_sides_every_round() {
+    let shaders = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    let args = [
+        "bnbench",
+        "--shape",
+        "4,8,6,6",
+        "--op",
+        "train-forward",
+        "--reps",
+        "2",
+        "--warmup",
+        "1",
+        "--warmup-ms",
+        "0",
+        "--rotate-mib",
+        "1",
+        "--no-back-to-back",
+    ];
+    let with = |extra: &[&str]| {
+        let cli = bnbench::cli::Cli::try_parse_from(args.iter().chain(extra))
+            .expect("a valid command line");
+        bnbench::run(&cli)
+    };
+    let report = with(&["--compare-shaders", shaders, "--rounds", "2"])
+        .expect("a run")
+        .expect("a report");
+    assert_eq!(report.failures(), 0);
+    // Two rounds, each running both layouts' case on the built-in kernels and on the
+    // directory's, a run a case.
+    assert_eq!(report.runs.len(), 8);
+    for run in &report.runs {
+        assert_eq!(run.cases.len(), 1, "{:?}", run.skipped);
+    }
+
+    let broken = scratch_dir();
+    let Err(error) = with(&["--compare-shaders", broken.join("absent").to_str().unwrap()]) else {
+        panic!("a directory that does not exist is refused");
+    };
+    assert!(error.to_string().contains("not a directory"), "{error}");
+    // An empty directory: the directory's side cannot build a kernel, and every case of it
+    // counts as a failure.
+    let report = with(&[
+        "--compare-shaders",
+        broken.to_str().unwrap(),
+        "--rounds",
+        "1",
+    ])
+    .expect("a run")
+    .expect("a report");
+    assert_eq!(report.failures(), 2, "both cases of the directory's side");
+    std::fs::remove_dir_all(&broken).expect("remove the temporary directory");
+}

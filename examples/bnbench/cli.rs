@@ -128,6 +128,17 @@ pub struct Cli {
     /// Write an SVG chart: GB/s and percent of the stream kernel per case.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
+
+    /// Compare the crate's kernels with the WGSL files in DIR (a changed copy of `shaders/`),
+    /// in one process on one adapter: --rounds runs of the cases on each, alternating which
+    /// goes first, then one table of both GPU medians and their ratio. Every result is still
+    /// checked against the reference.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["chain", "all", "json", "csv", "markdown", "svg"])]
+    pub compare_shaders: Option<PathBuf>,
+
+    /// Runs of the cases on each side of --compare-shaders.
+    #[arg(long, default_value_t = 4, requires = "compare_shaders", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
 }
 
 /// A wgpu backend.

@@ -12,11 +12,12 @@
 //! cargo run --release --example bnbench -- --all --markdown results.md
 //! cargo run --release --example bnbench -- --dtype f16 --epilogue add-relu --shape 64,256,56,56
 //! cargo run --release --example bnbench -- --chain resnet50 --batch 32
+//! cargo run --release --example bnbench -- --shape 64,1024,14,14 --compare-shaders my-shaders/
 //! ```
 //!
 //! The modules, in the order a run uses them: [`cli`] (options and settings), [`case`] (what
 //! one case is, and the list of them), [`suite`] (the shapes, and the GPU state a case runs on), [`chain`] (a network's batch norms as one training step,
-//! `--chain`), [`runner`] (one adapter's run), [`roofline`] (the stream
+//! `--chain`), [`runner`] (one adapter's run), [`compare`] (`--compare-shaders`), [`roofline`] (the stream
 //! kernel), [`timing`] (timestamps, wall clock, host latency), [`breakdown`] (each dispatch's
 //! time, `--breakdown`), [`check`] (the CPU reference),
 //! [`report`] (the results and their formats). `benches/batch_norm.rs` shares `suite` and
@@ -28,6 +29,7 @@ pub mod case;
 pub mod chain;
 mod check;
 pub mod cli;
+mod compare;
 mod report;
 mod roofline;
 mod runner;
@@ -115,6 +117,25 @@ pub fn run(cli: &Cli) -> BenchResult<Option<Report>> {
             (cases, count)
         }
     };
+    if let Some(directory) = &cli.compare_shaders {
+        let progress = Progress::new(2 * cli.rounds as usize * items_per_adapter);
+        let comparison = compare::run_comparison(
+            &adapters[0],
+            &settings,
+            &cases,
+            directory,
+            cli.rounds,
+            &progress,
+        )?;
+        progress.finish();
+        println!(
+            "\nGPU median time of each round, built-in kernels against {} (ratio above 1: the \
+             directory's kernels are faster)\n",
+            directory.display()
+        );
+        print!("{}", comparison.table(directory).text());
+        return Ok(Some(Report::new(settings, comparison.into_runs())));
+    }
     let progress = Progress::new(chosen * items_per_adapter);
     let mut runs = Vec::new();
     for adapter in adapters.iter().take(chosen) {

@@ -326,14 +326,14 @@ impl Skipped {
 }
 
 /// Rows of text cells under a header, rendered aligned for the terminal or as Markdown.
-struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// Columns padded to their widest cell; the first column left-aligned, the others right.
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         let widths: Vec<usize> = (0..self.header.len())
             .map(|col| {
                 std::iter::once(&self.header)
@@ -372,7 +372,7 @@ impl Table {
 }
 
 /// A number with at least three significant digits (all of its integer digits).
-fn digits3(value: f64) -> String {
+pub fn digits3(value: f64) -> String {
     if value >= 100.0 {
         format!("{value:.0}")
     } else if value >= 10.0 {
