@@ -13,8 +13,9 @@
 // rows (the program's `LaneSums`, a channel a lane), which become the quad's partials at the
 // group's end (its `QuadAcc`, whose four channels share a count, so that a merge divides once
 // for all four: docs/performance.md section 40); partials merge into a block of RUN_BLOCK
-// rows, blocks into the chunk's total, so that no chain of additions runs the whole chunk. Loading eight rows of a quad before using any
-// held 32 values a thread and ran at half the speed (docs/performance.md section 31).
+// rows, blocks into the chunk's total, so that no chain of additions runs the whole chunk.
+// Loading eight rows of a quad before using any held 32 values a thread and ran at half the
+// speed (docs/performance.md section 31).
 //
 // Loads go through the program's hooks (statistics_partial.wgsl,
 // gradient_sums_accumulator.wgsl) over the prelude's `load_<role>_quad`: four scalar loads in

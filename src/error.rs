@@ -302,8 +302,8 @@ pub enum BatchNormError {
     ShaderDirectory {
         /// The directory.
         directory: std::path::PathBuf,
-        /// What is wrong: a file that could not be read, or a context that already built
-        /// kernels.
+        /// What is wrong: a file that could not be read or does not compile, or a context
+        /// that already built kernels.
         problem: String,
     },
 

@@ -402,8 +402,9 @@ impl GpuContext {
         if let Some(module) = modules.get(&variant) {
             return Ok(module.clone());
         }
+        let directory = lock(&self.inner.shader_directory).clone();
         let source =
-            match &*lock(&self.inner.shader_directory) {
+            match &directory {
                 None => variant.source(),
                 Some(directory) => variant.source_in(directory).map_err(|error| {
                     BatchNormError::ShaderDirectory {
@@ -412,12 +413,27 @@ impl GpuContext {
                     }
                 })?,
             };
-        let module = self.checked(|device| {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&format!("{:?} {}", variant.program, variant.dtype)),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
+        let module = self
+            .checked(|device| {
+                device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&format!("{:?} {}", variant.program, variant.dtype)),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                })
             })
-        })?;
+            .map_err(|error| match (directory, error) {
+                (Some(directory), BatchNormError::Validation(message)) => {
+                    BatchNormError::ShaderDirectory {
+                        directory,
+                        problem: format!(
+                            "the {:?} kernels (the generated prelude, then {}) do not compile: \
+                             {message}",
+                            variant.program,
+                            variant.file_names().join(", ")
+                        ),
+                    }
+                }
+                (_, error) => error,
+            })?;
         modules.insert(variant, module.clone());
         Ok(module)
     }
@@ -442,10 +458,11 @@ impl GpuContext {
     /// the bindings stay the crate's. A tool for kernel work: two contexts on one adapter, one
     /// of them reading a changed copy of `shaders/`, compare the change in one process
     /// (`bnbench --compare-shaders`), free of the drift between processes. Files are read when
-    /// a kernel is first built; a missing or unreadable one is a
-    /// [`BatchNormError::ShaderDirectory`] then, a file that does not compile a
-    /// [`BatchNormError::Validation`]. Refused with `ShaderDirectory` once the context has
-    /// built a kernel, so that every kernel of a context comes from one source.
+    /// a kernel is first built; a missing or unreadable one, or one that does not compile,
+    /// is a [`BatchNormError::ShaderDirectory`] then (the compiler's message counts lines
+    /// from the start of the generated prelude, which the error lists with the files after
+    /// it). Refused with `ShaderDirectory` once the context has built a kernel, so that every
+    /// kernel of a context comes from one source.
     pub fn set_shader_directory(&self, directory: &Path) -> Result<()> {
         let modules = lock(&self.inner.pipelines.modules);
         if !modules.is_empty() {
@@ -456,7 +473,13 @@ impl GpuContext {
                     .to_string(),
             });
         }
-        *lock(&self.inner.shader_directory) = Some(directory.to_path_buf());
+        // Absolute now, so that a later change of the working directory does not move it.
+        let absolute =
+            std::path::absolute(directory).map_err(|error| BatchNormError::ShaderDirectory {
+                directory: directory.to_path_buf(),
+                problem: error.to_string(),
+            })?;
+        *lock(&self.inner.shader_directory) = Some(absolute);
         Ok(())
     }
 

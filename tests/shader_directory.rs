@@ -1,7 +1,7 @@
 //! `GpuContext::set_shader_directory`: kernels read from a directory instead of the crate's own
 //! (the tool `bnbench --compare-shaders` is built on). A copy of `shaders/` gives the same
-//! bits; the files really come from the directory (a broken one fails the call that needs it,
-//! a missing one is named); the directory is refused once a context has built kernels; a
+//! bits; the files really come from the directory (a broken one fails the call that needs it
+//! and is named, a missing one too); the directory is refused once a context has built kernels; a
 //! refused or failed call changes nothing.
 
 mod common;
@@ -105,10 +105,14 @@ fn kernels_come_from_the_directory() {
     let error = layer
         .forward_into(&x, &y)
         .expect_err("a kernel that does not compile");
-    assert!(
-        matches!(error, BatchNormError::Validation(_)),
-        "expected a validation error, got {error:?}"
-    );
+    match &error {
+        BatchNormError::ShaderDirectory { directory, problem } => {
+            assert_eq!(directory, &dir);
+            assert!(problem.contains("common.wgsl"), "{problem}");
+            assert!(problem.contains("do not compile"), "{problem}");
+        }
+        other => panic!("expected ShaderDirectory, got {other:?}"),
+    }
     assert!(
         y.to_vec().unwrap().iter().all(|&v| v == 7.25),
         "y was written"
@@ -153,7 +157,13 @@ fn a_context_that_built_kernels_refuses_a_directory_and_keeps_its_own() {
         matches!(&error, BatchNormError::ShaderDirectory { problem, .. } if problem.contains("new context")),
         "{error:?}"
     );
-    // The refused directory (empty) is not used: the context still runs, to the same bits.
+    // The refused directory (empty) is not used: the context still runs, to the same bits,
+    // and builds the kernels of another shape (none of them read from the directory).
     assert_eq!(results(&ctx, shape, layout).unwrap(), before);
+    let (other_shape, other_layout) = SHAPES[1];
+    assert_eq!(
+        results(&ctx, other_shape, other_layout).unwrap(),
+        results(&fresh_context(), other_shape, other_layout).unwrap()
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

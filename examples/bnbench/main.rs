@@ -119,7 +119,7 @@ pub fn run(cli: &Cli) -> BenchResult<Option<Report>> {
     };
     if let Some(directory) = &cli.compare_shaders {
         let progress = Progress::new(2 * cli.rounds as usize * items_per_adapter);
-        let comparison = compare::run_comparison(
+        let compared = compare::run_comparison(
             &adapters[0],
             &settings,
             &cases,
@@ -133,8 +133,8 @@ pub fn run(cli: &Cli) -> BenchResult<Option<Report>> {
              directory's kernels are faster)\n",
             directory.display()
         );
-        print!("{}", comparison.table(directory).text());
-        return Ok(Some(Report::new(settings, comparison.into_runs())));
+        print!("{}", compare::table(&compared, directory).text());
+        return Ok(Some(Report::new(settings, compare::into_runs(compared))));
     }
     let progress = Progress::new(chosen * items_per_adapter);
     let mut runs = Vec::new();

@@ -505,6 +505,12 @@ impl Variant {
         })
     }
 
+    /// The names of the files of `shaders/` its source joins after the prelude, in order.
+    pub fn file_names(self) -> Vec<&'static str> {
+        let files = self.program.files(self.dtype);
+        files.into_iter().map(|file| file.name).collect()
+    }
+
     fn source_with<E>(self, read: impl Fn(ShaderFile) -> Result<String, E>) -> Result<String, E> {
         let mut parts = vec![prelude::prelude(self)];
         for file in self.program.files(self.dtype) {
