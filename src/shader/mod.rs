@@ -489,20 +489,26 @@ impl Variant {
 
     /// The full WGSL source, of the files compiled into the crate.
     pub fn source(self) -> String {
-        self.source_with(|file| Ok::<_, std::convert::Infallible>(file.text.to_string()))
-            .unwrap_or_else(|never| match never {})
+        let files = self.program.files(self.dtype);
+        self.after_prelude(files.into_iter().map(|file| file.text.to_string()))
     }
 
     /// The full WGSL source with each file of `shaders/` read from `directory` instead (the
     /// prelude, generated from the crate's constants, stays built in): for comparing changed
     /// kernels against the crate's own in one process (`GpuContext::set_shader_directory`).
     pub fn source_in(self, directory: &Path) -> std::io::Result<String> {
-        self.source_with(|file| {
+        let read = |file: ShaderFile| {
             let path = directory.join(file.name);
             std::fs::read_to_string(&path).map_err(|error| {
                 std::io::Error::new(error.kind(), format!("{}: {error}", path.display()))
             })
-        })
+        };
+        let files = self.program.files(self.dtype);
+        let texts = files
+            .into_iter()
+            .map(read)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(self.after_prelude(texts))
     }
 
     /// The names of the files of `shaders/` its source joins after the prelude, in order.
@@ -511,12 +517,12 @@ impl Variant {
         files.into_iter().map(|file| file.name).collect()
     }
 
-    fn source_with<E>(self, read: impl Fn(ShaderFile) -> Result<String, E>) -> Result<String, E> {
-        let mut parts = vec![prelude::prelude(self)];
-        for file in self.program.files(self.dtype) {
-            parts.push(read(file)?);
-        }
-        Ok(parts.join("\n"))
+    /// The generated prelude, then `texts`, one after the other.
+    fn after_prelude(self, texts: impl IntoIterator<Item = String>) -> String {
+        std::iter::once(prelude::prelude(self))
+            .chain(texts)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
