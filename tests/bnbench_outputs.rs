@@ -11,10 +11,10 @@
 mod bnbench;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use clap::Parser;
 use serde_json::Value;
+use tempfile::TempDir;
 
 /// One case of the quick suite, written out independently of the program.
 struct ExpectedCase {
@@ -57,14 +57,10 @@ fn label(op: &str, shape: &[usize], format: &str) -> String {
     format!("{op} {} {format}", dims.join("x"))
 }
 
-/// A fresh directory under the system's temporary directory.
-fn scratch_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("bnbench-test-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    dir
+/// A fresh directory under the system's temporary directory, removed when dropped (a failing
+/// test too).
+fn scratch_dir() -> TempDir {
+    tempfile::tempdir().expect("create a temporary directory")
 }
 
 fn positive(case: &Value, key: &str) -> f64 {
@@ -81,7 +77,7 @@ fn positive(case: &Value, key: &str) -> f64 {
 #[test]
 fn quick_suite_writes_every_format() {
     let dir = scratch_dir();
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     let (json, csv, markdown, svg) = (path("q.json"), path("q.csv"), path("q.md"), path("q.svg"));
     let cli = bnbench::cli::Cli::try_parse_from([
         "bnbench",
@@ -243,8 +239,6 @@ fn quick_suite_writes_every_format() {
             "the chart does not name {label}"
         );
     }
-
-    std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
 }
 
 /// ResNet-50's batch norms, counted independently of the program: torchvision's resnet50 has
@@ -285,7 +279,7 @@ fn the_resnet50_chain_is_resnet50s_batch_norms() {
 #[test]
 fn the_chain_writes_its_measurements() {
     let dir = scratch_dir();
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     let (json, csv, markdown) = (path("c.json"), path("c.csv"), path("c.md"));
     let cli = bnbench::cli::Cli::try_parse_from([
         "bnbench",
@@ -367,7 +361,6 @@ fn the_chain_writes_its_measurements() {
     ] {
         assert!(markdown.contains(row), "no row {row}");
     }
-    std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
 }
 
 /// `--dtype` and `--epilogue`: every combination runs, is checked, is labelled with its type
@@ -376,7 +369,7 @@ fn the_chain_writes_its_measurements() {
 #[test]
 fn storage_types_and_epilogues_are_cases_of_their_own() {
     let dir = scratch_dir();
-    let json = dir.join("d.json").to_string_lossy().into_owned();
+    let json = dir.path().join("d.json").to_string_lossy().into_owned();
     let cli = bnbench::cli::Cli::try_parse_from([
         "bnbench",
         "--shape",
@@ -464,7 +457,6 @@ fn storage_types_and_epilogues_are_cases_of_their_own() {
     for (case, result) in cases.iter().zip(&report.runs[0].cases) {
         assert_eq!(result.label(), label(case));
     }
-    std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
 }
 
 /// What each operation's dispatches may compute (`DispatchPart::name`): fused, or split into
@@ -491,8 +483,8 @@ fn allowed_parts(op: &str) -> &'static [&'static str] {
 /// the JSON's one run and the Markdown.
 fn short_run(shape: &str, extra: &[&str]) -> (Value, String) {
     let dir = scratch_dir();
-    let json = dir.join("b.json").to_string_lossy().into_owned();
-    let markdown = dir.join("b.md").to_string_lossy().into_owned();
+    let json = dir.path().join("b.json").to_string_lossy().into_owned();
+    let markdown = dir.path().join("b.md").to_string_lossy().into_owned();
     let mut args = vec![
         "bnbench",
         "--shape",
@@ -516,7 +508,6 @@ fn short_run(shape: &str, extra: &[&str]) -> (Value, String) {
     assert_eq!(report.failures(), 0);
     let root: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let markdown = std::fs::read_to_string(&markdown).unwrap();
-    std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
     (root["runs"][0].clone(), markdown)
 }
 
@@ -662,27 +653,46 @@ fn compare_shaders_runs_both_sides_every_round() {
         .expect("a report");
     assert_eq!(report.failures(), 0);
     // Two rounds, each running both layouts' case on the built-in kernels and on the
-    // directory's, a run a case.
+    // directory's, a run a case; the stream kernel measured once for all of them.
     assert_eq!(report.runs.len(), 8);
     for run in &report.runs {
         assert_eq!(run.cases.len(), 1, "{:?}", run.skipped);
+        assert_eq!(
+            run.stream.launches.len(),
+            report.runs[0].stream.launches.len()
+        );
+        for (launch, first) in run
+            .stream
+            .launches
+            .iter()
+            .zip(&report.runs[0].stream.launches)
+        {
+            assert_eq!(launch.median_us, first.median_us, "one stream measurement");
+        }
     }
 
     let broken = scratch_dir();
-    let Err(error) = with(&["--compare-shaders", broken.join("absent").to_str().unwrap()]) else {
+    let Err(error) = with(&[
+        "--compare-shaders",
+        broken.path().join("absent").to_str().unwrap(),
+    ]) else {
         panic!("a directory that does not exist is refused");
     };
     assert!(error.to_string().contains("not a directory"), "{error}");
-    // An empty directory: the directory's side cannot build a kernel, and every case of it
-    // counts as a failure.
+    // An empty directory: the directory's side cannot build a kernel, and each case counts as
+    // one failure, however many rounds failed it.
     let report = with(&[
         "--compare-shaders",
-        broken.to_str().unwrap(),
+        broken.path().to_str().unwrap(),
         "--rounds",
-        "1",
+        "2",
     ])
     .expect("a run")
     .expect("a report");
-    assert_eq!(report.failures(), 2, "both cases of the directory's side");
-    std::fs::remove_dir_all(&broken).expect("remove the temporary directory");
+    let failed_runs: usize = report.runs.iter().map(|run| run.skipped.len()).sum();
+    assert_eq!(
+        failed_runs, 4,
+        "both cases, in both rounds of the directory's side"
+    );
+    assert_eq!(report.failures(), 2, "both cases, once each");
 }

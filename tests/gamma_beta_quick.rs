@@ -24,20 +24,17 @@ use gamma_beta::training::{self, Cadence, Schedule};
 use gamma_beta::{probes, stats};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tempfile::TempDir;
 use wgpu_batchnorm::GpuContext;
 
 fn data_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz")
 }
 
-/// A fresh folder under the system's temporary folder.
-fn scratch_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create a temporary folder");
-    dir
+/// A fresh folder under the system's temporary folder, removed when dropped (a failing test
+/// too).
+fn scratch_dir() -> TempDir {
+    tempfile::tempdir().expect("create a temporary folder")
 }
 
 fn context() -> GpuContext {
@@ -55,7 +52,8 @@ fn array_len(value: &Value, key: &str) -> usize {
 
 #[test]
 fn quick_run_writes_every_output() {
-    let out = scratch_dir("gamma-beta-quick");
+    let scratch = scratch_dir();
+    let out = scratch.path();
     let cli = Cli::try_parse_from(["gamma_beta", "--quick", "--out", out.to_str().unwrap()])
         .expect("a valid command line");
     let report = gamma_beta::run(&cli).unwrap_or_else(|e| panic!("the quick run failed: {e}"));
@@ -160,7 +158,6 @@ fn quick_run_writes_every_output() {
             }
         }
     }
-    std::fs::remove_dir_all(&out).expect("remove the temporary folder");
 }
 
 /// One training step of an affine variant, then a probe: every layer's running statistics
@@ -365,14 +362,14 @@ fn bad_data_is_refused_with_where_it_comes_from() {
             "'{message}' does not say '{words}'"
         );
     }
-    let dir = scratch_dir("gamma-beta-data");
+    let scratch = scratch_dir();
+    let dir = scratch.path();
     let truncated = dir.join("digits.csv.gz");
     let bytes = std::fs::read(data_path()).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let error = data::load(&truncated).expect_err("truncated");
     assert!(matches!(error, DataError::Checksum { .. }), "{error:?}");
     assert!(error.to_string().contains("scikit-learn"));
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let row = |pixels: &str, label: &str| format!("{pixels},{label}");
     let zeros = vec!["0"; 64].join(",");

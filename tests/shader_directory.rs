@@ -6,9 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::normal_data;
+use tempfile::TempDir;
 use wgpu_batchnorm::{BatchNorm, BatchNormError, GpuContext, Layout, Tensor};
 
 const SHAPES: [(&[usize], Layout); 3] = [
@@ -17,26 +18,21 @@ const SHAPES: [(&[usize], Layout); 3] = [
     (&[300, 40], Layout::ChannelsFirst),
 ];
 
-/// An empty directory of its own under the system's temporary directory.
-fn scratch_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "wgpu-batchnorm-shaders-{what}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    dir
-}
-
-/// The crate's `shaders/`, copied into a scratch directory.
-fn copy_of_shaders(what: &str) -> PathBuf {
-    let dir = scratch_dir(what);
+/// The crate's `shaders/`, copied into a temporary directory (removed when dropped, a failing
+/// test too).
+fn copy_of_shaders() -> TempDir {
+    let dir = empty_dir();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     for entry in std::fs::read_dir(source).expect("read shaders/") {
         let path = entry.expect("a directory entry").path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).expect("copy a shader");
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).expect("copy a shader");
     }
     dir
+}
+
+/// An empty temporary directory, removed when dropped.
+fn empty_dir() -> TempDir {
+    tempfile::tempdir().expect("create a temporary directory")
 }
 
 fn fresh_context() -> GpuContext {
@@ -73,10 +69,10 @@ fn results(ctx: &GpuContext, shape: &[usize], layout: Layout) -> Result<Vec<u32>
 
 #[test]
 fn a_copy_of_the_shaders_gives_the_same_bits() {
-    let dir = copy_of_shaders("copy");
+    let dir = copy_of_shaders();
     let (builtin, copied) = (fresh_context(), fresh_context());
     copied
-        .set_shader_directory(&dir)
+        .set_shader_directory(dir.path())
         .expect("a fresh context takes a directory");
     for (shape, layout) in SHAPES {
         let expected = results(&builtin, shape, layout).expect("built-in kernels");
@@ -86,18 +82,17 @@ fn a_copy_of_the_shaders_gives_the_same_bits() {
             "{shape:?} {layout:?}: the copy of shaders/ gave other bits"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn kernels_come_from_the_directory() {
-    let dir = copy_of_shaders("broken");
-    let common_wgsl = dir.join("common.wgsl");
+    let dir = copy_of_shaders();
+    let common_wgsl = dir.path().join("common.wgsl");
     let mut text = std::fs::read_to_string(&common_wgsl).unwrap();
     text.push_str("\nthis line is not WGSL\n");
     std::fs::write(&common_wgsl, text).unwrap();
     let ctx = fresh_context();
-    ctx.set_shader_directory(&dir).unwrap();
+    ctx.set_shader_directory(dir.path()).unwrap();
     let (shape, layout) = SHAPES[0];
     let x = Tensor::from_slice(&ctx, &normal_data(3888, 5, 0.0, 1.0), shape, layout).unwrap();
     let y = Tensor::from_slice(&ctx, &vec![7.25; 3888], shape, layout).unwrap();
@@ -107,7 +102,7 @@ fn kernels_come_from_the_directory() {
         .expect_err("a kernel that does not compile");
     match &error {
         BatchNormError::ShaderDirectory { directory, problem } => {
-            assert_eq!(directory, &dir);
+            assert_eq!(directory, dir.path());
             assert!(problem.contains("common.wgsl"), "{problem}");
             assert!(problem.contains("do not compile"), "{problem}");
         }
@@ -120,28 +115,28 @@ fn kernels_come_from_the_directory() {
     assert_eq!(layer.num_batches_tracked(), 0);
     let (running_mean, running_var) = layer.running_statistics().unwrap();
     assert!(running_mean.iter().all(|&m| m == 0.0) && running_var.iter().all(|&v| v == 1.0));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_missing_file_is_named() {
-    let dir = scratch_dir("empty");
+    let dir = empty_dir();
     let ctx = fresh_context();
-    ctx.set_shader_directory(&dir).unwrap();
+    ctx.set_shader_directory(dir.path()).unwrap();
     let (shape, layout) = SHAPES[1];
     let error = results(&ctx, shape, layout).expect_err("no kernels to read");
     match &error {
         BatchNormError::ShaderDirectory { directory, problem } => {
-            assert_eq!(directory, &dir);
+            assert_eq!(directory, dir.path());
             assert!(problem.contains(".wgsl"), "{problem}");
         }
         other => panic!("expected ShaderDirectory, got {other:?}"),
     }
     assert!(
-        error.to_string().contains(&dir.display().to_string()),
+        error
+            .to_string()
+            .contains(&dir.path().display().to_string()),
         "{error}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -149,9 +144,9 @@ fn a_context_that_built_kernels_refuses_a_directory_and_keeps_its_own() {
     let ctx = fresh_context();
     let (shape, layout) = SHAPES[2];
     let before = results(&ctx, shape, layout).unwrap();
-    let dir = scratch_dir("late");
+    let dir = empty_dir();
     let error = ctx
-        .set_shader_directory(&dir)
+        .set_shader_directory(dir.path())
         .expect_err("kernels were built");
     assert!(
         matches!(&error, BatchNormError::ShaderDirectory { problem, .. } if problem.contains("new context")),
@@ -165,5 +160,4 @@ fn a_context_that_built_kernels_refuses_a_directory_and_keeps_its_own() {
         results(&ctx, other_shape, other_layout).unwrap(),
         results(&fresh_context(), other_shape, other_layout).unwrap()
     );
-    let _ = std::fs::remove_dir_all(dir);
 }

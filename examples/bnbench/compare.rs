@@ -3,8 +3,9 @@
 //! (`GpuContext::set_shader_directory`); each round runs every case on both sides, one right
 //! after the other (seconds apart: a busy machine's speed drifts over minutes, and between
 //! processes by up to 2x), the two sides in turn going first, so that neither the drift nor
-//! the order decides a comparison. Each run measures the stream kernel too, as a plain run
-//! does.
+//! the order decides a comparison. The stream kernel is measured once, on the crate's kernels'
+//! context before the first round (bnbench's own `stream.wgsl`, whichever the side), and every run's "% of
+//! stream" is taken against it.
 
 use std::path::Path;
 
@@ -13,7 +14,7 @@ use wgpu_batchnorm::GpuContext;
 use super::case::Case;
 use super::cli::Settings;
 use super::report::{digits3, AdapterRun, CaseResult, Table};
-use super::runner::{run_adapter, Progress};
+use super::runner::{measure_stream, run_adapter, Progress};
 use super::timing::{BenchResult, TimeSummary};
 
 /// One case's runs on both sides, a run a round each.
@@ -41,6 +42,7 @@ pub fn run_comparison(
     let builtin_ctx = GpuContext::from_adapter(adapter)?;
     let changed_ctx = GpuContext::from_adapter(adapter)?;
     changed_ctx.set_shader_directory(directory)?;
+    let stream = measure_stream(&builtin_ctx, settings, progress)?;
     let mut compared: Vec<CaseRounds> = cases
         .iter()
         .map(|case| CaseRounds {
@@ -63,6 +65,7 @@ pub fn run_comparison(
                     ctx,
                     settings,
                     std::slice::from_ref(case),
+                    &stream,
                     progress,
                 )?);
             }
@@ -147,7 +150,7 @@ fn row(
     ]
 }
 
-/// Every run of both sides, for the report's failure count (a case counts once a run).
+/// Every run of both sides, for the report (whose failure count counts a case once).
 pub fn into_runs(compared: Vec<CaseRounds>) -> Vec<AdapterRun> {
     compared
         .into_iter()

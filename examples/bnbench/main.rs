@@ -140,7 +140,10 @@ pub fn run(cli: &Cli) -> BenchResult<Option<Report>> {
     let mut runs = Vec::new();
     for adapter in adapters.iter().take(chosen) {
         let ctx = GpuContext::from_adapter(adapter)?;
-        runs.push(runner::run_adapter(&ctx, &settings, &cases, &progress)?);
+        let stream = runner::measure_stream(&ctx, &settings, &progress)?;
+        runs.push(runner::run_adapter(
+            &ctx, &settings, &cases, &stream, &progress,
+        )?);
     }
     progress.finish();
     let report = Report::new(settings, runs);

@@ -2,6 +2,7 @@
 //! side-by-side summary when several ran), JSON (serde_json), CSV (csv), Markdown, and an SVG
 //! chart (plotters).
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,16 +48,24 @@ impl Report {
         }
     }
 
-    /// Cases that failed their check or could not run (skips for size are not failures).
+    /// Cases that failed their check or could not run (skips for size are not failures), a
+    /// case counted once an adapter however many of its runs failed (`--compare-shaders` runs
+    /// each case 2 x --rounds times on one adapter); and chains that failed their sample.
     pub fn failures(&self) -> usize {
-        self.runs
-            .iter()
-            .map(|run| {
-                run.cases.iter().filter(|c| !c.check.passed()).count()
-                    + run.skipped.iter().filter(|s| s.failure).count()
-                    + run.chains.iter().filter(|c| !c.passed()).count()
-            })
-            .sum()
+        let mut failed_cases = HashSet::new();
+        let mut failed_chains = 0;
+        for run in &self.runs {
+            let adapter = (&run.adapter.name, &run.adapter.backend);
+            let failed = run
+                .cases
+                .iter()
+                .filter(|c| !c.check.passed())
+                .map(CaseResult::label);
+            let not_run = run.skipped.iter().filter(|s| s.failure).map(Skipped::label);
+            failed_cases.extend(failed.chain(not_run).map(|label| (adapter, label)));
+            failed_chains += run.chains.iter().filter(|c| !c.passed()).count();
+        }
+        failed_cases.len() + failed_chains
     }
 }
 
@@ -322,6 +331,18 @@ impl Skipped {
             reason,
             failure,
         }
+    }
+
+    /// `train-forward 64x64x112x112 NCHW`, as [`Case::label`].
+    pub fn label(&self) -> String {
+        Case {
+            op: self.op,
+            layout: self.layout,
+            shape: self.shape.clone(),
+            dtype: self.dtype,
+            epilogue: self.epilogue,
+        }
+        .label()
     }
 }
 

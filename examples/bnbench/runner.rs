@@ -1,5 +1,6 @@
-//! Runs the suite on one adapter: the stream kernel first, then each case in turn (set up, warm
-//! up, time, check against the reference, measure host latency), with a progress bar.
+//! Runs the suite on one adapter: the stream kernel ([`measure_stream`]), then each case in turn
+//! (set up, warm up, time, check against the reference, measure host latency), with a progress
+//! bar.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use super::chain::run_chain;
 use super::check;
 use super::cli::Settings;
 use super::report::{AdapterInfo, AdapterRun, CaseResult, GpuTimes, HostTimes, Skipped};
-use super::roofline;
+use super::roofline::{self, Roofline};
 use super::suite::{Workload, LAYER_COPIES};
 use super::timing::{
     awaited_calls, back_to_back, host_cost, one_submission_wall, warm_up, BenchResult, GpuTimer,
@@ -58,12 +59,42 @@ impl Progress {
     }
 }
 
-/// Runs `cases` on `ctx`'s adapter. A case that fails is recorded as skipped with its error
-/// (and counts as a failure, unless the device is merely too small for it); the run goes on.
+/// Measures the stream kernel on `ctx`'s adapter, timed as the cases are (the roofline each
+/// case's "% of stream" is taken against).
+pub fn measure_stream(
+    ctx: &GpuContext,
+    settings: &Settings,
+    progress: &Progress,
+) -> BenchResult<Roofline> {
+    let timer = GpuTimer::new(ctx).filter(|_| !settings.wall_clock);
+    progress
+        .bar
+        .set_message(format!("{}: stream kernel", ctx.adapter().name));
+    let stream = roofline::measure(
+        ctx,
+        timer.as_ref(),
+        settings.rotate_bytes,
+        settings.warmup,
+        Duration::from_millis(settings.warmup_ms),
+        settings.case_reps(),
+    )?;
+    progress.note(&format!(
+        "Stream kernel on {}: {:.1} GB/s ({} workgroups)",
+        ctx.adapter(),
+        stream.gbps,
+        stream.workgroups
+    ));
+    Ok(stream)
+}
+
+/// Runs `cases` on `ctx`'s adapter against `stream`, that adapter's stream kernel
+/// ([`measure_stream`]). A case that fails is recorded as skipped with its error (and counts
+/// as a failure, unless the device is merely too small for it); the run goes on.
 pub fn run_adapter(
     ctx: &GpuContext,
     settings: &Settings,
     cases: &[Case],
+    stream: &Roofline,
     progress: &Progress,
 ) -> BenchResult<AdapterRun> {
     let adapter = ctx.adapter();
@@ -84,21 +115,6 @@ pub fn run_adapter(
             "  no timestamp queries on this adapter: GPU times are wall clock"
         });
     }
-    progress
-        .bar
-        .set_message(format!("{}: stream kernel", adapter.name));
-    let stream = roofline::measure(
-        ctx,
-        timer.as_ref(),
-        settings.rotate_bytes,
-        settings.warmup,
-        Duration::from_millis(settings.warmup_ms),
-        settings.case_reps(),
-    )?;
-    progress.note(&format!(
-        "  stream kernel: {:.1} GB/s ({} workgroups)",
-        stream.gbps, stream.workgroups
-    ));
     let mut chains = Vec::new();
     if let Some(chain) = settings.chain {
         let (steps, batch) = settings.chain_steps_and_batch(adapter.device_type);
@@ -175,7 +191,7 @@ pub fn run_adapter(
         adapter: AdapterInfo::from(adapter),
         timing_method,
         breakdown,
-        stream,
+        stream: stream.clone(),
         cases: results,
         skipped,
         chains,
