@@ -1,6 +1,7 @@
 """Side-by-side table of bnbench and PyTorch on the same cases: our time over PyTorch's.
 
     python3 scripts/compare.py BNBENCH_JSON TORCH_JSON [--run INDEX] [--markdown PATH]
+                               [--slow PATH]
 
 BNBENCH_JSON is what `bnbench --json` wrote; TORCH_JSON what `scripts/torch_bench.py --json`
 wrote. Cases are matched on (operation, layout, shape, storage type, epilogue; files without
@@ -20,6 +21,10 @@ the last two are f32 without an epilogue). Comparisons per case:
              the backward (read x and dy twice, write dx); the shortcut adds a read forward and
              dz a write backward, the ReLU's mask two reads of y backward; each pass at the
              storage type's size (4 bytes f32, 2 half), over bnbench's stream kernel.
+
+--slow PATH writes the cases where our GPU time is above PyTorch's kernel time, slowest first,
+one a line as bnbench's arguments (`--op backward --shape 256,1024 --layout channels-first`,
+and --dtype, --epilogue where not f32 and none), for scripts/compare_pytorch.sh's breakdown.
 
 Plain Python 3 (json module only): runs wherever the JSON files are.
 """
@@ -66,6 +71,17 @@ PASSES = {"train-forward": 3, "eval-forward": 2, "backward": 5}
 DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
 
+def bnbench_arguments(case):
+    """The bnbench options that select exactly this case."""
+    words = ["--op", case["op"], "--shape", ",".join(str(d) for d in case["shape"]),
+             "--layout", case["layout"]]
+    if case.get("dtype", "f32") != "f32":
+        words += ["--dtype", case["dtype"]]
+    if case.get("epilogue", "none") != "none":
+        words += ["--epilogue", case["epilogue"]]
+    return " ".join(words)
+
+
 def roofline_us(case, stream_gbps):
     epilogue = case.get("epilogue", "none")
     passes = PASSES[case["op"]]
@@ -89,6 +105,7 @@ def build_rows(run, torch_cases):
         roof = roofline_us(case, run["stream"]["gbps"])
         rows.append({
             "case": label(case),
+            "arguments": bnbench_arguments(case),
             "elements": case["elements"],
             "roofline_us": roof,
             "percent_of_roofline": 100.0 * roof / case["gpu_median_us"],
@@ -175,6 +192,7 @@ def main():
     parser.add_argument("torch", help="scripts/torch_bench.py --json output")
     parser.add_argument("--run", type=int, default=0, help="which adapter run of the bnbench JSON (default 0)")
     parser.add_argument("--markdown", help="also write the table as Markdown here")
+    parser.add_argument("--slow", help="write the cases slower than PyTorch here, as bnbench arguments")
     args = parser.parse_args()
     with open(args.ours) as f:
         ours = json.load(f)
@@ -208,6 +226,11 @@ def main():
             f.write("# bnbench against PyTorch\n\n")
             f.write("".join(f"- {line}\n" for line in lines))
             f.write("\n" + markdown_table(rows) + "\n\n" + summary + "\n")
+    if args.slow:
+        slow = sorted((r for r in rows if r["gpu_ratio"] is not None and r["gpu_ratio"] > 1.0),
+                      key=lambda r: -r["gpu_ratio"])
+        with open(args.slow, "w") as f:
+            f.write("".join(r["arguments"] + "\n" for r in slow))
     return 0
 
 
