@@ -9,22 +9,29 @@
 #   3. swing: the 64x1024x14x14 NCHW training forward alone, in each of SWING_RUNS processes
 #      (this fused forward took 130.8 us in one run and 54.8 us in the next, while the other
 #      cases kept their times: docs/performance.md section 8).
-# A phase left without time (the whole call keeps within BUDGET_S seconds) is skipped and says
-# so; a phase that fails does not stop the next.
+# The call keeps within BUDGET_S seconds (570): phase 2 stops where phase 3 would lose its
+# time, and whatever is left without time says so in the results. A phase that fails does not
+# stop the next. Needs bash 4.4 or later.
 #
 # On the development machine, from the project root:
 #   bash scripts/fetch_vulkan_loader.sh               # once: the Vulkan loader debs, into .gl/
 #   cargo build --release --example bnbench
-# Then the device call, carrying [".gl", "target/release/examples/bnbench"]:
+#   bash scripts/compare_pytorch.sh --smoke           # the flow on llvmpipe, about a minute
+# Then the device call (timeout_s 600), carrying [".gl", "target/release/examples/bnbench"]:
 #   bash scripts/compare_pytorch.sh [--quick] [--shape N,C,...]...
-# The options go to both programs of phase 1. Results land in $OUT (or /tmp/bnbench-compare),
-# at most 8 files, as a device call returns: summary.md (every phase's table),
-# compare.md, bnbench.json, torch.json, breakdown.md, swing.md, and logs.tar.gz (the logs, the
-# SVG chart and each breakdown and swing run's JSON). The machine builds nothing.
+# The options go to both programs of phase 1. The script stops at once (exit 2) where the
+# first Vulkan adapter is not NVIDIA's, before spending the device's time on another one.
+# Results land in $OUT (or /tmp/bnbench-compare), at most 8 files, as a device call returns:
+# summary.md (every phase's results), compare.md, bnbench.json, torch.json, breakdown.md,
+# swing.md, and logs.tar.gz (the logs, phase 1's bnbench.md and .svg, and each breakdown and
+# swing run's JSON). The machine builds nothing. Exit status: 0 when everything ran and
+# passed; 2 no NVIDIA adapter; 3 a phase ran out of time; 4 no comparison with PyTorch; else
+# bnbench's (a failed check or case).
 #
 # `--smoke` (first argument) checks the script's flow on any adapter, such as the development
-# machine's llvmpipe, in a few minutes: phases 2 and 3 at 2 timed runs of small shapes, 2 swing
-# processes, Vulkan or whatever WGPU_BACKEND says. Its numbers mean nothing.
+# machine's llvmpipe (WGPU_BACKEND, if set, chooses the backend), in about a minute: phase 1
+# on --quick's cases unless others are given, every phase at 2 timed runs, 2 swing processes
+# of a small shape, the loader left alone, PyTorch optional. Its numbers mean nothing.
 set -uo pipefail
 
 smoke=false
@@ -35,6 +42,7 @@ fi
 out=${OUT:-/tmp/bnbench-compare}
 budget=${BUDGET_S:-570}
 mkdir -p "$out"
+rm -f "$out"/{summary.md,compare.md,bnbench.json,torch.json,breakdown.md,swing.md,logs.tar.gz}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 bnbench=target/release/examples/bnbench
@@ -43,17 +51,26 @@ if [ ! -x "$bnbench" ]; then
     exit 1
 fi
 
-# The machine has NVIDIA's Vulkan driver but no Vulkan loader: unpack the carried one.
-if compgen -G ".gl/*.deb" >/dev/null; then
-    for f in .gl/*.deb; do dpkg -x "$f" /; done
-    ldconfig
+# bnbench reads WGPU_BACKEND itself (wgpu's spellings); Vulkan otherwise.
+backend=()
+[ -z "${WGPU_BACKEND:-}" ] && backend=(--backend vulkan)
+if ! $smoke; then
+    # The machine has NVIDIA's Vulkan driver but no Vulkan loader: unpack the carried one.
+    if compgen -G ".gl/*.deb" >/dev/null; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+    fi
+    icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    if ! "$bnbench" --list "${backend[@]}" | grep -qi nvidia && [ -f "$icd" ]; then
+        export VK_DRIVER_FILES=$icd
+    fi
+    first_adapter=$("$bnbench" --list "${backend[@]}" | sed -n 2p)
+    if ! grep -qi nvidia <<<"$first_adapter"; then
+        echo "compare_pytorch: the first adapter is not NVIDIA's (${first_adapter:-none}): nothing measured" >&2
+        exit 2
+    fi
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 fi
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if ! "$bnbench" --list --backend vulkan | grep -qi nvidia && [ -f "$icd" ]; then
-    export VK_DRIVER_FILES=$icd
-fi
-backend=${WGPU_BACKEND:-vulkan}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 
 # The cases the committed H200 table (docs/benchmarks/h200-vs-pytorch.md) found slower than
 # PyTorch, slowest first: phase 2's list where phase 1 gives none.
@@ -72,20 +89,28 @@ SLOW_CASES='--op train-forward --shape 32,64,8,8 --layout channels-last
 --op train-forward --shape 64,64,112,112 --layout channels-last
 --op backward --shape 64,64,112,112 --layout channels-last
 --op eval-forward --shape 64,2048,7,7 --layout channels-last'
-SWING=(--shape 64,1024,14,14 --layout channels-first --op train-forward)
+SWING_CASE=(--shape 64,1024,14,14 --layout channels-first --op train-forward)
 SWING_RUNS=8
-# Per-case settings of phases 2 and 3: bnbench's defaults on a GPU.
-phase_settings=()
+# Seconds a bnbench process of phases 2 and 3 may take (start, stream kernel, one case, check).
+CASE_LIMIT=40
+# Seconds phase 2 leaves for phase 3 and the summary.
+SWING_RESERVE=$((SWING_RUNS * 12 + 10))
+suite_args=("$@")
+# Extra bnbench settings of every phase: bnbench's defaults on a GPU.
+settings=()
 if $smoke; then
+    [ "$#" -eq 0 ] && suite_args=(--quick)
     SLOW_CASES='--op train-forward --shape 4,8,6,6 --layout channels-last
 --op backward --shape 300,40 --layout channels-first'
-    SWING=(--shape 4,16,10,10 --layout channels-first --op train-forward)
+    SWING_CASE=(--shape 4,16,10,10 --layout channels-first --op train-forward)
     SWING_RUNS=2
-    phase_settings=(--reps 2 --warmup 1 --warmup-ms 0 --rotate-mib 16 --no-back-to-back)
+    SWING_RESERVE=30
+    settings=(--reps 2 --warmup 1 --warmup-ms 0 --rotate-mib 16 --no-back-to-back)
 fi
 
 left() { echo $((budget - SECONDS)); }
-# Runs "$@" with at most $1 seconds, and never past the budget (less 10 s for the summary).
+out_of_time=false
+# Runs "$@" for at most $1 seconds, and never into the last 10 s of the budget (the summary's).
 within() {
     local limit=$1
     shift
@@ -93,29 +118,54 @@ within() {
     [ "$rest" -lt "$limit" ] && limit=$rest
     if [ "$limit" -le 5 ]; then
         echo "compare_pytorch: no time left for: $*" >&2
+        out_of_time=true
         return 124
     fi
-    timeout "$limit" "$@"
+    timeout -k 5 "$limit" "$@"
+    local code=$?
+    # 137: killed, where the end of its time did not stop it.
+    if [ "$code" -eq 124 ] || [ "$code" -eq 137 ]; then
+        out_of_time=true
+        return 124
+    fi
+    return "$code"
 }
 
 status=0
-echo "== phase 1: suite ($*), $(left) s left"
-within 300 "$bnbench" --backend "$backend" "$@" \
+# One bnbench process of phases 2 and 3: `bnbench_case NAME ARGS...` writes NAME.json and
+# NAME.log under $work; a failed check or case sets the script's status.
+bnbench_case() {
+    local name=$1
+    shift
+    within "$CASE_LIMIT" "$bnbench" "${backend[@]}" "$@" "${settings[@]}" \
+        --json "$work/$name.json" </dev/null >"$work/$name.log" 2>&1
+    local code=$?
+    [ "$code" -ne 0 ] && [ "$code" -ne 124 ] && status=$code
+    return "$code"
+}
+
+echo "== phase 1: suite (${suite_args[*]}), $(left) s left"
+within 300 "$bnbench" "${backend[@]}" "${suite_args[@]}" "${settings[@]}" \
     --json "$out/bnbench.json" --markdown "$work/bnbench.md" --svg "$work/bnbench.svg" \
-    >"$work/bnbench.log" 2>&1 || status=$?
+    >"$work/bnbench.log" 2>&1
+code=$?
+[ "$code" -ne 0 ] && [ "$code" -ne 124 ] && status=$code
 tail -n 60 "$work/bnbench.log"
 slow_list="$work/slow.txt"
+compared=false
 if [ ! -s "$out/bnbench.json" ]; then
-    echo "compare_pytorch: bnbench wrote no results (exit $status)" >&2
-elif within 220 python3 scripts/torch_bench.py "$@" --json "$out/torch.json" >"$work/torch.log" 2>&1 \
-    && python3 scripts/compare.py "$out/bnbench.json" "$out/torch.json" \
-        --markdown "$out/compare.md" --slow "$slow_list"; then
-    :
+    echo "compare_pytorch: bnbench wrote no results (exit $code)" >&2
+elif ! within 220 python3 scripts/torch_bench.py "${suite_args[@]}" --json "$out/torch.json" \
+    >"$work/torch.log" 2>&1; then
+    tail -n 20 "$work/torch.log" 2>/dev/null
+    echo "compare_pytorch: scripts/torch_bench.py failed: no comparison with PyTorch" >&2
+elif ! python3 scripts/compare.py "$out/bnbench.json" "$out/torch.json" \
+    --markdown "$out/compare.md" --slow "$slow_list"; then
+    echo "compare_pytorch: scripts/compare.py failed: no comparison with PyTorch" >&2
 else
-    [ -f "$work/torch.log" ] && tail -n 20 "$work/torch.log"
-    echo "compare_pytorch: no comparison with PyTorch (see torch.log in logs.tar.gz)" >&2
+    compared=true
 fi
-if [ ! -f "$slow_list" ]; then
+if ! $compared; then
     echo "$SLOW_CASES" >"$slow_list"
     echo "compare_pytorch: phase 2 takes the committed table's slow cases" >&2
 fi
@@ -124,47 +174,59 @@ echo "== phase 2: breakdown of $(grep -c . "$slow_list") slow case(s), $(left) s
 index=0
 while read -r -a case_args; do
     [ "${#case_args[@]}" -eq 0 ] && continue
-    index=$((index + 1))
-    echo "### ${case_args[*]}" >>"$out/breakdown.md"
-    within 40 "$bnbench" --backend "$backend" "${case_args[@]}" --breakdown "${phase_settings[@]}" \
-        --json "$work/breakdown-$index.json" </dev/null >"$work/breakdown-$index.log" 2>&1
-    case_status=$?
-    # The case's table and its dispatches' table: what follows bnbench's adapter header.
-    sed -n '/^case /,$p' "$work/breakdown-$index.log" >>"$out/breakdown.md"
-    echo >>"$out/breakdown.md"
-    if [ "$case_status" -eq 124 ]; then
-        echo "compare_pytorch: breakdown stopped at case $index (time)" >&2
+    if [ "$(left)" -le "$SWING_RESERVE" ]; then
+        echo "Not run: ${case_args[*]} and the cases after it (no time left)." >>"$out/breakdown.md"
+        out_of_time=true
         break
     fi
-    [ "$case_status" -ne 0 ] && status=$case_status
+    index=$((index + 1))
+    bnbench_case "breakdown-$index" "${case_args[@]}" --breakdown
+    {
+        echo "### ${case_args[*]}"
+        echo
+        echo '```text'
+        # The case's table and its dispatches': what follows bnbench's adapter header.
+        sed -n '/^case /,$p' "$work/breakdown-$index.log"
+        echo '```'
+        echo
+    } >>"$out/breakdown.md"
 done <"$slow_list"
 
-echo "== phase 3: ${SWING[*]} in $SWING_RUNS processes, $(left) s left"
+echo "== phase 3: ${SWING_CASE[*]} in $SWING_RUNS processes, $(left) s left"
 for run in $(seq 1 "$SWING_RUNS"); do
-    within 40 "$bnbench" --backend "$backend" "${SWING[@]}" "${phase_settings[@]}" \
-        --json "$work/swing-$run.json" >"$work/swing-$run.log" 2>&1
-    run_status=$?
-    [ "$run_status" -eq 124 ] && break
-    [ "$run_status" -ne 0 ] && status=$run_status
+    bnbench_case "swing-$run" "${SWING_CASE[@]}"
 done
-python3 - "$work" >"$out/swing.md" <<'EOF'
-import glob, json, sys
+python3 - "$work" "$SWING_RUNS" >"$out/swing.md" <<'EOF'
+import json, os, sys
+work, runs = sys.argv[1], int(sys.argv[2])
 print("| process | stream GB/s | GPU median us | GPU min us | GPU b2b us | check |")
 print("| ---: | ---: | ---: | ---: | ---: | --- |")
-for path in sorted(glob.glob(f"{sys.argv[1]}/swing-*.json"), key=lambda p: int(p.split("-")[-1][:-5])):
+for index in range(1, runs + 1):
+    path = f"{work}/swing-{index}.json"
+    if not os.path.exists(path):
+        print(f"| {index} | - | - | - | - | not run, or stopped: no results (its log is in logs.tar.gz) |")
+        continue
     run = json.load(open(path))["runs"][0]
     for case in run["cases"]:
         b2b = case.get("gpu_back_to_back_us")
-        print(f"| {path.split('-')[-1][:-5]} | {run['stream']['gbps']:.0f} | {case['gpu_median_us']:.1f} "
-              f"| {case['gpu_min_us']:.1f} | {'-' if b2b is None else f'{b2b:.1f}'} | {case['check']} |")
+        print(f"| {index} | {run['stream']['gbps']:.0f} | {case['gpu_median_us']:.1f} | "
+              f"{case['gpu_min_us']:.1f} | {'-' if b2b is None else f'{b2b:.1f}'} | {case['check']} |")
+    for skipped in run["skipped"]:
+        print(f"| {index} | {run['stream']['gbps']:.0f} | - | - | - | "
+              f"{'FAILED' if skipped['failure'] else 'skipped'}: {skipped['reason']} |")
 EOF
 
 tar -czf "$out/logs.tar.gz" -C "$work" .
 {
-    echo "# compare_pytorch.sh $* ($(date -u +%FT%TZ), $SECONDS s)"
+    echo "# compare_pytorch.sh ${suite_args[*]} ($(date -u +%FT%TZ), $SECONDS s)"
     echo
-    echo "## Phase 1: against PyTorch"
-    if [ -f "$out/compare.md" ]; then tail -n +2 "$out/compare.md"; else echo "no comparison"; fi
+    if $compared; then
+        echo "## Phase 1: against PyTorch"
+        tail -n +2 "$out/compare.md"
+    else
+        echo "## Phase 1: bnbench alone (no comparison with PyTorch)"
+        tail -n +2 "$work/bnbench.md" 2>/dev/null || echo "no results"
+    fi
     echo
     echo "## Phase 2: breakdown of the slow cases"
     echo
@@ -176,11 +238,16 @@ tar -czf "$out/logs.tar.gz" -C "$work" .
 # The breakdown first and the comparison and the swing last, where a device call's output tail
 # keeps them.
 cat "$out/breakdown.md" 2>/dev/null
-echo "== against PyTorch"
-if [ -f "$out/compare.md" ]; then tail -n +2 "$out/compare.md"; else echo "no comparison"; fi
-echo "== the swing"
+echo "== phase 1"
+if $compared; then tail -n +2 "$out/compare.md"; else echo "no comparison with PyTorch"; fi
+echo "== phase 3: the swing"
 cat "$out/swing.md"
 if [ "$status" -ne 0 ]; then
     echo "compare_pytorch: a bnbench run exited with $status (a failed check or case: see logs.tar.gz)" >&2
+elif $out_of_time; then
+    echo "compare_pytorch: a phase ran out of time (see above)" >&2
+    status=3
+elif ! $compared && ! $smoke; then
+    status=4
 fi
 exit "$status"
