@@ -124,7 +124,16 @@ fn quick_suite_writes_every_format() {
         run["timing_method"].as_str(),
         Some("gpu-timestamps" | "wall-clock")
     ));
-    positive(&run["stream"], "gbps");
+    // The stream kernel measured before and after the cases; the faster is the roofline.
+    let stream_gbps = positive(&run["stream"], "gbps");
+    let measured: Vec<f64> = run["stream_measurements_gbps"]
+        .as_array()
+        .expect("the stream kernel's measurements")
+        .iter()
+        .map(|gbps| gbps.as_f64().expect("a bandwidth"))
+        .collect();
+    assert_eq!(measured.len(), 2, "before and after the cases");
+    assert_eq!(stream_gbps, measured[0].max(measured[1]));
     assert_eq!(run["skipped"].as_array().map(Vec::len), Some(0));
     let cases = run["cases"].as_array().expect("a cases array");
     assert_eq!(cases.len(), expected.len(), "one entry per case");
@@ -162,6 +171,11 @@ fn quick_suite_writes_every_format() {
         ] {
             positive(case, key);
         }
+        let percent = 100.0 * case["gbps"].as_f64().unwrap() / stream_gbps;
+        assert!(
+            (case["percent_of_stream"].as_f64().unwrap() - percent).abs() <= 1e-9 * percent,
+            "percent_of_stream not against the faster stream measurement in {case}"
+        );
         let error = case["max_abs_error"].as_f64().expect("max_abs_error");
         // Unit-spread data with gamma in [0.5, 1.5): float32 results are within ~1e-5.
         assert!(error.is_finite() && error < 1e-3, "error {error} in {case}");
@@ -653,20 +667,20 @@ fn compare_shaders_runs_both_sides_every_round() {
         .expect("a report");
     assert_eq!(report.failures(), 0);
     // Two rounds, each running both layouts' case on the built-in kernels and on the
-    // directory's, a run a case; the stream kernel measured once for all of them.
+    // directory's, a run a case; the stream kernel measured once before them all and once
+    // after, for all of them.
     assert_eq!(report.runs.len(), 8);
+    let stream = &report.runs[0].stream;
     for run in &report.runs {
         assert_eq!(run.cases.len(), 1, "{:?}", run.skipped);
+    }
+    for run in &report.runs[1..] {
         assert_eq!(
-            run.stream.launches.len(),
-            report.runs[0].stream.launches.len()
+            (run.stream.gbps, run.stream.workgroups),
+            (stream.gbps, stream.workgroups),
+            "one stream measurement"
         );
-        for (launch, first) in run
-            .stream
-            .launches
-            .iter()
-            .zip(&report.runs[0].stream.launches)
-        {
+        for (launch, first) in run.stream.launches.iter().zip(&stream.launches) {
             assert_eq!(launch.median_us, first.median_us, "one stream measurement");
         }
     }

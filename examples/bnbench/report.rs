@@ -50,7 +50,8 @@ impl Report {
 
     /// Cases that failed their check or could not run (skips for size are not failures), a
     /// case counted once an adapter however many of its runs failed (`--compare-shaders` runs
-    /// each case 2 x --rounds times on one adapter); and chains that failed their sample.
+    /// each case 2 x --rounds times on one adapter; adapters of the same name and backend count
+    /// as one, so two identical GPUs under `--all` too); and chains that failed their sample.
     pub fn failures(&self) -> usize {
         let mut failed_cases = HashSet::new();
         let mut failed_chains = 0;
@@ -109,14 +110,33 @@ pub struct AdapterRun {
     pub timing_method: TimingMethod,
     /// Whether each case's dispatches were timed too (`--breakdown`).
     pub breakdown: BreakdownStatus,
-    /// The streaming kernel's bandwidth (the roofline).
+    /// The streaming kernel's bandwidth (the roofline): the faster of its measurements.
     pub stream: Roofline,
+    /// Each measurement of the stream kernel's bandwidth, in order (before the cases, after
+    /// them), GB/s.
+    pub stream_measurements_gbps: Vec<f64>,
     /// The cases that ran, in suite order.
     pub cases: Vec<CaseResult>,
     /// The cases that did not run, with why.
     pub skipped: Vec<Skipped>,
     /// The chain's results, one per layout (`--chain`; the suite's cases do not run then).
     pub chains: Vec<ChainResult>,
+}
+
+impl AdapterRun {
+    /// Adds `later`, the stream kernel measured again after the cases, and takes the faster of
+    /// the measurements as the roofline of every case's "% of stream". A busy machine's speed
+    /// drifts during a run (a CPU adapter's stream kernel measured 3.4 GB/s before one suite and
+    /// 5.4 before the next, an hour apart), and a slow measurement would flatter every case.
+    pub fn take_faster_stream(&mut self, later: &Roofline) {
+        self.stream_measurements_gbps.push(later.gbps);
+        if later.gbps > self.stream.gbps {
+            self.stream = later.clone();
+            for case in &mut self.cases {
+                case.percent_of_stream = 100.0 * case.gbps / later.gbps;
+            }
+        }
+    }
 }
 
 /// Whether a case's result matched the reference.
@@ -514,9 +534,16 @@ fn run_heading(run: &AdapterRun, settings: &Settings) -> Vec<String> {
         "Adapter: {} ({}, {}, driver {})",
         a.name, a.backend, a.device_type, a.driver
     );
+    let measurements: Vec<String> = run
+        .stream_measurements_gbps
+        .iter()
+        .map(|gbps| format!("{gbps:.1}"))
+        .collect();
     let stream = format!(
-        "Stream kernel (vec4 read one, write one): {:.1} GB/s, best of {} launch shapes ({} workgroups), 2 x {:.0} MiB",
+        "Stream kernel (vec4 read one, write one): {:.1} GB/s, the faster of its measurements \
+         before and after the cases ({} GB/s), best of {} launch shapes ({} workgroups), 2 x {:.0} MiB",
         run.stream.gbps,
+        measurements.join(", "),
         run.stream.launches.len(),
         run.stream.workgroups,
         run.stream.buffer_bytes as f64 / (1 << 20) as f64
@@ -701,15 +728,8 @@ fn skipped_lines(run: &AdapterRun) -> Vec<String> {
     run.skipped
         .iter()
         .map(|s| {
-            let case = Case {
-                op: s.op,
-                layout: s.layout,
-                shape: s.shape.clone(),
-                dtype: s.dtype,
-                epilogue: s.epilogue,
-            };
             let what = if s.failure { "FAILED" } else { "skipped" };
-            format!("{what}: {}: {}", case.label(), s.reason)
+            format!("{what}: {}: {}", s.label(), s.reason)
         })
         .collect()
 }

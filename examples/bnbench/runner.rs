@@ -59,8 +59,9 @@ impl Progress {
     }
 }
 
-/// Measures the stream kernel on `ctx`'s adapter, timed as the cases are (the roofline each
-/// case's "% of stream" is taken against).
+/// Measures the stream kernel on `ctx`'s adapter, timed as the cases are: the roofline each
+/// case's "% of stream" is taken against, measured before the cases and again after them
+/// ([`AdapterRun::take_faster_stream`]).
 pub fn measure_stream(
     ctx: &GpuContext,
     settings: &Settings,
@@ -79,10 +80,8 @@ pub fn measure_stream(
         settings.case_reps(),
     )?;
     progress.note(&format!(
-        "Stream kernel on {}: {:.1} GB/s ({} workgroups)",
-        ctx.adapter(),
-        stream.gbps,
-        stream.workgroups
+        "  stream kernel: {:.1} GB/s ({} workgroups)",
+        stream.gbps, stream.workgroups
     ));
     Ok(stream)
 }
@@ -104,7 +103,6 @@ pub fn run_adapter(
         None => TimingMethod::WallClock,
     };
     let breakdown = BreakdownStatus::on(ctx, timer.as_ref(), settings.breakdown);
-    progress.note(&format!("Running on {adapter}"));
     if let BreakdownStatus::Unavailable { reason } = &breakdown {
         progress.note(&format!("  --breakdown: not measured: {reason}"));
     }
@@ -192,6 +190,7 @@ pub fn run_adapter(
         timing_method,
         breakdown,
         stream: stream.clone(),
+        stream_measurements_gbps: vec![stream.gbps],
         cases: results,
         skipped,
         chains,
