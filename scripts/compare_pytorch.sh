@@ -9,9 +9,10 @@
 #   3. swing: the 64x1024x14x14 NCHW training forward alone, in each of SWING_RUNS processes
 #      (this fused forward took 130.8 us in one run and 54.8 us in the next, while the other
 #      cases kept their times: docs/performance.md section 8).
-# The call keeps within BUDGET_S seconds (570): phase 2 stops where phase 3 would lose its
-# time, and whatever is left without time says so in the results. A phase that fails does not
-# stop the next. Needs bash 4.4 or later.
+# The call keeps within BUDGET_S seconds (570): phase 1 may take up to 520 of them (bnbench 300,
+# PyTorch 220; about 100 to 200 expected), phase 2 stops where phase 3 would lose its time, and
+# whatever is left without time says so in the results. A phase that fails does not stop the
+# next. Needs bash 4.4 or later.
 #
 # On the development machine, from the project root:
 #   bash scripts/fetch_vulkan_loader.sh               # once: the Vulkan loader debs, into .gl/
@@ -19,14 +20,15 @@
 #   bash scripts/compare_pytorch.sh --smoke           # the flow on llvmpipe, about a minute
 # Then the device call (timeout_s 600), carrying [".gl", "target/release/examples/bnbench"]:
 #   bash scripts/compare_pytorch.sh [--quick] [--shape N,C,...]...
-# The options go to both programs of phase 1. The script stops at once (exit 2) where the
-# first Vulkan adapter is not NVIDIA's, before spending the device's time on another one.
+# The options go to both programs of phase 1, so only those both know: --quick, --shape,
+# --dtype, --epilogue. The script stops at once (exit 10) where the first Vulkan adapter is not
+# NVIDIA's, before spending the device's time on another one.
 # Results land in $OUT (or /tmp/bnbench-compare), at most 8 files, as a device call returns:
 # summary.md (every phase's results), compare.md, bnbench.json, torch.json, breakdown.md,
 # swing.md, and logs.tar.gz (the logs, phase 1's bnbench.md and .svg, and each breakdown and
-# swing run's JSON). The machine builds nothing. Exit status: 0 when everything ran and
-# passed; 2 no NVIDIA adapter; 3 a phase ran out of time; 4 no comparison with PyTorch; else
-# bnbench's (a failed check or case).
+# swing run's JSON). The machine builds nothing. Exit status, the first that applies: 10 no
+# NVIDIA adapter; 1 a bnbench run failed (a failed check or case, or bad options); 11 a phase
+# ran out of time; 12 no comparison with PyTorch; 0 everything ran and passed.
 #
 # `--smoke` (first argument) checks the script's flow on any adapter, such as the development
 # machine's llvmpipe (WGPU_BACKEND, if set, chooses the backend), in about a minute: phase 1
@@ -61,13 +63,16 @@ if ! $smoke; then
         ldconfig
     fi
     icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-    if ! "$bnbench" --list "${backend[@]}" | grep -qi nvidia && [ -f "$icd" ]; then
+    adapters=$("$bnbench" --list "${backend[@]}" 2>&1)
+    if ! grep -qi nvidia <<<"$adapters" && [ -f "$icd" ]; then
         export VK_DRIVER_FILES=$icd
+        adapters=$("$bnbench" --list "${backend[@]}" 2>&1)
     fi
-    first_adapter=$("$bnbench" --list "${backend[@]}" | sed -n 2p)
+    # The line after bnbench's "Adapters (best first ...)" heading.
+    first_adapter=$(sed -n 2p <<<"$adapters")
     if ! grep -qi nvidia <<<"$first_adapter"; then
         echo "compare_pytorch: the first adapter is not NVIDIA's (${first_adapter:-none}): nothing measured" >&2
-        exit 2
+        exit 10
     fi
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 fi
@@ -131,16 +136,21 @@ within() {
     return "$code"
 }
 
-status=0
+bnbench_failed=false
+# Notes a bnbench exit code: anything but success or the end of its time is a failure.
+note_bnbench() {
+    [ "$1" -ne 0 ] && [ "$1" -ne 124 ] && bnbench_failed=true
+    return 0
+}
 # One bnbench process of phases 2 and 3: `bnbench_case NAME ARGS...` writes NAME.json and
-# NAME.log under $work; a failed check or case sets the script's status.
+# NAME.log under $work, and returns bnbench's exit code (124: out of time).
 bnbench_case() {
     local name=$1
     shift
     within "$CASE_LIMIT" "$bnbench" "${backend[@]}" "$@" "${settings[@]}" \
         --json "$work/$name.json" </dev/null >"$work/$name.log" 2>&1
     local code=$?
-    [ "$code" -ne 0 ] && [ "$code" -ne 124 ] && status=$code
+    note_bnbench "$code"
     return "$code"
 }
 
@@ -149,7 +159,7 @@ within 300 "$bnbench" "${backend[@]}" "${suite_args[@]}" "${settings[@]}" \
     --json "$out/bnbench.json" --markdown "$work/bnbench.md" --svg "$work/bnbench.svg" \
     >"$work/bnbench.log" 2>&1
 code=$?
-[ "$code" -ne 0 ] && [ "$code" -ne 124 ] && status=$code
+note_bnbench "$code"
 tail -n 60 "$work/bnbench.log"
 slow_list="$work/slow.txt"
 compared=false
@@ -172,18 +182,22 @@ fi
 
 echo "== phase 2: breakdown of $(grep -c . "$slow_list") slow case(s), $(left) s left"
 index=0
+[ -s "$slow_list" ] || echo "No case was slower than PyTorch." >>"$out/breakdown.md"
 while read -r -a case_args; do
     [ "${#case_args[@]}" -eq 0 ] && continue
-    if [ "$(left)" -le "$SWING_RESERVE" ]; then
+    # A case may run CASE_LIMIT seconds, and 5 more before it is killed.
+    if [ "$(left)" -le $((SWING_RESERVE + CASE_LIMIT + 5)) ]; then
         echo "Not run: ${case_args[*]} and the cases after it (no time left)." >>"$out/breakdown.md"
         out_of_time=true
         break
     fi
     index=$((index + 1))
     bnbench_case "breakdown-$index" "${case_args[@]}" --breakdown
+    case_code=$?
     {
         echo "### ${case_args[*]}"
         echo
+        [ "$case_code" -ne 0 ] && echo "bnbench exited with $case_code (124: out of time); its log is in logs.tar.gz." && echo
         echo '```text'
         # The case's table and its dispatches': what follows bnbench's adapter header.
         sed -n '/^case /,$p' "$work/breakdown-$index.log"
@@ -206,7 +220,11 @@ for index in range(1, runs + 1):
     if not os.path.exists(path):
         print(f"| {index} | - | - | - | - | not run, or stopped: no results (its log is in logs.tar.gz) |")
         continue
-    run = json.load(open(path))["runs"][0]
+    try:
+        run = json.load(open(path))["runs"][0]
+    except (ValueError, KeyError, IndexError) as error:
+        print(f"| {index} | - | - | - | - | unreadable results ({error}) |")
+        continue
     for case in run["cases"]:
         b2b = case.get("gpu_back_to_back_us")
         print(f"| {index} | {run['stream']['gbps']:.0f} | {case['gpu_median_us']:.1f} | "
@@ -218,7 +236,7 @@ EOF
 
 tar -czf "$out/logs.tar.gz" -C "$work" .
 {
-    echo "# compare_pytorch.sh ${suite_args[*]} ($(date -u +%FT%TZ), $SECONDS s)"
+    echo "# compare_pytorch.sh $($smoke && echo "--smoke ")${suite_args[*]} ($(date -u +%FT%TZ), $SECONDS s)"
     echo
     if $compared; then
         echo "## Phase 1: against PyTorch"
@@ -242,12 +260,14 @@ echo "== phase 1"
 if $compared; then tail -n +2 "$out/compare.md"; else echo "no comparison with PyTorch"; fi
 echo "== phase 3: the swing"
 cat "$out/swing.md"
-if [ "$status" -ne 0 ]; then
-    echo "compare_pytorch: a bnbench run exited with $status (a failed check or case: see logs.tar.gz)" >&2
+status=0
+if $bnbench_failed; then
+    echo "compare_pytorch: a bnbench run failed (a failed check or case, or bad options: see logs.tar.gz)" >&2
+    status=1
 elif $out_of_time; then
     echo "compare_pytorch: a phase ran out of time (see above)" >&2
-    status=3
+    status=11
 elif ! $compared && ! $smoke; then
-    status=4
+    status=12
 fi
 exit "$status"

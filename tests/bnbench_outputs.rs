@@ -662,7 +662,7 @@ fn compare_shaders_runs_both_sides_every_round() {
             .expect("a valid command line");
         bnbench::run(&cli)
     };
-    let report = with(&["--compare-shaders", shaders, "--rounds", "2"])
+    let mut report = with(&["--compare-shaders", shaders, "--rounds", "2"])
         .expect("a run")
         .expect("a report");
     assert_eq!(report.failures(), 0);
@@ -670,20 +670,25 @@ fn compare_shaders_runs_both_sides_every_round() {
     // directory's, a run a case; the stream kernel measured once before them all and once
     // after, for all of them.
     assert_eq!(report.runs.len(), 8);
-    let stream = &report.runs[0].stream;
+    let first = &report.runs[0];
+    assert_eq!(first.stream_measurements_gbps.len(), 2, "before and after");
     for run in &report.runs {
         assert_eq!(run.cases.len(), 1, "{:?}", run.skipped);
-    }
-    for run in &report.runs[1..] {
         assert_eq!(
-            (run.stream.gbps, run.stream.workgroups),
-            (stream.gbps, stream.workgroups),
-            "one stream measurement"
+            serde_json::to_value(&run.stream).unwrap(),
+            serde_json::to_value(&first.stream).unwrap(),
+            "one stream measurement for all runs"
         );
-        for (launch, first) in run.stream.launches.iter().zip(&stream.launches) {
-            assert_eq!(launch.median_us, first.median_us, "one stream measurement");
-        }
+        assert_eq!(run.stream_measurements_gbps, first.stream_measurements_gbps);
     }
+    // A faster later measurement becomes every case's roofline.
+    let run = &mut report.runs[0];
+    let (percent, mut faster) = (run.cases[0].percent_of_stream, run.stream.clone());
+    faster.gbps *= 2.0;
+    run.take_faster_stream(&faster);
+    assert_eq!(run.stream.gbps, faster.gbps);
+    assert_eq!(run.stream_measurements_gbps.len(), 3);
+    assert!((run.cases[0].percent_of_stream - percent / 2.0).abs() <= 1e-9 * percent);
 
     let broken = scratch_dir();
     let Err(error) = with(&[

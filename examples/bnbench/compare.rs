@@ -14,7 +14,7 @@ use wgpu_batchnorm::GpuContext;
 use super::case::Case;
 use super::cli::Settings;
 use super::report::{digits3, AdapterRun, CaseResult, Table};
-use super::runner::{measure_stream, run_adapter, Progress};
+use super::runner::{measure_stream, measure_stream_again, run_adapter, Progress};
 use super::timing::{BenchResult, TimeSummary};
 
 /// One case's runs on both sides, a run a round each.
@@ -72,12 +72,13 @@ pub fn run_comparison(
             }
         }
     }
-    let later = measure_stream(&builtin_ctx, settings, progress)?;
-    for run in compared
-        .iter_mut()
-        .flat_map(|case| case.builtin.iter_mut().chain(&mut case.changed))
-    {
-        run.take_faster_stream(&later);
+    if let Some(later) = measure_stream_again(&builtin_ctx, settings, progress) {
+        for run in compared
+            .iter_mut()
+            .flat_map(|case| case.builtin.iter_mut().chain(&mut case.changed))
+        {
+            run.take_faster_stream(&later);
+        }
     }
     Ok(compared)
 }

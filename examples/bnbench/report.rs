@@ -126,17 +126,22 @@ pub struct AdapterRun {
 impl AdapterRun {
     /// Adds `later`, the stream kernel measured again after the cases, and takes the faster of
     /// the measurements as the roofline of every case's "% of stream". A busy machine's speed
-    /// drifts during a run (a CPU adapter's stream kernel measured 3.4 GB/s before one suite and
-    /// 5.4 before the next, an hour apart), and a slow measurement would flatter every case.
+    /// drifts (on a CPU adapter the stream kernel measured 2.6 GB/s before the cases of a small
+    /// run and 4.2 after them, seconds apart), and a slow measurement would flatter every case.
     pub fn take_faster_stream(&mut self, later: &Roofline) {
         self.stream_measurements_gbps.push(later.gbps);
         if later.gbps > self.stream.gbps {
             self.stream = later.clone();
             for case in &mut self.cases {
-                case.percent_of_stream = 100.0 * case.gbps / later.gbps;
+                case.percent_of_stream = percent_of_stream(case.gbps, later.gbps);
             }
         }
     }
+}
+
+/// `gbps` as a percentage of the stream kernel's `stream_gbps`.
+fn percent_of_stream(gbps: f64, stream_gbps: f64) -> f64 {
+    100.0 * gbps / stream_gbps
 }
 
 /// Whether a case's result matched the reference.
@@ -287,7 +292,7 @@ impl CaseResult {
             gpu_min_us: gpu.min * 1e6,
             gpu_back_to_back_us: back_to_back.map(|seconds| seconds * 1e6),
             gbps,
-            percent_of_stream: 100.0 * gbps / stream_gbps,
+            percent_of_stream: percent_of_stream(gbps, stream_gbps),
             host_back_to_back_us: host.back_to_back * 1e6,
             host_single_us: host.single * 1e6,
             host_record_us: host.record * 1e6,
@@ -540,8 +545,8 @@ fn run_heading(run: &AdapterRun, settings: &Settings) -> Vec<String> {
         .map(|gbps| format!("{gbps:.1}"))
         .collect();
     let stream = format!(
-        "Stream kernel (vec4 read one, write one): {:.1} GB/s, the faster of its measurements \
-         before and after the cases ({} GB/s), best of {} launch shapes ({} workgroups), 2 x {:.0} MiB",
+        "Stream kernel (vec4 read one, write one): {:.1} GB/s, the fastest of its measurements \
+         before and after the run ({} GB/s), best of {} launch shapes ({} workgroups), 2 x {:.0} MiB",
         run.stream.gbps,
         measurements.join(", "),
         run.stream.launches.len(),
