@@ -314,15 +314,27 @@ impl CaseResult {
 
     /// `train-forward 64x64x112x112 NCHW`, as [`Case::label`].
     pub fn label(&self) -> String {
-        Case {
-            op: self.op,
-            layout: self.layout,
-            shape: self.shape.clone(),
-            dtype: self.dtype,
-            epilogue: self.epilogue,
-        }
-        .label()
+        case_label(self.op, self.layout, &self.shape, self.dtype, self.epilogue)
     }
+}
+
+/// The label of the case of these fields, as [`Case::label`] (a result and a skip keep the
+/// case's fields, not the case).
+fn case_label(
+    op: Op,
+    layout: LayoutChoice,
+    shape: &[usize],
+    dtype: DTypeChoice,
+    epilogue: EpilogueChoice,
+) -> String {
+    Case {
+        op,
+        layout,
+        shape: shape.to_vec(),
+        dtype,
+        epilogue,
+    }
+    .label()
 }
 
 /// A case that did not run.
@@ -360,14 +372,7 @@ impl Skipped {
 
     /// `train-forward 64x64x112x112 NCHW`, as [`Case::label`].
     pub fn label(&self) -> String {
-        Case {
-            op: self.op,
-            layout: self.layout,
-            shape: self.shape.clone(),
-            dtype: self.dtype,
-            epilogue: self.epilogue,
-        }
-        .label()
+        case_label(self.op, self.layout, &self.shape, self.dtype, self.epilogue)
     }
 }
 
