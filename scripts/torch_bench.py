@@ -67,6 +67,22 @@ EPILOGUES = ("none", "relu", "add-relu")
 COMPILE_SHAPE = (64, 256, 56, 56)
 
 
+# Random data comes from a CPU generator and is copied over: a CUDA graph capture that fails
+# leaves the CUDA generator unusable ("Offset increment outside graph capture"), and with it
+# every later case.
+CPU_GENERATOR = torch.Generator().manual_seed(0)
+
+
+def randn(shape, dtype=torch.float32):
+    """Standard normal values of `shape` on the GPU, as `dtype`."""
+    return torch.randn(shape, generator=CPU_GENERATOR).to(DEV, dtype)
+
+
+def rand(shape):
+    """Uniform values in [0, 1) of `shape` on the GPU."""
+    return torch.rand(shape, generator=CPU_GENERATOR).to(DEV)
+
+
 def tensors_moved(op, epilogue):
     """Tensors the operation reads or writes once at least (bnbench's count): x and y forward,
     x, dy and dx backward; the shortcut z forward and dz backward with add-relu; the forward's
@@ -103,20 +119,24 @@ def time_eager(fns, reps):
 GRAPH_CALLS = 100
 
 
-def time_graph(fn, replays):
-    """GPU time per call in microseconds of GRAPH_CALLS identical calls of `fn` captured in one
-    CUDA graph: the graph replayed between CUDA events, over GRAPH_CALLS (median of `replays`).
-    None, with the reason printed, where capture fails."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    # Capture needs its first calls (allocator, cuDNN and autograd state) made on a side stream.
-    with torch.cuda.stream(side):
+def time_graph(make_call, replays):
+    """GPU time per call in microseconds of GRAPH_CALLS identical calls captured in one CUDA
+    graph: the graph replayed between CUDA events, over GRAPH_CALLS (median of `replays`).
+    `make_call()` returns the call; it runs on the capture stream, because a backward's kernels
+    run on the stream of its forward, and those of a forward made on another stream would fall
+    outside the capture. None, with the reason printed, where capture fails."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    # Capture needs its first calls (allocator, cuDNN and autograd state) made before it, on
+    # the stream it captures.
+    with torch.cuda.stream(stream):
+        fn = make_call()
         for _ in range(3):
             fn()
-    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=stream):
             for _ in range(GRAPH_CALLS):
                 fn()
     except RuntimeError as error:
@@ -190,22 +210,20 @@ def composition(rm, rv, epilogue, training):
     return f
 
 
+def backward_call(f, x, z, w, b):
+    """A backward by autograd of `f` at one copy: through the epilogue to x, gamma, beta, and z
+    with add-relu. Its forward runs here, on the current stream."""
+    inputs = tuple(t.detach().requires_grad_(True) for t in (x, w, b) + (() if z is None else (z,)))
+    y = f(inputs[0], None if z is None else inputs[3], inputs[1], inputs[2])
+    dy = torch.empty_like(y).copy_(randn(y.shape, y.dtype))
+    return lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True)
+
+
 def case_fns(f, op, xs, zs, w, b):
-    """Calls of `f` for `op` on each copy: the forward, or the backward by autograd (through the
-    epilogue to x, gamma, beta, and z with add-relu)."""
+    """Calls of `f` for `op` on each copy: the forward, or the backward (backward_call)."""
     if op != "backward":
         return [lambda x=x, z=z: f(x, z, w, b) for x, z in zip(xs, zs)]
-    wg = w.detach().requires_grad_(True)
-    bg = b.detach().requires_grad_(True)
-    fns = []
-    for x, z in zip(xs, zs):
-        xg = x.detach().requires_grad_(True)
-        zg = None if z is None else z.detach().requires_grad_(True)
-        y = f(xg, zg, wg, bg)
-        dy = torch.randn_like(y)
-        inputs = (xg, wg, bg) + (() if zg is None else (zg,))
-        fns.append(lambda y=y, inputs=inputs, dy=dy: torch.autograd.grad(y, inputs, dy, retain_graph=True))
-    return fns
+    return [backward_call(f, x, z, w, b) for x, z in zip(xs, zs)]
 
 
 def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps, dtypes, epilogues, compile_subset):
@@ -219,7 +237,7 @@ def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps, dtypes, 
             dtype = DTYPES[dtype_name]
 
             def make():
-                return torch.randn(shape, device=DEV, dtype=dtype).contiguous(memory_format=memory_format)
+                return randn(shape, dtype).contiguous(memory_format=memory_format)
 
             for epilogue in epilogues:
                 compiled = {}
@@ -229,15 +247,18 @@ def bench_shape(shape, rotate_bytes, l2_bytes, eager_reps, kernel_reps, dtypes, 
                     copies = max(1, -(-max(2 * l2_bytes, rotate_bytes) // per_copy))
                     xs = [make() for _ in range(copies)]
                     zs = [make() if epilogue == "add-relu" else None for _ in range(copies)]
-                    w = torch.rand(c, device=DEV) + 0.5
-                    b = torch.randn(c, device=DEV)
+                    w = rand(c) + 0.5
+                    b = randn(c)
                     rm = torch.zeros(c, device=DEV)
                     rv = torch.ones(c, device=DEV)
                     f = composition(rm, rv, epilogue, training=op != "eval-forward")
                     fns = case_fns(f, op, xs, zs, w, b)
                     eager_us = time_eager(fns, eager_reps)
                     kernel_us = time_kernels(fns, kernel_reps)
-                    graph_us = time_graph(fns[0], replays=5)
+                    if op == "backward":
+                        graph_us = time_graph(lambda: backward_call(f, xs[0], zs[0], w, b), replays=5)
+                    else:
+                        graph_us = time_graph(lambda: fns[0], replays=5)
                     compile_us = None
                     if compile_subset and tuple(shape) == COMPILE_SHAPE and layout == "channels-last" \
                             and dtype_name != "f32" and epilogue != "none":
@@ -305,10 +326,10 @@ def bench_chain(batch, steps):
         xs, dys, params = [], [], []
         for _, c, side in layers:
             shape = (batch, c, side, side)
-            xs.append(torch.randn(shape, device=DEV).contiguous(memory_format=memory_format).requires_grad_(True))
-            dys.append(torch.randn(shape, device=DEV).contiguous(memory_format=memory_format))
-            w = (torch.rand(c, device=DEV) + 0.5).requires_grad_(True)
-            b = torch.randn(c, device=DEV).requires_grad_(True)
+            xs.append(randn(shape).contiguous(memory_format=memory_format).requires_grad_(True))
+            dys.append(randn(shape).contiguous(memory_format=memory_format))
+            w = (rand(c) + 0.5).requires_grad_(True)
+            b = randn(c).requires_grad_(True)
             params.append((w, b, torch.zeros(c, device=DEV), torch.ones(c, device=DEV)))
         inputs = xs + [p for w, b, _, _ in params for p in (w, b)]
 
