@@ -256,13 +256,6 @@ fn run_case(
     let output = workload.output().to_vec()?;
     let params = params.map(|pair| pair.read()).transpose()?;
     let shortcut_grad = workload.shortcut_grad().map(Tensor::to_vec).transpose()?;
-    let check = check::check(
-        case,
-        workload.host(),
-        &output,
-        params.as_ref(),
-        shortcut_grad.as_deref(),
-    );
     let gpu_back_to_back = settings
         .back_to_back
         .then(|| one_submission(ctx, timer, &workload))
@@ -280,6 +273,16 @@ fn run_case(
         _ => None,
     };
     let host = measure_host(ctx, settings.case_reps(), &mut workload)?;
+    // The check comes after every measurement: its f64 reference takes seconds on the big
+    // cases, and an H200 left idle that long lowered its clocks, so the measurements after it
+    // ran up to 3.6 times slower (docs/performance.md, section 44).
+    let check = check::check(
+        case,
+        workload.host(),
+        &output,
+        params.as_ref(),
+        shortcut_grad.as_deref(),
+    );
     let gpu = GpuTimes {
         single: gpu,
         back_to_back: gpu_back_to_back,
