@@ -3,10 +3,11 @@
 // (contiguous) or of a band of 32 channels (strided), a workgroup counts it on the channel's or
 // band's counter; the workgroup whose count completes it merges the channel's or band's
 // partials, in partial-index order with the finalize kind's function (`PER_THREAD_MERGE`:
-// `merge_channel_by_thread`, else `merge_channel_by_workgroup`), so the result is bitwise the
-// finalize dispatch's whichever workgroup finishes last, and resets the counter to zero for
-// the next dispatch. No workgroup ever waits for another: WebGPU promises no forward progress
-// between workgroups, so only the workgroup that finishes last does more work.
+// `merge_channel_by_thread`, else `merge_channel_by_workgroup`; strided plans always the
+// first), so the result is bitwise the finalize dispatch's whichever workgroup finishes last,
+// and resets the counter to zero for the next dispatch. No workgroup ever waits for another:
+// WebGPU promises no forward progress between workgroups, so only the workgroup that finishes
+// last does more work.
 //
 // Why the partials of other workgroups are visible: the prelude declares `partials` with
 // `@coherent`, so its stores and loads reach memory every workgroup shares rather than a
@@ -47,20 +48,17 @@ fn channel_partial_written(c_rel: u32, lid: u32) {
     }
 }
 
-// Strided kernels: the partials of band `band`'s channels are written.
+// Strided kernels: the partials of band `band`'s channels are written. Only plans whose
+// channels have at most 32 partials each (`PER_THREAD_MERGE`) merge here, a thread per
+// channel; the planner keeps the finalize dispatch for the others, since one workgroup merging
+// its band's channels one after another cost an H200 more than that dispatch.
 fn band_partial_written(band: u32, lid: u32) {
     if (!counted_last(band, lid)) {
         return;
     }
     let first = band * p.band;
     let count = min(p.band, p.c_count - first);
-    if (PER_THREAD_MERGE) {
-        if (lid < count) {
-            merge_channel_by_thread(p.c0 + first + lid);
-        }
-    } else {
-        for (var j = 0u; j < count; j += 1u) {
-            merge_channel_by_workgroup(p.c0 + first + j, lid);
-        }
+    if (lid < count) {
+        merge_channel_by_thread(p.c0 + first + lid);
     }
 }

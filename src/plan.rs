@@ -436,7 +436,7 @@ fn plan_reductions(
     let Some(partial_bytes) = operation.partial_bytes() else {
         return Ok(plan);
     };
-    if let Some(narrow) = fused_in_a_narrower_band(&plan, view, dtype, limits)? {
+    if let Some(narrow) = fused_in_a_narrower_band(&plan, view, dtype, limits, operation)? {
         return Ok(narrow);
     }
     if let Some(fused) = fused_per_thread(&plan, view, dtype, limits)? {
@@ -444,11 +444,17 @@ fn plan_reductions(
     }
     let merged_where = |plan: Plan| {
         // Per-thread plans (CPU adapters) keep the dispatch: the last workgroup's handshake
-        // needs the barriers those kernels exist to avoid.
+        // needs the barriers those kernels exist to avoid. So do strided plans whose channels
+        // have over 32 partials each: their band's last workgroup would merge its 32 channels
+        // one after the other, a tail that cost an H200 more than the dispatch it saves
+        // (docs/performance.md, section 45).
+        let band_merged_in_parallel =
+            plan.kind != ReductionKind::Strided || plan.finalize == FinalizeKind::PerThread;
         let last_workgroup = limits.coherent_storage
             && plan.windows.len() == 1
             && plan.fused_window().is_none()
-            && !plan.kind.is_per_thread();
+            && !plan.kind.is_per_thread()
+            && band_merged_in_parallel;
         Plan {
             merge: if last_workgroup {
                 Merge::LastWorkgroup
@@ -493,19 +499,27 @@ fn plan_reductions(
     }
 }
 
-/// A strided plan of one window that is not fused with 32 channels per workgroup, fused in the
-/// widest of `NARROW_BANDS` whose workgroups take the window's rows in one chunk of the same
-/// number of values; `None` where no band does (or the plan is not such).
+/// A training forward's strided plan of one window that is not fused with 32 channels per
+/// workgroup, fused in the widest of `NARROW_BANDS` whose workgroups take the window's rows in
+/// one chunk of the same number of values; `None` where no band does (or the plan is not such).
+/// Backward plans stay split: fused in narrow bands, an H200 ran them slower than split
+/// (64x2048x7x7 channels-last 66.8 us against 56.1, 32x64x8x8 37.4 against 15.6), while the
+/// training forward gained (64x2048x7x7 39.1 us against 51.1; docs/performance.md, section 45).
 fn fused_in_a_narrower_band(
     plan: &Plan,
     view: ChannelView,
     dtype: DType,
     limits: PlanLimits,
+    operation: Operation,
 ) -> Result<Option<Plan>, BatchNormError> {
     let [window] = plan.windows.as_slice() else {
         return Ok(None);
     };
-    if plan.kind != ReductionKind::Strided || dtype.is_half() || plan.fused_window().is_some() {
+    if operation != Operation::TrainingForward
+        || plan.kind != ReductionKind::Strided
+        || dtype.is_half()
+        || plan.fused_window().is_some()
+    {
         return Ok(None);
     }
     for band in NARROW_BANDS {
@@ -1085,9 +1099,9 @@ mod tests {
         assert_eq!(nc.chunks_total, 4200usize.div_ceil(MIN_STRIDED_CHUNK_ROWS));
     }
 
-    /// A channels-last tensor too tall for one workgroup per 32 channels is fused in the widest
-    /// narrower band whose workgroups hold as many values; taller ones, half types and several
-    /// windows are not.
+    /// A channels-last tensor too tall for one workgroup per 32 channels is fused for the
+    /// training forward in the widest narrower band whose workgroups hold as many values;
+    /// backwards, taller ones, half types and several windows are not.
     #[test]
     fn tall_channels_last_tensors_fuse_in_narrower_bands() {
         for (shape, band, rows) in [
@@ -1098,12 +1112,26 @@ mod tests {
             // 1024 rows: fused in 32 as before.
             (&[16, 8, 8, 40][..], STRIDED_BAND, 1024),
         ] {
-            for operation in [TRAINING, Operation::Backward] {
+            let p = plan(
+                view(shape, Layout::ChannelsLast),
+                DType::F32,
+                WEBGPU_DEFAULT,
+                Operation::Backward,
+            )
+            .unwrap();
+            // The backward is fused only where 32 channels a workgroup fit.
+            assert_eq!(p.band, STRIDED_BAND, "{shape:?}");
+            assert_eq!(
+                p.fused_window().is_some(),
+                band == STRIDED_BAND,
+                "{shape:?}"
+            );
+            {
                 let p = plan(
                     view(shape, Layout::ChannelsLast),
                     DType::F32,
                     WEBGPU_DEFAULT,
-                    operation,
+                    TRAINING,
                 )
                 .unwrap();
                 assert_eq!(p.kind, ReductionKind::Strided, "{shape:?}");
@@ -1705,10 +1733,9 @@ mod tests {
         for (shape, layout, counters) in [
             // Contiguous: a counter per channel, merged by a workgroup (over 32 partials).
             (vec![64, 8, 112, 112], Layout::ChannelsFirst, 8),
-            // Strided: a counter per band of 32 channels (1024 / 32).
-            (vec![64, 14, 14, 1024], Layout::ChannelsLast, 32),
-            // A last band of 8 channels still has its counter.
-            (vec![64, 14, 14, 40], Layout::ChannelsLast, 2),
+            // Strided, at most 32 partials a channel: a counter per band of 32 channels, and
+            // a last band of 8 channels still has its counter (1000 = 31 * 32 + 8).
+            (vec![2, 64, 64, 1000], Layout::ChannelsLast, 32),
         ] {
             for operation in [TRAINING, Operation::Backward] {
                 let p = plan(view(&shape, layout), DType::F32, COHERENT, operation).unwrap();
@@ -1727,6 +1754,26 @@ mod tests {
                     },
                     split
                 );
+            }
+        }
+        // Strided plans with over 32 partials a channel keep the dispatch: their band's last
+        // workgroup would merge its channels one after another.
+        for shape in [
+            vec![64, 14, 14, 1024],
+            vec![64, 14, 14, 40],
+            vec![1, 100, 101, 3],
+        ] {
+            for operation in [TRAINING, Operation::Backward] {
+                let p = plan(
+                    view(&shape, Layout::ChannelsLast),
+                    DType::F32,
+                    COHERENT,
+                    operation,
+                );
+                let p = p.unwrap();
+                assert_eq!(p.kind, ReductionKind::Strided, "{shape:?}");
+                assert_eq!(p.finalize, FinalizeKind::PerWorkgroup, "{shape:?}");
+                assert_eq!(p.merge, Merge::Dispatch, "{shape:?} {operation:?}");
             }
         }
         // Half tensors are never fused: one chunk per channel is merged where it is written.

@@ -1258,7 +1258,7 @@ mod tests {
     fn one_window_plans_on_coherent_devices_merge_in_the_partials_step() {
         for (shape, layout, per_thread, counters) in [
             (&[8usize, 3, 64, 64][..], Layout::ChannelsFirst, true, 3),
-            (&[10, 64, 63, 40], Layout::ChannelsLast, false, 2),
+            (&[2, 64, 64, 1000], Layout::ChannelsLast, true, 32),
         ] {
             let limits = coherent(limits(128 << 20, GPU));
             for (call, program, output) in [
@@ -1532,15 +1532,15 @@ mod tests {
                 limits(128 << 20, GPU),
             ),
             (&[2, 3, 7, 7], Layout::ChannelsFirst, limits(1024, CPU)),
-            // Merged in the last workgroup: contiguous per thread, strided per workgroup, and
-            // a half tensor of one chunk per channel.
+            // Merged in the last workgroup: contiguous and strided per thread (32 partials a
+            // channel), and a half tensor of one chunk per channel.
             (
                 &[8, 3, 64, 64],
                 Layout::ChannelsFirst,
                 coherent(limits(128 << 20, GPU)),
             ),
             (
-                &[10, 64, 63, 8],
+                &[2, 64, 64, 1000],
                 Layout::ChannelsLast,
                 coherent(limits(128 << 20, GPU)),
             ),

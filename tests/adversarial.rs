@@ -142,7 +142,7 @@ const OFFSET_CASES: [PlannedCase; 10] = [
         shape: &[10, 64, 63, 8],
         layout: LAST,
         planned: Planned::DiscreteGpu,
-        claim: PlanClaim::split(630, FinalizeKind::PerWorkgroup),
+        claim: PlanClaim::split_in_dispatch(630, FinalizeKind::PerWorkgroup),
     },
     PlannedCase {
         shape: &[5, 3, 7],
@@ -204,7 +204,7 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 10] = [
         shape: &[2, 48, 48, 4],
         layout: LAST,
         planned: Planned::DiscreteGpu,
-        claim: PlanClaim::split(72, FinalizeKind::PerWorkgroup),
+        claim: PlanClaim::split_in_dispatch(72, FinalizeKind::PerWorkgroup),
     },
     PlannedCase {
         shape: &[3, 4, 5, 6],
@@ -218,12 +218,16 @@ const FOUR_CHANNEL_CASES: [PlannedCase; 10] = [
         planned: Planned::DiscreteGpu,
         claim: PlanClaim::FUSED,
     },
-    // 3200 rows: fused eight channels a workgroup (`plan::NARROW_BANDS`).
+    // 3200 rows: the training forward fused eight channels a workgroup (`plan::NARROW_BANDS`),
+    // the backward split.
     PlannedCase {
         shape: &[2, 40, 40, 4],
         layout: LAST,
         planned: Planned::DiscreteGpu,
-        claim: PlanClaim::FUSED,
+        claim: PlanClaim::narrow_forward(PlanClaim::split_in_dispatch(
+            50,
+            FinalizeKind::PerWorkgroup,
+        )),
     },
 ];
 

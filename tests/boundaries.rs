@@ -67,7 +67,7 @@ const CASES: [PlannedCase; 10] = [
         shape: &[4200, 7],
         layout: FIRST,
         planned: Planned::DiscreteGpu,
-        claim: PlanClaim::split(66, FinalizeKind::PerWorkgroup),
+        claim: PlanClaim::split_in_dispatch(66, FinalizeKind::PerWorkgroup),
     },
     PlannedCase {
         shape: &[8, 3, 64, 64],
@@ -79,6 +79,7 @@ const CASES: [PlannedCase; 10] = [
             chunks: 32,
             finalize: FinalizeKind::PerThread,
             last_workgroup: false,
+            narrow_forward: false,
         },
     },
     PlannedCase {
@@ -91,6 +92,7 @@ const CASES: [PlannedCase; 10] = [
             chunks: 159,
             finalize: FinalizeKind::PerThread,
             last_workgroup: false,
+            narrow_forward: false,
         },
     },
     PlannedCase {
@@ -103,6 +105,7 @@ const CASES: [PlannedCase; 10] = [
             chunks: 20,
             finalize: FinalizeKind::PerThread,
             last_workgroup: false,
+            narrow_forward: false,
         },
     },
     PlannedCase {
