@@ -175,6 +175,22 @@ fn the_last_workgroup_merge_is_bitwise_the_finalize_dispatch() {
     }
 }
 
+/// Panics unless `ctx` merges the training forward of `shape` in the last workgroup, where it
+/// has `@coherent` storage (elsewhere in a finalize dispatch).
+fn assert_merged_where_coherent(ctx: &GpuContext, shape: &[usize], layout: Layout) {
+    let plan = common::plan_of(
+        ctx,
+        shape,
+        layout,
+        wgpu_batchnorm::plan::Operation::TrainingForward,
+    );
+    assert_eq!(
+        common::PlanClaim::of(&plan).last_workgroup,
+        has_coherent_storage(ctx),
+        "{shape:?} {layout:?}"
+    );
+}
+
 /// Forwards of three layers (two shapes, one layer twice) recorded into one encoder share the
 /// partials and the counters; each finds its counters zero and leaves them so.
 #[test]
@@ -223,13 +239,7 @@ fn calls_recorded_into_one_submission_share_the_counters() {
     };
     let (merged, split) = contexts(GPU);
     for (shape, layout) in cases {
-        let claim = common::PlanClaim::of(&common::plan_of(
-            &merged,
-            shape,
-            layout,
-            wgpu_batchnorm::plan::Operation::TrainingForward,
-        ));
-        assert_eq!(claim.last_workgroup, has_coherent_storage(&merged));
+        assert_merged_where_coherent(&merged, shape, layout);
     }
     assert!(
         record_all(&merged) == record_all(&split),
@@ -242,13 +252,7 @@ fn calls_recorded_into_one_submission_share_the_counters() {
 fn a_refused_call_leaves_the_counters_zero() {
     let (merged, split) = contexts(GPU);
     let shape: &[usize] = &[8, 8, 64, 64];
-    let claim = common::PlanClaim::of(&common::plan_of(
-        &merged,
-        shape,
-        FIRST,
-        wgpu_batchnorm::plan::Operation::TrainingForward,
-    ));
-    assert_eq!(claim.last_workgroup, has_coherent_storage(&merged));
+    assert_merged_where_coherent(&merged, shape, FIRST);
     let len: usize = shape.iter().product();
     let data = normal_data(len, 7, 0.0, 1.0);
     let forward = |ctx: &GpuContext| {
