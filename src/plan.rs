@@ -37,9 +37,10 @@
 //! - An operation is fused into one dispatch (a workgroup per channel, or per band of 32
 //!   channels, reads its values, reduces them, then writes its output from the same values)
 //!   when the tensor is one window and each channel is one chunk: small and mid-sized channels,
-//!   where the separate dispatches' fixed costs weigh most. A channels-last tensor of one
-//!   window too tall for a chunk of 32 channels is fused in a band of 16 or 8 channels where
-//!   its rows fit a chunk of the same number of values (`NARROW_BANDS`). On CPU adapters, whose
+//!   where the separate dispatches' fixed costs weigh most. The training forward of a
+//!   channels-last tensor of one window too tall for a chunk of 32 channels is fused in a band
+//!   of 16 or 8 channels where its rows fit a chunk of the same number of values
+//!   (`NARROW_BANDS`); its backward stays split. On CPU adapters, whose
 //!   per-thread kernels avoid barriers, a channels-first f32 tensor of one window whose runs
 //!   are read in quads (eight values or more) is fused with a thread per channel group: the
 //!   fewest consecutive channels whose runs fill whole quads (1, 2 or 4 by `inner % 4`, so
@@ -56,7 +57,9 @@
 //!   device has `@coherent` storage (`MEMORY_DECORATION_COHERENT`): without it other
 //!   workgroups' partials are not guaranteed visible. The merge keeps the finalize kind's order,
 //!   so results are bitwise those of the finalize dispatch. Several windows keep the dispatch:
-//!   a channel's partials then come from several dispatches.
+//!   a channel's partials then come from several dispatches. So do strided plans whose channels
+//!   have over 32 partials: their band's last workgroup would merge its channels one after
+//!   another.
 
 use crate::dtype::DType;
 use crate::error::BatchNormError;
@@ -71,11 +74,12 @@ pub const STRIDED_CHUNK_ROWS: usize = 1024;
 /// Channels per workgroup of the strided kernels (`MAX_BAND` in the shaders): 32 lanes read 128
 /// contiguous bytes of a row. A fused plan may narrow its band (`NARROW_BANDS`).
 pub const STRIDED_BAND: usize = 32;
-/// Narrower bands a fused strided plan may take, widest first, so that a channels-last tensor
-/// too tall for one workgroup per 32 channels still runs in one dispatch: each workgroup keeps
-/// the values of `STRIDED_CHUNK_ROWS` rows of 32 channels (it reads more rows of fewer
-/// channels), and there are more workgroups. Eight channels are 32 bytes of a row, one memory
-/// sector of NVIDIA's; narrower bands would read part sectors.
+/// Narrower bands a fused strided training forward may take, widest first, so that a
+/// channels-last tensor too tall for one workgroup per 32 channels still runs in one dispatch
+/// (`fused_in_a_narrower_band`): each workgroup keeps the values of `STRIDED_CHUNK_ROWS` rows
+/// of 32 channels (it reads more rows of fewer channels), and there are more workgroups. Eight
+/// channels are 32 bytes of a row, one memory sector of NVIDIA's; narrower bands would read
+/// part sectors.
 pub const NARROW_BANDS: [usize; 2] = [16, 8];
 /// Threads per workgroup (`WORKGROUP` in the shaders).
 pub const WORKGROUP_SIZE: usize = 256;
@@ -297,8 +301,8 @@ pub enum Merge {
     /// A finalize dispatch after the partials (and inference, which reduces nothing).
     Dispatch,
     /// The partials dispatch itself: the workgroup that writes the last partial of a channel
-    /// (contiguous) or of a band of 32 channels (strided) merges them, found through an atomic
-    /// counter per channel or band that it resets to zero.
+    /// (contiguous) or of a band of 32 channels (strided, only with `FinalizeKind::PerThread`)
+    /// merges them, found through an atomic counter per channel or band that it resets to zero.
     LastWorkgroup,
 }
 
@@ -504,7 +508,9 @@ fn plan_reductions(
 /// one chunk of the same number of values; `None` where no band does (or the plan is not such).
 /// Backward plans stay split: fused in narrow bands, an H200 ran them slower than split
 /// (64x2048x7x7 channels-last 66.8 us against 56.1, 32x64x8x8 37.4 against 15.6), while the
-/// training forward gained (64x2048x7x7 39.1 us against 51.1; docs/performance.md, section 45).
+/// training forward of 64x2048x7x7 gained (39.1 us against 51.1) and that of 32x64x8x8 neither
+/// clearly gained nor lost (19.9 and 24.1 us in two runs against 21.2; docs/performance.md,
+/// section 45).
 fn fused_in_a_narrower_band(
     plan: &Plan,
     view: ChannelView,

@@ -623,6 +623,9 @@ impl Builder<'_> {
         outputs: &[Binding],
     ) -> Vec<Step> {
         let per_thread = self.plan.finalize == FinalizeKind::PerThread;
+        // The strided kernels' last workgroup merges a thread per channel only
+        // (`shaders/last_workgroup.wgsl`); the planner keeps the dispatch for the others.
+        debug_assert!(per_thread || self.plan.kind != ReductionKind::Strided);
         overrides.push((Override::PerThreadMerge, per_thread));
         let counters = Range::Counters(self.plan.merge_counters() as u64 * 4);
         reduction

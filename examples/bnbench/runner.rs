@@ -215,8 +215,8 @@ pub fn run_adapter(
 }
 
 /// Sets up, warms up, times (one call per submission, then many in one where the settings
-/// say so, then each dispatch where `breakdown` says so), checks and measures the host latency
-/// of one case.
+/// say so, then each dispatch where `breakdown` says so), measures the host latency of, and
+/// last checks, one case.
 fn run_case(
     ctx: &GpuContext,
     timer: Option<&GpuTimer>,

@@ -189,7 +189,8 @@ impl PlanClaim {
     };
 
     /// One window, `chunks` chunks per channel, merged by `finalize` (in the last workgroup
-    /// where the device allows and the plan is not per-thread).
+    /// where the device allows and the plan is not per-thread, nor strided with over 32
+    /// partials a channel: `split_in_dispatch`).
     pub const fn split(chunks: usize, finalize: FinalizeKind) -> Self {
         PlanClaim {
             fused: false,
@@ -241,8 +242,9 @@ pub fn has_coherent_storage(ctx: &GpuContext) -> bool {
 }
 
 /// Panics unless `ctx` plans the training forward and the backward of `shape` as `claim` says
-/// (the two operations plan alike at these sizes). Tests call it first, so that one whose name
-/// claims a plan fails when a change of the planner takes that plan away.
+/// (the two operations plan alike at these sizes, but for the narrow band of a
+/// `PlanClaim::narrow_forward` claim's training forward). Tests call it first, so that one
+/// whose name claims a plan fails when a change of the planner takes that plan away.
 pub fn assert_plan(ctx: &GpuContext, shape: &[usize], layout: Layout, claim: PlanClaim) {
     let claim = PlanClaim {
         last_workgroup: claim.last_workgroup
