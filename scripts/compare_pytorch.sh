@@ -80,21 +80,28 @@ fi
 
 # The cases the committed H200 table (docs/benchmarks/h200-vs-pytorch.md) found slower than
 # PyTorch, slowest first: phase 2's list where phase 1 gives none.
-SLOW_CASES='--op train-forward --shape 32,64,8,8 --layout channels-last
+SLOW_CASES='--op backward --shape 32,64,8,8 --layout channels-last
+--op train-forward --shape 32,64,8,8 --layout channels-last
+--op train-forward --shape 1,3,100,101 --layout channels-last
+--op backward --shape 1,3,100,101 --layout channels-last
 --op train-forward --shape 32,64,8,8 --layout channels-first
---op train-forward --shape 64,1024,14,14 --layout channels-first
---op backward --shape 32,64,8,8 --layout channels-last
+--op train-forward --shape 64,1024,14,14 --layout channels-last
 --op eval-forward --shape 32,64,8,8 --layout channels-first
+--op train-forward --shape 1,3,100,101 --layout channels-first
+--op backward --shape 1,3,100,101 --layout channels-first
 --op eval-forward --shape 32,64,8,8 --layout channels-last
 --op backward --shape 32,64,8,8 --layout channels-first
---op train-forward --shape 64,2048,7,7 --layout channels-last
---op backward --shape 64,2048,7,7 --layout channels-last
 --op backward --shape 64,1024,14,14 --layout channels-last
---op train-forward --shape 64,1024,14,14 --layout channels-last
---op backward --shape 256,1024 --layout channels-first
 --op train-forward --shape 64,64,112,112 --layout channels-last
+--op backward --shape 64,2048,7,7 --layout channels-last
+--op backward --shape 256,1024 --layout channels-first
+--op train-forward --shape 64,256,56,56 --layout channels-last
 --op backward --shape 64,64,112,112 --layout channels-last
---op eval-forward --shape 64,2048,7,7 --layout channels-last'
+--op eval-forward --shape 1,3,100,101 --layout channels-last
+--op train-forward --shape 64,2048,7,7 --layout channels-last
+--op backward --shape 64,256,56,56 --layout channels-last
+--op eval-forward --shape 1,3,100,101 --layout channels-first
+--op train-forward --shape 64,1024,14,14 --layout channels-first'
 SWING_CASE=(--shape 64,1024,14,14 --layout channels-first --op train-forward)
 SWING_RUNS=8
 # Seconds a bnbench process of phases 2 and 3 may take (start, stream kernel, one case, check).
