@@ -1122,36 +1122,34 @@ mod tests {
                 view(shape, Layout::ChannelsLast),
                 DType::F32,
                 WEBGPU_DEFAULT,
+                TRAINING,
+            )
+            .unwrap();
+            assert_eq!(p.kind, ReductionKind::Strided, "{shape:?}");
+            assert_eq!(p.band, band, "{shape:?}");
+            let window = p.fused_window().expect("fused");
+            assert_eq!(window.o_count, rows);
+            assert_eq!(
+                window.reduction_items(p.kind, p.band),
+                shape[3].div_ceil(band),
+                "{shape:?}"
+            );
+            assert!(band * rows <= STRIDED_BAND * STRIDED_CHUNK_ROWS);
+            assert_eq!(p.partials_bytes(16), 0);
+            // The backward is fused only where 32 channels a workgroup fit.
+            let backward = plan(
+                view(shape, Layout::ChannelsLast),
+                DType::F32,
+                WEBGPU_DEFAULT,
                 Operation::Backward,
             )
             .unwrap();
-            // The backward is fused only where 32 channels a workgroup fit.
-            assert_eq!(p.band, STRIDED_BAND, "{shape:?}");
+            assert_eq!(backward.band, STRIDED_BAND, "{shape:?}");
             assert_eq!(
-                p.fused_window().is_some(),
+                backward.fused_window().is_some(),
                 band == STRIDED_BAND,
                 "{shape:?}"
             );
-            {
-                let p = plan(
-                    view(shape, Layout::ChannelsLast),
-                    DType::F32,
-                    WEBGPU_DEFAULT,
-                    TRAINING,
-                )
-                .unwrap();
-                assert_eq!(p.kind, ReductionKind::Strided, "{shape:?}");
-                assert_eq!(p.band, band, "{shape:?}");
-                let window = p.fused_window().expect("fused");
-                assert_eq!(window.o_count, rows);
-                assert_eq!(
-                    window.reduction_items(p.kind, p.band),
-                    shape[3].div_ceil(band),
-                    "{shape:?}"
-                );
-                assert!(band * rows <= STRIDED_BAND * STRIDED_CHUNK_ROWS);
-                assert_eq!(p.partials_bytes(16), 0);
-            }
         }
         // 4097 rows: too tall for eight channels; f16: never fused; two windows: never fused.
         let tall = plan(
