@@ -13,7 +13,7 @@ use common::{
     assert_plan, has_coherent_storage, limited_context, limited_context_with, normal_data,
     upload_to, PlanClaim,
 };
-use wgpu_batchnorm::plan::FinalizeKind;
+use wgpu_batchnorm::plan::{FinalizeKind, Merge, Operation};
 use wgpu_batchnorm::{BatchNorm, GpuContext, Layout, Tensor};
 
 const FIRST: Layout = Layout::ChannelsFirst;
@@ -178,14 +178,9 @@ fn the_last_workgroup_merge_is_bitwise_the_finalize_dispatch() {
 /// Panics unless `ctx` merges the training forward of `shape` in the last workgroup, where it
 /// has `@coherent` storage (elsewhere in a finalize dispatch).
 fn assert_merged_where_coherent(ctx: &GpuContext, shape: &[usize], layout: Layout) {
-    let plan = common::plan_of(
-        ctx,
-        shape,
-        layout,
-        wgpu_batchnorm::plan::Operation::TrainingForward,
-    );
+    let plan = common::plan_of(ctx, shape, layout, Operation::TrainingForward);
     assert_eq!(
-        common::PlanClaim::of(&plan).last_workgroup,
+        plan.merge == Merge::LastWorkgroup,
         has_coherent_storage(ctx),
         "{shape:?} {layout:?}"
     );
