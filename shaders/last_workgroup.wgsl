@@ -2,12 +2,12 @@
 // fused, a device with `@coherent` storage). After writing its partial of a channel
 // (contiguous) or of a band of 32 channels (strided), a workgroup counts it on the channel's or
 // band's counter; the workgroup whose count completes it merges the channel's or band's
-// partials, in partial-index order with the finalize kind's function (`PER_THREAD_MERGE`:
-// `merge_channel_by_thread`, else `merge_channel_by_workgroup`; strided plans always the
-// first), so the result is bitwise the finalize dispatch's whichever workgroup finishes last,
-// and resets the counter to zero for the next dispatch. No workgroup ever waits for another:
-// WebGPU promises no forward progress between workgroups, so only the workgroup that finishes
-// last does more work.
+// partials, in the finalize kind's order (`PER_THREAD_MERGE`: a thread per channel in
+// partial-index order, as `merge_channel_by_thread`, through `merge_channels_staged`; else
+// `merge_channel_by_workgroup`; strided plans always the first), so the result is bitwise the
+// finalize dispatch's whichever workgroup finishes last, and resets the counter to zero for
+// the next dispatch. No workgroup ever waits for another: WebGPU promises no forward progress
+// between workgroups, so only the workgroup that finishes last does more work.
 //
 // Why the partials of other workgroups are visible: the prelude declares `partials` with
 // `@coherent`, so its stores and loads reach memory every workgroup shares rather than a
@@ -40,9 +40,7 @@ fn channel_partial_written(c_rel: u32, lid: u32) {
         return;
     }
     if (PER_THREAD_MERGE) {
-        if (lid == 0u) {
-            merge_channel_by_thread(c);
-        }
+        merge_channels_staged(c, 1u, lid);
     } else {
         merge_channel_by_workgroup(c, lid);
     }
@@ -57,8 +55,36 @@ fn band_partial_written(band: u32, lid: u32) {
         return;
     }
     let first = band * p.band;
-    let count = min(p.band, p.c_count - first);
+    merge_channels_staged(p.c0 + first, min(p.band, p.c_count - first), lid);
+}
+
+// Merges the partials of channels `first` to `first + count - 1` (count <= p.band), a thread
+// per channel in partial-index order: `merge_channel_by_thread`'s merges, in its order, so its
+// bits. The partials come through workgroup memory, `WORKGROUP / p.band` of each channel a
+// round, every thread loading one: a thread reading its channel's partials from storage itself
+// waits for each coherent load in turn (staged, the partials dispatch of the 32x64x8x8
+// channels-last backward, 64 workgroups and 32 partials a channel, took an H200 13.3 us
+// instead of 18.0: docs/performance.md, section 46). Called in uniform control flow (it has
+// barriers), after a barrier that ends the workgroup's other uses of `shared_acc`.
+fn merge_channels_staged(first: u32, count: u32, lid: u32) {
+    let per_round = WORKGROUP / p.band;
+    let loader_channel = lid / per_round;
+    let loader_slot = lid - loader_channel * per_round;
+    var acc = acc_empty();
+    for (var k0 = 0u; k0 < p.chunks_total; k0 += per_round) {
+        if (loader_channel < count && k0 + loader_slot < p.chunks_total) {
+            shared_acc[lid] = partials[(first + loader_channel) * p.chunks_total + k0 + loader_slot];
+        }
+        workgroupBarrier();
+        if (lid < count) {
+            let staged = min(per_round, p.chunks_total - k0);
+            for (var k = 0u; k < staged; k += 1u) {
+                acc = acc_merge(acc, shared_acc[lid * per_round + k]);
+            }
+        }
+        workgroupBarrier();
+    }
     if (lid < count) {
-        merge_channel_by_thread(p.c0 + first + lid);
+        finalize_channel(first + lid, acc);
     }
 }
