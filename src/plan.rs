@@ -39,8 +39,8 @@
 //!   when the tensor is one window and each channel is one chunk: small and mid-sized channels,
 //!   where the separate dispatches' fixed costs weigh most. The training forward of a
 //!   channels-last tensor of one window too tall for a chunk of 32 channels is fused in a band
-//!   of 16 or 8 channels where its rows fit a chunk of the same number of values
-//!   (`NARROW_BANDS`); its backward stays split. On CPU adapters, whose
+//!   of 16 channels where its rows fit a chunk of the same number of values and the bands are
+//!   at least `NARROW_FUSED_MIN_WORKGROUPS` (`NARROW_BAND`); its backward stays split. On CPU adapters, whose
 //!   per-thread kernels avoid barriers, a channels-first f32 tensor of one window whose runs
 //!   are read in quads (eight values or more) is fused with a thread per channel group: the
 //!   fewest consecutive channels whose runs fill whole quads (1, 2 or 4 by `inner % 4`, so
@@ -72,15 +72,21 @@ pub const CONTIGUOUS_CHUNK: usize = 16384;
 /// Rows each workgroup of the strided reduction takes (128 per row lane), for the same reason.
 pub const STRIDED_CHUNK_ROWS: usize = 1024;
 /// Channels per workgroup of the strided kernels (`MAX_BAND` in the shaders): 32 lanes read 128
-/// contiguous bytes of a row. A fused plan may narrow its band (`NARROW_BANDS`).
+/// contiguous bytes of a row. A fused plan may narrow its band (`NARROW_BAND`).
 pub const STRIDED_BAND: usize = 32;
-/// Narrower bands a fused strided training forward may take, widest first, so that a
-/// channels-last tensor too tall for one workgroup per 32 channels still runs in one dispatch
+/// The narrower band a fused strided training forward may take, so that a channels-last tensor
+/// too tall for one workgroup per 32 channels still runs in one dispatch
 /// (`fused_in_a_narrower_band`): each workgroup keeps the values of `STRIDED_CHUNK_ROWS` rows
-/// of 32 channels (it reads more rows of fewer channels), and there are more workgroups. Eight
-/// channels are 32 bytes of a row, one memory sector of NVIDIA's; narrower bands would read
-/// part sectors.
-pub const NARROW_BANDS: [usize; 2] = [16, 8];
+/// of 32 channels (it reads twice the rows of half the channels), and there are twice the
+/// workgroups. A band of 8 (4096 rows) ran slower fused than split on an H200 (64x2048x7x7
+/// channels-last: 40.1 us against 37.4; `docs/performance.md`, section 46): each workgroup's
+/// walk down its rows grows with them, while the split plan's workgroups take a few hundred.
+pub const NARROW_BAND: usize = 16;
+/// The fewest workgroups (bands) of a plan fused in `NARROW_BAND`: with fewer, most of a GPU
+/// idles while each walks its 2048 rows. On an H200, 32x64x8x8 channels-last (4 workgroups)
+/// ran faster split (17.5 us against 20.9 fused), 32x1024x8x8 (64) faster fused (22.1 against
+/// 28.0; section 46).
+pub const NARROW_FUSED_MIN_WORKGROUPS: usize = 64;
 /// Threads per workgroup (`WORKGROUP` in the shaders).
 pub const WORKGROUP_SIZE: usize = 256;
 /// Threads per workgroup of the per-thread reduction (`RUN_WORKGROUP` in the shaders): small, so
@@ -384,7 +390,7 @@ pub struct Plan {
     /// Values (contiguous, per-thread) or rows (strided) per chunk.
     pub chunk_len: usize,
     /// Channels a work item of the reduction takes together: a strided workgroup's band
-    /// (`STRIDED_BAND`, or one of `NARROW_BANDS` for a fused plan), a fused per-thread plan's
+    /// (`STRIDED_BAND`, or `NARROW_BAND` for a fused plan), a fused per-thread plan's
     /// channel group (`fused_channel_group`); 1 otherwise.
     pub band: usize,
     /// How partials are merged: by a thread or by a workgroup per channel.
@@ -480,6 +486,9 @@ fn plan_reductions(
     {
         plan = plan_with_chunk(view, dtype, limits, Some(plan.chunk_len / 2))?;
     }
+    if let Some(rows) = strided_even_chunk(&plan) {
+        plan = plan_with_chunk(view, dtype, limits, Some(rows))?;
+    }
     let row_groups = plan.windows.iter().filter(|w| w.c0 == 0).count();
     loop {
         let partials_bytes = plan.partials_bytes(partial_bytes);
@@ -503,14 +512,40 @@ fn plan_reductions(
     }
 }
 
+/// The longer chunk, in rows, that a strided plan whose channels a thread merges (at most 32
+/// partials each) takes back after halving overshot its work items (by up to twice
+/// `min_reduction_items`): the longest that still gives as many items, at most
+/// `STRIDED_CHUNK_ROWS`; `None` where it is no longer than the plan's. 64x2048x7x7
+/// channels-last: 16 chunks of 196 rows a band (1024 items) instead of 25 of 128 (1600), and an
+/// H200's backward took 45.8 us instead of 51.8. Not for plans merged by a workgroup per
+/// channel: 64x1024x14x14 channels-last, whose 49 partials of 256 rows would become 32 of 392,
+/// merged in the last workgroup, ran slower (training forward 61.7 us against 58.5, backward
+/// 79.2 against 77.2; `docs/performance.md`, section 46).
+fn strided_even_chunk(plan: &Plan) -> Option<usize> {
+    if plan.kind != ReductionKind::Strided
+        || plan.finalize != FinalizeKind::PerThread
+        || plan.fused_window().is_some()
+    {
+        return None;
+    }
+    let bands = plan.view.channels.div_ceil(plan.band);
+    let chunks_per_band = (plan.limits.min_reduction_items as usize).div_ceil(bands);
+    // Rounding the rows down makes at least `chunks_per_band` chunks a band (none without a
+    // minimum: nothing was halved).
+    let rows = plan
+        .view
+        .outer
+        .checked_div(chunks_per_band)?
+        .min(STRIDED_CHUNK_ROWS);
+    (rows > plan.chunk_len).then_some(rows)
+}
+
 /// A training forward's strided plan of one window that is not fused with 32 channels per
-/// workgroup, fused in the widest of `NARROW_BANDS` whose workgroups take the window's rows in
-/// one chunk of the same number of values; `None` where no band does (or the plan is not such).
-/// Backward plans stay split: fused in narrow bands, an H200 ran them slower than split
-/// (64x2048x7x7 channels-last 66.8 us against 56.1, 32x64x8x8 37.4 against 15.6), while the
-/// training forward of 64x2048x7x7 gained (39.1 us against 51.1) and that of 32x64x8x8 neither
-/// clearly gained nor lost (19.9 and 24.1 us in two runs against 21.2; docs/performance.md,
-/// section 45).
+/// workgroup, fused in `NARROW_BAND` where its workgroups take the window's rows in one chunk of
+/// the same number of values and there are at least `NARROW_FUSED_MIN_WORKGROUPS` of them;
+/// `None` where not (or the plan is not such). Backward plans stay split: fused in narrow
+/// bands, an H200 ran them slower than split (64x2048x7x7 channels-last 66.8 us against 56.1,
+/// 32x64x8x8 37.4 against 15.6; docs/performance.md, section 45).
 fn fused_in_a_narrower_band(
     plan: &Plan,
     view: ChannelView,
@@ -521,24 +556,21 @@ fn fused_in_a_narrower_band(
     let [window] = plan.windows.as_slice() else {
         return Ok(None);
     };
+    let rows = STRIDED_CHUNK_ROWS * STRIDED_BAND / NARROW_BAND;
     if operation != Operation::TrainingForward
         || plan.kind != ReductionKind::Strided
         || dtype.is_half()
         || plan.fused_window().is_some()
+        || window.o_count > rows
+        || view.channels.div_ceil(NARROW_BAND) < NARROW_FUSED_MIN_WORKGROUPS
     {
         return Ok(None);
     }
-    for band in NARROW_BANDS {
-        let rows = STRIDED_CHUNK_ROWS * STRIDED_BAND / band;
-        if window.o_count <= rows {
-            let fused = Plan {
-                band,
-                ..plan_with_chunk(view, dtype, limits, Some(rows))?
-            };
-            return Ok(fused.fused_window().is_some().then_some(fused));
-        }
-    }
-    Ok(None)
+    let fused = Plan {
+        band: NARROW_BAND,
+        ..plan_with_chunk(view, dtype, limits, Some(rows))?
+    };
+    Ok(fused.fused_window().is_some().then_some(fused))
 }
 
 /// A per-thread plan of channels-first runs read in quads (CPU adapters, one f32 window), fused
@@ -1099,22 +1131,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(nc.kind, ReductionKind::Strided);
-        // Too tall to fuse even eight channels a workgroup, and far from
-        // MIN_GPU_REDUCTION_ITEMS: chunks shrink to the floor.
+        // Too tall to fuse in a band of 16 channels, and far from MIN_GPU_REDUCTION_ITEMS:
+        // chunks shrink to the floor.
         assert!(nc.fused_window().is_none());
         assert_eq!(nc.chunks_total, 4200usize.div_ceil(MIN_STRIDED_CHUNK_ROWS));
     }
 
     /// A channels-last tensor too tall for one workgroup per 32 channels is fused for the
-    /// training forward in the widest narrower band whose workgroups hold as many values;
-    /// backwards, taller ones, half types and several windows are not.
+    /// training forward in `NARROW_BAND` where its workgroups hold as many values and there are
+    /// enough of them; backwards, taller ones, ones of too few channels, half types and
+    /// several windows are not.
     #[test]
     fn tall_channels_last_tensors_fuse_in_narrower_bands() {
         for (shape, band, rows) in [
-            // 2048 rows: 16 channels a workgroup, 4 workgroups.
-            (&[32usize, 8, 8, 64][..], 16, 2048),
-            // 3136 rows: 8 channels a workgroup, 256 workgroups.
-            (&[64, 7, 7, 2048][..], 8, 3136),
+            // 2048 rows: 16 channels a workgroup, 64 workgroups, the last of 8 channels.
+            (&[32usize, 8, 8, 1016][..], NARROW_BAND, 2048),
             // 1024 rows: fused in 32 as before.
             (&[16, 8, 8, 40][..], STRIDED_BAND, 1024),
         ] {
@@ -1151,20 +1182,24 @@ mod tests {
                 "{shape:?}"
             );
         }
-        // 4097 rows: too tall for eight channels; f16: never fused; two windows: never fused.
-        let tall = plan(
-            view(&[4097, 64], Layout::ChannelsLast),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
-        assert_eq!(
-            (tall.band, tall.fused_window().is_none()),
-            (STRIDED_BAND, true)
-        );
+        // 3136 and 2049 rows: too tall for 16 channels; 64 channels: 4 workgroups, too few.
+        for shape in [&[64, 7, 7, 2048][..], &[2049, 2048], &[32, 8, 8, 64]] {
+            let not_fused = plan(
+                view(shape, Layout::ChannelsLast),
+                DType::F32,
+                WEBGPU_DEFAULT,
+                TRAINING,
+            )
+            .unwrap();
+            assert_eq!(
+                (not_fused.band, not_fused.fused_window().is_none()),
+                (STRIDED_BAND, true),
+                "{shape:?}"
+            );
+        }
+        // f16: never fused; two windows: never fused.
         let half = plan(
-            view(&[32, 8, 8, 64], Layout::ChannelsLast),
+            view(&[32, 8, 8, 1024], Layout::ChannelsLast),
             DType::F16,
             WEBGPU_DEFAULT,
             TRAINING,
@@ -1175,7 +1210,7 @@ mod tests {
             (STRIDED_BAND, true)
         );
         let split = plan(
-            view(&[3000, 64], Layout::ChannelsLast),
+            view(&[2048, 1024], Layout::ChannelsLast),
             DType::F32,
             binding_limits(512 << 10),
             TRAINING,
@@ -1190,7 +1225,8 @@ mod tests {
 
     #[test]
     fn gpu_plans_that_are_not_fused_shrink_chunks_to_fill_the_device() {
-        // 14x14 channels-last: 13 chunks x 32 bands at 1024 rows; 49 x 32 at 256 rows.
+        // 14x14 channels-last: 13 chunks x 32 bands at 1024 rows; 49 x 32 at 256 rows, merged
+        // by a workgroup a channel.
         let nhwc = plan(
             view(&[64, 14, 14, 1024], Layout::ChannelsLast),
             DType::F32,
@@ -1200,6 +1236,42 @@ mod tests {
         .unwrap();
         assert_eq!(nhwc.chunk_len, 256);
         assert_eq!(nhwc.reduction_items(), 49 * 32);
+        assert_eq!(nhwc.finalize, FinalizeKind::PerWorkgroup);
+        // 7x7 channels-last, 64 bands: halving gives 25 x 64 at 128 rows, merged by a thread a
+        // channel, so the chunks lengthen to 196 rows (3136 / 16), 16 x 64 items.
+        for operation in [TRAINING, Operation::Backward] {
+            let even = plan(
+                view(&[64, 7, 7, 2048], Layout::ChannelsLast),
+                DType::F32,
+                WEBGPU_DEFAULT,
+                operation,
+            )
+            .unwrap();
+            assert_eq!(even.chunk_len, 196);
+            assert_eq!(even.reduction_items(), 16 * 64);
+            assert_eq!(even.finalize, FinalizeKind::PerThread);
+        }
+        // Rows that do not split evenly: rounding down still gives at least 1024 items (64
+        // bands, 3137 rows: 17 chunks of 196 rows, where halving gave 25 of 128).
+        let uneven = plan(
+            view(&[3137, 2048], Layout::ChannelsLast),
+            DType::F32,
+            WEBGPU_DEFAULT,
+            Operation::Backward,
+        )
+        .unwrap();
+        assert_eq!((uneven.chunk_len, uneven.chunks_total), (196, 17));
+        assert!(uneven.reduction_items() >= MIN_GPU_REDUCTION_ITEMS as usize);
+        // Where halving gave chunks no longer than the even split, they stay (62 bands, 4097
+        // rows: 17 chunks of 256; the even split, 241 rows, would be shorter).
+        let kept = plan(
+            view(&[4097, 1960], Layout::ChannelsLast),
+            DType::F32,
+            WEBGPU_DEFAULT,
+            TRAINING,
+        )
+        .unwrap();
+        assert_eq!((kept.chunk_len, kept.chunks_total), (256, 17));
         // Enough items at the full chunk: unchanged.
         let big = plan(
             view(&[64, 64, 112, 112], Layout::ChannelsFirst),

@@ -26,8 +26,9 @@ const GPU: wgpu::DeviceType = wgpu::DeviceType::DiscreteGpu;
 /// One window each, as a discrete GPU plans them (many small chunks): the contiguous kernel
 /// with both finalize kinds, the strided one with the only kind it merges in the last
 /// workgroup (a thread per channel: strided plans with more partials keep the finalize
-/// dispatch), a last band of fewer than 32 channels.
-const CASES: [Case; 4] = [
+/// dispatch), a last band of fewer than 32 channels, and the most partials a thread merges
+/// (32: four rounds through workgroup memory).
+const CASES: [Case; 5] = [
     (
         &[8, 3, 64, 64],
         FIRST,
@@ -54,9 +55,17 @@ const CASES: [Case; 4] = [
         GPU,
         PlanClaim::split(17, FinalizeKind::PerThread),
     ),
+    // Strided, 32 partials a channel in two bands (the training forward too: too few
+    // channels to fuse in a narrower band).
+    (
+        &[32, 8, 8, 64],
+        Layout::ChannelsLast,
+        GPU,
+        PlanClaim::split(32, FinalizeKind::PerThread),
+    ),
 ];
 
-/// Calls per case and path: forwards and backwards, 40 of each over the cases.
+/// Calls per case and path: forwards and backwards, 50 of each over the cases.
 const REPS: u64 = 10;
 
 /// Contexts planned as `device_type` with WebGPU's default limits: with `@coherent` storage

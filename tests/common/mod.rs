@@ -173,7 +173,7 @@ pub struct PlanClaim {
     /// with `@coherent` storage (elsewhere by a finalize dispatch).
     pub last_workgroup: bool,
     /// The training forward alone is fused, in a band narrower than 32 channels
-    /// (`plan::NARROW_BANDS`); the backward is the plan the other fields claim.
+    /// (`plan::NARROW_BAND`); the backward is the plan the other fields claim.
     pub narrow_forward: bool,
 }
 
