@@ -21,6 +21,7 @@
 #   bash scripts/compare_pytorch.sh --smoke           # the flow on llvmpipe, about a minute
 # Then the device call (timeout_s 600), carrying [".gl", "target/release/examples/bnbench"]:
 #   bash scripts/compare_pytorch.sh [--quick] [--shape N,C,...]...
+# (SWING_RUNS=K in the environment sets phase 3 to K processes instead of 8.)
 # The options go to both programs of phase 1, so only those both know: --quick, --shape,
 # --dtype, --epilogue. The script stops at once (exit 10) where the first Vulkan adapter is not
 # NVIDIA's, before spending the device's time on another one.
@@ -80,30 +81,30 @@ fi
 
 # The cases the committed H200 table (docs/benchmarks/h200-vs-pytorch.md) found slower than
 # PyTorch, slowest first: phase 2's list where phase 1 gives none.
-SLOW_CASES='--op backward --shape 32,64,8,8 --layout channels-last
---op train-forward --shape 32,64,8,8 --layout channels-last
+SLOW_CASES='--op train-forward --shape 32,64,8,8 --layout channels-last
 --op train-forward --shape 1,3,100,101 --layout channels-last
---op backward --shape 1,3,100,101 --layout channels-last
 --op train-forward --shape 32,64,8,8 --layout channels-first
---op train-forward --shape 64,1024,14,14 --layout channels-last
+--op backward --shape 1,3,100,101 --layout channels-last
+--op backward --shape 32,64,8,8 --layout channels-last
 --op eval-forward --shape 32,64,8,8 --layout channels-first
 --op train-forward --shape 1,3,100,101 --layout channels-first
+--op train-forward --shape 256,1024 --layout channels-first
+--op backward --shape 256,1024 --layout channels-first
 --op backward --shape 1,3,100,101 --layout channels-first
 --op eval-forward --shape 32,64,8,8 --layout channels-last
 --op backward --shape 32,64,8,8 --layout channels-first
---op backward --shape 64,1024,14,14 --layout channels-last
---op train-forward --shape 64,64,112,112 --layout channels-last
---op backward --shape 64,2048,7,7 --layout channels-last
---op backward --shape 256,1024 --layout channels-first
---op train-forward --shape 64,256,56,56 --layout channels-last
---op backward --shape 64,64,112,112 --layout channels-last
 --op eval-forward --shape 1,3,100,101 --layout channels-last
+--op eval-forward --shape 256,1024 --layout channels-first
 --op train-forward --shape 64,2048,7,7 --layout channels-last
---op backward --shape 64,256,56,56 --layout channels-last
+--op backward --shape 64,1024,14,14 --layout channels-last
+--op backward --shape 64,2048,7,7 --layout channels-last
 --op eval-forward --shape 1,3,100,101 --layout channels-first
---op train-forward --shape 64,1024,14,14 --layout channels-first'
+--op train-forward --shape 64,1024,14,14 --layout channels-first
+--op train-forward --shape 64,64,112,112 --layout channels-last
+--op train-forward --shape 64,1024,14,14 --layout channels-last
+--op backward --shape 64,64,112,112 --layout channels-last'
 SWING_CASE=(--shape 64,1024,14,14 --layout channels-first --op train-forward)
-SWING_RUNS=8
+SWING_RUNS=${SWING_RUNS:-8}
 # Seconds a bnbench process of phases 2 and 3 may take (start, stream kernel, one case, check).
 CASE_LIMIT=40
 # Seconds phase 2 leaves for phase 3 and the summary.
