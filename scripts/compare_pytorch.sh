@@ -21,7 +21,9 @@
 #   bash scripts/compare_pytorch.sh --smoke           # the flow on llvmpipe, about a minute
 # Then the device call (timeout_s 600), carrying [".gl", "target/release/examples/bnbench"]:
 #   bash scripts/compare_pytorch.sh [--quick] [--shape N,C,...]...
-# (SWING_RUNS=K in the environment sets phase 3 to K processes instead of 8.)
+# (SWING_RUNS=K in the environment sets phase 3 to K processes instead of 8; SWING_ARGS='--shape
+# N,C,... --layout L --op OP' its case: a big backward, say, which ran 35% to 55% slow in one
+# suite and not in the next, docs/performance.md section 46.)
 # The options go to both programs of phase 1, so only those both know: --quick, --shape,
 # --dtype, --epilogue. The script stops at once (exit 10) where the first Vulkan adapter is not
 # NVIDIA's, before spending the device's time on another one.
@@ -103,7 +105,7 @@ SLOW_CASES='--op train-forward --shape 32,64,8,8 --layout channels-last
 --op train-forward --shape 64,64,112,112 --layout channels-last
 --op train-forward --shape 64,1024,14,14 --layout channels-last
 --op backward --shape 64,64,112,112 --layout channels-last'
-SWING_CASE=(--shape 64,1024,14,14 --layout channels-first --op train-forward)
+read -r -a SWING_CASE <<<"${SWING_ARGS:---shape 64,1024,14,14 --layout channels-first --op train-forward}"
 SWING_RUNS=${SWING_RUNS:-8}
 # Seconds a bnbench process of phases 2 and 3 may take (start, stream kernel, one case, check).
 CASE_LIMIT=40

@@ -78,14 +78,15 @@ pub const STRIDED_BAND: usize = 32;
 /// too tall for one workgroup per 32 channels still runs in one dispatch
 /// (`fused_in_a_narrower_band`): each workgroup keeps the values of `STRIDED_CHUNK_ROWS` rows
 /// of 32 channels (it reads twice the rows of half the channels), and there are twice the
-/// workgroups. A band of 8 (4096 rows) ran slower fused than split on an H200 (64x2048x7x7
-/// channels-last: 40.1 us against 37.4; `docs/performance.md`, section 46): each workgroup's
-/// walk down its rows grows with them, while the split plan's workgroups take a few hundred.
+/// workgroups. A band of 8 (up to 4096 rows) ran slower fused than split on an H200
+/// (64x2048x7x7 channels-last, 3136 rows: 40.1 us against 37.4; `docs/performance.md`, section
+/// 46): each workgroup's walk down its rows grows with them, while the split plan's workgroups
+/// take a few hundred.
 pub const NARROW_BAND: usize = 16;
 /// The fewest workgroups (bands) of a plan fused in `NARROW_BAND`: with fewer, most of a GPU
 /// idles while each walks its 2048 rows. On an H200, 32x64x8x8 channels-last (4 workgroups)
-/// ran faster split (17.5 us against 20.9 fused), 32x1024x8x8 (64) faster fused (22.1 against
-/// 28.0; section 46).
+/// ran faster split (17.4 to 17.6 us in four processes) than fused in the runs before (19.9 to
+/// 24.1), 32x1024x8x8 (64) faster fused (22.1 against 28.0; section 46).
 pub const NARROW_FUSED_MIN_WORKGROUPS: usize = 64;
 /// Threads per workgroup (`WORKGROUP` in the shaders).
 pub const WORKGROUP_SIZE: usize = 256;
