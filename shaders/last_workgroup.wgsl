@@ -73,7 +73,8 @@ fn merge_channels_staged(first: u32, count: u32, lid: u32) {
     var acc = acc_empty();
     for (var k0 = 0u; k0 < p.chunks_total; k0 += per_round) {
         if (loader_channel < count && k0 + loader_slot < p.chunks_total) {
-            shared_acc[lid] = partials[(first + loader_channel) * p.chunks_total + k0 + loader_slot];
+            let slot = (first + loader_channel) * p.chunks_total + k0 + loader_slot;
+            shared_acc[lid] = partials[slot];
         }
         workgroupBarrier();
         if (lid < count) {

@@ -39,16 +39,16 @@
 //!   when the tensor is one window and each channel is one chunk: small and mid-sized channels,
 //!   where the separate dispatches' fixed costs weigh most. The training forward of a
 //!   channels-last tensor of one window too tall for a chunk of 32 channels is fused in a band
-//!   of 16 channels where its rows fit a chunk of the same number of values and the bands are
-//!   at least `NARROW_FUSED_MIN_WORKGROUPS` (`NARROW_BAND`); its backward stays split. On CPU adapters, whose
-//!   per-thread kernels avoid barriers, a channels-first f32 tensor of one window whose runs
-//!   are read in quads (eight values or more) is fused with a thread per channel group: the
-//!   fewest consecutive channels whose runs fill whole quads (1, 2 or 4 by `inner % 4`, so
-//!   that no two threads write one quad), where the channels split into such groups, a group
-//!   holds at most `FUSED_RUN_MAX_VALUES` values and there are at least
-//!   `FUSED_RUN_MIN_THREADS` groups: the thread finds its channels' values in its core's
-//!   cache when it writes the output. Other CPU plans are not fused (the workgroup kernels
-//!   merge in workgroup memory, behind barriers).
+//!   of 16 channels (`NARROW_BAND`) where its rows fit a chunk of the same number of values and
+//!   the bands number at least `NARROW_FUSED_MIN_WORKGROUPS`; its backward stays split. On CPU
+//!   adapters, whose per-thread kernels avoid barriers, a channels-first f32 tensor of one
+//!   window whose runs are read in quads (eight values or more) is fused with a thread per
+//!   channel group: the fewest consecutive channels whose runs fill whole quads (1, 2 or 4 by
+//!   `inner % 4`, so that no two threads write one quad), where the channels split into such
+//!   groups, a group holds at most `FUSED_RUN_MAX_VALUES` values and there are at least
+//!   `FUSED_RUN_MIN_THREADS` groups: the thread finds its channels' values in its core's cache
+//!   when it writes the output. Other CPU plans are not fused (the workgroup kernels merge in
+//!   workgroup memory, behind barriers).
 //! - Workgroup counts are capped at `max_compute_workgroups_per_dimension`; kernels loop over
 //!   their work items, so no count is ever refused.
 //! - A reduction that is not fused and is one window merges each channel's partials (contiguous)
