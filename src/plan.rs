@@ -976,6 +976,11 @@ mod tests {
         ChannelView::new(shape, layout).unwrap()
     }
 
+    /// The f32 plan of `operation` on `shape` under WebGPU's default limits.
+    fn webgpu_f32_plan(shape: &[usize], layout: Layout, operation: Operation) -> Plan {
+        plan(view(shape, layout), DType::F32, WEBGPU_DEFAULT, operation).unwrap()
+    }
+
     /// Every element of every channel is covered exactly once, inside its binding, for a
     /// tensor at the start of its buffer and for tensors at other offsets (multiples of 4).
     fn assert_covers(plan: &Plan, limits: PlanLimits) {
@@ -1010,13 +1015,7 @@ mod tests {
 
     #[test]
     fn small_tensor_is_one_window() {
-        let p = plan(
-            view(&[8, 3, 5, 5], Layout::ChannelsFirst),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let p = webgpu_f32_plan(&[8, 3, 5, 5], Layout::ChannelsFirst, TRAINING);
         assert_eq!(p.windows.len(), 1);
         assert_eq!(p.kind, ReductionKind::Contiguous);
         assert_eq!(p.window_binding(0, 0).size, 8 * 3 * 25 * 4);
@@ -1033,7 +1032,7 @@ mod tests {
             (vec![4, 16, 16, 64], Layout::ChannelsLast),
         ];
         for (shape, layout) in fused {
-            let p = plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, TRAINING).unwrap();
+            let p = webgpu_f32_plan(&shape, layout, TRAINING);
             assert!(p.fused_window().is_some(), "{shape:?}");
         }
         let split = [
@@ -1045,7 +1044,7 @@ mod tests {
             (vec![1, 40, 1 << 20], Layout::ChannelsFirst),
         ];
         for (shape, layout) in split {
-            let p = plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, TRAINING).unwrap();
+            let p = webgpu_f32_plan(&shape, layout, TRAINING);
             assert!(p.fused_window().is_none(), "{shape:?}");
         }
     }
@@ -1064,12 +1063,7 @@ mod tests {
             (vec![2, 6, 2], Layout::ChannelsFirst),
         ];
         for (shape, layout) in yes {
-            assert!(
-                plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, TRAINING)
-                    .unwrap()
-                    .vec4,
-                "{shape:?}"
-            );
+            assert!(webgpu_f32_plan(&shape, layout, TRAINING).vec4, "{shape:?}");
         }
         let no = [
             (vec![2, 3, 7, 7], Layout::ChannelsFirst),
@@ -1079,12 +1073,7 @@ mod tests {
             (vec![2, 3, 2], Layout::ChannelsFirst),
         ];
         for (shape, layout) in no {
-            assert!(
-                !plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, TRAINING)
-                    .unwrap()
-                    .vec4,
-                "{shape:?}"
-            );
+            assert!(!webgpu_f32_plan(&shape, layout, TRAINING).vec4, "{shape:?}");
         }
         // Windows of a channel range (16 channels of runs of 1001 values), each starting on a
         // vec4: vec4s straddle runs inside them.
@@ -1102,35 +1091,17 @@ mod tests {
 
     #[test]
     fn channels_with_many_partials_are_merged_by_a_workgroup() {
-        let p = plan(
-            view(&[64, 8, 112, 112], Layout::ChannelsFirst),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let p = webgpu_f32_plan(&[64, 8, 112, 112], Layout::ChannelsFirst, TRAINING);
         assert!(p.chunks_total > PER_THREAD_FINALIZE_MAX_PARTIALS);
         assert_eq!(p.finalize, FinalizeKind::PerWorkgroup);
     }
 
     #[test]
     fn channels_last_and_rank_two_use_the_strided_kernel() {
-        let nhwc = plan(
-            view(&[2, 4, 4, 70], Layout::ChannelsLast),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let nhwc = webgpu_f32_plan(&[2, 4, 4, 70], Layout::ChannelsLast, TRAINING);
         assert_eq!(nhwc.kind, ReductionKind::Strided);
         assert_eq!(nhwc.windows[0].reduction_items(nhwc.kind, nhwc.band), 3);
-        let nc = plan(
-            view(&[4200, 7], Layout::ChannelsFirst),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let nc = webgpu_f32_plan(&[4200, 7], Layout::ChannelsFirst, TRAINING);
         assert_eq!(nc.kind, ReductionKind::Strided);
         // Too tall to fuse in a band of 16 channels, and far from MIN_GPU_REDUCTION_ITEMS:
         // chunks shrink to the floor.
@@ -1150,13 +1121,7 @@ mod tests {
             // 1024 rows: fused in 32 as before.
             (&[16, 8, 8, 40][..], STRIDED_BAND, 1024),
         ] {
-            let p = plan(
-                view(shape, Layout::ChannelsLast),
-                DType::F32,
-                WEBGPU_DEFAULT,
-                TRAINING,
-            )
-            .unwrap();
+            let p = webgpu_f32_plan(shape, Layout::ChannelsLast, TRAINING);
             assert_eq!(p.kind, ReductionKind::Strided, "{shape:?}");
             assert_eq!(p.band, band, "{shape:?}");
             let window = p.fused_window().expect("fused");
@@ -1169,13 +1134,7 @@ mod tests {
             assert!(band * rows <= STRIDED_BAND * STRIDED_CHUNK_ROWS);
             assert_eq!(p.partials_bytes(16), 0);
             // The backward is fused only where 32 channels a workgroup fit.
-            let backward = plan(
-                view(shape, Layout::ChannelsLast),
-                DType::F32,
-                WEBGPU_DEFAULT,
-                Operation::Backward,
-            )
-            .unwrap();
+            let backward = webgpu_f32_plan(shape, Layout::ChannelsLast, Operation::Backward);
             assert_eq!(backward.band, STRIDED_BAND, "{shape:?}");
             assert_eq!(
                 backward.fused_window().is_some(),
@@ -1185,13 +1144,7 @@ mod tests {
         }
         // 3136 and 2049 rows: too tall for 16 channels; 64 channels: 4 workgroups, too few.
         for shape in [&[64, 7, 7, 2048][..], &[2049, 2048], &[32, 8, 8, 64]] {
-            let not_fused = plan(
-                view(shape, Layout::ChannelsLast),
-                DType::F32,
-                WEBGPU_DEFAULT,
-                TRAINING,
-            )
-            .unwrap();
+            let not_fused = webgpu_f32_plan(shape, Layout::ChannelsLast, TRAINING);
             assert_eq!(
                 (not_fused.band, not_fused.fused_window().is_none()),
                 (STRIDED_BAND, true),
@@ -1228,85 +1181,37 @@ mod tests {
     fn gpu_plans_that_are_not_fused_shrink_chunks_to_fill_the_device() {
         // 14x14 channels-last: 13 chunks x 32 bands at 1024 rows; 49 x 32 at 256 rows, merged
         // by a workgroup a channel.
-        let nhwc = plan(
-            view(&[64, 14, 14, 1024], Layout::ChannelsLast),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let nhwc = webgpu_f32_plan(&[64, 14, 14, 1024], Layout::ChannelsLast, TRAINING);
         assert_eq!(nhwc.chunk_len, 256);
         assert_eq!(nhwc.reduction_items(), 49 * 32);
         assert_eq!(nhwc.finalize, FinalizeKind::PerWorkgroup);
         // 7x7 channels-last, 64 bands: halving gives 25 x 64 at 128 rows, merged by a thread a
         // channel, so the chunks lengthen to 196 rows (3136 / 16), 16 x 64 items.
         for operation in [TRAINING, Operation::Backward] {
-            let even = plan(
-                view(&[64, 7, 7, 2048], Layout::ChannelsLast),
-                DType::F32,
-                WEBGPU_DEFAULT,
-                operation,
-            )
-            .unwrap();
+            let even = webgpu_f32_plan(&[64, 7, 7, 2048], Layout::ChannelsLast, operation);
             assert_eq!(even.chunk_len, 196);
             assert_eq!(even.reduction_items(), 16 * 64);
             assert_eq!(even.finalize, FinalizeKind::PerThread);
         }
         // Rows that do not split evenly: rounding down still gives at least 1024 items (64
         // bands, 3137 rows: 17 chunks of 196 rows, where halving gave 25 of 128).
-        let uneven = plan(
-            view(&[3137, 2048], Layout::ChannelsLast),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            Operation::Backward,
-        )
-        .unwrap();
+        let uneven = webgpu_f32_plan(&[3137, 2048], Layout::ChannelsLast, Operation::Backward);
         assert_eq!((uneven.chunk_len, uneven.chunks_total), (196, 17));
         assert!(uneven.reduction_items() >= MIN_GPU_REDUCTION_ITEMS as usize);
         // Where halving gave chunks no longer than the even split, they stay (62 bands, 4097
         // rows: 17 chunks of 256; the even split, 241 rows, would be shorter).
-        let kept = plan(
-            view(&[4097, 1960], Layout::ChannelsLast),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let kept = webgpu_f32_plan(&[4097, 1960], Layout::ChannelsLast, TRAINING);
         assert_eq!((kept.chunk_len, kept.chunks_total), (256, 17));
         // Enough items at the full chunk: unchanged.
-        let big = plan(
-            view(&[64, 64, 112, 112], Layout::ChannelsFirst),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let big = webgpu_f32_plan(&[64, 64, 112, 112], Layout::ChannelsFirst, TRAINING);
         assert_eq!(big.chunk_len, CONTIGUOUS_CHUNK);
         // Fused plans keep their one chunk per channel.
-        let fused = plan(
-            view(&[64, 1024, 14, 14], Layout::ChannelsFirst),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let fused = webgpu_f32_plan(&[64, 1024, 14, 14], Layout::ChannelsFirst, TRAINING);
         assert!(fused.fused_window().is_some());
         // Never below eight values per thread.
-        let tiny = plan(
-            view(&[4200, 64], Layout::ChannelsLast),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let tiny = webgpu_f32_plan(&[4200, 64], Layout::ChannelsLast, TRAINING);
         assert_eq!(tiny.chunk_len, MIN_STRIDED_CHUNK_ROWS);
-        let nchw = plan(
-            view(&[2, 2, 300, 300], Layout::ChannelsFirst),
-            DType::F32,
-            WEBGPU_DEFAULT,
-            TRAINING,
-        )
-        .unwrap();
+        let nchw = webgpu_f32_plan(&[2, 2, 300, 300], Layout::ChannelsFirst, TRAINING);
         assert_eq!(nchw.chunk_len, MIN_CONTIGUOUS_CHUNK);
     }
 
@@ -1819,8 +1724,7 @@ mod tests {
                 assert_eq!(p.merge, Merge::LastWorkgroup, "{shape:?} {operation:?}");
                 assert_eq!(p.merge_counters(), counters, "{shape:?}");
                 // The same plan otherwise: the finalize kind and the chunks do not change.
-                let split = plan(view(&shape, layout), DType::F32, WEBGPU_DEFAULT, operation);
-                let split = split.unwrap();
+                let split = webgpu_f32_plan(&shape, layout, operation);
                 assert_eq!(split.merge, Merge::Dispatch);
                 assert_eq!(split.merge_counters(), 0);
                 assert_eq!(
