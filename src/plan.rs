@@ -155,9 +155,10 @@ pub struct PlanLimits {
     pub max_workgroups: u32,
     /// Most workgroups an elementwise dispatch uses (its threads then loop).
     pub elementwise_workgroups: u32,
-    /// Steps of the elementwise loop each thread is given, where the tensor is large enough
-    /// (fewer workgroups, each thread looping more).
-    pub elementwise_steps: u32,
+    /// Steps of the elementwise loop times the tensors the dispatch reads and writes, each
+    /// thread's budget where the tensor is large enough (fewer workgroups, each thread looping
+    /// more): see `elementwise_steps`. 1 (one step) on GPUs.
+    pub elementwise_streams: u32,
     /// Reduction chunks grow until a reduction has at most this many work items.
     pub max_reduction_items: u32,
     /// Reductions run one thread per chunk, without barriers (CPU adapters).
@@ -188,16 +189,17 @@ pub const CPU_REDUCTION_THREADS: u32 = 2048;
 /// them (channels-last vec4s touch four channels' parameters per element).
 pub const GPU_ELEMENTWISE_WORKGROUPS: u32 = 16384;
 
-/// Steps of the elementwise loop per thread on a CPU adapter (lavapipe, llvmpipe, WARP). Such an
-/// adapter runs a workgroup's SIMD vectors one after another, each through its whole loop, and
-/// a vector reads only its lanes' 128 bytes of each 4 KiB grid step of its workgroup: the range a
-/// workgroup sweeps should be small enough that the CPU's prefetchers follow it and the vectors
-/// after the first find it in cache, and large enough that each workgroup's fixed cost is
-/// amortized. 64x64x112x112 channels-last inference on lavapipe: 126 ms with 64 workgroups (about
-/// 500 steps), 85 ms at 32 steps, 84 at 64, 103 at 128 (docs/performance.md, section 22);
-/// 8192x4096 inference on llvmpipe 125 to 147 ms at 32 steps, 45 to 63 at 16 (section 35), as
-/// the stream kernel runs faster at 8 steps a thread than at 32.
-pub const CPU_ELEMENTWISE_STEPS: u32 = 16;
+/// Steps of the elementwise loop times tensors per thread on a CPU adapter (lavapipe, llvmpipe,
+/// WARP). Such an adapter runs a workgroup's SIMD vectors one after another, each through its
+/// whole loop, and a vector reads only its lanes' bytes of each grid step of each tensor: the
+/// pages a vector visits at once (its steps times the tensors it streams) should be few enough
+/// that the CPU's prefetchers follow them and the vectors after the first find them in cache,
+/// and each workgroup's fixed cost still amortized. 64x64x112x112 channels-last inference on
+/// lavapipe: 126 ms with 64 workgroups (about 500 steps), 85 ms at 32 steps, 84 at 64, 103 at
+/// 128 (docs/performance.md, section 22); 8192x4096 inference on llvmpipe 125 to 147 ms at 32
+/// steps, 45 to 63 at 16 (section 35); and with three tensors or more (dx, an added shortcut)
+/// 16 steps ran up to 3x slower than 8, and with five 4 steps were fastest (section 47).
+pub const CPU_ELEMENTWISE_STREAMS: u32 = 32;
 
 impl PlanLimits {
     /// Reads the limits of a device of the given type with the given features enabled.
@@ -216,8 +218,8 @@ impl PlanLimits {
                 _ => GPU_ELEMENTWISE_WORKGROUPS,
             }
             .min(max_workgroups),
-            elementwise_steps: match device_type {
-                wgpu::DeviceType::Cpu => CPU_ELEMENTWISE_STEPS,
+            elementwise_streams: match device_type {
+                wgpu::DeviceType::Cpu => CPU_ELEMENTWISE_STREAMS,
                 _ => 1,
             },
             max_reduction_items: match device_type {
@@ -231,6 +233,14 @@ impl PlanLimits {
             },
             coherent_storage: features.contains(wgpu::Features::MEMORY_DECORATION_COHERENT),
         }
+    }
+
+    /// Steps of the elementwise loop a thread takes where it streams `tensors` tensors: the
+    /// largest power of two within `elementwise_streams / tensors`, at least one (16 for a
+    /// normalize on a CPU adapter, 8 for its dx, 4 for a dx that also writes dz through a ReLU).
+    pub fn elementwise_steps(&self, tensors: u32) -> u32 {
+        let most = (self.elementwise_streams / tensors.max(1)).max(1);
+        1 << most.ilog2()
     }
 }
 
@@ -758,19 +768,24 @@ pub fn workgroups_for_threads(threads: usize, limits: PlanLimits) -> u32 {
     workgroups_for_items(threads.div_ceil(WORKGROUP_SIZE), limits)
 }
 
-/// Workgroups for an elementwise dispatch over a window of `elements` in rows of `row`
-/// elements: a thread per `elementwise_steps` elements, at most the adapter's elementwise
-/// budget, rounded down to a multiple of `row / gcd(row, WORKGROUP_SIZE)` where that leaves at
-/// least one such multiple, so the grid stride is a whole number of rows and each thread stays
-/// on one channel (the kernels then load a channel's parameters once per thread and do no index
-/// arithmetic per element). Where the multiple is larger than the count wanted, one multiple if
-/// every thread of it still has an element and the device allows that many workgroups (a
-/// channels-first row of 12544 values asks for a multiple of 784: without whole rows, each
+/// Workgroups for an elementwise dispatch over a window of `elements` in rows of `row` elements
+/// that streams `tensors` tensors: a thread per `elementwise_steps(tensors)` elements, at most the
+/// adapter's elementwise budget, rounded down to a multiple of `row / gcd(row, WORKGROUP_SIZE)`
+/// where that leaves at least one such multiple, so the grid stride is a whole number of rows and
+/// each thread stays on one channel (the kernels then load a channel's parameters once per thread
+/// and do no index arithmetic per element). Where the multiple is larger than the count wanted, one
+/// multiple if every thread of it still has an element and the device allows that many workgroups
+/// (a channels-first row of 12544 values asks for a multiple of 784: without whole rows, each
 /// element finds its channel with two integer divisions, which took a CPU adapter's inference
 /// forward of 64x64x112x112 from 48 to 237 ms); else the plain count, since rounding up would
 /// launch thousands of idle workgroups (7575 for a 1x3x100x101 tensor that wants 30).
-pub fn workgroups_for_elements(elements: usize, row: usize, limits: PlanLimits) -> u32 {
-    let steps = limits.elementwise_steps.max(1) as usize;
+pub fn workgroups_for_elements(
+    elements: usize,
+    row: usize,
+    tensors: u32,
+    limits: PlanLimits,
+) -> u32 {
+    let steps = limits.elementwise_steps(tensors) as usize;
     let wanted = workgroups_for_items(elements.div_ceil(WORKGROUP_SIZE * steps), limits)
         .min(limits.elementwise_workgroups) as usize;
     let unit = row / gcd(row.max(1), WORKGROUP_SIZE);
@@ -946,7 +961,7 @@ mod tests {
         offset_alignment: 256,
         max_workgroups: 65535,
         elementwise_workgroups: 65535,
-        elementwise_steps: 1,
+        elementwise_streams: 1,
         max_reduction_items: u32::MAX,
         per_thread_reductions: false,
         min_reduction_items: MIN_GPU_REDUCTION_ITEMS,
@@ -1404,25 +1419,32 @@ mod tests {
             wgpu::DeviceType::DiscreteGpu,
             wgpu::Features::empty(),
         );
-        // 2^24 steps: a GPU takes its budget of workgroups, a CPU adapter one workgroup per
-        // CPU_ELEMENTWISE_STEPS steps of each of its threads.
-        assert_eq!(
-            workgroups_for_elements(1 << 24, 64, cpu) as usize,
-            (1 << 24) / (WORKGROUP_SIZE * CPU_ELEMENTWISE_STEPS as usize)
-        );
-        assert_eq!(
-            workgroups_for_elements(1 << 24, 64, gpu),
-            GPU_ELEMENTWISE_WORKGROUPS
-        );
+        // 2^24 steps of a normalize (x and y): a GPU takes its budget of workgroups, a CPU
+        // adapter one workgroup per 16 steps of each of its threads; a dx through batch
+        // statistics (x, dy, dx) 8 steps, with the add-ReLU epilogue (also the forward's
+        // output and dz) 4; a GPU the same budget whatever the tensors.
+        for (tensors, steps) in [(2, 16), (3, 8), (4, 8), (5, 4)] {
+            assert_eq!(cpu.elementwise_steps(tensors), steps);
+            assert_eq!(
+                workgroups_for_elements(1 << 24, 64, tensors, cpu) as usize,
+                (1 << 24) / (WORKGROUP_SIZE * steps as usize)
+            );
+            assert_eq!(
+                workgroups_for_elements(1 << 24, 64, tensors, gpu),
+                GPU_ELEMENTWISE_WORKGROUPS
+            );
+        }
+        // More tensors than the budget: still one step.
+        assert_eq!(cpu.elementwise_steps(CPU_ELEMENTWISE_STREAMS + 1), 1);
         // A small tensor: one workgroup, whose threads take fewer steps.
-        assert_eq!(workgroups_for_elements(4096, 64, cpu), 1);
+        assert_eq!(workgroups_for_elements(4096, 64, 2, cpu), 1);
         // Still a whole number of rows per grid step.
-        assert_eq!(workgroups_for_elements(1 << 24, 12, cpu) * 256 % 12, 0);
+        assert_eq!(workgroups_for_elements(1 << 24, 12, 2, cpu) * 256 % 12, 0);
         // A row unit above the count wanted, whose threads all have elements: one unit (784
         // workgroups of vec4s for 8 rows of 64x12544 channels-first, where 196 are wanted),
         // not 196 that would find each element's channel by division.
         assert_eq!(
-            workgroups_for_elements(64 * 64 * 12544 / 4 / 8, 64 * 12544 / 4, cpu),
+            workgroups_for_elements(64 * 64 * 12544 / 4 / 8, 64 * 12544 / 4, 2, cpu),
             784
         );
         // Reductions run per thread on the CPU adapter, with at most CPU_REDUCTION_THREADS
@@ -1622,7 +1644,7 @@ mod tests {
     #[test]
     fn elementwise_strides_are_whole_rows_where_possible() {
         for (elements, row) in [(64 * 200_704, 200_704), (3 * 1000, 3), (1 << 20, 64)] {
-            let groups = workgroups_for_elements(elements, row, WEBGPU_DEFAULT) as usize;
+            let groups = workgroups_for_elements(elements, row, 2, WEBGPU_DEFAULT) as usize;
             assert_eq!(groups * WORKGROUP_SIZE % row, 0, "{elements} {row}");
             assert!(groups <= 65535);
         }
@@ -1631,12 +1653,12 @@ mod tests {
         // on a CPU adapter (16 steps a thread), not 7575.
         let cpu = cpu_defaults();
         for (limits, wanted) in [(cpu, 2), (WEBGPU_DEFAULT, 30)] {
-            assert_eq!(workgroups_for_elements(30_300 / 4, 7575, limits), wanted);
-            assert_eq!(workgroups_for_elements(10, 7, limits), 1);
+            assert_eq!(workgroups_for_elements(30_300 / 4, 7575, 2, limits), wanted);
+            assert_eq!(workgroups_for_elements(10, 7, 2, limits), 1);
         }
         // A row whose unit exceeds the cap falls back to the plain count.
         let prime_row = 1_000_003;
-        let groups = workgroups_for_elements(2 * prime_row, prime_row, WEBGPU_DEFAULT);
+        let groups = workgroups_for_elements(2 * prime_row, prime_row, 2, WEBGPU_DEFAULT);
         assert_eq!(
             groups as usize,
             (2 * prime_row).div_ceil(WORKGROUP_SIZE).min(65535)

@@ -413,7 +413,7 @@ impl Builder<'_> {
                     whole_or_unused(Role::Running, from_running_eps.is_some()),
                     whole_or_unused(Role::Affine, self.operands.affine),
                 ],
-                workgroups: self.elementwise_workgroups(window, program.lanes()),
+                workgroups: self.elementwise_workgroups(window, program.lanes(), 2 + add as u32),
                 ..self.step(program, self.operands.inputs_share_output_buffer, entry)
             })
             .collect()
@@ -429,19 +429,17 @@ impl Builder<'_> {
         offsets
     }
 
-    /// Workgroups of an elementwise dispatch on `window`, `lanes` elements per step. Word
-    /// steps (2 lanes) find each element's channel, so their grid need not keep to rows.
-    fn elementwise_workgroups(&self, window: &Window, lanes: u32) -> u32 {
+    /// Workgroups of an elementwise dispatch on `window`, `lanes` elements per step, that reads
+    /// and writes `tensors` tensors. Word steps (2 lanes) find each element's channel, so their
+    /// grid need not keep to rows.
+    fn elementwise_workgroups(&self, window: &Window, lanes: u32, tensors: u32) -> u32 {
         let lanes = lanes as usize;
         let row = window.c_count * self.plan.view.inner;
+        let limits = self.plan.limits;
         if lanes == 2 {
-            return workgroups_for_elements(
-                (window.o_count * row).div_ceil(2),
-                1,
-                self.plan.limits,
-            );
+            return workgroups_for_elements((window.o_count * row).div_ceil(2), 1, tensors, limits);
         }
-        workgroups_for_elements(window.o_count * row / lanes, row / lanes, self.plan.limits)
+        workgroups_for_elements(window.o_count * row / lanes, row / lanes, tensors, limits)
     }
 
     fn backward(&self, batch_stats: bool, epilogue: EpilogueKind) -> Vec<Step> {
@@ -708,6 +706,16 @@ impl Builder<'_> {
         };
         let mut overrides = overrides.to_vec();
         self.add_lanes_share_channel(program, &mut overrides);
+        // dy and dx; x where the statistics are the batch's; the forward's output where a ReLU
+        // masks dy; dz where the shortcut's gradient is written.
+        let batch_stats = overrides.contains(&(Override::BatchStats, true));
+        let tensors = 2
+            + batch_stats as u32
+            + match epilogue {
+                EpilogueKind::None => 0,
+                EpilogueKind::Relu => 1,
+                EpilogueKind::AddRelu => 2,
+            };
         self.windows()
             .map(|(w, window)| {
                 let params = self.window_params(w);
@@ -718,7 +726,7 @@ impl Builder<'_> {
                         ..params
                     }),
                     bindings: self.dx_bindings(w, epilogue),
-                    workgroups: self.elementwise_workgroups(window, program.lanes()),
+                    workgroups: self.elementwise_workgroups(window, program.lanes(), tensors),
                     ..self.step(program, self.operands.inputs_share_output_buffer, entry)
                 }
             })
@@ -1413,8 +1421,8 @@ mod tests {
 
     #[test]
     fn elementwise_dispatches_stride_whole_rows_where_they_can() {
-        // 16x3x128x128 on a CPU adapter: 24 workgroups of vec4s wanted (CPU_ELEMENTWISE_STEPS
-        // each), 48 taken: the fewest whose grid is a whole number of rows.
+        // 16x3x128x128 on a CPU adapter: 24 workgroups of vec4s wanted (16 steps each for x
+        // and y), 48 taken: the fewest whose grid is a whole number of rows.
         let plan = plan_for(
             &[16, 3, 128, 128],
             Layout::ChannelsFirst,
@@ -1425,6 +1433,50 @@ mod tests {
         let row_vec4s = 3 * 128 * 128 / 4;
         assert_eq!(step.workgroups, 48);
         assert_eq!(step.workgroups as usize * 256 % row_vec4s, 0);
+    }
+
+    /// On a CPU adapter an elementwise thread takes fewer steps the more tensors it streams:
+    /// 8192x4096's normalize (x, y) 16 steps, its dx (x, dy, dx) and its normalize with an
+    /// added shortcut (x, z, y) 8, its dx under the add-ReLU epilogue (x, dy, the forward's
+    /// output, dx, dz) 4, and its dx through running statistics (dy, dx: x is not read) 16.
+    #[test]
+    fn cpu_elementwise_steps_shrink_with_the_tensors_streamed() {
+        let elementwise_groups = |operation, call| {
+            let plan = plan_for(
+                &[8192, 4096],
+                Layout::ChannelsLast,
+                limits(1 << 30, CPU),
+                operation,
+            );
+            let steps = steps(&plan, call, &with_affine(true));
+            let last = steps.last().unwrap();
+            assert!(matches!(
+                last.part(),
+                DispatchPart::Normalize | DispatchPart::InputGradient
+            ));
+            last.workgroups
+        };
+        let one_step_workgroups = 8192 * 4096 / 4 / 256;
+        let add_relu = |call| with_epilogue(call, EpilogueKind::AddRelu);
+        let running = Call::Backward {
+            batch_stats: false,
+            epilogue: EpilogueKind::None,
+        };
+        for (operation, call, steps) in [
+            (Operation::InferenceForward, INFERENCE, 16),
+            (Operation::TrainingForward, TRAINING, 16),
+            (Operation::Backward, running, 16),
+            (Operation::Backward, BACKWARD, 8),
+            (Operation::InferenceForward, add_relu(INFERENCE), 8),
+            (Operation::TrainingForward, add_relu(TRAINING), 8),
+            (Operation::Backward, add_relu(BACKWARD), 4),
+        ] {
+            assert_eq!(
+                elementwise_groups(operation, call),
+                one_step_workgroups / steps,
+                "{call:?}"
+            );
+        }
     }
 
     #[test]
