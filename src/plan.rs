@@ -236,8 +236,9 @@ impl PlanLimits {
     }
 
     /// Steps of the elementwise loop a thread takes where it streams `tensors` tensors: the
-    /// largest power of two within `elementwise_streams / tensors`, at least one (16 for a
-    /// normalize on a CPU adapter, 8 for its dx, 4 for a dx that also writes dz through a ReLU).
+    /// largest power of two within `elementwise_streams / tensors`, at least one (on a CPU
+    /// adapter: 16 for a normalize, 8 for a dx through batch statistics, 4 for one that also
+    /// reads the forward's output and writes dz under add-ReLU).
     pub fn elementwise_steps(&self, tensors: u32) -> u32 {
         let most = (self.elementwise_streams / tensors.max(1)).max(1);
         1 << most.ilog2()

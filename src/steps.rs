@@ -1438,7 +1438,8 @@ mod tests {
     /// On a CPU adapter an elementwise thread takes fewer steps the more tensors it streams:
     /// 8192x4096's normalize (x, y) 16 steps, its dx (x, dy, dx) and its normalize with an
     /// added shortcut (x, z, y) 8, its dx under the add-ReLU epilogue (x, dy, the forward's
-    /// output, dx, dz) 4, and its dx through running statistics (dy, dx: x is not read) 16.
+    /// output, dx, dz) 4, and its dx through running statistics (x is not read) 16, or 8 under
+    /// add-ReLU.
     #[test]
     fn cpu_elementwise_steps_shrink_with_the_tensors_streamed() {
         let elementwise_groups = |operation, call| {
@@ -1470,6 +1471,7 @@ mod tests {
             (Operation::InferenceForward, add_relu(INFERENCE), 8),
             (Operation::TrainingForward, add_relu(TRAINING), 8),
             (Operation::Backward, add_relu(BACKWARD), 4),
+            (Operation::Backward, add_relu(running), 8),
         ] {
             assert_eq!(
                 elementwise_groups(operation, call),
