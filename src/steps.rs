@@ -385,7 +385,9 @@ impl Builder<'_> {
     /// or one word (half types).
     fn normalize(&self, from_running_eps: Option<f32>, epilogue: EpilogueKind) -> Vec<Step> {
         let add = epilogue == EpilogueKind::AddRelu;
-        let (program, entry) = if self.plan.vec4_at(&self.forward_offsets(epilogue)) {
+        // Also the tensors the dispatch streams, one offset each.
+        let offsets = self.forward_offsets(epilogue);
+        let (program, entry) = if self.plan.vec4_at(&offsets) {
             (Program::NormalizeVec4, "normalize_vec4")
         } else if self.plan.dtype.is_half() {
             (Program::NormalizeWords, "normalize_words")
@@ -413,7 +415,7 @@ impl Builder<'_> {
                     whole_or_unused(Role::Running, from_running_eps.is_some()),
                     whole_or_unused(Role::Affine, self.operands.affine),
                 ],
-                workgroups: self.elementwise_workgroups(window, program.lanes(), 2 + add as u32),
+                workgroups: self.elementwise_workgroups(window, program.lanes(), offsets.len()),
                 ..self.step(program, self.operands.inputs_share_output_buffer, entry)
             })
             .collect()
@@ -432,8 +434,8 @@ impl Builder<'_> {
     /// Workgroups of an elementwise dispatch on `window`, `lanes` elements per step, that reads
     /// and writes `tensors` tensors. Word steps (2 lanes) find each element's channel, so their
     /// grid need not keep to rows.
-    fn elementwise_workgroups(&self, window: &Window, lanes: u32, tensors: u32) -> u32 {
-        let lanes = lanes as usize;
+    fn elementwise_workgroups(&self, window: &Window, lanes: u32, tensors: usize) -> u32 {
+        let (lanes, tensors) = (lanes as usize, tensors as u32);
         let row = window.c_count * self.plan.view.inner;
         let limits = self.plan.limits;
         if lanes == 2 {
@@ -697,7 +699,8 @@ impl Builder<'_> {
         epilogue: EpilogueKind,
         values_per_channel: Option<f32>,
     ) -> Vec<Step> {
-        let (program, entry) = if self.plan.vec4_at(&self.backward_offsets(epilogue)) {
+        let offsets = self.backward_offsets(epilogue);
+        let (program, entry) = if self.plan.vec4_at(&offsets) {
             (Program::InputGradientVec4, "input_gradient_vec4")
         } else if self.plan.dtype.is_half() {
             (Program::InputGradientWords, "input_gradient_words")
@@ -706,16 +709,9 @@ impl Builder<'_> {
         };
         let mut overrides = overrides.to_vec();
         self.add_lanes_share_channel(program, &mut overrides);
-        // dy and dx; x where the statistics are the batch's; the forward's output where a ReLU
-        // masks dy; dz where the shortcut's gradient is written.
-        let batch_stats = overrides.contains(&(Override::BatchStats, true));
-        let tensors = 2
-            + batch_stats as u32
-            + match epilogue {
-                EpilogueKind::None => 0,
-                EpilogueKind::Relu => 1,
-                EpilogueKind::AddRelu => 2,
-            };
+        // The tensors the dispatch streams: x is bound, but read only through batch statistics.
+        let streamed =
+            offsets.len() - usize::from(!overrides.contains(&(Override::BatchStats, true)));
         self.windows()
             .map(|(w, window)| {
                 let params = self.window_params(w);
@@ -726,7 +722,7 @@ impl Builder<'_> {
                         ..params
                     }),
                     bindings: self.dx_bindings(w, epilogue),
-                    workgroups: self.elementwise_workgroups(window, program.lanes(), tensors),
+                    workgroups: self.elementwise_workgroups(window, program.lanes(), streamed),
                     ..self.step(program, self.operands.inputs_share_output_buffer, entry)
                 }
             })
