@@ -159,6 +159,9 @@ pub struct PlanLimits {
     /// thread's budget where the tensor is large enough (fewer workgroups, each thread looping
     /// more): see `elementwise_steps`. 1 (one step) on GPUs.
     pub elementwise_streams: u32,
+    /// An elementwise dispatch's workgroup count is a multiple of this where the tensor has
+    /// enough workgroups for one (see `CPU_ELEMENTWISE_WORKGROUP_MULTIPLE`); 1 on GPUs.
+    pub elementwise_workgroup_multiple: u32,
     /// Reduction chunks grow until a reduction has at most this many work items.
     pub max_reduction_items: u32,
     /// Reductions run one thread per chunk, without barriers (CPU adapters).
@@ -201,6 +204,14 @@ pub const GPU_ELEMENTWISE_WORKGROUPS: u32 = 16384;
 /// 16 steps ran up to 3x slower than 8, and with five 4 steps were fastest (section 47).
 pub const CPU_ELEMENTWISE_STREAMS: u32 = 32;
 
+/// A CPU adapter's elementwise workgroup counts are multiples of this where the tensor has that
+/// many. Measured, not explained: the second window of a 64x256x56x56 channels-last dx (2177
+/// workgroups of 8 steps) ran in 47 to 114 ms at 2175, 2177, 2178, 2179, 2181 and 2185
+/// workgroups and in 20 to 28 ms at 2144, 2160, 2168, 2176 and 2192 on llvmpipe, while the
+/// first window's 33.5 M values ran alike at every count from 4079 to 4111 (docs/performance.md,
+/// section 49).
+pub const CPU_ELEMENTWISE_WORKGROUP_MULTIPLE: u32 = 8;
+
 impl PlanLimits {
     /// Reads the limits of a device of the given type with the given features enabled.
     pub fn new(
@@ -220,6 +231,10 @@ impl PlanLimits {
             .min(max_workgroups),
             elementwise_streams: match device_type {
                 wgpu::DeviceType::Cpu => CPU_ELEMENTWISE_STREAMS,
+                _ => 1,
+            },
+            elementwise_workgroup_multiple: match device_type {
+                wgpu::DeviceType::Cpu => CPU_ELEMENTWISE_WORKGROUP_MULTIPLE,
                 _ => 1,
             },
             max_reduction_items: match device_type {
@@ -774,7 +789,9 @@ pub fn workgroups_for_threads(threads: usize, limits: PlanLimits) -> u32 {
 /// adapter's elementwise budget, rounded down to a multiple of `row / gcd(row, WORKGROUP_SIZE)`
 /// where that leaves at least one such multiple, so the grid stride is a whole number of rows and
 /// each thread stays on one channel (the kernels then load a channel's parameters once per thread
-/// and do no index arithmetic per element). Where the multiple is larger than the count wanted, one
+/// and do no index arithmetic per element), and of the adapter's `elementwise_workgroup_multiple`
+/// too where the count wanted holds one such common multiple. Where the row's multiple is larger
+/// than the count wanted, one
 /// multiple if every thread of it still has an element and the device allows that many workgroups
 /// (a channels-first row of 12544 values asks for a multiple of 784: without whole rows, each
 /// element finds its channel with two integer divisions, which took a CPU adapter's inference
@@ -790,6 +807,11 @@ pub fn workgroups_for_elements(
     let wanted = workgroups_for_items(elements.div_ceil(WORKGROUP_SIZE * steps), limits)
         .min(limits.elementwise_workgroups) as usize;
     let unit = row / gcd(row.max(1), WORKGROUP_SIZE);
+    let multiple = limits.elementwise_workgroup_multiple.max(1) as usize;
+    let common_unit = unit / gcd(unit, multiple) * multiple;
+    if common_unit <= wanted {
+        return (wanted / common_unit * common_unit) as u32;
+    }
     if unit > wanted {
         let fills_its_threads = unit * WORKGROUP_SIZE <= elements;
         if fills_its_threads && unit <= limits.max_workgroups as usize {
@@ -963,6 +985,7 @@ mod tests {
         max_workgroups: 65535,
         elementwise_workgroups: 65535,
         elementwise_streams: 1,
+        elementwise_workgroup_multiple: 1,
         max_reduction_items: u32::MAX,
         per_thread_reductions: false,
         min_reduction_items: MIN_GPU_REDUCTION_ITEMS,
@@ -1435,6 +1458,21 @@ mod tests {
                 GPU_ELEMENTWISE_WORKGROUPS
             );
         }
+        // The second window of a 64x256x56x56 channels-last dx (4456512 vec4s in rows of 64,
+        // 2176.03 workgroups of 8 steps wanted): a multiple of 8 workgroups on a CPU adapter,
+        // not 2177; a GPU takes its budget as before.
+        assert_eq!(workgroups_for_elements(4_456_512, 64, 3, cpu), 2176);
+        assert_eq!(
+            workgroups_for_elements(4_456_512, 64, 3, gpu),
+            GPU_ELEMENTWISE_WORKGROUPS
+        );
+        // Fewer workgroups wanted than the multiple: the count wanted.
+        assert_eq!(workgroups_for_elements(7 * 4096, 64, 2, cpu), 7);
+        // A row unit that is not a multiple of 8 (12 rows a stride of 256 threads ask for 3
+        // workgroups) takes the common multiple, 24, where the count holds one.
+        let with_odd_row = workgroups_for_elements(1 << 22, 12, 2, cpu);
+        assert_eq!(with_odd_row % 24, 0);
+        assert!((with_odd_row as usize) > (1 << 22) / (WORKGROUP_SIZE * 16) - 24);
         // More tensors than the budget: still one step.
         assert_eq!(cpu.elementwise_steps(CPU_ELEMENTWISE_STREAMS + 1), 1);
         // A small tensor: one workgroup, whose threads take fewer steps.
