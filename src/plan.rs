@@ -159,8 +159,9 @@ pub struct PlanLimits {
     /// thread's budget where the tensor is large enough (fewer workgroups, each thread looping
     /// more): see `elementwise_steps`. 1 (one step) on GPUs.
     pub elementwise_streams: u32,
-    /// An elementwise dispatch's workgroup count is a multiple of this where the tensor has
-    /// enough workgroups for one (see `CPU_ELEMENTWISE_WORKGROUP_MULTIPLE`); 1 on GPUs.
+    /// An elementwise dispatch's workgroup count is also a multiple of this where rounding down
+    /// to a common multiple of it and the row unit costs at most `1 / 16` of the count wanted
+    /// (see `workgroups_for_elements`, `CPU_ELEMENTWISE_WORKGROUP_MULTIPLE`); 1 on GPUs.
     pub elementwise_workgroup_multiple: u32,
     /// Reduction chunks grow until a reduction has at most this many work items.
     pub max_reduction_items: u32,
@@ -204,12 +205,13 @@ pub const GPU_ELEMENTWISE_WORKGROUPS: u32 = 16384;
 /// 16 steps ran up to 3x slower than 8, and with five 4 steps were fastest (section 47).
 pub const CPU_ELEMENTWISE_STREAMS: u32 = 32;
 
-/// A CPU adapter's elementwise workgroup counts are multiples of this where the tensor has that
-/// many. Measured, not explained: the second window of a 64x256x56x56 channels-last dx (2177
-/// workgroups of 8 steps) ran in 47 to 114 ms at 2175, 2177, 2178, 2179, 2181 and 2185
-/// workgroups and in 20 to 28 ms at 2144, 2160, 2168, 2176 and 2192 on llvmpipe, while the
-/// first window's 33.5 M values ran alike at every count from 4079 to 4111 (docs/performance.md,
-/// section 49).
+/// A CPU adapter's elementwise workgroup counts are multiples of this where that is cheap
+/// (`workgroups_for_elements`). Measured, not explained: on llvmpipe with two worker threads,
+/// the second window of a 64x256x56x56 channels-last dx (17.8 M values, 8 steps a thread) ran
+/// in 47 to 95 ms at 2175, 2177, 2178, 2179, 2181 and 2185 workgroups and in 20 to 27 ms at
+/// 2144, 2160, 2168, 2176, 2180, 2184 and 2192 (outside the machine's slow phases), while the
+/// first window's 33.5 M values ran alike at the counts tried, 4079 to 4111
+/// (docs/performance.md, section 49).
 pub const CPU_ELEMENTWISE_WORKGROUP_MULTIPLE: u32 = 8;
 
 impl PlanLimits {
@@ -789,10 +791,11 @@ pub fn workgroups_for_threads(threads: usize, limits: PlanLimits) -> u32 {
 /// adapter's elementwise budget, rounded down to a multiple of `row / gcd(row, WORKGROUP_SIZE)`
 /// where that leaves at least one such multiple, so the grid stride is a whole number of rows and
 /// each thread stays on one channel (the kernels then load a channel's parameters once per thread
-/// and do no index arithmetic per element), and of the adapter's `elementwise_workgroup_multiple`
-/// too where the count wanted holds one such common multiple. Where the row's multiple is larger
-/// than the count wanted, one
-/// multiple if every thread of it still has an element and the device allows that many workgroups
+/// and do no index arithmetic per element), and to a common multiple of that and the adapter's
+/// `elementwise_workgroup_multiple` where that costs at most `1 / 16` of the count wanted (an odd
+/// row unit of 196 would otherwise take 588 workgroups to 392). Where the row's multiple is
+/// larger than the count wanted, one multiple if every thread of it still has an element and the
+/// device allows that many workgroups
 /// (a channels-first row of 12544 values asks for a multiple of 784: without whole rows, each
 /// element finds its channel with two integer divisions, which took a CPU adapter's inference
 /// forward of 64x64x112x112 from 48 to 237 ms); else the plain count, since rounding up would
@@ -809,8 +812,9 @@ pub fn workgroups_for_elements(
     let unit = row / gcd(row.max(1), WORKGROUP_SIZE);
     let multiple = limits.elementwise_workgroup_multiple.max(1) as usize;
     let common_unit = unit / gcd(unit, multiple) * multiple;
-    if common_unit <= wanted {
-        return (wanted / common_unit * common_unit) as u32;
+    let rounded = wanted / common_unit * common_unit;
+    if rounded > 0 && wanted - rounded <= wanted / 16 {
+        return rounded as u32;
     }
     if unit > wanted {
         let fills_its_threads = unit * WORKGROUP_SIZE <= elements;
@@ -1460,19 +1464,21 @@ mod tests {
         }
         // The second window of a 64x256x56x56 channels-last dx (4456512 vec4s in rows of 64,
         // 2176.03 workgroups of 8 steps wanted): a multiple of 8 workgroups on a CPU adapter,
-        // not 2177; a GPU takes its budget as before.
+        // not 2177; a GPU keeps a count off a multiple of 8 (one step a thread).
         assert_eq!(workgroups_for_elements(4_456_512, 64, 3, cpu), 2176);
-        assert_eq!(
-            workgroups_for_elements(4_456_512, 64, 3, gpu),
-            GPU_ELEMENTWISE_WORKGROUPS
-        );
-        // Fewer workgroups wanted than the multiple: the count wanted.
+        assert_eq!(workgroups_for_elements(2177 * 256, 64, 3, gpu), 2177);
+        // Rounding down would cost more than 1/16 of the count: the count wanted (7 or 13
+        // workgroups, not 0 or 8).
         assert_eq!(workgroups_for_elements(7 * 4096, 64, 2, cpu), 7);
-        // A row unit that is not a multiple of 8 (12 rows a stride of 256 threads ask for 3
-        // workgroups) takes the common multiple, 24, where the count holds one.
-        let with_odd_row = workgroups_for_elements(1 << 22, 12, 2, cpu);
-        assert_eq!(with_odd_row % 24, 0);
-        assert!((with_odd_row as usize) > (1 << 22) / (WORKGROUP_SIZE * 16) - 24);
+        assert_eq!(workgroups_for_elements(13 * 4096, 64, 2, cpu), 13);
+        // Rows of 12 (a whole-row stride needs a multiple of 3 workgroups: 768 threads, 64
+        // rows): 1024 wanted take the common multiple of 3 and 8 below, 1008; 20 wanted take
+        // 18, a multiple of 3, since 16 would cost more than 1/16.
+        assert_eq!(workgroups_for_elements(1 << 22, 12, 2, cpu), 1008);
+        assert_eq!(workgroups_for_elements(20 * 4096, 12, 2, cpu), 18);
+        // A channels-first 48x64x56x56 (rows of 50176 vec4s, a unit of 196 workgroups, 588
+        // wanted): 588, not the 392 that a multiple of 8 would take.
+        assert_eq!(workgroups_for_elements(48 * 50176, 50176, 2, cpu), 588);
         // More tensors than the budget: still one step.
         assert_eq!(cpu.elementwise_steps(CPU_ELEMENTWISE_STREAMS + 1), 1);
         // A small tensor: one workgroup, whose threads take fewer steps.
