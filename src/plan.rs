@@ -210,7 +210,7 @@ pub const CPU_ELEMENTWISE_STREAMS: u32 = 32;
 /// the second window of a 64x256x56x56 channels-last dx (17.8 M values, 8 steps a thread) ran
 /// in 47 to 95 ms at 2175, 2177, 2178, 2179, 2181 and 2185 workgroups and in 20 to 27 ms at
 /// 2144, 2160, 2168, 2176, 2180, 2184 and 2192 (outside the machine's slow phases), while the
-/// first window's 33.5 M values ran alike at the counts tried, 4079 to 4111
+/// first window's 33.5 M values ran alike at the counts tried, 4063 to 4127
 /// (docs/performance.md, section 49).
 pub const CPU_ELEMENTWISE_WORKGROUP_MULTIPLE: u32 = 8;
 
@@ -795,11 +795,11 @@ pub fn workgroups_for_threads(threads: usize, limits: PlanLimits) -> u32 {
 /// `elementwise_workgroup_multiple` where that costs at most `1 / 16` of the count wanted (an odd
 /// row unit of 196 would otherwise take 588 workgroups to 392). Where the row's multiple is
 /// larger than the count wanted, one multiple if every thread of it still has an element and the
-/// device allows that many workgroups
-/// (a channels-first row of 12544 values asks for a multiple of 784: without whole rows, each
-/// element finds its channel with two integer divisions, which took a CPU adapter's inference
-/// forward of 64x64x112x112 from 48 to 237 ms); else the plain count, since rounding up would
-/// launch thousands of idle workgroups (7575 for a 1x3x100x101 tensor that wants 30).
+/// device allows that many workgroups (a channels-first row of 12544 values asks for a multiple
+/// of 784: without whole rows, each element finds its channel with two integer divisions, which
+/// took a CPU adapter's inference forward of 64x64x112x112 from 48 to 237 ms); else the plain
+/// count, since rounding up would launch thousands of idle workgroups (7575 for a 1x3x100x101
+/// tensor that wants 30).
 pub fn workgroups_for_elements(
     elements: usize,
     row: usize,
