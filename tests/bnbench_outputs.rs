@@ -715,3 +715,71 @@ fn compare_shaders_runs_both_sides_every_round() {
     );
     assert_eq!(report.failures(), 2, "both cases, once each");
 }
+
+/// Each input copy's median is reported where every copy ran `MIN_RUNS_PER_COPY` times, and
+/// the case's median lies between them (the median of a union lies between its parts').
+#[test]
+fn each_input_copy_gets_its_median_where_it_ran_enough() {
+    // 2x8x96x96 f32 is 576 KiB: two copies fill the 1 MiB rotation of a forward.
+    for (reps, reported) in [("6", true), ("5", false)] {
+        let dir = scratch_dir();
+        let json = dir.path().join("c.json").to_string_lossy().into_owned();
+        let cli = bnbench::cli::Cli::try_parse_from([
+            "bnbench",
+            "--shape",
+            "2,8,96,96",
+            "--op",
+            "eval-forward",
+            "--layout",
+            "channels-first",
+            "--reps",
+            reps,
+            "--warmup",
+            "1",
+            "--warmup-ms",
+            "0",
+            "--rotate-mib",
+            "1",
+            "--no-back-to-back",
+            "--json",
+            &json,
+        ])
+        .expect("a valid command line");
+        let report = bnbench::run(&cli).expect("a run").expect("a report");
+        assert_eq!(report.failures(), 0);
+        let root: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let case = &root["runs"][0]["cases"][0];
+        assert_eq!(case["copies"].as_u64(), Some(2), "{case}");
+        let Some(medians) = case.get("gpu_copy_medians_us") else {
+            assert!(!reported, "no copy medians after {reps} runs: {case}");
+            continue;
+        };
+        assert!(reported, "copy medians after only {reps} runs: {case}");
+        let medians: Vec<f64> = medians
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|us| us.as_f64().expect("a time"))
+            .collect();
+        assert_eq!(medians.len(), 2, "{case}");
+        assert!(medians.iter().all(|&us| us.is_finite() && us > 0.0));
+        let median = positive(case, "gpu_median_us");
+        let (low, high) = (medians[0].min(medians[1]), medians[0].max(medians[1]));
+        assert!(
+            low <= median && median <= high,
+            "{median} outside {medians:?}"
+        );
+    }
+}
+
+#[test]
+fn copy_medians_take_every_copies_th_run() {
+    use bnbench::timing::copy_medians;
+    // Runs alternate copies 0, 1, 0, 1, ...: copy 0 ran 1, 2, 3 and copy 1 ran 5, 6, 7.
+    let seconds = [1.0, 5.0, 3.0, 7.0, 2.0, 6.0];
+    assert_eq!(copy_medians(&seconds, 2), Some(vec![2.0, 6.0]));
+    // Three copies of six runs: two runs each, too few for a median of their own.
+    assert_eq!(copy_medians(&seconds, 3), None);
+    // One copy: the case's own median says it all.
+    assert_eq!(copy_medians(&seconds, 1), None);
+}

@@ -34,7 +34,7 @@ mod report;
 mod roofline;
 mod runner;
 mod suite;
-mod timing;
+pub mod timing;
 
 use std::process::ExitCode;
 

@@ -174,6 +174,8 @@ impl std::fmt::Display for CheckStatus {
 pub struct GpuTimes {
     /// One call per submission, in seconds.
     pub single: TimeSummary,
+    /// The median of each input copy's calls, in seconds (`timing::copy_medians`).
+    pub copy_medians: Option<Vec<f64>>,
     /// Per call of calls recorded into one submission, in seconds (`None`:
     /// `--no-back-to-back`).
     pub back_to_back: Option<f64>,
@@ -222,6 +224,11 @@ pub struct CaseResult {
     pub gpu_median_us: f64,
     /// Minimum GPU time, microseconds.
     pub gpu_min_us: f64,
+    /// The median GPU time of each input copy's runs (run k reads copy k mod `copies`),
+    /// microseconds, where each copy ran at least `MIN_RUNS_PER_COPY` times. The copies hold
+    /// the same values: a spread is where they lie in memory (docs/performance.md, section 50).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_copy_medians_us: Option<Vec<f64>>,
     /// GPU time of `BACK_TO_BACK_CALLS` identical calls recorded into one submission (from the
     /// beginning of the first call's pass to the end of the last's) over their number,
     /// microseconds (median of a few submissions): the kernels' time without the per-call
@@ -273,6 +280,7 @@ impl CaseResult {
         let case = workload.case();
         let GpuTimes {
             single: gpu,
+            copy_medians,
             back_to_back,
             breakdown,
         } = gpu;
@@ -290,6 +298,8 @@ impl CaseResult {
             rotation_mib: workload.rotation_bytes() as f64 / (1 << 20) as f64,
             gpu_median_us: gpu.median * 1e6,
             gpu_min_us: gpu.min * 1e6,
+            gpu_copy_medians_us: copy_medians
+                .map(|medians| medians.iter().map(|seconds| seconds * 1e6).collect()),
             gpu_back_to_back_us: back_to_back.map(|seconds| seconds * 1e6),
             gbps,
             percent_of_stream: percent_of_stream(gbps, stream_gbps),
@@ -734,6 +744,32 @@ fn run_table(run: &AdapterRun) -> Table {
     }
 }
 
+/// The slowest input copy's median at least this many times the fastest's gets a line under
+/// the table: the case's median then depends on where its copies lie in memory.
+const COPY_SPREAD_NOTED: f64 = 1.2;
+
+/// A line for each case whose input copies' medians spread by [`COPY_SPREAD_NOTED`] or more.
+fn copy_spread_lines(run: &AdapterRun) -> Vec<String> {
+    run.cases
+        .iter()
+        .filter_map(|case| {
+            let medians = case.gpu_copy_medians_us.as_ref()?;
+            let fastest = medians.iter().copied().fold(f64::INFINITY, f64::min);
+            let slowest = medians.iter().copied().fold(0.0, f64::max);
+            (slowest >= COPY_SPREAD_NOTED * fastest).then(|| {
+                let each: Vec<String> = medians.iter().map(|&us| digits3(us)).collect();
+                format!(
+                    "input copies differ: {}: each copy's median {} us ({:.2}x): the same \
+                     values in other memory (docs/performance.md, section 50)",
+                    case.label(),
+                    each.join(", "),
+                    slowest / fastest
+                )
+            })
+        })
+        .collect()
+}
+
 fn skipped_lines(run: &AdapterRun) -> Vec<String> {
     run.skipped
         .iter()
@@ -755,7 +791,7 @@ pub fn terminal(report: &Report) -> String {
         }
         out.push('\n');
         out += &run_table(run).text();
-        for line in skipped_lines(run) {
+        for line in copy_spread_lines(run).into_iter().chain(skipped_lines(run)) {
             out += &line;
             out.push('\n');
         }
@@ -784,10 +820,13 @@ pub fn markdown(report: &Report) -> String {
         }
         out.push('\n');
         out += &run_table(run).markdown();
-        let skipped = skipped_lines(run);
-        if !skipped.is_empty() {
+        let notes: Vec<String> = copy_spread_lines(run)
+            .into_iter()
+            .chain(skipped_lines(run))
+            .collect();
+        if !notes.is_empty() {
             out.push('\n');
-            for line in skipped {
+            for line in notes {
                 out += &format!("- {line}\n");
             }
         }

@@ -16,8 +16,8 @@ use super::report::{AdapterInfo, AdapterRun, CaseResult, GpuTimes, HostTimes, Sk
 use super::roofline::{self, Roofline};
 use super::suite::{Workload, LAYER_COPIES};
 use super::timing::{
-    awaited_calls, back_to_back, host_cost, one_submission_wall, warm_up, BenchResult, GpuTimer,
-    TimeSummary, TimingMethod,
+    awaited_calls, back_to_back, copy_medians, host_cost, one_submission_wall, warm_up,
+    BenchResult, GpuTimer, TimeSummary, TimingMethod,
 };
 
 /// Identical calls recorded into one submission for the GPU back-to-back column (as many as
@@ -253,6 +253,7 @@ fn run_case(
         })?,
     };
     let gpu = TimeSummary::of(&seconds).ok_or("no timed run")?;
+    let copy_medians = copy_medians(&seconds, workload.copies());
     let output = workload.output().to_vec()?;
     let params = params.map(|pair| pair.read()).transpose()?;
     let shortcut_grad = workload.shortcut_grad().map(Tensor::to_vec).transpose()?;
@@ -285,6 +286,7 @@ fn run_case(
     );
     let gpu = GpuTimes {
         single: gpu,
+        copy_medians,
         back_to_back: gpu_back_to_back,
         breakdown,
     };

@@ -64,6 +64,24 @@ impl TimeSummary {
     }
 }
 
+/// Timed runs each input copy needs before the report gives that copy's own median.
+pub const MIN_RUNS_PER_COPY: usize = 3;
+
+/// The median of each input copy's runs, where run `k` read copy `k % copies`; `None` with one
+/// copy, or where some copy ran fewer than [`MIN_RUNS_PER_COPY`] times. The copies hold the
+/// same values, so a spread between their medians is the memory's doing, not the kernels'.
+pub fn copy_medians(seconds: &[f64], copies: usize) -> Option<Vec<f64>> {
+    if copies < 2 || seconds.len() < copies * MIN_RUNS_PER_COPY {
+        return None;
+    }
+    (0..copies)
+        .map(|copy| {
+            let runs: Vec<f64> = seconds.iter().skip(copy).step_by(copies).copied().collect();
+            TimeSummary::of(&runs).map(|summary| summary.median)
+        })
+        .collect()
+}
+
 /// Times operations with timestamp queries around their compute passes.
 pub struct GpuTimer {
     query_set: wgpu::QuerySet,
