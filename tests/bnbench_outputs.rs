@@ -783,3 +783,16 @@ fn copy_medians_take_every_copies_th_run() {
     // One copy: the case's own median says it all.
     assert_eq!(copy_medians(&seconds, 1), None);
 }
+
+#[test]
+fn copies_are_noted_from_a_fifth_apart() {
+    use bnbench::timing::noted_copy_spread;
+    // Section 50's process: copy 0 at 27.0 ms, copy 1 at 21.7.
+    let spread = noted_copy_spread(&[27.0, 21.7]).expect("1.24x is noted");
+    assert!((spread - 27.0 / 21.7).abs() < 1e-12, "{spread}");
+    assert_eq!(
+        noted_copy_spread(&[4.11, 3.88, 3.88, 4.14, 3.68, 3.86]),
+        None
+    );
+    assert_eq!(noted_copy_spread(&[10.0, 12.0]), Some(1.2));
+}

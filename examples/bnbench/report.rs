@@ -19,7 +19,7 @@ use super::cli::Settings;
 use super::roofline::Roofline;
 use super::runner::{BACK_TO_BACK_CALLS, BACK_TO_BACK_SUBMISSIONS};
 use super::suite::Workload;
-use super::timing::{BenchResult, TimeSummary, TimingMethod};
+use super::timing::{noted_copy_spread, BenchResult, TimeSummary, TimingMethod};
 
 /// Everything one `bnbench` run measured.
 #[derive(Debug, Serialize)]
@@ -744,28 +744,20 @@ fn run_table(run: &AdapterRun) -> Table {
     }
 }
 
-/// The slowest input copy's median at least this many times the fastest's gets a line under
-/// the table: the case's median then depends on where its copies lie in memory.
-const COPY_SPREAD_NOTED: f64 = 1.2;
-
-/// A line for each case whose input copies' medians spread by [`COPY_SPREAD_NOTED`] or more.
+/// A line for each case whose input copies' medians differ by `COPY_SPREAD_NOTED` or more.
 fn copy_spread_lines(run: &AdapterRun) -> Vec<String> {
     run.cases
         .iter()
         .filter_map(|case| {
             let medians = case.gpu_copy_medians_us.as_ref()?;
-            let fastest = medians.iter().copied().fold(f64::INFINITY, f64::min);
-            let slowest = medians.iter().copied().fold(0.0, f64::max);
-            (slowest >= COPY_SPREAD_NOTED * fastest).then(|| {
-                let each: Vec<String> = medians.iter().map(|&us| digits3(us)).collect();
-                format!(
-                    "input copies differ: {}: each copy's median {} us ({:.2}x): the same \
-                     values in other memory (docs/performance.md, section 50)",
-                    case.label(),
-                    each.join(", "),
-                    slowest / fastest
-                )
-            })
+            let spread = noted_copy_spread(medians)?;
+            let each: Vec<String> = medians.iter().map(|&us| digits3(us)).collect();
+            Some(format!(
+                "input copies differ: {}: each copy's median {} us ({spread:.2}x): the same \
+                 values in other memory (docs/performance.md, section 50)",
+                case.label(),
+                each.join(", "),
+            ))
         })
         .collect()
 }

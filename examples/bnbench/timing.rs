@@ -82,6 +82,18 @@ pub fn copy_medians(seconds: &[f64], copies: usize) -> Option<Vec<f64>> {
         .collect()
 }
 
+/// The slowest input copy's median at least this many times the fastest's is reported: the
+/// case's median then depends on where its copies lie in memory.
+pub const COPY_SPREAD_NOTED: f64 = 1.2;
+
+/// The slowest of `medians` over the fastest where that is [`COPY_SPREAD_NOTED`] or more.
+pub fn noted_copy_spread(medians: &[f64]) -> Option<f64> {
+    let fastest = medians.iter().copied().fold(f64::INFINITY, f64::min);
+    let slowest = medians.iter().copied().fold(0.0, f64::max);
+    let spread = slowest / fastest;
+    (spread >= COPY_SPREAD_NOTED).then_some(spread)
+}
+
 /// Times operations with timestamp queries around their compute passes.
 pub struct GpuTimer {
     query_set: wgpu::QuerySet,
