@@ -382,10 +382,7 @@ fn the_chain_writes_its_measurements() {
 /// add-ReLU in bf16 reads x, dy and y and writes dx and dz: 10 bytes per element).
 #[test]
 fn storage_types_and_epilogues_are_cases_of_their_own() {
-    let dir = scratch_dir();
-    let json = dir.path().join("d.json").to_string_lossy().into_owned();
-    let cli = bnbench::cli::Cli::try_parse_from([
-        "bnbench",
+    let (report, root) = run_to_json(&[
         "--shape",
         "4,6,5,5",
         "--layout",
@@ -400,19 +397,7 @@ fn storage_types_and_epilogues_are_cases_of_their_own() {
         "relu",
         "--reps",
         "2",
-        "--warmup",
-        "1",
-        "--warmup-ms",
-        "0",
-        "--rotate-mib",
-        "1",
-        "--json",
-        &json,
-    ])
-    .expect("a valid command line");
-    let report = bnbench::run(&cli).expect("a run").expect("a report");
-    assert_eq!(report.failures(), 0);
-    let root: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    ]);
     let cases = root["runs"][0]["cases"].as_array().expect("cases");
     let seen: Vec<(String, String, String)> = cases
         .iter()
@@ -523,6 +508,22 @@ fn short_run(shape: &str, extra: &[&str]) -> (Value, String) {
     let root: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let markdown = std::fs::read_to_string(&markdown).unwrap();
     (root["runs"][0].clone(), markdown)
+}
+
+/// A short run with `options` (one warm-up, no warm-up time, inputs rotating over 1 MiB) whose
+/// every case passed its check: its report, and the JSON it wrote.
+fn run_to_json(options: &[&str]) -> (bnbench::report::Report, Value) {
+    let dir = scratch_dir();
+    let json = dir.path().join("run.json").to_string_lossy().into_owned();
+    let mut args = vec!["bnbench"];
+    args.extend(options);
+    args.extend(["--warmup", "1", "--warmup-ms", "0", "--rotate-mib", "1"]);
+    args.extend(["--json", &json]);
+    let cli = bnbench::cli::Cli::try_parse_from(args).expect("a valid command line");
+    let report = bnbench::run(&cli).expect("a run").expect("a report");
+    assert_eq!(report.failures(), 0);
+    let root = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (report, root)
 }
 
 #[test]
@@ -722,10 +723,7 @@ fn compare_shaders_runs_both_sides_every_round() {
 fn each_input_copy_gets_its_median_where_it_ran_enough() {
     // 2x8x96x96 f32 is 576 KiB: two copies fill the 1 MiB rotation of a forward.
     for (reps, reported) in [("6", true), ("5", false)] {
-        let dir = scratch_dir();
-        let json = dir.path().join("c.json").to_string_lossy().into_owned();
-        let cli = bnbench::cli::Cli::try_parse_from([
-            "bnbench",
+        let (_, root) = run_to_json(&[
             "--shape",
             "2,8,96,96",
             "--op",
@@ -734,20 +732,8 @@ fn each_input_copy_gets_its_median_where_it_ran_enough() {
             "channels-first",
             "--reps",
             reps,
-            "--warmup",
-            "1",
-            "--warmup-ms",
-            "0",
-            "--rotate-mib",
-            "1",
             "--no-back-to-back",
-            "--json",
-            &json,
-        ])
-        .expect("a valid command line");
-        let report = bnbench::run(&cli).expect("a run").expect("a report");
-        assert_eq!(report.failures(), 0);
-        let root: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        ]);
         let case = &root["runs"][0]["cases"][0];
         assert_eq!(case["copies"].as_u64(), Some(2), "{case}");
         let Some(medians) = case.get("gpu_copy_medians_us") else {

@@ -30,7 +30,7 @@ pub mod chain;
 mod check;
 pub mod cli;
 mod compare;
-mod report;
+pub mod report;
 mod roofline;
 mod runner;
 mod suite;
