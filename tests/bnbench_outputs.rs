@@ -772,13 +772,39 @@ fn copy_medians_take_every_copies_th_run() {
 
 #[test]
 fn copies_are_noted_from_a_fifth_apart() {
-    use bnbench::timing::noted_copy_spread;
-    // Section 50's process: copy 0 at 27.0 ms, copy 1 at 21.7.
-    let spread = noted_copy_spread(&[27.0, 21.7]).expect("1.24x is noted");
-    assert!((spread - 27.0 / 21.7).abs() < 1e-12, "{spread}");
+    use bnbench::report::copy_spread_line;
+    use bnbench::timing::{noted_copy_spread, CopySpread};
+    // performance.md section 50's first process: copy 0 at 27.0 ms, copy 1 at 21.8.
+    let spread = noted_copy_spread(&[27.0, 21.8]).expect("1.24x is noted");
+    assert_eq!(
+        spread,
+        CopySpread {
+            fastest: (1, 21.8),
+            slowest: (0, 27.0)
+        }
+    );
+    // The Vulkan suite's 64x2048x7x7 channels-last inference there: 1.13x, not noted.
     assert_eq!(
         noted_copy_spread(&[4.11, 3.88, 3.88, 4.14, 3.68, 3.86]),
         None
     );
-    assert_eq!(noted_copy_spread(&[10.0, 12.0]), Some(1.2));
+    assert_eq!(
+        noted_copy_spread(&[10.0, 12.0]).map(|s| s.ratio()),
+        Some(1.2)
+    );
+    // No time, or no copies: nothing to compare.
+    assert_eq!(noted_copy_spread(&[0.0, 12.0]), None);
+    assert_eq!(noted_copy_spread(&[]), None);
+    // The report's line names both copies, their medians and the ratio.
+    let line = copy_spread_line("backward 64x2048x7x7 NHWC", &[12856.0, 13109.0, 10411.0])
+        .expect("1.26x is noted");
+    for part in [
+        "backward 64x2048x7x7 NHWC",
+        "copy 1's median 13109 us",
+        "copy 2's 10411 us",
+    ] {
+        assert!(line.contains(part), "{part} not in {line}");
+    }
+    assert!(line.contains("(1.26x, 3 copies)"), "{line}");
+    assert_eq!(copy_spread_line("a case", &[100.0, 110.0]), None);
 }

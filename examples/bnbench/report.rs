@@ -174,7 +174,8 @@ impl std::fmt::Display for CheckStatus {
 pub struct GpuTimes {
     /// One call per submission, in seconds.
     pub single: TimeSummary,
-    /// The median of each input copy's calls, in seconds (`timing::copy_medians`).
+    /// The median of each input copy's calls, in seconds, where every copy ran at least
+    /// `MIN_RUNS_PER_COPY` times (`timing::copy_medians`); `None` otherwise, or with one copy.
     pub copy_medians: Option<Vec<f64>>,
     /// Per call of calls recorded into one submission, in seconds (`None`:
     /// `--no-back-to-back`).
@@ -224,9 +225,10 @@ pub struct CaseResult {
     pub gpu_median_us: f64,
     /// Minimum GPU time, microseconds.
     pub gpu_min_us: f64,
-    /// The median GPU time of each input copy's runs (run k reads copy k mod `copies`),
-    /// microseconds, where each copy ran at least `MIN_RUNS_PER_COPY` times. The copies hold
-    /// the same values: a spread is where they lie in memory (docs/performance.md, section 50).
+    /// The median time of each input copy's runs (run k reads copy k mod `copies`; GPU time, or
+    /// wall time as `gpu_median_us`), microseconds, where there are two copies or more and
+    /// each ran at least `MIN_RUNS_PER_COPY` times. The copies hold the same values and run the
+    /// same dispatches: a spread is not the kernels' (docs/performance.md, section 50).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_copy_medians_us: Option<Vec<f64>>,
     /// GPU time of `BACK_TO_BACK_CALLS` identical calls recorded into one submission (from the
@@ -744,22 +746,29 @@ fn run_table(run: &AdapterRun) -> Table {
     }
 }
 
-/// A line for each case whose input copies' medians differ by `COPY_SPREAD_NOTED` or more.
+/// A line for each case whose slowest input copy's median is `COPY_SPREAD_NOTED` times the
+/// fastest's or more.
 fn copy_spread_lines(run: &AdapterRun) -> Vec<String> {
     run.cases
         .iter()
-        .filter_map(|case| {
-            let medians = case.gpu_copy_medians_us.as_ref()?;
-            let spread = noted_copy_spread(medians)?;
-            let each: Vec<String> = medians.iter().map(|&us| digits3(us)).collect();
-            Some(format!(
-                "input copies differ: {}: each copy's median {} us ({spread:.2}x): the same \
-                 values in other memory (docs/performance.md, section 50)",
-                case.label(),
-                each.join(", "),
-            ))
-        })
+        .filter_map(|case| copy_spread_line(&case.label(), case.gpu_copy_medians_us.as_deref()?))
         .collect()
+}
+
+/// The line for the case labelled `label` whose input copies' medians (microseconds) are
+/// `medians`, where [`noted_copy_spread`] notes them.
+pub fn copy_spread_line(label: &str, medians: &[f64]) -> Option<String> {
+    let spread = noted_copy_spread(medians)?;
+    let ((fast, fast_us), (slow, slow_us)) = (spread.fastest, spread.slowest);
+    Some(format!(
+        "input copies differ: {label}: copy {slow}'s median {} us, copy {fast}'s {} us \
+         ({:.2}x, {} copies): the same values and dispatches, so not the kernels \
+         (docs/performance.md, section 50)",
+        digits3(slow_us),
+        digits3(fast_us),
+        spread.ratio(),
+        medians.len(),
+    ))
 }
 
 fn skipped_lines(run: &AdapterRun) -> Vec<String> {

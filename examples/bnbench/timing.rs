@@ -69,7 +69,8 @@ pub const MIN_RUNS_PER_COPY: usize = 3;
 
 /// The median of each input copy's runs, where run `k` read copy `k % copies`; `None` with one
 /// copy, or where some copy ran fewer than [`MIN_RUNS_PER_COPY`] times. The copies hold the
-/// same values, so a spread between their medians is the memory's doing, not the kernels'.
+/// same values and run the same dispatches, so a spread between their medians is not the
+/// kernels' (docs/performance.md, section 50).
 pub fn copy_medians(seconds: &[f64], copies: usize) -> Option<Vec<f64>> {
     if copies < 2 || seconds.len() < copies * MIN_RUNS_PER_COPY {
         return None;
@@ -82,16 +83,41 @@ pub fn copy_medians(seconds: &[f64], copies: usize) -> Option<Vec<f64>> {
         .collect()
 }
 
-/// The slowest input copy's median at least this many times the fastest's is reported: the
-/// case's median then depends on where its copies lie in memory.
+/// A slowest copy's median at least this many times the fastest's is reported: the case's
+/// median then depends on which copies it read.
 pub const COPY_SPREAD_NOTED: f64 = 1.2;
 
-/// The slowest of `medians` over the fastest where that is [`COPY_SPREAD_NOTED`] or more.
-pub fn noted_copy_spread(medians: &[f64]) -> Option<f64> {
-    let fastest = medians.iter().copied().fold(f64::INFINITY, f64::min);
-    let slowest = medians.iter().copied().fold(0.0, f64::max);
-    let spread = slowest / fastest;
-    (spread >= COPY_SPREAD_NOTED).then_some(spread)
+/// The fastest and the slowest input copy by their medians, as `(copy, median)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CopySpread {
+    pub fastest: (usize, f64),
+    pub slowest: (usize, f64),
+}
+
+impl CopySpread {
+    /// The slowest copy's median over the fastest's.
+    pub fn ratio(&self) -> f64 {
+        self.slowest.1 / self.fastest.1
+    }
+}
+
+/// The fastest and slowest of `medians` where the slowest is [`COPY_SPREAD_NOTED`] times the
+/// fastest or more; `None` otherwise, and where a median is not a positive time.
+pub fn noted_copy_spread(medians: &[f64]) -> Option<CopySpread> {
+    if !medians
+        .iter()
+        .all(|&median| median > 0.0 && median.is_finite())
+    {
+        return None;
+    }
+    let by_median = |a: &(usize, &f64), b: &(usize, &f64)| a.1.total_cmp(b.1);
+    let (fastest, &low) = medians.iter().enumerate().min_by(by_median)?;
+    let (slowest, &high) = medians.iter().enumerate().max_by(by_median)?;
+    let spread = CopySpread {
+        fastest: (fastest, low),
+        slowest: (slowest, high),
+    };
+    (spread.ratio() >= COPY_SPREAD_NOTED).then_some(spread)
 }
 
 /// Times operations with timestamp queries around their compute passes.
