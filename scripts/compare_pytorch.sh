@@ -23,7 +23,9 @@
 #   bash scripts/compare_pytorch.sh [--quick] [--shape N,C,...]...
 # (SWING_RUNS=K in the environment sets phase 3 to K processes instead of 8; SWING_ARGS='--shape
 # N,C,... --layout L --op OP' its case: a big backward, say, which ran 35% to 55% slow in one
-# suite and not in the next, docs/performance.md section 46.)
+# suite and not in the next, docs/performance.md section 46; add --rotate-mib 1024 for three
+# input copies of a 51 M-element backward, whose medians the table gives each, to see whether
+# the slowness follows a buffer, as on the development machine, section 50.)
 # The options go to both programs of phase 1, so only those both know: --quick, --shape,
 # --dtype, --epilogue. The script stops at once (exit 10) where the first Vulkan adapter is not
 # NVIDIA's, before spending the device's time on another one.
@@ -224,24 +226,28 @@ done
 python3 - "$work" "$SWING_RUNS" >"$out/swing.md" <<'EOF'
 import json, os, sys
 work, runs = sys.argv[1], int(sys.argv[2])
-print("| process | stream GB/s | GPU median us | GPU min us | GPU b2b us | check |")
-print("| ---: | ---: | ---: | ---: | ---: | --- |")
+print("| process | stream GB/s | GPU median us | GPU min us | GPU b2b us | each copy's median us | check |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 for index in range(1, runs + 1):
     path = f"{work}/swing-{index}.json"
     if not os.path.exists(path):
-        print(f"| {index} | - | - | - | - | not run, or stopped: no results (its log is in logs.tar.gz) |")
+        print(f"| {index} | - | - | - | - | - | not run, or stopped: no results (its log is in logs.tar.gz) |")
         continue
     try:
         run = json.load(open(path))["runs"][0]
     except (ValueError, KeyError, IndexError) as error:
-        print(f"| {index} | - | - | - | - | unreadable results ({error}) |")
+        print(f"| {index} | - | - | - | - | - | unreadable results ({error}) |")
         continue
     for case in run["cases"]:
         b2b = case.get("gpu_back_to_back_us")
+        # Absent with one input copy, or too few runs for each copy (bnbench's JSON).
+        copies = case.get("gpu_copy_medians_us")
+        each = "-" if copies is None else ", ".join(f"{us:.1f}" for us in copies)
         print(f"| {index} | {run['stream']['gbps']:.0f} | {case['gpu_median_us']:.1f} | "
-              f"{case['gpu_min_us']:.1f} | {'-' if b2b is None else f'{b2b:.1f}'} | {case['check']} |")
+              f"{case['gpu_min_us']:.1f} | {'-' if b2b is None else f'{b2b:.1f}'} | {each} | "
+              f"{case['check']} |")
     for skipped in run["skipped"]:
-        print(f"| {index} | {run['stream']['gbps']:.0f} | - | - | - | "
+        print(f"| {index} | {run['stream']['gbps']:.0f} | - | - | - | - | "
               f"{'FAILED' if skipped['failure'] else 'skipped'}: {skipped['reason']} |")
 EOF
 
