@@ -771,6 +771,13 @@ pub fn copy_spread_line(label: &str, medians: &[f64]) -> Option<String> {
     ))
 }
 
+/// The lines under a run's table: input copies that differ, then cases that did not run.
+fn note_lines(run: &AdapterRun) -> Vec<String> {
+    let mut lines = copy_spread_lines(run);
+    lines.extend(skipped_lines(run));
+    lines
+}
+
 fn skipped_lines(run: &AdapterRun) -> Vec<String> {
     run.skipped
         .iter()
@@ -792,7 +799,7 @@ pub fn terminal(report: &Report) -> String {
         }
         out.push('\n');
         out += &run_table(run).text();
-        for line in copy_spread_lines(run).into_iter().chain(skipped_lines(run)) {
+        for line in note_lines(run) {
             out += &line;
             out.push('\n');
         }
@@ -821,10 +828,7 @@ pub fn markdown(report: &Report) -> String {
         }
         out.push('\n');
         out += &run_table(run).markdown();
-        let notes: Vec<String> = copy_spread_lines(run)
-            .into_iter()
-            .chain(skipped_lines(run))
-            .collect();
+        let notes = note_lines(run);
         if !notes.is_empty() {
             out.push('\n');
             for line in notes {
