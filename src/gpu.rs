@@ -527,7 +527,7 @@ impl GpuContext {
         let Some(buffer) = lock(&self.inner.scratch).get(MERGE_COUNTERS).cloned() else {
             return Ok(Vec::new());
         };
-        let bytes = crate::tensor::read_bytes(self, &buffer, 0, buffer.size())?;
+        let bytes = self.read_bytes(&buffer, 0, buffer.size())?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
@@ -572,6 +572,51 @@ impl GpuContext {
         }
         self.ensure_alive()?;
         Ok(value)
+    }
+
+    /// Copies `bytes` bytes (a multiple of 4) of `buffer` from byte `offset` to the host and
+    /// waits for them.
+    pub(crate) fn read_bytes(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.checked(|device| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-batchnorm readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        let mut encoder = self
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+        self.submit_and_wait(encoder)?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                // The receiver outlives this callback: it waits just below.
+                let _ = sender.send(result);
+            });
+        self.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
+        let mapped = receiver.recv().ok().and_then(Result::ok).and_then(|()| {
+            let range = staging.slice(..).get_mapped_range().ok()?;
+            Some(range.to_vec())
+        });
+        let Some(data) = mapped else {
+            return Err(self.lost_now("a download could not map its buffer"));
+        };
+        staging.unmap();
+        Ok(data)
     }
 
     /// Submits `encoder` (inside error scopes), waits until the GPU has finished it, and

@@ -247,12 +247,9 @@ impl Tensor {
             wgpu::BufferUsages::COPY_SRC,
             "a download",
         )?;
-        read_bytes(
-            &self.inner.ctx,
-            &self.inner.buffer,
-            self.inner.offset,
-            self.word_bytes(),
-        )
+        self.inner
+            .ctx
+            .read_bytes(&self.inner.buffer, self.inner.offset, self.word_bytes())
     }
 
     /// Bytes the tensor spans, rounded up to whole words.
@@ -274,12 +271,10 @@ impl Tensor {
         if used < bytes.len() {
             // The last word's other half is not the tensor's: keep it.
             let last_word = self.word_bytes() - 4;
-            let kept = read_bytes(
-                &self.inner.ctx,
-                &self.inner.buffer,
-                self.inner.offset + last_word,
-                4,
-            )?;
+            let kept =
+                self.inner
+                    .ctx
+                    .read_bytes(&self.inner.buffer, self.inner.offset + last_word, 4)?;
             bytes[used..].copy_from_slice(&kept[used - last_word as usize..]);
         }
         self.inner.ctx.checked(|_| {
@@ -461,12 +456,9 @@ impl ChannelPair {
 
     /// Downloads both vectors.
     pub fn read(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let bytes = read_bytes(
-            &self.ctx,
-            &self.buffer,
-            0,
-            2 * self.channels as u64 * F32_BYTES,
-        )?;
+        let bytes = self
+            .ctx
+            .read_bytes(&self.buffer, 0, 2 * self.channels as u64 * F32_BYTES)?;
         let mut both = decode(&bytes, DType::F32, 2 * self.channels);
         let second = both.split_off(self.channels);
         Ok((both, second))
@@ -528,49 +520,4 @@ fn require_usage(
 /// Values as f32.
 fn to_f32<T: Element>(values: &[T]) -> Vec<f32> {
     values.iter().map(|v| v.to_f32()).collect()
-}
-
-/// Copies `bytes` bytes (a multiple of 4) of `buffer` from byte `offset` to the host and waits
-/// for them.
-pub(crate) fn read_bytes(
-    ctx: &GpuContext,
-    buffer: &wgpu::Buffer,
-    offset: u64,
-    bytes: u64,
-) -> Result<Vec<u8>> {
-    if bytes == 0 {
-        return Ok(Vec::new());
-    }
-    let staging = ctx.checked(|device| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-batchnorm readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    })?;
-    let mut encoder = ctx
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
-    ctx.submit_and_wait(encoder)?;
-    let (sender, receiver) = std::sync::mpsc::channel();
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, move |result| {
-            // The receiver outlives this callback: it waits just below.
-            let _ = sender.send(result);
-        });
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
-    let mapped = receiver.recv().ok().and_then(Result::ok).and_then(|()| {
-        let range = staging.slice(..).get_mapped_range().ok()?;
-        Some(range.to_vec())
-    });
-    let Some(data) = mapped else {
-        return Err(ctx.lost_now("a download could not map its buffer"));
-    };
-    staging.unmap();
-    Ok(data)
 }
