@@ -12,6 +12,10 @@
 //! element); then the batch norm's backward of that masked gradient. With `AddRelu` the masked
 //! gradient is also the shortcut's, dz, written in the same pass as dx.
 
+pub(crate) mod kind;
+
+pub use kind::EpilogueKind;
+
 use crate::tensor::Tensor;
 
 /// What follows the batch norm in a forward call.
@@ -45,36 +49,6 @@ pub enum EpilogueGrad<'a> {
         /// Written: the gradient of z.
         dz: &'a Tensor,
     },
-}
-
-/// An epilogue without its tensors: what the kernels are specialized for, and what a forward's
-/// saved statistics remember so that its backward can be checked against it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum EpilogueKind {
-    /// y = bn(x).
-    #[default]
-    None,
-    /// y = relu(bn(x)).
-    Relu,
-    /// y = relu(bn(x) + z).
-    AddRelu,
-}
-
-impl EpilogueKind {
-    /// Its name in messages and reports: "none", "relu", "add-relu".
-    pub fn name(self) -> &'static str {
-        match self {
-            EpilogueKind::None => "none",
-            EpilogueKind::Relu => "relu",
-            EpilogueKind::AddRelu => "add-relu",
-        }
-    }
-}
-
-impl std::fmt::Display for EpilogueKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 impl<'a> Epilogue<'a> {

@@ -1,7 +1,7 @@
 //! The crate's error type: every refused call and every GPU failure the crate can catch.
 
 use crate::dtype::DType;
-use crate::epilogue::EpilogueKind;
+use crate::epilogue::kind::EpilogueKind;
 use crate::layout::{Layout, ShapeError};
 
 /// Everything that can go wrong in this crate. A call that returns an error changed nothing.

@@ -16,7 +16,7 @@
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
-use crate::epilogue::EpilogueKind;
+use crate::epilogue::kind::EpilogueKind;
 use crate::layout::{ChannelView, Layout};
 
 /// Per-channel batch statistics.

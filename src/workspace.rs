@@ -15,7 +15,7 @@ use std::sync::Weak;
 
 use crate::dtype::DType;
 use crate::encode::Prepared;
-use crate::epilogue::EpilogueKind;
+use crate::epilogue::kind::EpilogueKind;
 use crate::layout::Layout;
 use crate::tensor::{ChannelPair, Tensor, TensorInner};
 

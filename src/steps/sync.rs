@@ -12,7 +12,7 @@
 //! elementwise program for it (vec4s where they apply, else words for half types).
 
 use super::{epilogue_overrides, Builder, Operands, Range, Step};
-use crate::epilogue::EpilogueKind;
+use crate::epilogue::kind::EpilogueKind;
 use crate::plan::{Plan, GRADIENT_PARTIAL_BYTES, STATISTICS_PARTIAL_BYTES};
 use crate::shader::Override;
 
