@@ -4,7 +4,7 @@
 //! 1. the prelude generated from Rust (`prelude.rs`): constants, the uniform block, override
 //!    constants, the program's bindings (one number per role, `bindings.rs`) and its storage
 //!    type's load and store functions;
-//! 2. `shaders/half.wgsl` (half types only: rounding stores) and `shaders/common.wgsl` (the
+//! 2. `shaders/half.wgsl` (half types only: exact loads and rounding stores) and `shaders/common.wgsl` (the
 //!    index walks and the elementwise cursor);
 //! 3. the shared pieces the program needs, in this order: `epilogue.wgsl` (the output
 //!    y = epilogue((x - mean) scale + shift), and a channel's scale and shift),
@@ -26,8 +26,8 @@
 //!    f32: two threads may not write halves of one word, so half types store through the vec4
 //!    and word programs.
 //!
-//! WGSL declarations are order-independent, so a shared piece may call what the program's own
-//! file defines (`acc_merge`, `finalize_channel`, `lane_factors`, `apply`).
+//! WGSL declarations are order-independent, so a piece may call what a later file defines
+//! (`acc_merge`, `finalize_channel`, `lane_factors`, `apply`).
 
 mod bindings;
 mod params;
@@ -448,10 +448,10 @@ impl Program {
             ],
             Program::GradientSumsVec4 => vec![
                 Some(COMMON),
+                f32_only(DX_FACTORS),
                 Some(GRADIENT_SUMS_ACCUMULATOR),
                 Some(PER_THREAD_QUADS),
                 Some(PER_THREAD_RUNS),
-                f32_only(DX_FACTORS),
                 f32_only(GRADIENT_SUMS_FINALIZE),
                 f32_only(FUSED_PER_THREAD),
                 f32_only(FUSED_PER_THREAD_BACKWARD),
