@@ -1,4 +1,4 @@
-// The per-thread reduction of channels-first windows whose runs are shorter than eight values
+// The per-thread reduction of windows whose runs are shorter than eight values
 // (`inner < 8`: channels-last and 2-D tensors whose channel count is not a multiple of four,
 // spatial sizes such as 2x2; CPU adapters), in the scalar programs: one thread per chunk of one
 // channel, chunk-major as `partials_per_thread_runs` (per_thread_runs.wgsl), but reading the

@@ -6,9 +6,9 @@
 // - the finalize entry points: each channel's partials from the `partials` buffer merged in a
 //   fixed order, by a workgroup (`finalize`, for channels with many partials) or by one thread
 //   (`finalize_per_thread`, for few, and on CPU adapters: no barriers, no idle threads), then
-//   handed to the
-//   program's `finalize_channel`; `last_workgroup.wgsl` merges with the same two functions
-//   (`merge_channel_by_workgroup`, `merge_channel_by_thread`) inside the partials dispatch.
+//   handed to the program's `finalize_channel`; `last_workgroup.wgsl` merges inside the
+//   partials dispatch with `merge_channel_by_workgroup`, or in `merge_channel_by_thread`'s
+//   order through its own `merge_channels_staged`.
 // Fixed orders make results bitwise the same from run to run.
 
 var<workgroup> shared_acc: array<Acc, WORKGROUP>;

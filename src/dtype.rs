@@ -4,10 +4,11 @@
 //! batch norm.
 //!
 //! On the GPU a half tensor is an array of u32 words, two elements to a word, the first in the
-//! low half (little-endian order, as the host lays the elements out). Kernels load with WGSL's
-//! `unpack2x16float` (f16) or a shift (bf16), compute in f32, and round stores to nearest even
-//! in integer arithmetic (`shaders/half.wgsl`), since WGSL leaves `pack2x16float`
-//! indeterminate for NaN, infinities and out-of-range values.
+//! low half (little-endian order, as the host lays the elements out). Kernels decode f16 in
+//! integer arithmetic (exact; not `unpack2x16float`, which not every adapter offers) and bf16
+//! with a shift, compute in f32, and round stores to nearest even in integer arithmetic
+//! (`shaders/half.wgsl`), since WGSL leaves `pack2x16float` indeterminate for NaN, infinities
+//! and out-of-range values.
 
 use half::{bf16, f16};
 

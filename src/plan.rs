@@ -9,7 +9,8 @@
 //! - On GPUs, reductions use the strided kernel (32 consecutive channels per workgroup,
 //!   coalesced) when a channel's values are not contiguous (`inner == 1`) and windows hold whole
 //!   rows; otherwise the contiguous kernel (one workgroup per chunk of one channel). On CPU
-//!   adapters, the per-thread kernels (no barriers), in every layout: where channels are
+//!   adapters, the per-thread kernels (no barriers), in every layout (unless their partials
+//!   would not fit in one binding: then the workgroup kernels, as on GPUs): where channels are
 //!   innermost (`inner == 1`) and a multiple of four, threads of four consecutive channels
 //!   (quads), `QUAD_LANES` of them sharing a chunk of rows; one thread per chunk of one channel
 //!   otherwise.
@@ -58,8 +59,9 @@
 //!   workgroups' partials are not guaranteed visible. The merge keeps the finalize kind's order,
 //!   so results are bitwise those of the finalize dispatch. Several windows keep the dispatch:
 //!   a channel's partials then come from several dispatches. So do strided plans whose channels
-//!   have over 32 partials: their band's last workgroup would merge its channels one after
-//!   another.
+//!   have over 32 partials (their band's last workgroup would merge its channels one after
+//!   another) and the per-thread plans of CPU adapters (their kernels have no workgroup to
+//!   count and merge with).
 
 use crate::dtype::DType;
 use crate::error::BatchNormError;

@@ -1,8 +1,8 @@
 //! What an operation dispatches, as data: a pure function from a plan and a call to the list
 //! of steps (program, entry point, overrides, uniform values, which buffer plays which role,
-//! workgroup count). No GPU here: the unit tests below check the dispatches of every kind of
-//! plan, and each step's bindings against what its entry point uses (naga); `encode.rs`
-//! records a list of steps into one compute pass.
+//! workgroup count). No GPU here: the unit tests (`steps/tests.rs`) check the dispatches of
+//! every kind of plan, and each step's bindings against what its entry point uses (naga);
+//! `encode.rs` records a list of steps into one compute pass.
 
 use crate::dtype::DType;
 use crate::epilogue::kind::EpilogueKind;
@@ -782,7 +782,7 @@ impl DispatchPart {
 
 impl Step {
     /// What it computes, from its program and entry point (each program's entry points share
-    /// these prefixes; the unit tests below check every kind of plan).
+    /// these prefixes; the unit tests in `steps/tests.rs` check every kind of plan).
     pub fn part(&self) -> DispatchPart {
         use DispatchPart as Part;
         let entry = self.entry;

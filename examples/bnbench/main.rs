@@ -20,8 +20,8 @@
 //! `--chain`), [`runner`] (one adapter's run), [`compare`] (`--compare-shaders`), [`roofline`] (the stream
 //! kernel), [`timing`] (timestamps, wall clock, host latency), [`breakdown`] (each dispatch's
 //! time, `--breakdown`), [`check`] (the CPU reference),
-//! [`report`] (the results and their formats). `benches/batch_norm.rs` shares `suite` and
-//! `timing`; `tests/bnbench_outputs.rs` runs [`run`] itself. That test includes this file as a
+//! [`report`] (the results and their formats). `benches/batch_norm.rs` shares `case`,
+//! `suite` and `timing`; `tests/bnbench_outputs.rs` runs [`run`] itself. That test includes this file as a
 //! module, so the modules name each other with `super::` and `self::`, never `crate::`.
 
 mod breakdown;
