@@ -12,7 +12,7 @@ mod common;
 use common::checks::{check_inference_statistics, check_output, ForwardInputs};
 use common::scenario::{read_saved, require};
 use common::sync::{check_group, gather_runs, rank_context, run_rank, Shard, StepResult, SyncCase};
-use common::{context, filled_on, normal_data, upload_to, Planned};
+use common::{context, filled_on, limited_context, normal_data, upload_to, Planned};
 use wgpu_batchnorm::sync::{
     in_process_group, Exchange, HeaderField, InProcessExchange, SyncBatchNorm, SyncError,
 };
@@ -223,13 +223,30 @@ struct Rank {
 
 impl Rank {
     fn new(rank: usize, channels: usize, config: BatchNormConfig, shape: &[usize]) -> Self {
-        let ctx = rank_context(rank, Planned::Cpu);
+        Rank::on(
+            &rank_context(rank, Planned::Cpu),
+            rank,
+            channels,
+            config,
+            shape,
+        )
+    }
+
+    /// A rank on `ctx` (a device of its own for a test that destroys it: the others are shared
+    /// by the process's tests).
+    fn on(
+        ctx: &GpuContext,
+        rank: usize,
+        channels: usize,
+        config: BatchNormConfig,
+        shape: &[usize],
+    ) -> Self {
         let len = shape.iter().product();
-        let (x, _) = upload_to(&ctx, &normal_data(len, rank as u64, 1.0, 2.0), shape, CF);
-        let layer = BatchNorm::with_config(&ctx, channels, config).expect("layer");
+        let (x, _) = upload_to(ctx, &normal_data(len, rank as u64, 1.0, 2.0), shape, CF);
+        let layer = BatchNorm::with_config(ctx, channels, config).expect("layer");
         Rank {
             layer: SyncBatchNorm::new(layer),
-            y: filled_on(&ctx, shape, CF, f32::NAN),
+            y: filled_on(ctx, shape, CF, f32::NAN),
             x,
         }
     }
@@ -403,6 +420,45 @@ fn a_rank_that_refuses_its_arguments_makes_every_rank_refuse() {
             matches!(error, SyncError::PeerRefused { ranks, reason: "its arguments" } if ranks == &[2])
         }
     });
+}
+
+/// A rank whose GPU fails in the first half still sends a whole payload (as many words as the
+/// others: an all-gather of unequal counts is erroneous under MPI), so the others read its
+/// status and refuse, with their state unchanged.
+#[test]
+fn a_rank_whose_gpu_fails_makes_every_rank_refuse() {
+    let max_workgroups = wgpu::Limits::default().max_compute_workgroups_per_dimension;
+    let doomed = limited_context(128 << 20, max_workgroups, wgpu::DeviceType::Cpu);
+    let mut ranks: Vec<Rank> = (0..3)
+        .map(|r| match r {
+            1 => Rank::on(&doomed, r, 4, BatchNormConfig::default(), &[3, 4, 5]),
+            _ => Rank::new(r, 4, BatchNormConfig::default(), &[3, 4, 5]),
+        })
+        .collect();
+    let before: Vec<_> = ranks.iter().map(Rank::state).collect();
+    doomed.device().destroy();
+    let results = on_every_rank(&mut ranks, |_, rank, endpoint| {
+        rank.layer
+            .forward_into(&rank.x, &rank.y, endpoint)
+            .map(|_| ())
+    });
+    for (r, result) in results.iter().enumerate() {
+        match (r, result) {
+            (1, Err(SyncError::Local(BatchNormError::DeviceLost(_)))) => {}
+            (
+                0 | 2,
+                Err(SyncError::PeerRefused {
+                    ranks,
+                    reason: "its GPU",
+                }),
+            ) if ranks == &[1] => {}
+            (_, other) => panic!("rank {r}: {other:?}"),
+        }
+    }
+    for r in [0, 2] {
+        assert_eq!(ranks[r].state(), before[r], "rank {r}'s state changed");
+    }
+    assert_eq!(ranks[1].layer.layer().num_batches_tracked(), before[1].1);
 }
 
 #[test]

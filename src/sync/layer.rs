@@ -204,7 +204,9 @@ impl SyncBatchNorm {
         // This rank's (mean, M2), then its running stats, as one readback.
         let local = self.statistics_half(encoder, x, plan.as_ref(), running.as_ref());
         let ((moments, running_before), shards) =
-            exchange_payloads(exchange, local, |(moments, _)| moments)?;
+            exchange_payloads(exchange, self.layer.channels(), local, |(moments, _)| {
+                moments
+            })?;
         debug_assert_eq!(moments.len(), 2 * self.layer.channels());
         let merged = merge_moments(&counts, &shards);
         let (mean, invstd) = merged.mean_invstd(self.layer.config().eps);
@@ -319,7 +321,7 @@ impl SyncBatchNorm {
         let ctx = x.context();
         let channels = self.layer.channels();
         let local = self.gradient_half(encoder, x, dy, &saved.stats, plan.as_ref());
-        let ((_, grads), shards) = exchange_payloads(exchange, local, |(sums, _)| sums)?;
+        let ((_, grads), shards) = exchange_payloads(exchange, channels, local, |(sums, _)| sums)?;
         let (mean_dy_xhat, mean_dy) = gradient_means(&shards, counts.iter().sum());
         if let Some(plan) = &plan {
             let mut workspace = lock(&self.workspace);
@@ -565,11 +567,14 @@ impl SyncBatchNorm {
     }
 }
 
-/// Sends this rank's two per-channel vectors (`vectors` of its first half's result) or, when
-/// its first half failed, a status that says so, and returns its result with every rank's
-/// vectors. Every rank calls it whatever happened, so no rank waits for one that failed.
+/// Sends this rank's two per-channel vectors of `channels` values (`vectors` of its first
+/// half's result) or, when its first half failed, a status that says so with zeros in their
+/// place, and returns its result with every rank's vectors. Every rank calls it whatever
+/// happened, so no rank waits for one that failed, and sends as many words (an all-gather of
+/// unequal counts is erroneous in MPI), so the others read the status and refuse.
 fn exchange_payloads<T>(
     exchange: &dyn Exchange,
+    channels: usize,
     local: Result<T, BatchNormError>,
     vectors: impl Fn(&T) -> &[f32],
 ) -> Result<(T, Vec<RankVectors>), SyncError> {
@@ -578,11 +583,13 @@ fn exchange_payloads<T>(
             let (first, second) = vectors(values).split_at(vectors(values).len() / 2);
             payload(Status::Ready, first, second)
         }
-        Err(_) => payload(Status::GpuFailed, &[], &[]),
+        Err(_) => {
+            let zeros = vec![0.0; channels];
+            payload(Status::GpuFailed, &zeros, &zeros)
+        }
     };
     let gathered = exchange.all_gather(&words);
     let local = local?;
-    let channels = vectors(&local).len() / 2;
     Ok((
         local,
         read_payloads(&gathered?, exchange.ranks(), channels)?,
