@@ -58,7 +58,7 @@ impl DType {
     pub fn buffer_bytes(self, elements: u64) -> Option<u64> {
         elements
             .checked_mul(self.bytes())
-            .map(|bytes| bytes.next_multiple_of(4))
+            .and_then(|bytes| bytes.checked_next_multiple_of(4))
     }
 }
 
@@ -166,5 +166,7 @@ mod tests {
         assert_eq!(DType::BF16.buffer_bytes(4), Some(8));
         assert_eq!(DType::F32.buffer_bytes(3), Some(12));
         assert_eq!(DType::F16.buffer_bytes(u64::MAX), None);
+        // 2^64 - 2 bytes, which a whole word would take past u64::MAX.
+        assert_eq!(DType::F16.buffer_bytes(u64::MAX / 2), None);
     }
 }

@@ -256,7 +256,7 @@ pub enum BatchNormError {
     #[error(
         "a view of {bytes} bytes at byte {offset} runs {} bytes past the end of its \
          {buffer_bytes}-byte buffer",
-        offset + bytes - buffer_bytes
+        offset.saturating_add(*bytes).saturating_sub(*buffer_bytes)
     )]
     ViewPastEnd {
         /// Where the view starts.

@@ -309,6 +309,13 @@ fn views_that_cannot_be_are_refused() {
         error.to_string().contains("8 bytes past the end"),
         "{error}"
     );
+    // An offset near u64::MAX: refused, and its message says so without overflowing.
+    let error = view_at(u64::MAX - 3).expect_err("past the end");
+    assert!(
+        matches!(error, BatchNormError::ViewPastEnd { offset, .. } if offset == u64::MAX - 3),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("past the end"), "{error}");
     let no_storage = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("no STORAGE"),
         size: 64,
