@@ -148,8 +148,12 @@ fn partials_strided(
     }
 }
 
-// Advances the layer's batch count (momentum None), first in every training call.
+// Advances the layer's batch count (momentum None), first in every training call. It stops at
+// the largest u32 rather than wrap to 0, which `running_momentum` would divide by (at over 4e9
+// batches a batch's weight, 2.3e-10, no longer moves the running stats in f32).
 @compute @workgroup_size(1)
 fn count_batch() {
-    batches[0] += 1u;
+    if (batches[0] < 0xffffffffu) {
+        batches[0] += 1u;
+    }
 }

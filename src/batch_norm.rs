@@ -176,7 +176,8 @@ impl BatchNorm {
     pub fn set_num_batches_tracked(&mut self, count: u64) {
         self.num_batches_tracked = count;
         if let Some(batches) = &self.batches {
-            // The GPU's count is a u32: past 4e9 batches, 1 / count is 0 in f32 either way.
+            // The GPU's count is a u32 that stops at its largest value: past 4e9 batches a
+            // batch's weight, 1 / count, no longer moves the running stats in f32.
             let count = u32::try_from(count).unwrap_or(u32::MAX);
             self.ctx
                 .queue()
@@ -284,7 +285,7 @@ impl BatchNorm {
                 call.saved(stats.clone())
             }
         };
-        self.num_batches_tracked += u64::from(counts);
+        self.num_batches_tracked = self.num_batches_tracked.saturating_add(u64::from(counts));
         Ok(saved)
     }
 

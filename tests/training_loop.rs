@@ -379,3 +379,31 @@ fn the_cache_is_bounded_and_lets_dropped_buffers_go() {
     }
     assert_eq!(norm.prepared_calls(), 16);
 }
+
+/// A batch count at the end of its range stays there: the host's u64 and the GPU's u32 (which
+/// momentum `None` divides by) neither overflow nor wrap to 0, and the running stats stay
+/// finite, barely moved by a batch of weight 1 / count.
+#[test]
+fn a_batch_count_at_the_end_of_its_range_stays_there() {
+    let ctx = own_context();
+    let cumulative = BatchNormConfig {
+        momentum: None,
+        ..BatchNormConfig::default()
+    };
+    for count in [u64::from(u32::MAX), u64::MAX] {
+        let mut layer = Layer::new(&ctx, &[4, 3, 5], Layout::ChannelsFirst, cumulative, 21);
+        layer.norm.set_num_batches_tracked(count);
+        for _ in 0..2 {
+            layer.norm.forward_into(&layer.x, &layer.y).unwrap();
+        }
+        assert_eq!(layer.norm.num_batches_tracked(), count.saturating_add(2));
+        let (mean, var) = layer.norm.running_statistics().unwrap();
+        for c in 0..3 {
+            assert!(mean[c].abs() < 1e-6, "count {count}: running mean {mean:?}");
+            assert!(
+                (var[c] - 1.0).abs() < 1e-6,
+                "count {count}: running var {var:?}"
+            );
+        }
+    }
+}

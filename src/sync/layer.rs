@@ -243,7 +243,7 @@ impl SyncBatchNorm {
             None => ChannelPair::new(ctx, &mean, &invstd)?,
         };
         if let Some(running) = &running {
-            let batches = self.layer.num_batches_tracked() + 1;
+            let batches = self.layer.num_batches_tracked().saturating_add(1);
             let momentum = self.layer.config().momentum.unwrap_or(1.0 / batches as f64);
             let channels = self.layer.channels();
             let (running_mean, running_var) = running_before.split_at(channels);
