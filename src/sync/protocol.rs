@@ -219,7 +219,7 @@ const AGREED: [HeaderField; 6] = [
 
 /// Splits gathered words into `ranks` equal parts, refusing any other length.
 pub fn per_rank(gathered: &[u32], ranks: usize, words: usize) -> Result<Vec<&[u32]>, SyncError> {
-    if ranks == 0 || words == 0 || gathered.len() != ranks * words {
+    if ranks == 0 || words == 0 || ranks.checked_mul(words) != Some(gathered.len()) {
         return Err(SyncError::Transport(format!(
             "expected {ranks} parts of {words} words, got {} words",
             gathered.len()
@@ -246,7 +246,18 @@ pub fn agree(gathered: &[u32], ranks: usize) -> Result<Vec<u64>, SyncError> {
         }
     }
     refusals(headers.iter().map(|h| h.status))?;
-    Ok(headers.iter().map(|h| h.count).collect())
+    let counts: Vec<u64> = headers.iter().map(|h| h.count).collect();
+    // Every later sum of the counts (the total, the merge's running count) stays below this.
+    if counts
+        .iter()
+        .try_fold(0u64, |total, &count| total.checked_add(count))
+        .is_none()
+    {
+        return Err(SyncError::Transport(format!(
+            "the ranks' counts {counts:?} add up past 2^64: a header was corrupted"
+        )));
+    }
+    Ok(counts)
 }
 
 /// `PeerRefused` when any of the statuses (in rank order) is not [`Status::Ready`].
@@ -287,7 +298,11 @@ pub fn read_payloads(
     ranks: usize,
     channels: usize,
 ) -> Result<Vec<RankVectors>, SyncError> {
-    let parts = per_rank(gathered, ranks, 1 + 2 * channels)?;
+    let words = channels
+        .checked_mul(2)
+        .and_then(|values| values.checked_add(1))
+        .ok_or_else(|| SyncError::Transport(format!("{channels} channels are too many words")))?;
+    let parts = per_rank(gathered, ranks, words)?;
     refusals(parts.iter().map(|part| part[0]))?;
     Ok(parts
         .into_iter()
@@ -342,6 +357,32 @@ mod tests {
         let m = RunningUpdate::Momentum(0.1);
         let words = gather(&[header(6, 1e-5, m, 12), header(6, 1e-5, m, 0)]);
         assert_eq!(agree(&words, 2).unwrap(), vec![12, 0]);
+    }
+
+    #[test]
+    fn counts_that_add_up_past_u64_are_refused() {
+        let m = RunningUpdate::Momentum(0.1);
+        let words = gather(&[header(6, 1e-5, m, u64::MAX), header(6, 1e-5, m, 1)]);
+        match agree(&words, 2) {
+            Err(SyncError::Transport(message)) => {
+                assert!(message.contains("past 2^64"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let words = gather(&[header(6, 1e-5, m, u64::MAX - 1), header(6, 1e-5, m, 1)]);
+        assert_eq!(agree(&words, 2).unwrap(), vec![u64::MAX - 1, 1]);
+    }
+
+    #[test]
+    fn part_sizes_past_usize_are_refused() {
+        assert!(matches!(
+            per_rank(&[0; 4], usize::MAX, 2),
+            Err(SyncError::Transport(_))
+        ));
+        assert!(matches!(
+            read_payloads(&[0; 4], 2, usize::MAX),
+            Err(SyncError::Transport(_))
+        ));
     }
 
     #[test]
