@@ -153,6 +153,12 @@ fn inconsistent_layers_are_refused() {
         ),
         "{error:?}"
     );
+    // No values, so it can be made; its grouped axis times the groups overflows a usize.
+    let error = previous(conv_layer(&[0, 1 << 62, 1], 8, Padding::None));
+    assert!(
+        matches!(error, FoldError::TooManyChannels { groups: 8, .. }),
+        "{error:?}"
+    );
     let transposed =
         Layer::transposed_convolution(ArrayD::from_elem(IxDyn(&[4, 2, 3]), 1.0), None, 3);
     assert!(matches!(

@@ -36,6 +36,18 @@ pub enum FoldError {
         shape: Vec<usize>,
     },
 
+    /// The weight's grouped axis times `groups` is more channels than a `usize` counts.
+    #[error(
+        "a weight of shape {shape:?} with groups = {groups} has more than usize::MAX channels on \
+         its grouped axis"
+    )]
+    TooManyChannels {
+        /// The groups given.
+        groups: usize,
+        /// The weight's shape.
+        shape: Vec<usize>,
+    },
+
     /// The bias does not have one value per output channel.
     #[error("the bias has {actual} values but the layer has {expected} output channels")]
     BiasLength {

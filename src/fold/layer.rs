@@ -135,7 +135,12 @@ impl Layer {
                 shape: shape.to_vec(),
             });
         }
-        let grouped = shape[1] * groups;
+        let grouped = shape[1]
+            .checked_mul(groups)
+            .ok_or_else(|| FoldError::TooManyChannels {
+                groups,
+                shape: shape.to_vec(),
+            })?;
         let (out_channels, in_channels) = if transposed {
             (grouped, shape[0])
         } else {
