@@ -177,7 +177,11 @@ pub fn save_state(layers: &[(&str, &BatchNorm)]) -> Result<Vec<u8>> {
     for &(prefix, layer) in layers {
         let key = |name: &str| state_key(prefix, name);
         let channels = vec![layer.channels()];
-        if let Ok((gamma, beta)) = layer.parameters() {
+        let config = layer.config();
+        // What the layer keeps comes from its config: a failed read (a lost device) is an
+        // error, never a checkpoint without the part.
+        if config.affine {
+            let (gamma, beta) = layer.parameters()?;
             tensors.push((
                 key("weight"),
                 Dtype::F32,
@@ -186,7 +190,8 @@ pub fn save_state(layers: &[(&str, &BatchNorm)]) -> Result<Vec<u8>> {
             ));
             tensors.push((key("bias"), Dtype::F32, channels.clone(), f32_bytes(&beta)));
         }
-        if let Ok((mean, var)) = layer.running_statistics() {
+        if config.track_running_stats {
+            let (mean, var) = layer.running_statistics()?;
             tensors.push((
                 key("running_mean"),
                 Dtype::F32,

@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use common::context;
+use common::{context, limited_context};
 use serde_json::Value;
 use wgpu_batchnorm::{save_state, BatchNorm, BatchNormConfig, BatchNormError};
 
@@ -226,4 +226,19 @@ fn bad_files_and_keys_are_refused_by_name() {
         .expect_err("missing file");
     assert!(error.to_string().contains("no_such.safetensors"), "{error}");
     assert_eq!(state(&layer), before);
+}
+
+/// A layer whose state cannot be read (its device is lost) makes `save_state` fail, rather than
+/// write a file without its weights or running stats.
+#[test]
+fn a_layer_that_cannot_be_read_is_not_saved_without_its_parts() {
+    let max_workgroups = wgpu::Limits::default().max_compute_workgroups_per_dimension;
+    let ctx = limited_context(128 << 20, max_workgroups, wgpu::DeviceType::Cpu);
+    let layer = BatchNorm::new(&ctx, 3).unwrap();
+    save_state(&[("bn", &layer)]).expect("saved while the device lives");
+    ctx.device().destroy();
+    match save_state(&[("bn", &layer)]) {
+        Err(BatchNormError::DeviceLost(_)) => {}
+        other => panic!("{:?}", other.map(|bytes| bytes.len())),
+    }
 }
