@@ -422,6 +422,7 @@ impl BatchNorm {
     pub(crate) fn check_channels(&self, x: &Tensor) -> Result<()> {
         if x.channels() != self.channels {
             return Err(BatchNormError::ChannelMismatch {
+                what: "the batch norm was built for",
                 expected: self.channels,
                 actual: x.channels(),
             });

@@ -68,8 +68,11 @@ pub enum BatchNormError {
     },
 
     /// The tensor has a different channel count from the module or the parameters.
-    #[error("the input has {actual} channels but the batch norm was built for {expected}")]
+    #[error("the input has {actual} channels but {what} {expected}")]
     ChannelMismatch {
+        /// What holds the other count, and how ("the batch norm was built for", "the running
+        /// stats (ForwardArgs::running) hold", ...).
+        what: &'static str,
         /// Channels the module or parameters hold.
         expected: usize,
         /// Channels of the input.
@@ -239,6 +242,18 @@ pub enum BatchNormError {
         forward: EpilogueKind,
         /// The backward's.
         backward: EpilogueKind,
+    },
+
+    /// A download asked for another element type than the tensor's storage type.
+    #[error(
+        "this tensor is stored as {stored}, not {requested}: download it as its own type, or as \
+         f32 with to_vec()"
+    )]
+    ElementTypeMismatch {
+        /// The tensor's storage type.
+        stored: DType,
+        /// The type asked for.
+        requested: DType,
     },
 
     /// Tensors of one call are stored in different types.

@@ -322,8 +322,12 @@ pub(crate) fn check_forward_operands(x: &Tensor, y: &Tensor, args: &ForwardArgs<
     if !(0.0..=1.0).contains(&args.momentum) {
         return Err(BatchNormError::InvalidMomentum(args.momentum));
     }
-    check_pair(x, args.affine)?;
-    check_pair(x, args.running)?;
+    check_pair(x, args.affine, "gamma and beta (ForwardArgs::affine) hold")?;
+    check_pair(
+        x,
+        args.running,
+        "the running stats (ForwardArgs::running) hold",
+    )?;
     if !args.training && args.running.is_none() {
         return Err(BatchNormError::Unsupported(
             "inference with running statistics needs running stats: pass them, or use \
@@ -343,10 +347,12 @@ pub(crate) fn check_eps(eps: f64) -> Result<()> {
     }
 }
 
-fn check_pair(x: &Tensor, pair: Option<&ChannelPair>) -> Result<()> {
+/// `pair` (what `what` names) is on x's context and has x's channels.
+fn check_pair(x: &Tensor, pair: Option<&ChannelPair>, what: &'static str) -> Result<()> {
     match pair {
         Some(pair) if !pair.context().same_as(x.context()) => Err(BatchNormError::ContextMismatch),
         Some(pair) if pair.channels() != x.channels() => Err(BatchNormError::ChannelMismatch {
+            what,
             expected: pair.channels(),
             actual: x.channels(),
         }),
@@ -464,7 +470,7 @@ pub(crate) fn describe_backward(
     if !saved.mean_invstd.context().same_as(x.context()) {
         return Err(BatchNormError::ContextMismatch);
     }
-    check_pair(x, affine)?;
+    check_pair(x, affine, "gamma and beta (the affine argument) hold")?;
     if x.is_empty() {
         return Ok(None);
     }

@@ -222,10 +222,9 @@ impl Tensor {
     /// Downloads the tensor as its own element type: refused unless `T` is its storage type.
     pub fn to_vec_of<T: Element>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.inner.dtype {
-            return Err(BatchNormError::DTypeMismatch {
-                what: "the requested element type",
-                expected: self.inner.dtype,
-                actual: T::DTYPE,
+            return Err(BatchNormError::ElementTypeMismatch {
+                stored: self.inner.dtype,
+                requested: T::DTYPE,
             });
         }
         let bytes = self.download()?;

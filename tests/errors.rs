@@ -325,7 +325,8 @@ fn channel_count_must_match_the_layer() {
                     error,
                     BatchNormError::ChannelMismatch {
                         expected: 3,
-                        actual: 4
+                        actual: 4,
+                        ..
                     }
                 ),
                 "{shape:?} {layout:?}: {error:?}"
@@ -345,7 +346,8 @@ fn channel_count_must_match_the_layer() {
             error,
             BatchNormError::ChannelMismatch {
                 expected: 3,
-                actual: 4
+                actual: 4,
+                ..
             }
         ));
         assert_untouched("dx", &dx);
@@ -360,7 +362,10 @@ fn channel_count_must_match_the_layer() {
     let three = ChannelPair::new(&ctx, &[0.0; 3], &[1.0; 3]).unwrap();
     let four_bits = pair_bits(&four);
     let three_bits = pair_bits(&three);
-    for (affine, running) in [(Some(&four), Some(&three)), (None, Some(&four))] {
+    for (affine, running, names) in [
+        (Some(&four), Some(&three), "ForwardArgs::affine"),
+        (None, Some(&four), "ForwardArgs::running"),
+    ] {
         let args = ForwardArgs {
             affine,
             running,
@@ -375,11 +380,13 @@ fn channel_count_must_match_the_layer() {
                 error,
                 BatchNormError::ChannelMismatch {
                     expected: 4,
-                    actual: 3
+                    actual: 3,
+                    ..
                 }
             ),
             "{error:?}"
         );
+        assert_mentions(&error, &["3 channels", names, "4"]);
         assert_untouched("y", &y);
     }
     assert_eq!(pair_bits(&four), four_bits);

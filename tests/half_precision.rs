@@ -407,12 +407,15 @@ fn tensors_and_parameters_round_trip_in_every_element_type() {
         .unwrap_err();
     assert!(matches!(
         wrong,
-        BatchNormError::DTypeMismatch {
-            expected: DType::F16,
-            actual: DType::BF16,
-            ..
+        BatchNormError::ElementTypeMismatch {
+            stored: DType::F16,
+            requested: DType::BF16,
         }
     ));
+    assert!(
+        wrong.to_string().contains("stored as f16, not bf16"),
+        "{wrong}"
+    );
 
     let mut layer = BatchNorm::new(&ctx, 2).unwrap();
     let gamma = [bf16::from_f32(1.5), bf16::from_f32(-0.25)];
