@@ -5,9 +5,9 @@
 //! mpirun -np 2 target/release/examples/sync_bn
 //! ```
 //!
-//! A small network, x -> Linear(16, 64) -> SyncBatchNorm(64) -> ReLU -> Linear(64, 1), squared
-//! error, trained with SGD on a batch of 256 rows split over the ranks (unevenly when they do not
-//! divide it). Linear layers, ReLU and loss run on the host; the batch norm on each rank's GPU.
+//! A small network, x -> Linear(16, 64) -> SyncBatchNorm(64) -> ReLU -> Linear(64, 1) (linear
+//! layers without bias), squared error, trained with SGD on a batch of 256 rows split over the
+//! ranks (unevenly when they do not divide it). Linear layers, ReLU and loss run on the host; the batch norm on each rank's GPU.
 //! Parameter gradients are summed over the ranks, as a data-parallel trainer does. Every rank also
 //! trains the same network on the whole batch alone (plain `BatchNorm`) and prints, step by step,
 //! that its merged statistics, running statistics and summed gradients match that run. Then it

@@ -19,7 +19,7 @@ use super::ExperimentResult;
 pub const BATCH: usize = 128;
 
 /// The minibatches of one seed: each epoch a fresh shuffle of the training set, cut into
-/// whole batches of 128 (the 1300 - 10 x 128 left over wait for the next epoch's shuffle).
+/// whole batches of 128 (the 1297 - 10 x 128 = 17 left over wait for the next epoch's shuffle).
 pub struct Schedule {
     rng: Rng,
     order: Vec<usize>,
