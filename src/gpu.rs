@@ -598,9 +598,21 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
         self.submit_and_wait(encoder)?;
+        self.read_mapped(&staging, bytes, "a download could not map its buffer")
+    }
+
+    /// Maps the first `bytes` of `staging` (a `MAP_READ` buffer the GPU has finished writing),
+    /// copies them out and unmaps it, so that it can be used again; `what` says what failed if
+    /// it cannot be mapped.
+    pub(crate) fn read_mapped(
+        &self,
+        staging: &wgpu::Buffer,
+        bytes: u64,
+        what: &str,
+    ) -> Result<Vec<u8>> {
         let (sender, receiver) = std::sync::mpsc::channel();
         staging
-            .slice(..)
+            .slice(..bytes)
             .map_async(wgpu::MapMode::Read, move |result| {
                 // The receiver outlives this callback: it waits just below.
                 let _ = sender.send(result);
@@ -608,15 +620,15 @@ impl GpuContext {
         self.device()
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
-        let mapped = receiver.recv().ok().and_then(Result::ok).and_then(|()| {
-            let range = staging.slice(..).get_mapped_range().ok()?;
+        let mapped = receiver.recv().ok().and_then(Result::ok);
+        let data = mapped.and_then(|()| {
+            let range = staging.slice(..bytes).get_mapped_range().ok()?;
             Some(range.to_vec())
         });
-        let Some(data) = mapped else {
-            return Err(self.lost_now("a download could not map its buffer"));
-        };
-        staging.unmap();
-        Ok(data)
+        if mapped.is_some() {
+            staging.unmap();
+        }
+        data.ok_or_else(|| self.lost_now(what))
     }
 
     /// Submits `encoder` (inside error scopes), waits until the GPU has finished it, and

@@ -553,7 +553,11 @@ impl SyncBatchNorm {
         if total == 0 {
             return Ok(pairs.iter().map(|_| Vec::new()).collect());
         }
-        let words = map_read(ctx, staging, total)?;
+        let words: Vec<f32> = bytemuck::pod_collect_to_vec(&ctx.read_mapped(
+            staging,
+            total,
+            "a synchronized readback could not map its buffer",
+        )?);
         let mut at = 0;
         Ok(bytes
             .iter()
@@ -594,28 +598,4 @@ fn exchange_payloads<T>(
         local,
         read_payloads(&gathered?, exchange.ranks(), channels)?,
     ))
-}
-
-/// Maps the first `bytes` of `staging` and copies them out as f32.
-fn map_read(
-    ctx: &GpuContext,
-    staging: &wgpu::Buffer,
-    bytes: u64,
-) -> Result<Vec<f32>, BatchNormError> {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    staging
-        .slice(..bytes)
-        .map_async(wgpu::MapMode::Read, move |result| {
-            // The receiver outlives this callback: it waits just below.
-            let _ = sender.send(result);
-        });
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| BatchNormError::DeviceLost(e.to_string()))?;
-    let mapped = receiver.recv().ok().and_then(Result::ok).and_then(|()| {
-        let range = staging.slice(..bytes).get_mapped_range().ok()?;
-        Some(bytemuck::cast_slice::<u8, f32>(&range).to_vec())
-    });
-    staging.unmap();
-    mapped.ok_or_else(|| ctx.lost_now("a synchronized readback could not map its buffer"))
 }
