@@ -22,6 +22,9 @@ the last two are f32 without an epilogue). Comparisons per case:
              dz a write backward, the ReLU's mask two reads of y backward; each pass at the
              storage type's size (4 bytes f32, 2 half), over bnbench's stream kernel.
 
+A case whose result failed bnbench's check (column "check") is listed but left out of the means,
+the counts and --slow: its time is that of a wrong answer.
+
 --slow PATH writes the cases where our GPU time is above PyTorch's kernel time, slowest first,
 one a line as bnbench's arguments (`--op backward --shape 256,1024 --layout channels-first`,
 and --dtype, --epilogue where not f32 and none), for scripts/compare_pytorch.sh's breakdown.
@@ -122,6 +125,7 @@ def build_rows(run, torch_cases):
             "host_ratio": ratio(case["host_back_to_back_us"], t and t["eager_us"]),
             "ours_gbps": case["gbps"],
             "torch_gbps": t and t["gbps"],
+            "check": case.get("check", "passed"),
         })
     for t in torch_cases:
         if key(t) not in seen:
@@ -131,14 +135,14 @@ def build_rows(run, torch_cases):
                 "compile_us": t.get("compile_kernel_us"), "compile_ratio": None,
                 "ours_b2b_us": None, "torch_graph_us": t.get("graph_back_to_back_us"), "b2b_ratio": None,
                 "ours_host_us": None, "torch_eager_us": t["eager_us"], "host_ratio": None,
-                "ours_gbps": None, "torch_gbps": t["gbps"],
+                "ours_gbps": None, "torch_gbps": t["gbps"], "check": "-",
             })
     return rows
 
 
 HEADER = ["case", "ours GPU us", "PyTorch kernel us", "ours/PyTorch", "ours GPU b2b us", "PyTorch graph us",
           "ours/PyTorch (b2b)", "compiled us", "ours/compiled", "roofline us", "ours % of roofline",
-          "ours host b2b us", "PyTorch eager us", "ours/PyTorch (host)"]
+          "ours host b2b us", "PyTorch eager us", "ours/PyTorch (host)", "check"]
 
 
 def cells(row):
@@ -157,6 +161,7 @@ def cells(row):
         number(row["ours_host_us"]),
         number(row["torch_eager_us"]),
         number(row["host_ratio"], 2),
+        row["check"],
     ]
 
 
@@ -204,18 +209,23 @@ def main():
         return 1
     run = runs[args.run]
     rows = build_rows(run, torch_info["cases"])
-    gpu_mean = geometric_mean([r["gpu_ratio"] for r in rows])
-    b2b_mean = geometric_mean([r["b2b_ratio"] for r in rows])
-    host_mean = geometric_mean([r["host_ratio"] for r in rows])
-    big = [r for r in rows if r["elements"] > 10_000_000 and r["percent_of_roofline"] is not None]
+    failed = [r for r in rows if r["check"] == "failed"]
+    counted = [r for r in rows if r["check"] != "failed"]
+    gpu_mean = geometric_mean([r["gpu_ratio"] for r in counted])
+    b2b_mean = geometric_mean([r["b2b_ratio"] for r in counted])
+    host_mean = geometric_mean([r["host_ratio"] for r in counted])
+    big = [r for r in counted if r["elements"] > 10_000_000 and r["percent_of_roofline"] is not None]
     at_85 = sum(1 for r in big if r["percent_of_roofline"] >= 85.0)
-    as_fast = sum(1 for r in rows if r["gpu_ratio"] is not None and r["gpu_ratio"] <= 1.0)
-    compared = sum(1 for r in rows if r["gpu_ratio"] is not None)
+    as_fast = sum(1 for r in counted if r["gpu_ratio"] is not None and r["gpu_ratio"] <= 1.0)
+    compared = sum(1 for r in counted if r["gpu_ratio"] is not None)
     summary = (f"geometric mean of ours/PyTorch: GPU time {number(gpu_mean, 2)}, "
                f"back to back {number(b2b_mean, 2)}, "
                f"host time {number(host_mean, 2)} (below 1: ours is faster); "
                f"at least as fast as PyTorch in {as_fast} of {compared} cases; "
                f"at 85% of the roofline or more in {at_85} of {len(big)} cases over 10 M elements")
+    if failed:
+        summary += (f"; {len(failed)} case(s) FAILED bnbench's check, left out of these figures: "
+                    + ", ".join(r["case"] for r in failed))
     lines = heading(ours, run, torch_info)
     print("\n".join(lines))
     print()
@@ -227,7 +237,7 @@ def main():
             f.write("".join(f"- {line}\n" for line in lines))
             f.write("\n" + markdown_table(rows) + "\n\n" + summary + "\n")
     if args.slow:
-        slow = sorted((r for r in rows if r["gpu_ratio"] is not None and r["gpu_ratio"] > 1.0),
+        slow = sorted((r for r in counted if r["gpu_ratio"] is not None and r["gpu_ratio"] > 1.0),
                       key=lambda r: -r["gpu_ratio"])
         with open(args.slow, "w") as f:
             f.write("".join(r["arguments"] + "\n" for r in slow))

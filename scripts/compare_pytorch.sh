@@ -10,10 +10,13 @@
 #      (this fused forward took 130.8 us in one run and 54.8 us in the next, while the other
 #      cases kept their times: docs/performance.md section 8; 54.0 to 54.8 us in all 16
 #      processes of 2026-12-04, section 44).
-# The call keeps within BUDGET_S seconds (570): phase 1 may take up to 520 of them (bnbench 300,
-# PyTorch 220; about 100 to 200 expected), phase 2 stops where phase 3 would lose its time, and
-# whatever is left without time says so in the results. A phase that fails does not stop the
-# next. Needs bash 4.4 or later.
+# The call keeps within BUDGET_S seconds (570, for a device call of timeout_s 600; set it to the
+# call's timeout_s minus 30 where the device has less time left): phase 1 may take up to 520 of
+# them (bnbench 300, PyTorch 220; about 100 to 200 expected), phase 2 stops where phase 3 would
+# lose its time, and whatever is left without time says so in the results. The results are
+# rewritten after phase 1 and after each later bnbench process (and on SIGTERM or SIGINT), so a
+# call cut short keeps what it had measured. A phase that fails does not stop the next. Needs
+# bash 4.4 or later.
 #
 # On the development machine, from the project root:
 #   bash scripts/fetch_vulkan_loader.sh               # once: the Vulkan loader debs, into .gl/
@@ -34,12 +37,16 @@
 # swing.md, and logs.tar.gz (the logs, phase 1's bnbench.md and .svg, and each breakdown and
 # swing run's JSON). The machine builds nothing. Exit status, the first that applies: 10 no
 # NVIDIA adapter; 1 a bnbench run failed (a failed check or case, or bad options); 11 a phase
-# ran out of time; 12 no comparison with PyTorch; 0 everything ran and passed.
+# ran out of time; 12 no comparison with PyTorch (with --smoke: the join failed); 0 everything
+# ran and passed.
 #
 # `--smoke` (first argument) checks the script's flow on any adapter, such as the development
 # machine's llvmpipe (WGPU_BACKEND, if set, chooses the backend), in about a minute: phase 1
 # on --quick's cases unless others are given, every phase at 2 timed runs, 2 swing processes
-# of a small shape, the loader left alone, PyTorch optional. Its numbers mean nothing.
+# of a small shape, the loader left alone. Without a CUDA PyTorch, torch.json is made up from
+# bnbench's own times (the first two cases "slower"), so that the join (scripts/compare.py)
+# and phase 2's list of slow cases run too; it exits 12 if the join fails. Its numbers mean
+# nothing.
 set -uo pipefail
 
 smoke=false
@@ -69,18 +76,20 @@ if ! $smoke; then
         ldconfig
     fi
     icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-    adapters=$("$bnbench" --list "${backend[@]}" 2>&1)
+    # stdout only: the Vulkan loader's messages on stderr would pass for adapters.
+    adapters=$(timeout 60 "$bnbench" --list "${backend[@]}" 2>>"$work/list.err")
     if ! grep -qi nvidia <<<"$adapters" && [ -f "$icd" ]; then
         export VK_DRIVER_FILES=$icd
-        adapters=$("$bnbench" --list "${backend[@]}" 2>&1)
+        adapters=$(timeout 60 "$bnbench" --list "${backend[@]}" 2>>"$work/list.err")
     fi
     # The line after bnbench's "Adapters (best first ...)" heading.
-    first_adapter=$(sed -n 2p <<<"$adapters")
+    first_adapter=$(sed -n '/^Adapters/{n;p;q}' <<<"$adapters")
     if ! grep -qi nvidia <<<"$first_adapter"; then
+        cat "$work/list.err" >&2
         echo "compare_pytorch: the first adapter is not NVIDIA's (${first_adapter:-none}): nothing measured" >&2
         exit 10
     fi
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 fi
 
 # The cases the committed H200 table (docs/benchmarks/h200-vs-pytorch.md) found slower than
@@ -167,6 +176,91 @@ bnbench_case() {
     return "$code"
 }
 
+# Phase 3's table from the swing runs' JSON.
+swing_table() {
+    python3 - "$work" "$SWING_RUNS" <<'EOF'
+import json, os, sys
+work, runs = sys.argv[1], int(sys.argv[2])
+if runs == 0:
+    print("Not run (SWING_RUNS=0).")
+    sys.exit(0)
+print("| process | stream GB/s | GPU median us | GPU min us | GPU b2b us | each copy's median us | check |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+for index in range(1, runs + 1):
+    path = f"{work}/swing-{index}.json"
+    if not os.path.exists(path):
+        print(f"| {index} | - | - | - | - | - | not run, or stopped: no results (its log is in logs.tar.gz) |")
+        continue
+    try:
+        run = json.load(open(path))["runs"][0]
+    except (ValueError, KeyError, IndexError) as error:
+        print(f"| {index} | - | - | - | - | - | unreadable results ({error}) |")
+        continue
+    for case in run["cases"]:
+        b2b = case.get("gpu_back_to_back_us")
+        # Absent with one input copy, or too few runs for each copy (bnbench's JSON).
+        copies = case.get("gpu_copy_medians_us")
+        each = "-" if copies is None else ", ".join(f"{us:.1f}" for us in copies)
+        print(f"| {index} | {run['stream']['gbps']:.0f} | {case['gpu_median_us']:.1f} | "
+              f"{case['gpu_min_us']:.1f} | {'-' if b2b is None else f'{b2b:.1f}'} | {each} | "
+              f"{case['check']} |")
+    for skipped in run["skipped"]:
+        print(f"| {index} | {run['stream']['gbps']:.0f} | - | - | - | - | "
+              f"{'FAILED' if skipped['failure'] else 'skipped'}: {skipped['reason']} |")
+EOF
+}
+
+# The results so far into $out: the swing table (runs not yet made say so), the logs and
+# summary.md. Called after every phase and bnbench process, and on SIGTERM or SIGINT, so a call
+# cut short keeps what it had.
+write_results() {
+    swing_table >"$out/swing.md"
+    tar -czf "$out/logs.tar.gz" -C "$work" .
+    {
+        echo "# compare_pytorch.sh $($smoke && echo "--smoke ")${suite_args[*]} ($(date -u +%FT%TZ), $SECONDS s)"
+        echo
+        if $compared; then
+            echo "## Phase 1: against PyTorch"
+            tail -n +2 "$out/compare.md"
+        else
+            echo "## Phase 1: bnbench alone (no comparison with PyTorch)"
+            tail -n +2 "$work/bnbench.md" 2>/dev/null || echo "no results"
+        fi
+        echo
+        echo "## Phase 2: breakdown of the slow cases"
+        echo
+        cat "$out/breakdown.md" 2>/dev/null
+        echo "## Phase 3: the swing"
+        echo
+        cat "$out/swing.md"
+    } >"$out/summary.md"
+}
+compared=false
+trap 'write_results; exit 143' TERM INT
+
+# --smoke without a CUDA PyTorch: a torch.json made up from bnbench's JSON ($1) into $2, the
+# first two cases "slower" than PyTorch, so that the join and phase 2's list run.
+made_up_torch_times() {
+    python3 - "$1" "$2" <<'EOF'
+import datetime, json, sys
+run = json.load(open(sys.argv[1]))["runs"][0]
+cases = []
+for index, case in enumerate(run["cases"]):
+    factor = 0.5 if index < 2 else 2.0
+    made_up = {key: case.get(key) for key in
+               ("op", "layout", "format", "shape", "dtype", "epilogue", "elements", "copies")}
+    made_up.update(kernel_us=factor * case["gpu_median_us"],
+                   eager_us=factor * case["host_back_to_back_us"],
+                   graph_back_to_back_us=None, compile_kernel_us=None,
+                   gbps=case["gbps"] / factor)
+    cases.append(made_up)
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+json.dump({"date_utc": now, "torch": "none (made up by --smoke)", "cuda": "-", "cudnn": "-",
+           "device": "none", "copy_gbps": run["stream"]["gbps"], "cases": cases},
+          open(sys.argv[2], "w"), indent=1)
+EOF
+}
+
 echo "== phase 1: suite (${suite_args[*]}), $(left) s left"
 within 300 "$bnbench" "${backend[@]}" "${suite_args[@]}" "${settings[@]}" \
     --json "$out/bnbench.json" --markdown "$work/bnbench.md" --svg "$work/bnbench.svg" \
@@ -175,23 +269,33 @@ code=$?
 note_bnbench "$code"
 tail -n 60 "$work/bnbench.log"
 slow_list="$work/slow.txt"
-compared=false
+torch_done=false
 if [ ! -s "$out/bnbench.json" ]; then
     echo "compare_pytorch: bnbench wrote no results (exit $code)" >&2
-elif ! within 220 python3 scripts/torch_bench.py "${suite_args[@]}" --json "$out/torch.json" \
+elif within 220 python3 scripts/torch_bench.py "${suite_args[@]}" --json "$out/torch.json" \
     >"$work/torch.log" 2>&1; then
+    torch_done=true
+else
     tail -n 20 "$work/torch.log" 2>/dev/null
     echo "compare_pytorch: scripts/torch_bench.py failed: no comparison with PyTorch" >&2
-elif ! python3 scripts/compare.py "$out/bnbench.json" "$out/torch.json" \
-    --markdown "$out/compare.md" --slow "$slow_list"; then
-    echo "compare_pytorch: scripts/compare.py failed: no comparison with PyTorch" >&2
-else
-    compared=true
+    if $smoke && made_up_torch_times "$out/bnbench.json" "$out/torch.json"; then
+        echo "compare_pytorch: --smoke: torch.json made up from bnbench's times, to run the join" >&2
+        torch_done=true
+    fi
+fi
+if $torch_done; then
+    if python3 scripts/compare.py "$out/bnbench.json" "$out/torch.json" \
+        --markdown "$out/compare.md" --slow "$slow_list"; then
+        compared=true
+    else
+        echo "compare_pytorch: scripts/compare.py failed: no comparison with PyTorch" >&2
+    fi
 fi
 if ! $compared; then
     echo "$SLOW_CASES" >"$slow_list"
     echo "compare_pytorch: phase 2 takes the committed table's slow cases" >&2
 fi
+write_results
 
 echo "== phase 2: breakdown of $(grep -c . "$slow_list") slow case(s), $(left) s left"
 index=0
@@ -217,59 +321,15 @@ while read -r -a case_args; do
         echo '```'
         echo
     } >>"$out/breakdown.md"
+    write_results
 done <"$slow_list"
 
 echo "== phase 3: ${SWING_CASE[*]} in $SWING_RUNS processes, $(left) s left"
 for run in $(seq 1 "$SWING_RUNS"); do
     bnbench_case "swing-$run" "${SWING_CASE[@]}"
+    write_results
 done
-python3 - "$work" "$SWING_RUNS" >"$out/swing.md" <<'EOF'
-import json, os, sys
-work, runs = sys.argv[1], int(sys.argv[2])
-print("| process | stream GB/s | GPU median us | GPU min us | GPU b2b us | each copy's median us | check |")
-print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-for index in range(1, runs + 1):
-    path = f"{work}/swing-{index}.json"
-    if not os.path.exists(path):
-        print(f"| {index} | - | - | - | - | - | not run, or stopped: no results (its log is in logs.tar.gz) |")
-        continue
-    try:
-        run = json.load(open(path))["runs"][0]
-    except (ValueError, KeyError, IndexError) as error:
-        print(f"| {index} | - | - | - | - | - | unreadable results ({error}) |")
-        continue
-    for case in run["cases"]:
-        b2b = case.get("gpu_back_to_back_us")
-        # Absent with one input copy, or too few runs for each copy (bnbench's JSON).
-        copies = case.get("gpu_copy_medians_us")
-        each = "-" if copies is None else ", ".join(f"{us:.1f}" for us in copies)
-        print(f"| {index} | {run['stream']['gbps']:.0f} | {case['gpu_median_us']:.1f} | "
-              f"{case['gpu_min_us']:.1f} | {'-' if b2b is None else f'{b2b:.1f}'} | {each} | "
-              f"{case['check']} |")
-    for skipped in run["skipped"]:
-        print(f"| {index} | {run['stream']['gbps']:.0f} | - | - | - | - | "
-              f"{'FAILED' if skipped['failure'] else 'skipped'}: {skipped['reason']} |")
-EOF
-
-tar -czf "$out/logs.tar.gz" -C "$work" .
-{
-    echo "# compare_pytorch.sh $($smoke && echo "--smoke ")${suite_args[*]} ($(date -u +%FT%TZ), $SECONDS s)"
-    echo
-    if $compared; then
-        echo "## Phase 1: against PyTorch"
-        tail -n +2 "$out/compare.md"
-    else
-        echo "## Phase 1: bnbench alone (no comparison with PyTorch)"
-        tail -n +2 "$work/bnbench.md" 2>/dev/null || echo "no results"
-    fi
-    echo
-    echo "## Phase 2: breakdown of the slow cases"
-    echo
-    cat "$out/breakdown.md" 2>/dev/null
-    echo "## Phase 3: the swing"
-    echo
-    cat "$out/swing.md"
-} >"$out/summary.md"
+write_results
 # The breakdown first and the comparison and the swing last, where a device call's output tail
 # keeps them.
 cat "$out/breakdown.md" 2>/dev/null
@@ -284,7 +344,7 @@ if $bnbench_failed; then
 elif $out_of_time; then
     echo "compare_pytorch: a phase ran out of time (see above)" >&2
     status=11
-elif ! $compared && ! $smoke; then
+elif ! $compared; then
     status=12
 fi
 exit "$status"
