@@ -7,8 +7,8 @@
 mod common;
 
 use common::checks::{
-    check_batch_statistics, check_input_gradient, check_output, check_parameter_gradients,
-    sum_depth, BackwardInputs, Channels, ForwardInputs, Through,
+    check_batch_statistics, check_inference_statistics, check_input_gradient, check_output,
+    check_parameter_gradients, sum_depth, BackwardInputs, Channels, ForwardInputs, Through,
 };
 use common::scenario::{read_saved, require};
 use common::{normal_data, plan_of, planned, PlanClaim, Planned, PlannedCase, SPLIT_CASES};
@@ -186,9 +186,17 @@ fn check_views(ctx: &GpuContext, shape: &[usize], layout: Layout, offsets: [u64;
         );
     }
 
-    // Inference writes y over the old y: the same view again.
+    // Inference writes y over the old y: the same view again, from the running stats.
     layer.set_training(false);
     let saved = read_saved(&layer.forward_into(&x, &y).expect("inference on views"));
+    let (running_mean, running_var) = layer.running_statistics().expect("tracked");
+    require(check_inference_statistics(
+        &what,
+        &running_mean,
+        &running_var,
+        1e-5,
+        &saved,
+    ));
     require(check_output(
         &what,
         &inputs,
