@@ -619,11 +619,36 @@ fn training_needs_more_than_one_value_per_channel() {
             );
             assert_untouched("y", &y);
             assert_eq!(state(&layer), before);
-            // Inference on one value per channel is fine (PyTorch allows it).
+            // Inference on one value per channel is fine (PyTorch allows it), and normalizes
+            // with the running stats.
             layer.set_training(false);
-            layer
+            let y_eval = layer
                 .forward(&x)
-                .expect("inference on one value per channel");
+                .expect("inference on one value per channel")
+                .y
+                .to_vec()
+                .unwrap();
+            let (mean, var) = layer.running_statistics().unwrap();
+            let (gamma, beta) = layer.parameters().unwrap();
+            let x_host =
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), ramp(x.len())).unwrap();
+            let wide = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+            let want = wgpu_batchnorm::reference::inference_forward(
+                x_host.view(),
+                layout,
+                &wide(mean),
+                &wide(var),
+                Some(&gamma),
+                Some(&beta),
+                1e-5,
+            );
+            assert_close(
+                "inference on one value per channel",
+                &y_eval,
+                want.as_slice().unwrap(),
+                1e-5,
+                1e-5,
+            );
             layer.set_training(true);
         }
         // Without running stats, inference normalizes with the batch statistics: refused too
