@@ -541,6 +541,11 @@ fn a_layer_trains_on_half_tensors_with_an_epilogue() {
     let mut layer = BatchNorm::new(&ctx, 6).unwrap();
     let mut steps = Vec::new();
     for _ in 0..2 {
+        // Poisoned, so that a dispatch the second (prepared) step skipped shows as NaN
+        // rather than as the first step's identical outputs.
+        for tensor in [&y, &dx, &dz] {
+            tensor.fill(f32::NAN).unwrap();
+        }
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         let saved = layer
             .record_forward_with(&mut encoder, &x, &y, Epilogue::AddRelu(&z), None)
@@ -564,6 +569,9 @@ fn a_layer_trains_on_half_tensors_with_an_epilogue() {
             dz.to_vec().unwrap(),
             grads.read().unwrap(),
         ));
+        let nan = [f32::NAN; 12];
+        ctx.queue()
+            .write_buffer(grads.buffer(), 0, bytemuck::cast_slice(&nan));
     }
     assert_eq!(
         layer.prepared_calls(),
@@ -598,4 +606,18 @@ fn a_layer_trains_on_half_tensors_with_an_epilogue() {
     let dz_want: Vec<f32> = g.iter().map(|&v| v as f32).collect();
     assert_eq!(steps[0].2, dz_want);
     assert_eq!(saved.epilogue(), wgpu_batchnorm::EpilogueKind::AddRelu);
+    // The functional backward (checked against the reference in tests/epilogues.rs) on the
+    // same tensors: the layer's dx, dgamma and dbeta, bit for bit.
+    let dz2 = out();
+    let functional_grads = wgpu_batchnorm::functional::batch_norm_backward(
+        &x,
+        &dy,
+        &saved,
+        Some(&affine),
+        EpilogueGrad::AddRelu { y: &y2, dz: &dz2 },
+    )
+    .unwrap();
+    assert_eq!(functional_grads.dx.to_vec().unwrap(), steps[0].1);
+    assert_eq!(functional_grads.params.unwrap().read().unwrap(), steps[0].3);
+    assert_eq!(dz2.to_vec().unwrap(), steps[0].2);
 }
