@@ -12,14 +12,19 @@
 
 mod common;
 
+use common::checks::{
+    check_parameter_gradients, sum_depth, BackwardInputs, Channels, ForwardInputs, Through,
+};
+use common::scenario::{read_saved, require};
 use common::storage::{round_to, stored, ulp};
 use common::{normal_data, planned, Planned};
 use ndarray::{ArrayD, IxDyn};
 use wgpu_batchnorm::functional::{batch_norm_backward_into, batch_norm_into};
+use wgpu_batchnorm::plan::{plan, Operation};
 use wgpu_batchnorm::reference::{self, BatchStatistics};
 use wgpu_batchnorm::{
     BatchNormError, ChannelPair, ChannelView, DType, Epilogue, EpilogueGrad, EpilogueKind,
-    ForwardArgs, GpuContext, Layout, Tensor,
+    ForwardArgs, GpuContext, Layout, StatsSource, Tensor,
 };
 
 const EPS: f64 = 1e-5;
@@ -343,21 +348,37 @@ impl Case {
                 ulp(dtype, want_dx[i]) + 4e-6 * scale * largest_g[c] * 3.0
             },
         );
+        // dgamma and dbeta within the sums' own bound ((K + 3) u of sum |g (x - m)| s, K u of
+        // sum |g|: tests/common/checks.rs) from the statistics the forward saved; g (a masked dy
+        // of the storage type) and x are exact in f32.
         let (dgamma, dbeta) = grads.read().expect("grads");
-        let sums = |c: usize| {
-            g.iter()
-                .enumerate()
-                .filter(|(i, _)| view.channel_of(*i) == c)
-                .map(|(_, v)| v.abs())
-                .sum::<f64>()
+        let x_f32 = ArrayD::from_shape_vec(IxDyn(shape), x.to_vec().expect("x")).expect("shape");
+        let g_f32 = g.mapv(|v| v as f32);
+        let plan = plan(view, dtype, ctx.plan_limits(), Operation::Backward).expect("a plan");
+        let through = match saved.source() {
+            StatsSource::Batch => Through::Batch,
+            StatsSource::Running => Through::Running,
         };
-        let total: Vec<f64> = (0..view.channels).map(sums).collect();
-        assert_within(&format!("{what}: dbeta"), &dbeta, &want.dbeta, |c| {
-            1e-5 * total[c] + 1e-6
-        });
-        assert_within(&format!("{what}: dgamma"), &dgamma, &want.dgamma, |c| {
-            1e-5 * total[c] * 8.0 + 1e-6
-        });
+        let gradients = BackwardInputs {
+            forward: ForwardInputs {
+                x: x_f32.view(),
+                layout,
+                gamma: Some(gamma),
+                beta: None,
+                eps: EPS,
+            },
+            dy: g_f32.view(),
+            saved: &read_saved(saved),
+            through,
+            depth: sum_depth(&plan),
+        };
+        require(check_parameter_gradients(
+            &what,
+            &gradients,
+            &dgamma,
+            &dbeta,
+            Channels::All,
+        ));
         if self.epilogue == EpilogueKind::AddRelu {
             // dz is the masked dy itself: exact.
             let got = dz.to_vec().expect("dz");
