@@ -172,7 +172,13 @@ def time_kernels(fns, reps):
         torch.cuda.synchronize()
     total_us = 0.0
     for event in prof.key_averages():
-        total_us += getattr(event, "self_device_time_total", 0.0) or 0.0
+        # PyTorch before 2.4 names it self_cuda_time_total.
+        device_us = getattr(event, "self_device_time_total", None)
+        if device_us is None:
+            device_us = getattr(event, "self_cuda_time_total", 0.0)
+        total_us += device_us or 0.0
+    if total_us <= 0.0:
+        raise RuntimeError("the profiler recorded no GPU kernel time")
     return total_us / reps
 
 
