@@ -37,8 +37,8 @@
 # swing.md, and logs.tar.gz (the logs, phase 1's bnbench.md and .svg, and each breakdown and
 # swing run's JSON). The machine builds nothing. Exit status, the first that applies: 10 no
 # NVIDIA adapter; 1 a bnbench run failed (a failed check or case, or bad options); 11 a phase
-# ran out of time; 12 no comparison with PyTorch (with --smoke: the join failed); 0 everything
-# ran and passed.
+# ran out of time; 12 no comparison with PyTorch (with --smoke: the join failed); 143 or 130
+# stopped by SIGTERM or SIGINT (the results so far kept); 0 everything ran and passed.
 #
 # `--smoke` (first argument) checks the script's flow on any adapter, such as the development
 # machine's llvmpipe (WGPU_BACKEND, if set, chooses the backend), in about a minute: phase 1
@@ -138,6 +138,8 @@ fi
 left() { echo $((budget - SECONDS)); }
 out_of_time=false
 # Runs "$@" for at most $1 seconds, and never into the last 10 s of the budget (the summary's).
+# The process `within` waits for: a signal's handler stops it.
+child=
 within() {
     local limit=$1
     shift
@@ -148,8 +150,13 @@ within() {
         out_of_time=true
         return 124
     fi
-    timeout -k 5 "$limit" "$@"
+    # In the background and waited for: a trapped signal interrupts `wait`, where it would wait
+    # for a foreground command to end, so its handler runs at once.
+    timeout -k 5 "$limit" "$@" &
+    child=$!
+    wait "$child"
     local code=$?
+    child=
     # 137: killed, where the end of its time did not stop it.
     if [ "$code" -eq 124 ] || [ "$code" -eq 137 ]; then
         out_of_time=true
@@ -236,7 +243,15 @@ write_results() {
     } >"$out/summary.md"
 }
 compared=false
-trap 'write_results; exit 143' TERM INT
+# On SIGTERM (a device call's time limit) or SIGINT: stop the running process, keep what was
+# measured.
+on_signal() {
+    [ -n "$child" ] && kill "$child" 2>/dev/null
+    write_results
+    exit "$1"
+}
+trap 'on_signal 143' TERM
+trap 'on_signal 130' INT
 
 # --smoke without a CUDA PyTorch: a torch.json made up from bnbench's JSON ($1) into $2, the
 # first two cases "slower" than PyTorch, so that the join and phase 2's list run.
@@ -329,6 +344,7 @@ for run in $(seq 1 "$SWING_RUNS"); do
     bnbench_case "swing-$run" "${SWING_CASE[@]}"
     write_results
 done
+# Also where there was no swing run (SWING_RUNS=0).
 write_results
 # The breakdown first and the comparison and the swing last, where a device call's output tail
 # keeps them.
