@@ -7,7 +7,8 @@
 //! refused call changes nothing.
 
 use crate::encode::{record, Buffers, PassTimestamps};
-use crate::epilogue::{Epilogue, EpilogueGrad, EpilogueKind};
+use crate::epilogue::kind::EpilogueKind;
+use crate::epilogue::{Epilogue, EpilogueGrad};
 use crate::error::{BatchNormError, Result};
 use crate::layout::Layout;
 use crate::plan::{plan, Operation, Plan};

@@ -19,7 +19,8 @@ use super::protocol::{
 };
 use crate::batch_norm::BatchNorm;
 use crate::encode::{prepare, record_prepared, Buffers};
-use crate::epilogue::{Epilogue, EpilogueGrad, EpilogueKind};
+use crate::epilogue::kind::EpilogueKind;
+use crate::epilogue::{Epilogue, EpilogueGrad};
 use crate::error::BatchNormError;
 use crate::functional::{
     check_forward_operands, describe_backward, ForwardArgs, Gradients, SavedStats, StatsSource,
