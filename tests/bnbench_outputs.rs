@@ -528,13 +528,13 @@ fn run_to_json(options: &[&str]) -> (bnbench::report::Report, Value) {
 
 #[test]
 fn breakdown_times_each_dispatch_by_name() {
-    // A tiny shape (one fused dispatch where the plan allows) and one with more values per
-    // channel.
     // Measured wherever the library's context has timestamps inside passes (which it takes
     // wherever the adapter offers them: tests/dispatch_timestamps.rs).
     let measurable = wgpu_batchnorm::GpuContext::new()
         .expect("an adapter")
         .has_timestamps_inside_passes();
+    // A tiny shape (one fused dispatch where the plan allows) and one with more values per
+    // channel.
     for shape in ["4,6,5,5", "16,8,64,64"] {
         let (run, markdown) = short_run(shape, &["--breakdown"]);
         let cases = run["cases"].as_array().expect("cases");
