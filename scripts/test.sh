@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on two real wgpu backends: Vulkan, then GL, then synchronized batch
 # norm over MPI (`--features mpi`: the test launches itself under mpirun -np 2 and -np 3). On a
-# Debian machine it first installs Mesa's software drivers (lavapipe, llvmpipe) and Open MPI. GPU
-# tests never skip: with no adapter they fail and say how to install one.
+# machine with apt-get it first installs Mesa's software drivers (lavapipe, llvmpipe) and Open MPI
+# (SKIP_DRIVER_INSTALL=1 skips it). GPU tests never skip: with no adapter they fail and say how to
+# install one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
