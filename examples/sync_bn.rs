@@ -7,12 +7,13 @@
 //!
 //! A small network, x -> Linear(16, 64) -> SyncBatchNorm(64) -> ReLU -> Linear(64, 1) (linear
 //! layers without bias), squared error, trained with SGD on a batch of 256 rows split over the
-//! ranks (unevenly when they do not divide it). Linear layers, ReLU and loss run on the host; the batch norm on each rank's GPU.
-//! Parameter gradients are summed over the ranks, as a data-parallel trainer does. Every rank also
-//! trains the same network on the whole batch alone (plain `BatchNorm`) and prints, step by step,
-//! that its merged statistics, running statistics and summed gradients match that run. Then it
-//! times steps: the share of a step spent in the batch norm's exchanges, and the synchronized
-//! batch norm's calls against the same calls of an unsynchronized layer on the rank's shard.
+//! ranks (unevenly when they do not divide it). Linear layers, ReLU and loss run on the host;
+//! the batch norm on each rank's GPU. Parameter gradients are summed over the ranks, as a
+//! data-parallel trainer does. Every rank also trains the same network on the whole batch alone
+//! (plain `BatchNorm`) and prints, step by step, that its merged statistics, running statistics
+//! and summed gradients match that run. Then it times steps: the share of a step spent in the
+//! batch norm's exchanges, and the synchronized batch norm's calls against the same calls of an
+//! unsynchronized layer on the rank's shard.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};

@@ -16,13 +16,14 @@
 //! ```
 //!
 //! The modules, in the order a run uses them: [`cli`] (options and settings), [`case`] (what
-//! one case is, and the list of them), [`suite`] (the shapes, and the GPU state a case runs on), [`chain`] (a network's batch norms as one training step,
-//! `--chain`), [`runner`] (one adapter's run), [`compare`] (`--compare-shaders`), [`roofline`] (the stream
-//! kernel), [`timing`] (timestamps, wall clock, host latency), [`breakdown`] (each dispatch's
-//! time, `--breakdown`), [`check`] (the CPU reference),
-//! [`report`] (the results and their formats). `benches/batch_norm.rs` shares `case`,
-//! `suite` and `timing`; `tests/bnbench_outputs.rs` runs [`run`] itself. That test includes this file as a
-//! module, so the modules name each other with `super::` and `self::`, never `crate::`.
+//! one case is, and the list of them), [`suite`] (the shapes, and the GPU state a case runs
+//! on), [`chain`] (a network's batch norms as one training step, `--chain`), [`runner`] (one
+//! adapter's run), [`compare`] (`--compare-shaders`), [`roofline`] (the stream kernel),
+//! [`timing`] (timestamps, wall clock, host latency), [`breakdown`] (each dispatch's time,
+//! `--breakdown`), [`check`] (the CPU reference), [`report`] (the results and their formats).
+//! `benches/batch_norm.rs` shares `case`, `suite` and `timing`; `tests/bnbench_outputs.rs` runs
+//! [`run`] itself. That test includes this file as a module, so the modules name each other
+//! with `super::` and `self::`, never `crate::`.
 
 mod breakdown;
 pub mod case;

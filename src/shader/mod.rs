@@ -4,8 +4,8 @@
 //! 1. the prelude generated from Rust (`prelude.rs`): constants, the uniform block, override
 //!    constants, the program's bindings (one number per role, `bindings.rs`) and its storage
 //!    type's load and store functions;
-//! 2. `shaders/half.wgsl` (half types only: exact loads and rounding stores) and `shaders/common.wgsl` (the
-//!    index walks and the elementwise cursor);
+//! 2. `shaders/half.wgsl` (half types only: exact loads and rounding stores) and
+//!    `shaders/common.wgsl` (the index walks and the elementwise cursor);
 //! 3. the shared pieces the program needs, in this order: `epilogue.wgsl` (the output
 //!    y = epilogue((x - mean) scale + shift), and a channel's scale and shift),
 //!    `reduction.wgsl` (the workgroup merge and the finalize, over the program's accumulator),
