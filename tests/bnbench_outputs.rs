@@ -63,6 +63,18 @@ fn scratch_dir() -> TempDir {
     tempfile::tempdir().expect("create a temporary directory")
 }
 
+/// The numbers of a JSON list (`what` names it in a failure).
+fn numbers(list: &Value, what: &str) -> Vec<f64> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("{what}: not a list: {list}"))
+        .iter()
+        .map(|v| {
+            v.as_f64()
+                .unwrap_or_else(|| panic!("{what}: {v} is not a number"))
+        })
+        .collect()
+}
+
 fn positive(case: &Value, key: &str) -> f64 {
     let value = case[key]
         .as_f64()
@@ -126,12 +138,10 @@ fn quick_suite_writes_every_format() {
     ));
     // The stream kernel measured before and after the cases; the faster is the roofline.
     let stream_gbps = positive(&run["stream"], "gbps");
-    let measured: Vec<f64> = run["stream_measurements_gbps"]
-        .as_array()
-        .expect("the stream kernel's measurements")
-        .iter()
-        .map(|gbps| gbps.as_f64().expect("a bandwidth"))
-        .collect();
+    let measured = numbers(
+        &run["stream_measurements_gbps"],
+        "the stream kernel's measurements",
+    );
     assert_eq!(measured.len(), 2, "before and after the cases");
     assert_eq!(stream_gbps, measured[0].max(measured[1]));
     assert_eq!(run["skipped"].as_array().map(Vec::len), Some(0));
@@ -752,12 +762,7 @@ fn each_input_copy_gets_its_median_where_it_ran_enough() {
             continue;
         };
         assert!(reported, "copy medians after only {reps} runs: {case}");
-        let medians: Vec<f64> = medians
-            .as_array()
-            .expect("a list")
-            .iter()
-            .map(|us| us.as_f64().expect("a time"))
-            .collect();
+        let medians = numbers(medians, "the copies' medians");
         assert_eq!(medians.len(), 2, "{case}");
         assert!(medians.iter().all(|&us| us.is_finite() && us > 0.0));
         let median = positive(case, "gpu_median_us");

@@ -22,6 +22,15 @@ fn own_context() -> GpuContext {
     limited_context(128 << 20, 65535, wgpu::DeviceType::Cpu)
 }
 
+/// PyTorch's defaults with momentum `None`: running stats as a cumulative average, weighted by
+/// the batch count the GPU advances.
+fn cumulative() -> BatchNormConfig {
+    BatchNormConfig {
+        momentum: None,
+        ..BatchNormConfig::default()
+    }
+}
+
 /// Live buffers and bind groups of the device.
 fn live_objects(ctx: &GpuContext) -> (isize, isize) {
     let counters = ctx.device().get_internal_counters();
@@ -236,10 +245,7 @@ fn a_steady_training_step_creates_no_buffers_and_no_bind_groups() {
 #[test]
 fn calls_recorded_before_one_submission_each_see_their_own_values() {
     let ctx = own_context();
-    let cumulative = BatchNormConfig {
-        momentum: None,
-        ..BatchNormConfig::default()
-    };
+    let cumulative = cumulative();
     let mut first = Layer::new(&ctx, &[6, 5, 7], Layout::ChannelsFirst, cumulative, 11);
     let mut second = Layer::new(
         &ctx,
@@ -395,10 +401,7 @@ fn the_cache_is_bounded_and_lets_dropped_buffers_go() {
 #[test]
 fn a_batch_count_at_the_end_of_its_range_stays_there() {
     let ctx = own_context();
-    let cumulative = BatchNormConfig {
-        momentum: None,
-        ..BatchNormConfig::default()
-    };
+    let cumulative = cumulative();
     for count in [u64::from(u32::MAX), u64::MAX] {
         let mut layer = Layer::new(&ctx, &[4, 3, 5], Layout::ChannelsFirst, cumulative, 21);
         layer.norm.set_num_batches_tracked(count);
